@@ -1,0 +1,196 @@
+//! `edgelora bench`: prompt and generation speed with no adapter and with each adapter
+//! set, adapter-switch latency, peak RSS. Figures only — nothing here asserts a timing.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use edgelora::adapter::{random_lora, write_gguf_lora, LoraDtype, ALL_LINEAR};
+use edgelora::engine::{parse_adapter_arg, GenerateRequest, Prompt};
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens per prompt-processing run
+    #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated per generation run
+    #[arg(short = 'n', long = "gen-tokens", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each measurement (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Adapter-set switches to time
+    #[arg(long, default_value_t = 1000)]
+    switches: usize,
+    /// Rank of the synthetic all-linear adapters used when fewer than 8 (or no) adapters are given
+    #[arg(long, default_value_t = 16)]
+    synthetic_rank: usize,
+    /// Print JSON instead of a Markdown table
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+struct Row {
+    label: String,
+    set: Vec<(String, f32)>,
+    prompt_tps: f64,
+    gen_tps: f64,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    anyhow::ensure!(a.reps > 0 && a.n_prompt > 0 && a.n_gen > 1, "--reps, -p must be ≥ 1 and -n ≥ 2");
+    let mut margs = a.model.clone();
+    let user = std::mem::take(&mut margs.adapters);
+    let (rt, _) = margs.load()?;
+    let n_vocab = rt.n_vocab();
+    let threads = rt.options().threads;
+
+    // Adapters: the user's, then synthetic rank-R all-linear ones up to 8 for switching.
+    let tmp = tempfile::tempdir().context("creating a temporary directory for synthetic adapters")?;
+    let mut names = Vec::new();
+    let mut rows_sets: Vec<(String, Vec<(String, f32)>)> = vec![("base".into(), vec![])];
+    for (i, arg) in user.iter().enumerate() {
+        let (path, scale) = parse_adapter_arg(arg)?;
+        let name = format!("u{i}");
+        rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+        rows_sets.push((format!("{} @{scale}", path.display()), vec![(name.clone(), scale)]));
+        names.push(name);
+    }
+    if user.len() > 1 {
+        let all: Vec<(String, f32)> = rows_sets[1..].iter().map(|(_, s)| s[0].clone()).collect();
+        rows_sets.push(("all given adapters at once".into(), all));
+    }
+    let mut synth_k = 0;
+    while names.len() < 8 {
+        let pairs = random_lora(rt.gguf(), &ALL_LINEAR, a.synthetic_rank, 0.02, 1000 + synth_k);
+        let path: PathBuf = tmp.path().join(format!("synthetic-{synth_k}.gguf"));
+        write_gguf_lora(&path, rt.gguf().architecture()?, 2.0 * a.synthetic_rank as f32, &pairs, LoraDtype::F16)?;
+        let name = format!("s{synth_k}");
+        rt.load_adapter(&name, &path)?;
+        if user.is_empty() && synth_k == 0 {
+            rows_sets.push((format!("synthetic r{} all-linear (f16)", a.synthetic_rank), vec![(name.clone(), 1.0)]));
+        }
+        names.push(name);
+        synth_k += 1;
+    }
+
+    let prompt: Vec<i32> = (0..a.n_prompt).map(|i| ((i * 7919 + 13) % n_vocab) as i32).collect();
+    let mut rows = Vec::new();
+    for (label, set) in rows_sets {
+        let mut ptps = Vec::new();
+        let mut gtps = Vec::new();
+        for _ in 0..a.reps {
+            rt.clear_cache();
+            let t = Instant::now();
+            rt.logits(&prompt, &set)?;
+            ptps.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+
+            rt.clear_cache();
+            let mut req = GenerateRequest::new(Prompt::Tokens(prompt[..8.min(prompt.len())].to_vec()));
+            req.adapters = set.clone();
+            req.max_tokens = a.n_gen;
+            req.ignore_eog = true;
+            let g = rt.generate(&req, &mut |_| true)?;
+            gtps.push((g.tokens.len() - 1) as f64 / g.gen_secs);
+        }
+        rows.push(Row { label, set, prompt_tps: median(&mut ptps), gen_tps: median(&mut gtps) });
+    }
+
+    // Switch latency: activate a different single-adapter set each time.
+    let sets: Vec<Vec<(String, f32)>> = names.iter().map(|n| vec![(n.clone(), 1.0)]).collect();
+    let mut switch = Vec::with_capacity(a.switches);
+    for i in 0..a.switches {
+        let t = Instant::now();
+        rt.activate(&sets[i % sets.len()])?;
+        switch.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // Switch plus the first decoded token, against the same token with no switch.
+    let n_first = a.switches.min(200);
+    let mut first_switch = Vec::new();
+    let mut first_same = Vec::new();
+    for i in 0..n_first {
+        let t = Instant::now();
+        rt.logits(&prompt[..1], &sets[i % sets.len()])?;
+        first_switch.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for _ in 0..n_first {
+        let t = Instant::now();
+        rt.logits(&prompt[..1], &sets[0])?;
+        first_same.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let sw_med = median(&mut switch);
+    let sw_p99 = percentile(&mut switch, 0.99);
+    let fs_med = median(&mut first_switch);
+    let fs_p99 = percentile(&mut first_switch, 0.99);
+    let same_med = median(&mut first_same);
+    let rss = peak_rss_bytes();
+    let base_gen = rows[0].gen_tps;
+    let base_prompt = rows[0].prompt_tps;
+
+    if a.json {
+        let v = json!({
+            "model": rt.model_path(),
+            "description": rt.description(),
+            "threads": threads,
+            "prompt_tokens": a.n_prompt,
+            "gen_tokens": a.n_gen,
+            "reps": a.reps,
+            "rows": rows.iter().map(|r| json!({
+                "config": r.label, "adapters": r.set.len(),
+                "prompt_tok_s": r.prompt_tps, "gen_tok_s": r.gen_tps,
+                "prompt_vs_base": r.prompt_tps / base_prompt, "gen_vs_base": r.gen_tps / base_gen,
+            })).collect::<Vec<_>>(),
+            "switch": {"adapters_loaded": names.len(), "switches": a.switches,
+                       "median_us": sw_med, "p99_us": sw_p99,
+                       "first_token_after_switch_median_ms": fs_med, "first_token_after_switch_p99_ms": fs_p99,
+                       "first_token_same_set_median_ms": same_med, "first_token_samples": n_first},
+            "peak_rss_bytes": rss,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model: {} ({}), threads: {threads}, prompt {} tokens, generate {} tokens, median of {} reps\n", rt.model_path().display(), rt.description(), a.n_prompt, a.n_gen, a.reps);
+    println!("| config | prompt tok/s | gen tok/s | prompt vs base | gen vs base |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("| {} | {:.1} | {:.1} | {:.3} | {:.3} |", r.label, r.prompt_tps, r.gen_tps, r.prompt_tps / base_prompt, r.gen_tps / base_gen);
+    }
+    println!("\nadapter switch ({} switches among {} loaded adapters): median {:.1} µs, p99 {:.1} µs", a.switches, names.len(), sw_med, sw_p99);
+    println!("switch + first token ({n_first} samples): median {fs_med:.2} ms, p99 {fs_p99:.2} ms; same set, no switch: median {same_med:.2} ms");
+    if let Some(r) = rss {
+        println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! clap definitions and dispatch; one file per command.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use edgelora::engine::{parse_adapter_arg, Runtime, RuntimeOptions, SamplingParams};
+
+mod adapter;
+mod bench;
+mod chat;
+mod generate;
+mod inspect;
+mod logits;
+
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(name = "edgelora", version, about = "Run quantized LLMs with LoRA adapters on the edge")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout
+    Generate(generate::GenerateArgs),
+    /// Interactive chat; /adapter switches adapters mid-conversation
+    Chat(chat::ChatArgs),
+    /// Print a prompt's token ids and the last position's top logits
+    Logits(logits::LogitsArgs),
+    /// Show a model's or an adapter's metadata and tensors
+    Inspect(inspect::InspectArgs),
+    /// Measure prompt/generation speed with and without adapters, switch latency, peak RSS
+    Bench(bench::BenchArgs),
+    /// Adapter tools
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Logits(a) => logits::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Adapter(c) => adapter::run(c),
+    }
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file
+    #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// LoRA adapter (GGUF-LoRA) with an optional scale; repeat for several at once
+    #[arg(long = "adapter", short = 'a', value_name = "PATH[:SCALE]")]
+    pub adapters: Vec<String>,
+    /// CPU threads (default: all cores)
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Context length in tokens
+    #[arg(long = "ctx", default_value_t = 2048)]
+    pub n_ctx: u32,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> RuntimeOptions {
+        let mut o = RuntimeOptions { n_ctx: self.n_ctx, ..RuntimeOptions::default() };
+        if let Some(t) = self.threads {
+            o.threads = t;
+        }
+        o
+    }
+
+    /// Loads the model and every `--adapter`, named by position (`a0`, `a1`, …); returns
+    /// the request's adapter set.
+    pub fn load(&self) -> Result<(Runtime, Vec<(String, f32)>)> {
+        if !self.model.exists() && self.model == std::path::Path::new(DEFAULT_MODEL) {
+            anyhow::bail!("the default model {DEFAULT_MODEL} is missing: run models/fetch first (or pass --model)");
+        }
+        let rt = Runtime::load(&self.model, self.options()).with_context(|| format!("loading model {}", self.model.display()))?;
+        let mut set = Vec::new();
+        for (i, arg) in self.adapters.iter().enumerate() {
+            let (path, scale) = parse_adapter_arg(arg)?;
+            let name = format!("a{i}");
+            rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+            set.push((name, scale));
+        }
+        Ok((rt, set))
+    }
+}
+
+/// Sampling options shared by generate and chat.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy
+    #[arg(long = "temp", default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = off)
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1 = off)
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than MIN_P × the top token's probability (0 = off)
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for recently seen tokens (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Maximum tokens to generate
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Stop before this string (repeatable)
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed: self.seed,
+        }
+    }
+}

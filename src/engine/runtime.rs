@@ -1,0 +1,465 @@
+//! `Runtime`: one model, named adapters, per-request adapter sets.
+//!
+//! All llama.cpp calls that touch the context or the model's adapter list run under one
+//! mutex, so a `Runtime` can be shared between threads (requests are serialized).
+//!
+//! The prompt cache (the KV cache kept between requests) is reused only when the next
+//! request has exactly the same adapter set — same adapters, same scales, same order —
+//! and only for the common token prefix. Any other request starts from an empty cache:
+//! keys and values computed under one adapter set are never attended to under another
+//! (llama.cpp's server reuses them across adapter sets, its issue #26207).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::llama_cpp::{Context, Model, Token};
+use super::registry::{AdapterInfo, AdapterRegistry};
+use super::sampler::{Sampler, SamplingParams};
+use super::text::TextStream;
+use crate::error::{EngineError, Error, Result};
+use crate::gguf::GgufFile;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// CPU threads for llama.cpp (prompt and generation).
+    pub threads: usize,
+    /// Context length in tokens.
+    pub n_ctx: u32,
+    /// Tokens per llama_decode call when processing a prompt.
+    pub n_batch: u32,
+    /// Map the model file instead of reading it into memory.
+    pub use_mmap: bool,
+    /// Keep the KV cache between requests with the same adapter set.
+    pub prompt_cache: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n_ctx: 2048,
+            n_batch: 512,
+            use_mmap: true,
+            prompt_cache: true,
+        }
+    }
+}
+
+/// A chat turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// What to feed the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Plain text; special tokens written in it (`<|im_start|>`) are parsed as such.
+    Text(String),
+    /// Messages rendered with the model's chat template, ending with the assistant's turn.
+    Chat(Vec<ChatMessage>),
+    /// Token ids as they are.
+    Tokens(Vec<i32>),
+}
+
+/// A shared flag that cancels a running request (checked between tokens and between
+/// prompt chunks).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst)
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// Adapters by registry name with their scales; empty = the base model.
+    pub adapters: Vec<(String, f32)>,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    /// Generation ends before the first occurrence of any of these.
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks).
+    pub ignore_eog: bool,
+    pub cancel: Option<CancelFlag>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest { prompt, adapters: Vec::new(), sampling: SamplingParams::default(), max_tokens: 128, stop: Vec::new(), ignore_eog: false, cancel: None }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    MaxTokens,
+    /// The model produced an end-of-generation token.
+    EndOfGeneration,
+    StopString,
+    Cancelled,
+    /// The context is full.
+    ContextFull,
+}
+
+/// A finished request.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    /// Generated token ids (the end-of-generation token excluded).
+    pub tokens: Vec<i32>,
+    pub n_prompt: usize,
+    /// Prompt tokens whose KV came from the cache rather than being computed.
+    pub n_prompt_cached: usize,
+    pub stop_reason: StopReason,
+    /// Seconds spent on the prompt (up to the first token's logits).
+    pub prompt_secs: f64,
+    /// Seconds spent generating after the first token's logits.
+    pub gen_secs: f64,
+}
+
+struct Inner {
+    ctx: Context,
+    registry: AdapterRegistry,
+    /// Adapter set active in the context: (adapter id, scale bits) in request order.
+    active: Vec<(u64, u32)>,
+    /// Tokens whose keys/values are in the context's memory, computed under `active`.
+    cached: Vec<Token>,
+}
+
+/// A loaded model with its adapters. See the module docs.
+pub struct Runtime {
+    // Field order is drop order: the context and adapters go before the model.
+    inner: Mutex<Inner>,
+    model: Model,
+    gguf: GgufFile,
+    path: PathBuf,
+    options: RuntimeOptions,
+}
+
+impl Runtime {
+    /// Maps `model` (a GGUF file) and creates a context.
+    pub fn load(model: impl AsRef<Path>, options: RuntimeOptions) -> Result<Runtime> {
+        let path = model.as_ref().to_path_buf();
+        if options.threads == 0 || options.n_ctx == 0 || options.n_batch == 0 {
+            return Err(EngineError::BadOption("threads, n_ctx and n_batch must be at least 1".into()).into());
+        }
+        let gguf = GgufFile::open(&path)?;
+        if gguf.get("general.type").and_then(|v| v.as_str()) == Some("adapter") {
+            return Err(EngineError::ModelLoad { path, reason: "this is a LoRA adapter, not a model (pass it with --adapter)".into() }.into());
+        }
+        let model = Model::load(&path, options.use_mmap)?;
+        let ctx = model.new_context(options.n_ctx, options.n_batch.min(options.n_ctx), options.threads as i32)?;
+        let inner = Inner { ctx, registry: AdapterRegistry::default(), active: Vec::new(), cached: Vec::new() };
+        Ok(Runtime { inner: Mutex::new(inner), model, gguf, path, options })
+    }
+
+    pub fn model_path(&self) -> &Path {
+        &self.path
+    }
+    /// The model's GGUF header (metadata, tensor infos), memory-mapped.
+    pub fn gguf(&self) -> &GgufFile {
+        &self.gguf
+    }
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab()
+    }
+    pub fn n_ctx(&self) -> usize {
+        self.lock().ctx.n_ctx()
+    }
+    /// llama.cpp's one-line description (architecture, size, type).
+    pub fn description(&self) -> String {
+        self.model.description()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave llama.cpp state half-changed in a
+        // way later calls would misread: the cache is reset on the next request anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Validates and loads a GGUF-LoRA adapter under `name`; the model is not reloaded.
+    pub fn load_adapter(&self, name: &str, path: impl AsRef<Path>) -> Result<AdapterInfo> {
+        let mut inner = self.lock();
+        inner.registry.load(&self.model, &self.gguf, name, path.as_ref())
+    }
+
+    /// Unloads an adapter; if the context was using it, the context is reset first.
+    pub fn unload_adapter(&self, name: &str) -> Result<()> {
+        let mut inner = self.lock();
+        let id = inner.registry.get(name)?.id;
+        if inner.active.iter().any(|(a, _)| *a == id) {
+            inner.ctx.set_adapters(&[])?;
+            inner.active.clear();
+            inner.ctx.clear_memory();
+            inner.cached.clear();
+        }
+        drop(inner.registry.remove(name)?);
+        Ok(())
+    }
+
+    /// Loaded adapters, by name.
+    pub fn adapters(&self) -> Vec<AdapterInfo> {
+        self.lock().registry.infos()
+    }
+
+    /// Renders chat messages with the model's own template (assistant turn opened).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self.model.chat_template().ok_or(EngineError::NoChatTemplate)?;
+        let msgs: Vec<(String, String)> = messages.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
+        Ok(self.model.apply_chat_template(&template, &msgs, true)?)
+    }
+
+    /// The tokens a prompt turns into.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
+        let tokens = match prompt {
+            Prompt::Text(t) => self.model.tokenize(t, true, true)?,
+            Prompt::Chat(m) => self.model.tokenize(&self.render_chat(m)?, true, true)?,
+            Prompt::Tokens(t) => t.clone(),
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        let n_vocab = self.n_vocab();
+        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+            return Err(EngineError::BadToken { id: bad.into(), n_vocab }.into());
+        }
+        Ok(tokens)
+    }
+
+    /// The text of `tokens` (special tokens rendered).
+    pub fn detokenize(&self, tokens: &[i32]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.model.token_bytes(t, true)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Last-position logits of `tokens` under `adapters`.
+    pub fn logits(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<f32>> {
+        let mut all = self.eval(tokens, adapters, false)?;
+        Ok(all.pop().expect("decode returns the last logits"))
+    }
+
+    /// Logits at every position of `tokens` (teacher forcing), computed from an empty cache.
+    pub fn logits_all(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<Vec<f32>>> {
+        self.eval(tokens, adapters, true)
+    }
+
+    fn eval(&self, tokens: &[i32], adapters: &[(String, f32)], all: bool) -> Result<Vec<Vec<f32>>> {
+        let tokens = self.tokenize(&Prompt::Tokens(tokens.to_vec()))?;
+        let mut inner = self.lock();
+        self.select_adapters(&mut inner, adapters)?;
+        let start = if all { self.reset_cache(&mut inner) } else { self.reuse_prefix(&mut inner, &tokens) };
+        let out = inner.ctx.decode(&tokens[start..], start, all, &|| false);
+        self.finish_decode(&mut inner, &tokens, start, out).map(|o| o.expect("never cancelled"))
+    }
+
+    /// Makes `adapters` the context's active set; a different set drops the cache.
+    fn select_adapters(&self, inner: &mut Inner, adapters: &[(String, f32)]) -> Result<()> {
+        let mut key = Vec::with_capacity(adapters.len());
+        for (i, (name, scale)) in adapters.iter().enumerate() {
+            if !scale.is_finite() {
+                return Err(EngineError::BadScale { name: name.clone(), scale: *scale }.into());
+            }
+            if adapters[..i].iter().any(|(n, _)| n == name) {
+                return Err(EngineError::BadOption(format!("adapter {name:?} is named twice in one request")).into());
+            }
+            key.push((inner.registry.get(name)?.id, scale.to_bits()));
+        }
+        if key != inner.active {
+            // Forget the cache first: whatever happens below, nothing computed under the
+            // previous set can be reused.
+            inner.cached.clear();
+            inner.active.clear();
+            let Inner { ctx, registry, .. } = &mut *inner;
+            let handles = adapters
+                .iter()
+                .map(|(n, s)| Ok((&registry.get(n)?.handle, *s)))
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            ctx.set_adapters(&handles)?;
+            ctx.clear_memory();
+            inner.active = key;
+        }
+        Ok(())
+    }
+
+    /// Makes `adapters` the active set now (what a request naming them would do first),
+    /// so the next request with this set starts without the switch. Returns nothing;
+    /// benches time it as the adapter-switch cost.
+    pub fn activate(&self, adapters: &[(String, f32)]) -> Result<()> {
+        let mut inner = self.lock();
+        self.select_adapters(&mut inner, adapters)
+    }
+
+    /// Empties the prompt cache (the next request computes its whole prompt).
+    pub fn clear_cache(&self) {
+        let mut inner = self.lock();
+        self.reset_cache(&mut inner);
+    }
+
+    fn reset_cache(&self, inner: &mut Inner) -> usize {
+        inner.ctx.clear_memory();
+        inner.cached.clear();
+        0
+    }
+
+    /// Keeps the cached prefix shared with `tokens` (same adapter set assured by
+    /// `select_adapters`); returns where decoding must start. At least the last token is
+    /// always decoded so that its logits exist.
+    fn reuse_prefix(&self, inner: &mut Inner, tokens: &[Token]) -> usize {
+        if !self.options.prompt_cache {
+            return self.reset_cache(inner);
+        }
+        let common = inner.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let keep = common.min(tokens.len() - 1);
+        if keep == 0 || !inner.ctx.truncate_memory(keep) {
+            return self.reset_cache(inner);
+        }
+        inner.cached.truncate(keep);
+        keep
+    }
+
+    fn finish_decode<T>(
+        &self,
+        inner: &mut Inner,
+        tokens: &[Token],
+        start: usize,
+        out: Result<Option<T>, EngineError>,
+    ) -> Result<Option<T>> {
+        match out {
+            Ok(Some(v)) => {
+                inner.cached.extend_from_slice(&tokens[start..]);
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                // Cancelled mid-prompt: part of the prompt may be in memory.
+                self.reset_cache(inner);
+                Ok(None)
+            }
+            Err(e) => {
+                self.reset_cache(inner);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs a request, calling `on_text` with each piece of final text as it is
+    /// produced; `on_text` returning false cancels.
+    pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let tokens = self.tokenize(&req.prompt)?;
+        let mut sampler = Sampler::new(req.sampling.clone())?;
+        sampler.observe(&tokens);
+        let cancelled = || req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled);
+        let mut inner = self.lock();
+        self.select_adapters(&mut inner, &req.adapters)?;
+
+        let t0 = Instant::now();
+        let start = self.reuse_prefix(&mut inner, &tokens);
+        let out = inner.ctx.decode(&tokens[start..], start, false, &cancelled);
+        let mut gen = Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            n_prompt: tokens.len(),
+            n_prompt_cached: start,
+            stop_reason: StopReason::Cancelled,
+            prompt_secs: 0.0,
+            gen_secs: 0.0,
+        };
+        let Some(mut logits) = self.finish_decode(&mut inner, &tokens, start, out)? else {
+            return Ok(gen);
+        };
+        gen.prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut stream = TextStream::new(&req.stop);
+        let mut pos = tokens.len();
+        gen.stop_reason = loop {
+            if gen.tokens.len() >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if cancelled() {
+                break StopReason::Cancelled;
+            }
+            let token = sampler.sample(&logits.pop().expect("one row of logits"));
+            if !req.ignore_eog && self.model.is_eog(token) {
+                break StopReason::EndOfGeneration;
+            }
+            gen.tokens.push(token);
+            let pushed = stream.push(&self.model.token_bytes(token, false));
+            if !pushed.text.is_empty() && !on_text(&pushed.text) {
+                break StopReason::Cancelled;
+            }
+            if pushed.stopped {
+                break StopReason::StopString;
+            }
+            if gen.tokens.len() >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if pos + 1 > inner.ctx.n_ctx() {
+                break StopReason::ContextFull;
+            }
+            let out = inner.ctx.decode(&[token], pos, false, &|| false);
+            logits = self.finish_decode(&mut inner, &[token], 0, out)?.expect("never cancelled");
+            pos += 1;
+        };
+        if gen.stop_reason != StopReason::StopString {
+            let rest = stream.finish();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        gen.text = stream.emitted_text().to_string();
+        gen.gen_secs = t1.elapsed().as_secs_f64();
+        Ok(gen)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Adapters are freed explicitly before the model; the context drops with `inner`.
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = inner.ctx.set_adapters(&[]);
+        inner.registry.clear();
+    }
+}
+
+/// Parses `PATH[:SCALE]` (scale defaults to 1). A trailing `:x` that is not a number is
+/// taken as part of the path.
+pub fn parse_adapter_arg(arg: &str) -> Result<(PathBuf, f32), Error> {
+    if let Some((path, scale)) = arg.rsplit_once(':') {
+        if let Ok(s) = scale.parse::<f32>() {
+            if !s.is_finite() {
+                return Err(EngineError::BadScale { name: path.into(), scale: s }.into());
+            }
+            if path.is_empty() {
+                return Err(EngineError::BadOption(format!("adapter argument {arg:?} has no path")).into());
+            }
+            return Ok((PathBuf::from(path), s));
+        }
+    }
+    Ok((PathBuf::from(arg), 1.0))
+}

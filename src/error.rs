@@ -1,0 +1,106 @@
+//! The library's error type, grouped by area. Every variant names the file, field or
+//! tensor at fault and what was expected; the CLI prints the cause chain.
+
+use std::path::PathBuf;
+
+/// Convenience alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the library returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+}
+
+/// Reading or writing a GGUF file.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{}: {action}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a GGUF file: magic is {found:?}, expected \"GGUF\"", path.display())]
+    BadMagic { path: PathBuf, found: [u8; 4] },
+    #[error("{}: GGUF version {found} is not supported (expected 2 or 3{hint})", path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32, hint: &'static str },
+    #[error("{}: truncated: {what} at byte {offset} needs {needed} bytes, only {available} remain", path.display())]
+    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, available: u64 },
+    #[error("{}: {what} count {count} is impossible: even at {min_size} bytes each they need more than the {available} bytes left in the file", path.display())]
+    AbsurdCount { path: PathBuf, what: String, count: u64, min_size: u64, available: u64 },
+    #[error("{}: metadata {key:?}: unknown value type {found} (expected 0..=12)", path.display())]
+    UnknownValueType { path: PathBuf, key: String, found: u32 },
+    #[error("{}: metadata {key:?}: arrays nested deeper than {max} levels", path.display())]
+    NestingTooDeep { path: PathBuf, key: String, max: usize },
+    #[error("{}: {what} is not valid UTF-8", path.display())]
+    InvalidUtf8 { path: PathBuf, what: String },
+    #[error("{}: duplicate metadata key {key:?}", path.display())]
+    DuplicateKey { path: PathBuf, key: String },
+    #[error("{}: duplicate tensor name {name:?}", path.display())]
+    DuplicateTensor { path: PathBuf, name: String },
+    #[error("{}: tensor {name:?}: unknown ggml type {found}", path.display())]
+    UnknownTensorType { path: PathBuf, name: String, found: u32 },
+    #[error("{}: tensor {name:?}: {reason}", path.display())]
+    BadTensor { path: PathBuf, name: String, reason: String },
+    #[error("{}: tensor {name:?}: data bytes {start}..{end} lie outside the data section (file is {file_len} bytes)", path.display())]
+    TensorOutOfBounds { path: PathBuf, name: String, start: u64, end: u64, file_len: u64 },
+    #[error("{}: metadata {key:?} is missing", path.display())]
+    MissingKey { path: PathBuf, key: String },
+    #[error("{}: metadata {key:?}: expected {expected}, found {found}", path.display())]
+    WrongValue { path: PathBuf, key: String, expected: String, found: String },
+    #[error("{}: tensor {name:?} not found", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: writing tensor {name:?}: {reason}", path.display())]
+    WriteOrder { path: PathBuf, name: String, reason: String },
+}
+
+/// Loading models and adapters into the generation backend, and running requests.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{}: {reason}", path.display())]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("{}: llama.cpp could not load the adapter: {reason}", path.display())]
+    AdapterLoad { path: PathBuf, reason: String },
+    #[error("adapter {name:?} is not loaded (loaded: {loaded})")]
+    UnknownAdapter { name: String, loaded: String },
+    #[error("an adapter named {name:?} is already loaded")]
+    DuplicateAdapter { name: String },
+    #[error("adapter {name:?}: scale {scale} is not a finite number")]
+    BadScale { name: String, scale: f32 },
+    #[error("llama.cpp: {0}")]
+    Backend(String),
+    #[error("tokenizing the prompt failed: {0}")]
+    Tokenize(String),
+    #[error("token id {id} is outside the vocabulary (0..{n_vocab})")]
+    BadToken { id: i64, n_vocab: usize },
+    #[error("the prompt is empty: at least one token is needed")]
+    EmptyPrompt,
+    #[error("the request needs {needed} tokens of context but the context holds {n_ctx} (raise --ctx)")]
+    ContextFull { needed: usize, n_ctx: usize },
+    #[error("the model has no chat template (metadata tokenizer.chat_template); use a plain prompt")]
+    NoChatTemplate,
+    #[error("applying the chat template failed: {0}")]
+    ChatTemplate(String),
+    #[error("bad sampling option {field}: {reason}")]
+    BadSampling { field: &'static str, reason: String },
+    #[error("{0}")]
+    BadOption(String),
+}
+
+/// Adapter files: their layout and their fit to a base model.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{}: adapter is for architecture {found:?} but the model is {expected:?}", path.display())]
+    WrongArchitecture { path: PathBuf, expected: String, found: String },
+    #[error("{}: tensor {tensor:?}: {reason}", path.display())]
+    BadTensor { path: PathBuf, tensor: String, reason: String },
+}

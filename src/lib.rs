@@ -1,0 +1,27 @@
+//! # edgelora
+//!
+//! An edge runtime for quantized LLMs with LoRA adapters. It memory-maps a quantized GGUF
+//! base model, loads GGUF-LoRA adapters by name at any time, and runs requests that each
+//! name their own adapter set with scales (several at once), on llama.cpp.
+//!
+//! ```no_run
+//! use edgelora::engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
+//! let rt = Runtime::load("models/SmolLM2-135M-Instruct.Q4_1.gguf", RuntimeOptions::default())?;
+//! rt.load_adapter("finance", "finance.gguf")?;
+//! let mut req = GenerateRequest::new(Prompt::Text("The capital of France is".into()));
+//! req.adapters = vec![("finance".into(), 0.7)];
+//! let out = rt.generate(&req, &mut |piece| { print!("{piece}"); true })?;
+//! println!("\n{} tokens", out.tokens.len());
+//! # Ok::<(), edgelora::Error>(())
+//! ```
+//!
+//! The library never panics on input: every failure is an [`Error`] naming the file,
+//! field or tensor at fault.
+
+pub mod adapter;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+
+pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
+pub use error::{AdapterError, EngineError, Error, GgufError, Result};
