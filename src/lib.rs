@@ -19,9 +19,11 @@
 //! field or tensor at fault.
 
 pub mod adapter;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod quant;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
 pub use error::{AdapterError, EngineError, Error, GgufError, Result};

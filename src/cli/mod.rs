@@ -66,11 +66,22 @@ pub struct ModelArgs {
     /// Context length in tokens
     #[arg(long = "ctx", default_value_t = 2048)]
     pub n_ctx: u32,
+    /// Keep the KV cache in F32 (default F16)
+    #[arg(long)]
+    pub f32_kv_cache: bool,
+    /// Flash attention: auto (llama.cpp decides), on, off. Its CPU kernel rounds Q to F16
+    #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub flash_attn: String,
 }
 
 impl ModelArgs {
     pub fn options(&self) -> RuntimeOptions {
-        let mut o = RuntimeOptions { n_ctx: self.n_ctx, ..RuntimeOptions::default() };
+        let flash_attention = match self.flash_attn.as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
+        let mut o = RuntimeOptions { n_ctx: self.n_ctx, f32_kv_cache: self.f32_kv_cache, flash_attention, ..RuntimeOptions::default() };
         if let Some(t) = self.threads {
             o.threads = t;
         }

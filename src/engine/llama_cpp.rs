@@ -237,7 +237,7 @@ impl Model {
     }
 
     /// Creates an inference context.
-    pub fn new_context(&self, n_ctx: u32, n_batch: u32, n_threads: i32) -> Result<Context, EngineError> {
+    pub fn new_context(&self, n_ctx: u32, n_batch: u32, n_threads: i32, f32_kv: bool, flash_attention: Option<bool>) -> Result<Context, EngineError> {
         // SAFETY: plain-data defaults.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = n_ctx;
@@ -247,6 +247,15 @@ impl Model {
         p.n_threads = n_threads;
         p.n_threads_batch = n_threads;
         p.no_perf = true;
+        p.flash_attn_type = match flash_attention {
+            None => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(true) => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            Some(false) => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        if f32_kv {
+            p.type_k = sys::GGML_TYPE_F32;
+            p.type_v = sys::GGML_TYPE_F32;
+        }
         clear_recent_errors();
         // SAFETY: valid model; params by value.
         let ptr = unsafe { sys::llama_init_from_model(self.ptr.as_ptr(), p) };

@@ -34,6 +34,12 @@ pub struct RuntimeOptions {
     pub use_mmap: bool,
     /// Keep the KV cache between requests with the same adapter set.
     pub prompt_cache: bool,
+    /// Keep keys and values in F32 instead of llama.cpp's default F16: twice the cache
+    /// memory, no rounding of K/V (parity checks against float references use it).
+    pub f32_kv_cache: bool,
+    /// Flash attention: `None` lets llama.cpp decide (on for CPU). Its CPU kernel rounds
+    /// Q to F16; parity checks against float references turn it off.
+    pub flash_attention: Option<bool>,
 }
 
 impl Default for RuntimeOptions {
@@ -44,6 +50,8 @@ impl Default for RuntimeOptions {
             n_batch: 512,
             use_mmap: true,
             prompt_cache: true,
+            f32_kv_cache: false,
+            flash_attention: None,
         }
     }
 }
@@ -172,7 +180,7 @@ impl Runtime {
             return Err(EngineError::ModelLoad { path, reason: "this is a LoRA adapter, not a model (pass it with --adapter)".into() }.into());
         }
         let model = Model::load(&path, options.use_mmap)?;
-        let ctx = model.new_context(options.n_ctx, options.n_batch.min(options.n_ctx), options.threads as i32)?;
+        let ctx = model.new_context(options.n_ctx, options.n_batch.min(options.n_ctx), options.threads as i32, options.f32_kv_cache, options.flash_attention)?;
         let inner = Inner { ctx, registry: AdapterRegistry::default(), active: Vec::new(), cached: Vec::new() };
         Ok(Runtime { inner: Mutex::new(inner), model, gguf, path, options })
     }
@@ -280,6 +288,10 @@ impl Runtime {
     }
 
     /// Makes `adapters` the context's active set; a different set drops the cache.
+    ///
+    /// Sets are compared as sets: the order a request lists its adapters in does not
+    /// matter (llama.cpp keeps the active adapters in a hash map and sums their deltas
+    /// in its own order either way).
     fn select_adapters(&self, inner: &mut Inner, adapters: &[(String, f32)]) -> Result<()> {
         let mut key = Vec::with_capacity(adapters.len());
         for (i, (name, scale)) in adapters.iter().enumerate() {
@@ -289,21 +301,23 @@ impl Runtime {
             if adapters[..i].iter().any(|(n, _)| n == name) {
                 return Err(EngineError::BadOption(format!("adapter {name:?} is named twice in one request")).into());
             }
-            key.push((inner.registry.get(name)?.id, scale.to_bits()));
+            key.push((inner.registry.get(name)?.id, scale.to_bits(), i));
         }
-        if key != inner.active {
+        key.sort_unstable();
+        let ids: Vec<(u64, u32)> = key.iter().map(|&(id, bits, _)| (id, bits)).collect();
+        if ids != inner.active {
             // Forget the cache first: whatever happens below, nothing computed under the
             // previous set can be reused.
             inner.cached.clear();
             inner.active.clear();
             let Inner { ctx, registry, .. } = &mut *inner;
-            let handles = adapters
+            let handles = key
                 .iter()
-                .map(|(n, s)| Ok((&registry.get(n)?.handle, *s)))
+                .map(|&(_, _, i)| Ok((&registry.get(&adapters[i].0)?.handle, adapters[i].1)))
                 .collect::<Result<Vec<_>, EngineError>>()?;
             ctx.set_adapters(&handles)?;
             ctx.clear_memory();
-            inner.active = key;
+            inner.active = ids;
         }
         Ok(())
     }

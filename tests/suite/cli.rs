@@ -1,0 +1,104 @@
+//! The `edgelora` binary: help, README's command table, exit codes, JSON output.
+
+use std::process::Command;
+
+use crate::common::{model_path, tmpdir};
+
+fn edgelora(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edgelora")).args(args).output().expect("run edgelora")
+}
+
+fn subcommands_in_help() -> Vec<String> {
+    let out = edgelora(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let section = help.split("Commands:").nth(1).unwrap().split("Options:").next().unwrap().to_string();
+    section
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| *w != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn readme_command_table_matches_help() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // Table rows look like: | `edgelora generate …` | … |
+    let mut in_readme: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `edgelora "))
+        .map(|l| l.trim_start_matches("| `edgelora ").split([' ', '`']).next().unwrap().to_string())
+        .collect();
+    in_readme.dedup();
+    assert_eq!(in_readme, subcommands_in_help(), "README's CLI table and `edgelora --help` disagree");
+}
+
+#[test]
+fn bad_input_exits_1_with_the_cause() {
+    let out = edgelora(&["generate", "--model", "/nonexistent/x.gguf", "-p", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: loading model /nonexistent/x.gguf") && err.contains("caused by:"), "{err}");
+    let out = edgelora(&["inspect", "/nonexistent/y.gguf"]);
+    assert_eq!(out.status.code(), Some(1));
+    let dir = tmpdir();
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00").unwrap();
+    let out = edgelora(&["inspect", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
+    let out = edgelora(&["logits", "--model", model_path().to_str().unwrap(), "--tokens", "1,999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("999999"));
+    // Usage errors are clap's exit code 2.
+    assert_eq!(edgelora(&["generate", "--bogus"]).status.code(), Some(2));
+}
+
+#[test]
+fn logits_json_and_binary_dump() {
+    let dir = tmpdir();
+    let bin = dir.path().join("l.f32");
+    let m = model_path();
+    let out = edgelora(&["logits", "-m", m.to_str().unwrap(), "-t", "1", "-p", "The capital of France is", "--top", "3", "--json", "--out", bin.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert_eq!(v["n_vocab"], 49152);
+    assert!(top[0]["piece"].as_str().unwrap().contains("Paris"), "{v}");
+    let raw = std::fs::read(&bin).unwrap();
+    assert_eq!(raw.len(), 49152 * 4);
+    let id = top[0]["id"].as_u64().unwrap() as usize;
+    let l = f32::from_le_bytes(raw[id * 4..id * 4 + 4].try_into().unwrap());
+    assert_eq!(l as f64, top[0]["logit"].as_f64().unwrap());
+    // Special tokens in --prompt are parsed; --tokens gives the same answer.
+    let ids: Vec<String> = v["tokens"].as_array().unwrap().iter().map(|t| t.to_string()).collect();
+    let out2 = edgelora(&["logits", "-m", m.to_str().unwrap(), "-t", "1", "--tokens", &ids.join(","), "--top", "3", "--json"]);
+    let v2: serde_json::Value = serde_json::from_slice(&out2.stdout).unwrap();
+    assert_eq!(v["top"], v2["top"]);
+}
+
+#[test]
+fn inspect_a_model_and_an_adapter() {
+    let m = model_path();
+    let out = edgelora(&["inspect", m.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "model");
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["totals"]["tensors"], v["tensors"].as_array().unwrap().len());
+    assert_eq!(v["metadata"]["llama.block_count"], 30);
+
+    let dir = tmpdir();
+    let a = dir.path().join("a.gguf");
+    let out = edgelora(&["adapter", "synth", "-m", m.to_str().unwrap(), "--out", a.to_str().unwrap(), "--rank", "8", "--targets", "attn_q,attn_v"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = edgelora(&["inspect", a.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "adapter");
+    assert_eq!(v["lora_ranks"]["8"], 60);
+    // And generate accepts it.
+    let out = edgelora(&["generate", "-m", m.to_str().unwrap(), "-t", "1", "-p", "Hi", "-n", "4", "--adapter", &format!("{}:0.5", a.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

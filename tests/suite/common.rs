@@ -1,0 +1,56 @@
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use edgelora::engine::{Runtime, RuntimeOptions};
+use edgelora::gguf::GgufFile;
+
+pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The default model; a missing file fails the test with the command that fetches it.
+pub fn model_path() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL_FILE);
+    assert!(p.exists(), "the default model {} is missing: run `models/fetch` first", p.display());
+    p
+}
+
+pub fn model_gguf() -> &'static GgufFile {
+    static G: OnceLock<GgufFile> = OnceLock::new();
+    G.get_or_init(|| GgufFile::open(model_path()).expect("default model parses"))
+}
+
+/// The default model dequantized to F32 by edgelora (made once per test run). llama.cpp
+/// runs an F32 model without quantizing activations, so results there are stable to
+/// float rounding; on Q4_1 (activations rounded to Q8_1) a 1e-5 relative change in one
+/// delta moved logits by 0.3 here.
+pub fn f32_model_path() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join("SmolLM2-135M-Instruct.F32.gguf");
+        edgelora::convert::dequantize_model(model_gguf(), &p).expect("dequantize the default model");
+        p
+    })
+    .clone()
+}
+
+/// A runtime on the F32 model with an F32 KV cache and no flash attention (whose CPU
+/// kernel rounds Q to F16): nothing is rounded below f32.
+pub fn f32_runtime() -> Runtime {
+    let opts = RuntimeOptions { threads: 1, n_ctx: 1024, f32_kv_cache: true, flash_attention: Some(false), ..RuntimeOptions::default() };
+    Runtime::load(f32_model_path(), opts).expect("F32 model loads")
+}
+
+/// A runtime on the default model with one thread (tests run in parallel on few cores).
+pub fn runtime() -> Runtime {
+    let opts = RuntimeOptions { threads: 1, n_ctx: 1024, ..RuntimeOptions::default() };
+    Runtime::load(model_path(), opts).expect("default model loads")
+}
+
+/// A fresh temporary directory for a test's files.
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,10 @@
+//! The integration test suite (one binary). Tests that need the default model fail with
+//! a message saying how to fetch it; none of them skips.
+
+mod common;
+
+mod cli;
+mod engine;
+mod gguf_malformed;
+mod gguf_roundtrip;
+mod quant;

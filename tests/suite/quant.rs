@@ -1,0 +1,103 @@
+//! Dequantization against ggml's own `to_float`, bit for bit.
+
+use edgelora::gguf::GgmlType;
+use edgelora::quant::{can_dequantize, dequantize, QuantError};
+use half::f16;
+use rand::{Rng, SeedableRng};
+
+use crate::common::model_gguf;
+
+fn ggml_to_float(t: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    // SAFETY: the traits table is static; `to_float` reads whole blocks of `t` from
+    // `bytes` (sized for n elements, checked by the caller) and writes n floats.
+    unsafe {
+        let traits = llama_cpp_sys_2::ggml_get_type_traits(t as _);
+        let f = (*traits).to_float.expect("type has to_float");
+        f(bytes.as_ptr().cast(), out.as_mut_ptr(), n as i64);
+    }
+    out
+}
+
+/// Random blocks whose f16 scale fields are finite.
+fn random_blocks(t: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let bs = t.type_size() as usize;
+    let mut v = vec![0u8; n_blocks * bs];
+    rng.fill(&mut v[..]);
+    let halves = match t {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => 1,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
+        GgmlType::F16 => bs / 2,
+        _ => 0,
+    };
+    for b in v.chunks_exact_mut(bs) {
+        for h in 0..halves {
+            let x = f16::from_f32(rng.random_range(-2.0f32..2.0));
+            b[2 * h..2 * h + 2].copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    if t == GgmlType::BF16 {
+        for c in v.chunks_exact_mut(2) {
+            c.copy_from_slice(&half::bf16::from_f32(rng.random_range(-1e3f32..1e3)).to_le_bytes());
+        }
+    }
+    if t == GgmlType::F32 {
+        for c in v.chunks_exact_mut(4) {
+            c.copy_from_slice(&rng.random_range(-1e3f32..1e3).to_le_bytes());
+        }
+    }
+    v
+}
+
+#[test]
+fn dequantize_matches_ggml_bit_for_bit() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    // F32 has no to_float in ggml (it is the identity); every other supported type does.
+    for t in GgmlType::ALL.into_iter().filter(|t| can_dequantize(*t) && *t != GgmlType::F32) {
+        let n_blocks = if t.block_size() == 1 { 4096 } else { 257 };
+        let bytes = random_blocks(t, n_blocks, &mut rng);
+        let n = n_blocks * t.block_size() as usize;
+        let mut ours = vec![0f32; n];
+        dequantize(t, &bytes, &mut ours).unwrap();
+        let theirs = ggml_to_float(t, &bytes, n);
+        let bad = ours.iter().zip(&theirs).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(bad, None, "{t}: first mismatch (ours {:?} vs ggml {:?})", bad.map(|i| ours[i]), bad.map(|i| theirs[i]));
+    }
+}
+
+#[test]
+fn dequantize_the_default_models_tensors_like_ggml() {
+    let f = model_gguf();
+    for name in ["blk.0.attn_q.weight", "blk.29.ffn_down.weight", "token_embd.weight"] {
+        let t = f.tensor(name).unwrap();
+        let n = t.n_elements() as usize;
+        let mut ours = vec![0f32; n];
+        dequantize(t.ggml_type, f.tensor_data(t), &mut ours).unwrap();
+        let theirs = ggml_to_float(t.ggml_type, f.tensor_data(t), n);
+        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} ({})", t.ggml_type);
+    }
+}
+
+#[test]
+fn dequantize_checks_sizes_and_types() {
+    let mut out = vec![0f32; 32];
+    assert!(matches!(dequantize(GgmlType::Q4_1, &[0u8; 19], &mut out), Err(QuantError::Size { .. })));
+    assert!(matches!(dequantize(GgmlType::Q4_1, &[0u8; 20], &mut out[..31]), Err(QuantError::Size { .. })));
+    let mut out = vec![0f32; 256];
+    assert_eq!(dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out), Err(QuantError::Unsupported(GgmlType::Q4_K)));
+}
+
+#[test]
+fn the_f32_model_holds_the_dequantized_weights() {
+    let p = crate::common::f32_model_path();
+    let f = edgelora::gguf::GgufFile::open(&p).unwrap();
+    let q = model_gguf();
+    assert_eq!(f.tensors().len(), q.tensors().len());
+    assert!(f.tensors().iter().all(|t| t.ggml_type == GgmlType::F32));
+    assert_eq!(f.require_u64("general.file_type").unwrap(), 0);
+    let t = q.tensor("blk.7.ffn_up.weight").unwrap();
+    let mut want = vec![0f32; t.n_elements() as usize];
+    dequantize(t.ggml_type, q.tensor_data(t), &mut want).unwrap();
+    let (_, got) = f.tensor_bytes("blk.7.ffn_up.weight").unwrap();
+    assert_eq!(got, bytemuck::cast_slice::<f32, u8>(&want));
+}
