@@ -8,6 +8,13 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`edgelora inspect M | head`), as Unix tools do,
+    // instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,61 +1,65 @@
-//! GGUF-LoRA: check an adapter file against its base model; write one from f32 A/B.
+//! GGUF-LoRA, llama.cpp's adapter layout: `general.type=adapter`, `adapter.type=lora`,
+//! `adapter.lora.alpha`, `general.architecture`, and `<weight>.lora_a` (ne `[in, r]`) /
+//! `<weight>.lora_b` (ne `[r, out]`) per target.
+//!
+//! llama.cpp applies s = alpha/r with one alpha for the whole file. An adapter whose
+//! tensors have different scales (rsLoRA with a rank_pattern, alpha_pattern, …) gets the
+//! alpha that serves most tensors; for the rest the ratio is folded into B, and recorded
+//! (`edgelora.lora.fold.tensors` / `.factors`) so that edgelora reads back the original
+//! B and scale. Folding rounds B once: tensors without a fold are stored bit-exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use half::f16;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
+use super::manifest::{Manifest, GGUF_PREFIX};
+use super::model::{FactorDtype, LoraAdapter, LoraTensor};
 use crate::error::{AdapterError, Error};
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec, ValueType};
+use crate::quant;
 
-/// The seven projections of a llama-family block, by GGUF name.
-pub const ALL_LINEAR: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+const FOLD_TENSORS: &str = "edgelora.lora.fold.tensors";
+const FOLD_FACTORS: &str = "edgelora.lora.fold.factors";
 
-/// What a checked adapter holds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraSummary {
-    pub architecture: String,
-    pub alpha: f32,
-    /// Base tensor name → rank.
-    pub targets: BTreeMap<String, u64>,
+/// Storage type for written A/B tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufLoraDtype {
+    F16,
+    F32,
 }
 
-/// Checks a GGUF-LoRA file against the base model it is meant for: its type, its
-/// architecture, every tensor's pairing, base tensor and shape. Every problem is an
-/// error naming the tensor or field; nothing is skipped.
-pub fn check_against_base(adapter: &GgufFile, base: &GgufFile) -> Result<LoraSummary, Error> {
-    let path = adapter.path().to_path_buf();
+/// Reads a GGUF-LoRA file: layout checks (type keys, pairing, shapes, tensor types,
+/// finite values); the base-model checks are [`validate`](super::validate).
+pub fn read_gguf_lora(f: &GgufFile) -> Result<LoraAdapter, Error> {
+    let path = f.path().to_path_buf();
     let invalid = |reason: String| AdapterError::Invalid { path: path.clone(), reason };
     let bad = |tensor: &str, reason: String| AdapterError::BadTensor { path: path.clone(), tensor: tensor.to_string(), reason };
 
-    match adapter.get("general.type").and_then(MetaValue::as_str) {
+    match f.get("general.type").and_then(MetaValue::as_str) {
         Some("adapter") => {}
         Some(other) => {
-            return Err(invalid(format!(
-                "general.type is {other:?}, expected \"adapter\" (is this a model rather than a LoRA adapter?)"
-            ))
-            .into())
+            return Err(invalid(format!("general.type is {other:?}, expected \"adapter\" (is this a model rather than a LoRA adapter?)")).into())
         }
         None => return Err(invalid("general.type is missing, expected \"adapter\" (not a GGUF-LoRA file)".into()).into()),
     }
-    match adapter.get("adapter.type").and_then(MetaValue::as_str) {
+    match f.get("adapter.type").and_then(MetaValue::as_str) {
         Some("lora") => {}
         other => return Err(invalid(format!("adapter.type is {other:?}, expected \"lora\"")).into()),
     }
-    let architecture = adapter.architecture()?.to_string();
-    let base_arch = base.architecture()?;
-    if architecture != base_arch {
-        return Err(AdapterError::WrongArchitecture { path: path.clone(), expected: base_arch.into(), found: architecture }.into());
-    }
-    let alpha = match adapter.get("adapter.lora.alpha") {
-        None => 0.0, // llama.cpp then uses scale = user scale (alpha = rank)
-        Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| invalid(format!("adapter.lora.alpha is {}, expected a finite number", v.summary())))? as f32,
+    let architecture = f.architecture()?.to_string();
+    let alpha = match f.get("adapter.lora.alpha") {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|a| a.is_finite())
+                .ok_or_else(|| invalid(format!("adapter.lora.alpha is {}, expected a finite number", v.summary())))?,
+        ),
     };
+    let folds = read_folds(f)?;
 
     let mut pairs: BTreeMap<&str, [Option<&crate::gguf::TensorInfo>; 2]> = BTreeMap::new();
-    for t in adapter.tensors() {
+    for t in f.tensors() {
         let (stem, slot) = if let Some(s) = t.name.strip_suffix(".lora_a") {
             (s, 0)
         } else if let Some(s) = t.name.strip_suffix(".lora_b") {
@@ -71,119 +75,162 @@ pub fn check_against_base(adapter: &GgufFile, base: &GgufFile) -> Result<LoraSum
     if pairs.is_empty() {
         return Err(invalid("holds no lora_a/lora_b tensors".into()).into());
     }
-    let mut targets = BTreeMap::new();
+    let mut adapter = LoraAdapter::new(architecture);
     for (stem, [a, b]) in pairs {
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some(_), None) => return Err(bad(&format!("{stem}.lora_b"), "is missing: its lora_a has no partner".into()).into()),
             (None, _) => return Err(bad(&format!("{stem}.lora_a"), "is missing: its lora_b has no partner".into()).into()),
         };
-        let w = base.tensor(stem).ok_or_else(|| {
-            bad(stem, format!("the base model {} has no such tensor (wrong base model, or HF names not mapped?)", base.path().display()))
-        })?;
-        if w.shape.len() != 2 || a.shape.len() != 2 || b.shape.len() != 2 {
-            return Err(bad(stem, format!("expected 2-D tensors, found base {:?}, lora_a {:?}, lora_b {:?}", w.shape, a.shape, b.shape)).into());
+        if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[1] != b.shape[0] || a.shape[1] == 0 {
+            return Err(bad(stem, format!("lora_a {:?} and lora_b {:?} are not [in, r] and [r, out] with one r ≥ 1", a.shape, b.shape)).into());
         }
-        let (n_in, n_out) = (w.shape[0], w.shape[1]);
-        let r = a.shape[1];
-        if a.shape[0] != n_in || b.shape != [r, n_out] {
-            return Err(bad(
-                stem,
-                format!(
-                    "shapes do not fit the base weight [{n_in}, {n_out}]: expected lora_a [{n_in}, r] and lora_b [r, {n_out}], found lora_a {:?} and lora_b {:?}",
-                    a.shape, b.shape
-                ),
-            )
-            .into());
+        let (n_in, rank, n_out) = (a.shape[0] as usize, a.shape[1] as usize, b.shape[1] as usize);
+        let load = |t: &crate::gguf::TensorInfo| -> Result<Vec<f32>, Error> {
+            let mut v = vec![0f32; t.n_elements() as usize];
+            quant::dequantize(t.ggml_type, f.tensor_data(t), &mut v).map_err(|e| bad(&t.name, e.to_string()))?;
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(bad(&t.name, format!("element {i} is {} (weights must be finite)", v[i])).into());
+            }
+            Ok(v)
+        };
+        let mut bv = load(b)?;
+        let av = load(a)?;
+        // llama.cpp: scale = user_scale · alpha / rank, or user_scale when alpha is 0/absent.
+        let mut scale = match alpha {
+            Some(al) if al != 0.0 => (al / rank as f64) as f32,
+            _ => 1.0,
+        };
+        if let Some(&fold) = folds.get(stem) {
+            bv.iter_mut().for_each(|x| *x = (f64::from(*x) / fold) as f32);
+            scale = (f64::from(scale) * fold) as f32;
         }
-        if r == 0 {
-            return Err(bad(stem, "rank 0".into()).into());
-        }
-        targets.insert(stem.to_string(), r);
+        let dtype = match a.ggml_type {
+            GgmlType::F32 => FactorDtype::F32,
+            GgmlType::BF16 => FactorDtype::BF16,
+            GgmlType::Q8_0 => FactorDtype::Q8_0,
+            _ => FactorDtype::F16,
+        };
+        adapter.tensors.insert(stem.to_string(), LoraTensor { rank, n_in, n_out, a: av, b: bv, scale, dtype });
     }
-    Ok(LoraSummary { architecture, alpha, targets })
+    adapter.manifest = Manifest::from_gguf(f);
+    if let Some(cfg) = f.get("edgelora.peft.config").and_then(MetaValue::as_str) {
+        adapter.peft_config = serde_json::from_str(cfg).ok();
+    }
+    Ok(adapter)
 }
 
-/// One target's factors in f32, row-major: `a` is `[rank, n_in]` (PEFT's lora_A), `b` is
-/// `[n_out, rank]` (PEFT's lora_B) — the same bytes as GGUF's `ne=[n_in, r]`, `ne=[r, n_out]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraPair {
-    /// Base tensor name, e.g. `blk.0.attn_q.weight`.
-    pub target: String,
-    pub rank: usize,
-    pub n_in: usize,
-    pub n_out: usize,
-    pub a: Vec<f32>,
-    pub b: Vec<f32>,
+fn read_folds(f: &GgufFile) -> Result<BTreeMap<String, f64>, Error> {
+    let (Some(MetaValue::Array(_, names)), Some(MetaValue::Array(_, factors))) = (f.get(FOLD_TENSORS), f.get(FOLD_FACTORS)) else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = || AdapterError::Invalid {
+        path: f.path().to_path_buf(),
+        reason: format!("{FOLD_TENSORS} and {FOLD_FACTORS} must be arrays of equal length of names and finite non-zero numbers"),
+    };
+    if names.len() != factors.len() {
+        return Err(bad().into());
+    }
+    names
+        .iter()
+        .zip(factors)
+        .map(|(n, x)| match (n.as_str(), x.as_f64()) {
+            (Some(n), Some(x)) if x.is_finite() && x != 0.0 => Ok((n.to_string(), x)),
+            _ => Err(bad().into()),
+        })
+        .collect()
 }
 
-/// Storage type of written A/B tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoraDtype {
-    F32,
-    F16,
-}
+/// The metadata and tensor payloads of a GGUF-LoRA for `adapter`.
+fn encode(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> (Vec<(String, MetaValue)>, Vec<TensorSpec>, Vec<Vec<u8>>) {
+    // One alpha for the file: the alpha = s·r that most tensors share.
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for t in adapter.tensors.values() {
+        *counts.entry((t.scale * t.rank as f32).to_bits()).or_default() += 1;
+    }
+    let alpha = counts.iter().max_by_key(|(_, n)| **n).map_or(1.0, |(bits, _)| f32::from_bits(*bits));
 
-/// Writes a GGUF-LoRA file (atomically) that llama.cpp loads.
-pub fn write_gguf_lora(path: &Path, architecture: &str, alpha: f32, pairs: &[LoraPair], dtype: LoraDtype) -> Result<(), Error> {
-    let metadata = vec![
-        ("general.architecture".to_string(), MetaValue::String(architecture.into())),
+    let mut metadata = vec![
+        ("general.architecture".to_string(), MetaValue::String(adapter.architecture.clone())),
         ("general.type".to_string(), MetaValue::String("adapter".into())),
         ("adapter.type".to_string(), MetaValue::String("lora".into())),
         ("adapter.lora.alpha".to_string(), MetaValue::F32(alpha)),
     ];
-    let t = match dtype {
-        LoraDtype::F32 => GgmlType::F32,
-        LoraDtype::F16 => GgmlType::F16,
-    };
-    let mut specs = Vec::new();
-    for p in pairs {
-        if p.a.len() != p.rank * p.n_in || p.b.len() != p.n_out * p.rank {
-            return Err(AdapterError::BadTensor {
-                path: path.to_path_buf(),
-                tensor: p.target.clone(),
-                reason: format!("a has {} values (expected {}), b has {} (expected {})", p.a.len(), p.rank * p.n_in, p.b.len(), p.n_out * p.rank),
-            }
-            .into());
-        }
-        specs.push(TensorSpec::new(format!("{}.lora_a", p.target), &[p.n_in as u64, p.rank as u64], t));
-        specs.push(TensorSpec::new(format!("{}.lora_b", p.target), &[p.rank as u64, p.n_out as u64], t));
+    if let Some(n) = &adapter.manifest.name {
+        metadata.push(("general.name".into(), MetaValue::String(n.clone())));
     }
-    let mut w = GgufWriter::create(path, &metadata, &specs)?;
-    let encode = |v: &[f32]| -> Vec<u8> {
+    let mut manifest = adapter.manifest.clone();
+    manifest.stamp();
+    metadata.extend(manifest.to_gguf());
+    metadata.push((
+        format!("{GGUF_PREFIX}targets"),
+        MetaValue::Array(ValueType::String, adapter.target_modules().into_iter().map(MetaValue::String).collect()),
+    ));
+    metadata.push((format!("{GGUF_PREFIX}rank"), MetaValue::U32(adapter.nominal_rank() as u32)));
+    metadata.push((format!("{GGUF_PREFIX}alpha"), MetaValue::F32(alpha)));
+    if let Some(cfg) = &adapter.peft_config {
+        metadata.push(("edgelora.peft.config".into(), MetaValue::String(cfg.to_string())));
+    }
+
+    let ggml_type = match dtype {
+        GgufLoraDtype::F16 => GgmlType::F16,
+        GgufLoraDtype::F32 => GgmlType::F32,
+    };
+    let enc = |v: &[f32]| -> Vec<u8> {
         match dtype {
-            LoraDtype::F32 => bytemuck::cast_slice(v).to_vec(),
-            LoraDtype::F16 => {
-                let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-                bytemuck::cast_slice(&h).to_vec()
-            }
+            GgufLoraDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            GgufLoraDtype::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
         }
     };
-    for p in pairs {
-        w.write_tensor(&format!("{}.lora_a", p.target), &encode(&p.a))?;
-        w.write_tensor(&format!("{}.lora_b", p.target), &encode(&p.b))?;
+    let (mut specs, mut data, mut fold_names, mut fold_factors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, t) in &adapter.tensors {
+        let llama_scale = f64::from(alpha) / t.rank as f64;
+        let fold = f64::from(t.scale) / llama_scale;
+        let b: Vec<f32> = if (t.scale * t.rank as f32).to_bits() == alpha.to_bits() {
+            t.b.clone()
+        } else {
+            fold_names.push(MetaValue::String(name.clone()));
+            fold_factors.push(MetaValue::F64(fold));
+            t.b.iter().map(|x| (f64::from(*x) * fold) as f32).collect()
+        };
+        specs.push(TensorSpec::new(format!("{name}.lora_a"), &[t.n_in as u64, t.rank as u64], ggml_type));
+        specs.push(TensorSpec::new(format!("{name}.lora_b"), &[t.rank as u64, t.n_out as u64], ggml_type));
+        data.push(enc(&t.a));
+        data.push(enc(&b));
+    }
+    if !fold_names.is_empty() {
+        metadata.push((FOLD_TENSORS.into(), MetaValue::Array(ValueType::String, fold_names)));
+        metadata.push((FOLD_FACTORS.into(), MetaValue::Array(ValueType::F64, fold_factors)));
+    }
+    (metadata, specs, data)
+}
+
+/// Writes `adapter` as a GGUF-LoRA file (atomically) that llama.cpp loads.
+pub fn write_gguf_lora(adapter: &LoraAdapter, path: &Path, dtype: GgufLoraDtype) -> Result<(), Error> {
+    let (metadata, specs, data) = encode(adapter, dtype);
+    let mut w = GgufWriter::create(path, &metadata, &specs)?;
+    for (spec, bytes) in specs.iter().zip(&data) {
+        w.write_tensor(&spec.name, bytes)?;
     }
     w.finish()?;
     Ok(())
 }
 
-/// Random factors for every `blk.*.<module>.weight` of `base` whose module is in
-/// `modules` (e.g. [`ALL_LINEAR`]): A and B uniform in ±`amplitude`, from `seed`.
-/// For tests and benches that need adapters of a given shape and a visible effect.
-pub fn random_lora(base: &GgufFile, modules: &[&str], rank: usize, amplitude: f32, seed: u64) -> Vec<LoraPair> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for t in base.tensors() {
-        let Some(rest) = t.name.strip_prefix("blk.") else { continue };
-        let Some(module) = rest.split('.').nth(1) else { continue };
-        if !t.name.ends_with(".weight") || t.shape.len() != 2 || !modules.contains(&module) {
-            continue;
-        }
-        let (n_in, n_out) = (t.shape[0] as usize, t.shape[1] as usize);
-        let mut draw = |n: usize| (0..n).map(|_| rng.random_range(-amplitude..=amplitude)).collect::<Vec<f32>>();
-        let a = draw(rank * n_in);
-        let b = draw(n_out * rank);
-        out.push(LoraPair { target: t.name.clone(), rank, n_in, n_out, a, b });
+/// The GGUF-LoRA image of `adapter` in memory (for llama.cpp without touching disk).
+pub fn gguf_lora_bytes(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> Result<Vec<u8>, Error> {
+    let (metadata, specs, data) = encode(adapter, dtype);
+    let mut w = GgufWriter::in_memory("<in-memory adapter>", &metadata, &specs)?;
+    for (spec, bytes) in specs.iter().zip(&data) {
+        w.write_tensor(&spec.name, bytes)?;
     }
-    out
+    Ok(w.finish_in_memory()?)
+}
+
+/// The widest storage any tensor of `adapter` came in: f32 sources stay f32.
+pub fn natural_dtype(adapter: &LoraAdapter) -> GgufLoraDtype {
+    if adapter.tensors.values().any(|t| t.dtype == FactorDtype::F32) {
+        GgufLoraDtype::F32
+    } else {
+        GgufLoraDtype::F16
+    }
 }

@@ -1,15 +1,81 @@
-use std::path::PathBuf;
+//! `edgelora adapter convert | compose | verify | synth`.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use edgelora::adapter::{random_lora, write_gguf_lora, LoraDtype, ALL_LINEAR};
+use edgelora::adapter::{
+    self, compose, is_peft_dir, random_lora, read_gguf_lora, validate, write_gguf_lora, write_peft, ComposeMethod, FactorDtype,
+    GgufLoraDtype, LoraAdapter, ALL_LINEAR,
+};
+use edgelora::engine::parse_adapter_arg;
 use edgelora::gguf::GgufFile;
 
 #[derive(Subcommand)]
 pub enum AdapterCommand {
+    /// Convert between PEFT folders and GGUF-LoRA files
+    Convert(ConvertArgs),
+    /// Combine weighted adapters into one (cat: exact; linear: PEFT's; svd: exact sum at a lower rank)
+    Compose(ComposeArgs),
+    /// Check an adapter against a model: architecture, targets, shapes, ranks, values
+    Verify(VerifyArgs),
     /// Write a synthetic GGUF-LoRA adapter with random A/B for a model (tests, benches, demos)
     Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A PEFT folder or a GGUF-LoRA file
+    input: PathBuf,
+    /// Output: a GGUF-LoRA file or a PEFT folder
+    output: PathBuf,
+    /// The base model (names, q/k permutation, validation, manifest fingerprint)
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Output format (default: the other one)
+    #[arg(long, value_parser = ["gguf", "peft"])]
+    to: Option<String>,
+    /// Tensor type: f16 or f32 (GGUF default f16; PEFT default: as read)
+    #[arg(long, value_parser = ["f16", "f32"])]
+    dtype: Option<String>,
+    /// Manifest name
+    #[arg(long)]
+    name: Option<String>,
+    /// Manifest version
+    #[arg(long = "adapter-version")]
+    version: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ComposeArgs {
+    /// Adapters (GGUF-LoRA files or PEFT folders) with weights
+    #[arg(required = true, value_name = "ADAPTER[:WEIGHT]")]
+    inputs: Vec<String>,
+    /// Output GGUF-LoRA file (or PEFT folder with --to peft)
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_parser = ["cat", "linear", "svd"], default_value = "cat")]
+    method: String,
+    /// Target rank for svd
+    #[arg(long)]
+    rank: Option<usize>,
+    /// The base model
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    #[arg(long, value_parser = ["gguf", "peft"], default_value = "gguf")]
+    to: String,
+    #[arg(long, value_parser = ["f16", "f32"], default_value = "f16")]
+    dtype: String,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The base model
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// A GGUF-LoRA file or a PEFT folder
+    adapter: PathBuf,
 }
 
 #[derive(Args)]
@@ -23,7 +89,7 @@ pub struct SynthArgs {
     /// LoRA rank
     #[arg(long, default_value_t = 16)]
     rank: usize,
-    /// adapter.lora.alpha (scale = alpha / rank)
+    /// LoRA alpha (scale = alpha / rank)
     #[arg(long, default_value_t = 32.0)]
     alpha: f32,
     /// Target modules by GGUF name (attn_q,attn_v,…) or all-linear
@@ -34,33 +100,118 @@ pub struct SynthArgs {
     amplitude: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Store A/B as f16 or f32
-    #[arg(long, default_value = "f16")]
+    #[arg(long, value_parser = ["f16", "f32"], default_value = "f16")]
     dtype: String,
 }
 
 pub fn run(c: AdapterCommand) -> Result<()> {
     match c {
+        AdapterCommand::Convert(a) => convert(a),
+        AdapterCommand::Compose(a) => compose_cmd(a),
+        AdapterCommand::Verify(a) => verify(a),
         AdapterCommand::Synth(a) => synth(a),
     }
 }
 
-fn synth(a: SynthArgs) -> Result<()> {
-    let base = GgufFile::open(&a.model).with_context(|| format!("reading base model {}", a.model.display()))?;
-    let modules: Vec<&str> = if a.targets == "all-linear" { ALL_LINEAR.to_vec() } else { a.targets.split(',').map(str::trim).collect() };
-    let dtype = match a.dtype.as_str() {
-        "f16" => LoraDtype::F16,
-        "f32" => LoraDtype::F32,
-        other => bail!("--dtype {other:?}: expected f16 or f32"),
+fn open_base(model: &Path) -> Result<GgufFile> {
+    if !model.exists() && model == Path::new(super::DEFAULT_MODEL) {
+        bail!("the default model {} is missing: run models/fetch first (or pass --model)", super::DEFAULT_MODEL);
+    }
+    GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))
+}
+
+fn gguf_dtype(s: &str) -> GgufLoraDtype {
+    if s == "f32" {
+        GgufLoraDtype::F32
+    } else {
+        GgufLoraDtype::F16
+    }
+}
+
+fn write_out(adapter: &LoraAdapter, out: &Path, to: &str, dtype: Option<&str>, base: &GgufFile) -> Result<()> {
+    if to == "peft" {
+        let dt = dtype.map(|d| if d == "f32" { FactorDtype::F32 } else { FactorDtype::F16 });
+        write_peft(adapter, out, base, dt).with_context(|| format!("writing PEFT folder {}", out.display()))
+    } else {
+        write_gguf_lora(adapter, out, gguf_dtype(dtype.unwrap_or("f16"))).with_context(|| format!("writing {}", out.display()))
+    }
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let base = open_base(&a.model)?;
+    let from_peft = a.input.is_dir();
+    let mut adapter = adapter::load(&a.input, &base).with_context(|| format!("reading adapter {}", a.input.display()))?;
+    if a.name.is_some() {
+        adapter.manifest.name = a.name.clone();
+    }
+    if a.version.is_some() {
+        adapter.manifest.version = a.version.clone();
+    }
+    let to = a.to.clone().unwrap_or_else(|| if from_peft { "gguf".into() } else { "peft".into() });
+    write_out(&adapter, &a.output, &to, a.dtype.as_deref(), &base)?;
+    eprintln!("wrote {} ({to}, {} targets, ranks {:?})", a.output.display(), adapter.tensors.len(), adapter.ranks());
+    Ok(())
+}
+
+fn compose_cmd(a: ComposeArgs) -> Result<()> {
+    let base = open_base(&a.model)?;
+    let method = match (a.method.as_str(), a.rank) {
+        ("cat", None) => ComposeMethod::Cat,
+        ("linear", None) => ComposeMethod::Linear,
+        ("svd", Some(r)) => ComposeMethod::Svd(r),
+        ("svd", None) => bail!("--method svd needs --rank R"),
+        (m, Some(_)) => bail!("--rank applies to --method svd only, not {m}"),
+        (m, None) => bail!("unknown method {m}"),
     };
+    let mut loaded = Vec::new();
+    for arg in &a.inputs {
+        let (path, w) = parse_adapter_arg(arg)?;
+        let ad = adapter::load(&path, &base).with_context(|| format!("reading adapter {}", path.display()))?;
+        loaded.push((ad, w));
+    }
+    let refs: Vec<(&LoraAdapter, f32)> = loaded.iter().map(|(a, w)| (a, *w)).collect();
+    let (mut out, report) = compose(&refs, method)?;
+    out.manifest.set_base(&base);
+    validate(&out, &base, &a.out)?;
+    write_out(&out, &a.out, &a.to, Some(&a.dtype), &base)?;
+    let ranks: Vec<usize> = out.ranks().into_keys().collect();
+    eprintln!("wrote {} ({} targets, rank(s) {ranks:?}, retained energy: min {:.6})", a.out.display(), out.tensors.len(), report.min_energy());
+    Ok(())
+}
+
+fn verify(a: VerifyArgs) -> Result<()> {
+    let base = open_base(&a.model)?;
+    let adapter = adapter::load(&a.adapter, &base).with_context(|| format!("verifying {} against {}", a.adapter.display(), a.model.display()))?;
+    let summary = validate(&adapter, &base, &a.adapter)?;
+    let mut scales: Vec<String> = summary.targets.values().map(|(r, s)| format!("r{r}·s{s}")).collect();
+    scales.sort();
+    scales.dedup();
+    println!("OK: {} fits {} ({})", a.adapter.display(), a.model.display(), summary.architecture);
+    println!("  format: {}", if is_peft_dir(&a.adapter) { "PEFT" } else { "GGUF-LoRA" });
+    println!("  targets: {} tensors, modules {}", summary.targets.len(), adapter.target_modules().join(","));
+    println!("  rank·scale: {}", scales.join(", "));
+    println!("  manifest: {}", serde_json::to_string(&adapter.manifest)?);
+    if let (Some(fp), true) = (&adapter.manifest.base_fingerprint, !a.adapter.is_dir()) {
+        if *fp != base.tensor_info_fingerprint() {
+            println!("  note: the manifest's base fingerprint differs from this model's (made for another file of the same architecture)");
+        }
+    }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    let base = open_base(&a.model)?;
+    let modules: Vec<&str> = if a.targets == "all-linear" { ALL_LINEAR.to_vec() } else { a.targets.split(',').map(str::trim).collect() };
     if a.rank == 0 {
         bail!("--rank must be at least 1");
     }
-    let pairs = random_lora(&base, &modules, a.rank, a.amplitude, a.seed);
-    if pairs.is_empty() {
+    let adapter = random_lora(&base, &modules, a.rank, a.alpha, a.amplitude, a.seed);
+    if adapter.tensors.is_empty() {
         bail!("--targets {:?} matches no blk.*.<module>.weight tensor of {} (modules are GGUF names such as attn_q, ffn_down)", a.targets, a.model.display());
     }
-    write_gguf_lora(&a.out, base.architecture()?, a.alpha, &pairs, dtype)?;
-    eprintln!("wrote {} ({} targets, rank {}, alpha {})", a.out.display(), pairs.len(), a.rank, a.alpha);
+    write_gguf_lora(&adapter, &a.out, gguf_dtype(&a.dtype))?;
+    // Read back what was written, as a check of the file.
+    let written = read_gguf_lora(&GgufFile::open(&a.out)?)?;
+    eprintln!("wrote {} ({} targets, rank {}, alpha {})", a.out.display(), written.tensors.len(), a.rank, a.alpha);
     Ok(())
 }

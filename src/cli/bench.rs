@@ -1,14 +1,13 @@
 //! `edgelora bench`: prompt and generation speed with no adapter and with each adapter
 //! set, adapter-switch latency, peak RSS. Figures only — nothing here asserts a timing.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use edgelora::adapter::{random_lora, write_gguf_lora, LoraDtype, ALL_LINEAR};
+use edgelora::adapter::{random_lora, FactorDtype, ALL_LINEAR};
 use edgelora::engine::{parse_adapter_arg, GenerateRequest, Prompt};
 
 use super::ModelArgs;
@@ -77,8 +76,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let n_vocab = rt.n_vocab();
     let threads = rt.options().threads;
 
-    // Adapters: the user's, then synthetic rank-R all-linear ones up to 8 for switching.
-    let tmp = tempfile::tempdir().context("creating a temporary directory for synthetic adapters")?;
+    // Adapters: the user's, then synthetic rank-R all-linear ones (f16, loaded from
+    // memory) up to 8 for switching.
     let mut names = Vec::new();
     let mut rows_sets: Vec<(String, Vec<(String, f32)>)> = vec![("base".into(), vec![])];
     for (i, arg) in user.iter().enumerate() {
@@ -94,11 +93,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let mut synth_k = 0;
     while names.len() < 8 {
-        let pairs = random_lora(rt.gguf(), &ALL_LINEAR, a.synthetic_rank, 0.02, 1000 + synth_k);
-        let path: PathBuf = tmp.path().join(format!("synthetic-{synth_k}.gguf"));
-        write_gguf_lora(&path, rt.gguf().architecture()?, 2.0 * a.synthetic_rank as f32, &pairs, LoraDtype::F16)?;
+        let mut synth = random_lora(rt.gguf(), &ALL_LINEAR, a.synthetic_rank, 2.0 * a.synthetic_rank as f32, 0.02, 1000 + synth_k);
+        synth.tensors.values_mut().for_each(|t| t.dtype = FactorDtype::F16);
         let name = format!("s{synth_k}");
-        rt.load_adapter(&name, &path)?;
+        rt.load_adapter_in_memory(&name, &synth)?;
         if user.is_empty() && synth_k == 0 {
             rows_sets.push((format!("synthetic r{} all-linear (f16)", a.synthetic_rank), vec![(name.clone(), 1.0)]));
         }

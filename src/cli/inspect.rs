@@ -9,7 +9,7 @@ use edgelora::gguf::{GgufFile, MetaValue};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A GGUF model or GGUF-LoRA adapter
+    /// A GGUF model, a GGUF-LoRA adapter or a PEFT adapter folder
     path: PathBuf,
     /// Print JSON
     #[arg(long)]
@@ -30,7 +30,43 @@ fn meta_json(v: &MetaValue) -> serde_json::Value {
     }
 }
 
+/// A PEFT folder: its config, tensors and manifest (read without a base model).
+fn inspect_peft(a: &InspectArgs) -> Result<()> {
+    use anyhow::Context;
+    let cfg_path = a.path.join("adapter_config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)
+        .with_context(|| format!("{}: malformed JSON", cfg_path.display()))?;
+    let w_path = a.path.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&w_path).with_context(|| format!("reading {}", w_path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a valid safetensors file", w_path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let manifest = meta.metadata().as_ref().and_then(|m| m.get("edgelora.manifest")).cloned();
+    let mut tensors: Vec<(String, String, Vec<usize>)> = st.tensors().into_iter().map(|(k, v)| (k, format!("{:?}", v.dtype()), v.shape().to_vec())).collect();
+    tensors.sort();
+    if a.json {
+        let v = json!({
+            "path": a.path, "kind": "peft-adapter", "config": cfg,
+            "manifest": manifest.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()),
+            "tensors": tensors.iter().map(|(k, d, s)| json!({"name": k, "dtype": d, "shape": s})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}: PEFT adapter, {} tensors", a.path.display(), tensors.len());
+    for k in ["peft_type", "r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "target_modules", "base_model_name_or_path"] {
+        println!("  {k:<24} {}", cfg.get(k).unwrap_or(&serde_json::Value::Null));
+    }
+    println!("  manifest                 {}", manifest.unwrap_or_else(|| "none".into()));
+    for (k, d, s) in &tensors {
+        println!("  {k:<72} {d:<5} {s:?}");
+    }
+    Ok(())
+}
+
 pub fn run(a: InspectArgs) -> Result<()> {
+    if a.path.is_dir() {
+        return inspect_peft(&a);
+    }
     let f = GgufFile::open(&a.path)?;
     let kind = match f.get("general.type").and_then(MetaValue::as_str) {
         Some("adapter") => "adapter",

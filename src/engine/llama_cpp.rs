@@ -236,6 +236,27 @@ impl Model {
         NonNull::new(ptr).map(|ptr| Adapter { ptr }).ok_or_else(|| fail(recent_errors("no reason given")))
     }
 
+    /// Loads a GGUF-LoRA image held in memory (read through `fmemopen`, nothing is
+    /// written to disk). `label` names it in errors.
+    pub fn load_adapter_bytes(&self, bytes: &[u8], label: &Path) -> Result<Adapter, EngineError> {
+        let fail = |reason: String| EngineError::AdapterLoad { path: label.to_path_buf(), reason };
+        if bytes.is_empty() {
+            return Err(fail("empty adapter image".into()));
+        }
+        // SAFETY: fmemopen reads from `bytes`, which outlives the stream (closed below);
+        // mode "rb" never writes to the buffer, so casting away const is sound.
+        let file = unsafe { libc::fmemopen(bytes.as_ptr() as *mut c_void, bytes.len(), c"rb".as_ptr()) };
+        if file.is_null() {
+            return Err(fail(format!("fmemopen failed: {}", std::io::Error::last_os_error())));
+        }
+        clear_recent_errors();
+        // SAFETY: valid model and an open stream; the runtime's mutex is held by callers.
+        let ptr = unsafe { sys::llama_adapter_lora_init_from_file_ptr(self.ptr.as_ptr(), file.cast()) };
+        // SAFETY: the stream was opened above and is closed exactly once.
+        unsafe { libc::fclose(file) };
+        NonNull::new(ptr).map(|ptr| Adapter { ptr }).ok_or_else(|| fail(recent_errors("no reason given")))
+    }
+
     /// Creates an inference context.
     pub fn new_context(&self, n_ctx: u32, n_batch: u32, n_threads: i32, f32_kv: bool, flash_attention: Option<bool>) -> Result<Context, EngineError> {
         // SAFETY: plain-data defaults.

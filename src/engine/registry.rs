@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::llama_cpp::{Adapter, Model};
-use crate::adapter::{check_against_base, LoraSummary};
+use crate::adapter::{self, gguf_lora_bytes, natural_dtype, validate, LoraAdapter, LoraSummary};
 use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
 
@@ -30,22 +30,45 @@ pub(super) struct AdapterRegistry {
 }
 
 impl AdapterRegistry {
-    /// Validates `path` against `base`, then loads it into llama.cpp under `name`.
-    pub fn load(&mut self, model: &Model, base: &GgufFile, name: &str, path: &Path) -> Result<AdapterInfo, Error> {
+    fn check_name(&self, name: &str) -> Result<(), Error> {
         if name.is_empty() {
             return Err(EngineError::BadOption("an adapter name must not be empty".into()).into());
         }
         if self.entries.contains_key(name) {
             return Err(EngineError::DuplicateAdapter { name: name.into() }.into());
         }
-        let file = GgufFile::open(path)?;
-        let summary = check_against_base(&file, base)?;
-        drop(file);
-        let handle = model.load_adapter(path)?;
+        Ok(())
+    }
+
+    /// Reads and validates `path` (GGUF-LoRA file or PEFT folder) against `base`, then
+    /// loads it into llama.cpp under `name`: a GGUF file as it is, a PEFT folder converted
+    /// in memory.
+    pub fn load(&mut self, model: &Model, base: &GgufFile, name: &str, path: &Path) -> Result<AdapterInfo, Error> {
+        self.check_name(name)?;
+        let adapter = adapter::load(path, base)?;
+        let summary = validate(&adapter, base, path)?;
+        let handle = if path.is_dir() {
+            model.load_adapter_bytes(&gguf_lora_bytes(&adapter, natural_dtype(&adapter))?, path)?
+        } else {
+            model.load_adapter(path)?
+        };
+        Ok(self.insert(name, path, summary, handle))
+    }
+
+    /// Validates an adapter held in memory and loads it under `name`.
+    pub fn load_in_memory(&mut self, model: &Model, base: &GgufFile, name: &str, adapter: &LoraAdapter) -> Result<AdapterInfo, Error> {
+        self.check_name(name)?;
+        let label = Path::new("<in-memory>");
+        let summary = validate(adapter, base, label)?;
+        let handle = model.load_adapter_bytes(&gguf_lora_bytes(adapter, natural_dtype(adapter))?, label)?;
+        Ok(self.insert(name, label, summary, handle))
+    }
+
+    fn insert(&mut self, name: &str, path: &Path, summary: LoraSummary, handle: Adapter) -> AdapterInfo {
         let info = AdapterInfo { name: name.into(), path: path.to_path_buf(), summary };
         self.next_id += 1;
         self.entries.insert(name.into(), Entry { id: self.next_id, info: info.clone(), handle });
-        Ok(info)
+        info
     }
 
     pub fn remove(&mut self, name: &str) -> Result<Entry, EngineError> {

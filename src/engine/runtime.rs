@@ -212,10 +212,18 @@ impl Runtime {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Validates and loads a GGUF-LoRA adapter under `name`; the model is not reloaded.
+    /// Validates and loads an adapter — a GGUF-LoRA file or a PEFT folder (converted in
+    /// memory) — under `name`; the model is not reloaded.
     pub fn load_adapter(&self, name: &str, path: impl AsRef<Path>) -> Result<AdapterInfo> {
         let mut inner = self.lock();
         inner.registry.load(&self.model, &self.gguf, name, path.as_ref())
+    }
+
+    /// Validates an adapter held in memory (e.g. just composed or trained) and loads it
+    /// under `name`; nothing is written to disk.
+    pub fn load_adapter_in_memory(&self, name: &str, adapter: &crate::adapter::LoraAdapter) -> Result<AdapterInfo> {
+        let mut inner = self.lock();
+        inner.registry.load_in_memory(&self.model, &self.gguf, name, adapter)
     }
 
     /// Unloads an adapter; if the context was using it, the context is reset first.

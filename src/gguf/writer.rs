@@ -30,11 +30,16 @@ impl TensorSpec {
     }
 }
 
-/// Writes one GGUF file; see the module docs.
+enum Sink {
+    File(BufWriter<File>),
+    Memory(Vec<u8>),
+}
+
+/// Writes one GGUF file (or image in memory); see the module docs.
 pub struct GgufWriter {
     final_path: PathBuf,
     tmp_path: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<Sink>,
     alignment: u64,
     tensors: Vec<(TensorSpec, u64)>,
     next: usize,
@@ -63,7 +68,22 @@ impl GgufWriter {
         metadata: &[(String, MetaValue)],
         tensors: &[TensorSpec],
     ) -> Result<Self, GgufError> {
-        let final_path = path.as_ref().to_path_buf();
+        Self::start(path.as_ref().to_path_buf(), false, version, metadata, tensors)
+    }
+
+    /// A writer that builds the GGUF image in memory ([`finish_in_memory`](Self::finish_in_memory)
+    /// returns it); `name` only labels errors.
+    pub fn in_memory(name: &str, metadata: &[(String, MetaValue)], tensors: &[TensorSpec]) -> Result<Self, GgufError> {
+        Self::start(PathBuf::from(name), true, 3, metadata, tensors)
+    }
+
+    fn start(
+        final_path: PathBuf,
+        in_memory: bool,
+        version: u32,
+        metadata: &[(String, MetaValue)],
+        tensors: &[TensorSpec],
+    ) -> Result<Self, GgufError> {
         if version != 2 && version != 3 {
             return Err(GgufError::UnsupportedVersion { path: final_path, found: version, hint: "" });
         }
@@ -113,15 +133,20 @@ impl GgufWriter {
         let _ = offset;
 
         let tmp_path = temp_path_for(&final_path);
-        let file = File::create(&tmp_path).map_err(|source| GgufError::Io {
-            path: tmp_path.clone(),
-            action: "cannot create temporary file",
-            source,
-        })?;
+        let sink = if in_memory {
+            Sink::Memory(Vec::new())
+        } else {
+            let file = File::create(&tmp_path).map_err(|source| GgufError::Io {
+                path: tmp_path.clone(),
+                action: "cannot create temporary file",
+                source,
+            })?;
+            Sink::File(BufWriter::with_capacity(1 << 20, file))
+        };
         let mut w = GgufWriter {
             final_path,
             tmp_path,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: Some(sink),
             alignment,
             tensors: laid_out,
             next: 0,
@@ -159,12 +184,14 @@ impl GgufWriter {
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<(), GgufError> {
-        let out = self.out.as_mut().expect("writer used after finish");
-        out.write_all(bytes).map_err(|source| GgufError::Io {
-            path: self.tmp_path.clone(),
-            action: "write failed",
-            source,
-        })?;
+        match self.out.as_mut().expect("writer used after finish") {
+            Sink::File(f) => f.write_all(bytes).map_err(|source| GgufError::Io {
+                path: self.tmp_path.clone(),
+                action: "write failed",
+                source,
+            })?,
+            Sink::Memory(v) => v.extend_from_slice(bytes),
+        }
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -233,21 +260,48 @@ impl GgufWriter {
         }
     }
 
-    /// Checks that every tensor was written, syncs the file and renames it to the final
-    /// name (then syncs the directory, so the rename itself is durable).
-    pub fn finish(mut self) -> Result<PathBuf, GgufError> {
-        if let Some((t, _)) = self.tensors.get(self.next) {
-            return Err(GgufError::WriteOrder {
+    fn check_complete(&self) -> Result<(), GgufError> {
+        match self.tensors.get(self.next) {
+            Some((t, _)) => Err(GgufError::WriteOrder {
                 path: self.final_path.clone(),
                 name: t.name.clone(),
                 reason: format!("never written ({} of {} tensors done)", self.next, self.tensors.len()),
-            });
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// The finished image of an [`in_memory`](Self::in_memory) writer.
+    pub fn finish_in_memory(mut self) -> Result<Vec<u8>, GgufError> {
+        self.check_complete()?;
+        match self.out.take() {
+            Some(Sink::Memory(v)) => Ok(v),
+            _ => Err(GgufError::WriteOrder {
+                path: self.final_path.clone(),
+                name: String::new(),
+                reason: "finish_in_memory called on a file writer".into(),
+            }),
+        }
+    }
+
+    /// Checks that every tensor was written, syncs the file and renames it to the final
+    /// name (then syncs the directory, so the rename itself is durable).
+    pub fn finish(mut self) -> Result<PathBuf, GgufError> {
+        self.check_complete()?;
         let io = |path: &Path, action: &'static str| {
             let path = path.to_path_buf();
             move |source| GgufError::Io { path, action, source }
         };
-        let out = self.out.take().expect("finish runs once");
+        let out = match self.out.take() {
+            Some(Sink::File(f)) => f,
+            _ => {
+                return Err(GgufError::WriteOrder {
+                    path: self.final_path.clone(),
+                    name: String::new(),
+                    reason: "finish called on an in-memory writer".into(),
+                })
+            }
+        };
         let file = out.into_inner().map_err(|e| e.into_error()).map_err(io(&self.tmp_path, "write failed"))?;
         file.sync_all().map_err(io(&self.tmp_path, "fsync failed"))?;
         drop(file);
@@ -263,7 +317,7 @@ impl GgufWriter {
 
 impl Drop for GgufWriter {
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        if let Some(Sink::File(_)) = self.out.take() {
             let _ = fs::remove_file(&self.tmp_path);
         }
     }

@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use edgelora::adapter::{random_lora, write_gguf_lora, LoraDtype, LoraPair, ALL_LINEAR};
+use edgelora::adapter::{compose, random_lora, write_gguf_lora, ComposeMethod, GgufLoraDtype, LoraAdapter, ALL_LINEAR};
 use edgelora::engine::{argmax, CancelFlag, ChatMessage, GenerateRequest, Prompt, Runtime, RuntimeOptions, SamplingParams, StopReason};
 use edgelora::{AdapterError, EngineError, Error};
 
@@ -17,11 +17,11 @@ fn set(items: &[(&str, f32)]) -> Vec<(String, f32)> {
 }
 
 /// Writes a random f32 adapter over `modules` and returns its path and factors.
-fn adapter(dir: &Path, name: &str, modules: &[&str], rank: usize, alpha: f32, seed: u64) -> (PathBuf, Vec<LoraPair>) {
-    let pairs = random_lora(model_gguf(), modules, rank, 0.03, seed);
+fn adapter(dir: &Path, name: &str, modules: &[&str], rank: usize, alpha: f32, seed: u64) -> (PathBuf, LoraAdapter) {
+    let a = random_lora(model_gguf(), modules, rank, alpha, 0.03, seed);
     let path = dir.join(format!("{name}.gguf"));
-    write_gguf_lora(&path, "llama", alpha, &pairs, LoraDtype::F32).unwrap();
-    (path, pairs)
+    write_gguf_lora(&a, &path, GgufLoraDtype::F32).unwrap();
+    (path, a)
 }
 
 #[test]
@@ -95,38 +95,13 @@ fn two_weighted_adapters_equal_their_concatenation() {
     let dir = tmpdir();
     let (p1, f1) = adapter(dir.path(), "a1", &["attn_q", "attn_v"], 8, 16.0, 21);
     let (p2, f2) = adapter(dir.path(), "a2", &ALL_LINEAR, 4, 4.0, 22);
-    let (w1, s1, w2, s2) = (0.7f32, 2.0f32, 0.3f32, 1.0f32);
-    // cat: A = [A1; A2], B = [w1·s1·B1 | w2·s2·B2], alpha = rank (s = 1).
-    let mut cat = Vec::new();
-    for target in f2.iter().map(|p| p.target.clone()) {
-        let q1 = f1.iter().find(|p| p.target == target);
-        let q2 = f2.iter().find(|p| p.target == target).unwrap();
-        let r1 = q1.map_or(0, |p| p.rank);
-        let rank = r1 + q2.rank;
-        let (n_in, n_out) = (q2.n_in, q2.n_out);
-        let mut a = Vec::with_capacity(rank * n_in);
-        if let Some(q1) = q1 {
-            a.extend_from_slice(&q1.a);
-        }
-        a.extend_from_slice(&q2.a);
-        let mut b = vec![0f32; n_out * rank];
-        for o in 0..n_out {
-            for j in 0..r1 {
-                b[o * rank + j] = w1 * s1 * q1.unwrap().b[o * r1 + j];
-            }
-            for j in 0..q2.rank {
-                b[o * rank + r1 + j] = w2 * s2 * q2.b[o * q2.rank + j];
-            }
-        }
-        cat.push(LoraPair { target, rank, n_in, n_out, a, b });
-    }
-    // One global alpha: ranks differ per tensor (12 for q/v, 4 elsewhere), so fold 1/s in B.
-    for p in &mut cat {
-        let s = 12.0 / p.rank as f32;
-        p.b.iter_mut().for_each(|x| *x /= s);
-    }
+    let (w1, w2) = (0.7f32, 0.3f32);
+    // cat: A = [A1; A2], B = [w1·s1·B1 | w2·s2·B2] per target (rank 12 on q/v, 4 elsewhere),
+    // written with one alpha and the per-tensor differences folded into B.
+    let (cat, _) = compose(&[(&f1, w1), (&f2, w2)], ComposeMethod::Cat).unwrap();
+    assert_eq!(cat.ranks().into_iter().collect::<Vec<_>>(), vec![(4, 150), (12, 60)]);
     let pc = dir.path().join("cat.gguf");
-    write_gguf_lora(&pc, "llama", 12.0, &cat, LoraDtype::F32).unwrap();
+    write_gguf_lora(&cat, &pc, GgufLoraDtype::F32).unwrap();
 
     // On the F32 model: no activation quantization, so the two routes differ only by
     // float rounding (on Q4_1 that rounding can flip Q8 roundings: see common.rs).
@@ -211,7 +186,7 @@ fn adapters_load_and_unload_by_name_without_reloading_the_model() {
     let base = rt.logits(&tokens, &[]).unwrap();
     let info = rt.load_adapter("x", &p1).unwrap();
     assert_eq!(info.summary.targets.len(), 30 * 7);
-    assert_eq!(info.summary.alpha, 8.0);
+    assert!(info.summary.targets.values().all(|&(r, s)| r == 4 && s == 2.0));
     let with = rt.logits(&tokens, &set(&[("x", 1.0)])).unwrap();
     let e = rt.load_adapter("x", &p1).unwrap_err();
     assert!(matches!(e, Error::Engine(EngineError::DuplicateAdapter { .. })), "{e}");
@@ -236,33 +211,41 @@ fn bad_adapters_give_typed_errors_naming_the_problem() {
     let e = rt.load_adapter("m", model_path()).unwrap_err().to_string();
     assert!(e.contains("general.type") && e.contains("\"model\"") || e.contains("general.type"), "{e}");
 
-    let good = random_lora(model_gguf(), &["attn_q"], 4, 0.01, 1);
+    let good = random_lora(model_gguf(), &["attn_q"], 4, 8.0, 0.01, 1);
     // Wrong architecture.
     let p = dir.path().join("arch.gguf");
-    write_gguf_lora(&p, "qwen2", 8.0, &good, LoraDtype::F16).unwrap();
+    let mut qwen = good.clone();
+    qwen.architecture = "qwen2".into();
+    write_gguf_lora(&qwen, &p, GgufLoraDtype::F16).unwrap();
     let e = rt.load_adapter("arch", &p).unwrap_err();
     assert!(matches!(e, Error::Adapter(AdapterError::WrongArchitecture { ref found, .. }) if found == "qwen2"), "{e}");
 
     // A target the base does not have.
     let mut odd = good.clone();
-    odd[0].target = "blk.99.attn_q.weight".into();
+    let t = odd.tensors.remove("blk.0.attn_q.weight").unwrap();
+    odd.tensors.insert("blk.99.attn_q.weight".into(), t);
     let p = dir.path().join("target.gguf");
-    write_gguf_lora(&p, "llama", 8.0, &odd, LoraDtype::F16).unwrap();
+    write_gguf_lora(&odd, &p, GgufLoraDtype::F16).unwrap();
     let e = rt.load_adapter("target", &p).unwrap_err();
     assert!(matches!(e, Error::Adapter(AdapterError::BadTensor { ref tensor, .. }) if tensor == "blk.99.attn_q.weight"), "{e}");
 
     // Wrong shape: q is 576×576; claim 512 inputs.
     let mut wrong = good.clone();
-    wrong[0].n_in = 512;
-    wrong[0].a.truncate(4 * 512);
+    let t = wrong.tensors.get_mut("blk.0.attn_q.weight").unwrap();
+    t.n_in = 512;
+    t.a.truncate(4 * 512);
     let p = dir.path().join("shape.gguf");
-    write_gguf_lora(&p, "llama", 8.0, &wrong, LoraDtype::F16).unwrap();
+    write_gguf_lora(&wrong, &p, GgufLoraDtype::F16).unwrap();
     let e = rt.load_adapter("shape", &p).unwrap_err();
     assert!(matches!(e, Error::Adapter(AdapterError::BadTensor { ref reason, .. }) if reason.contains("[576, 576]")), "{e}");
+    let e = rt.load_adapter("shape", &p).unwrap_err();
+    assert!(e.to_string().contains("blk.0.attn_q.weight"), "{e}");
 
     // Half a pair: rewrite a file without one lora_b.
     let full = dir.path().join("full.gguf");
-    write_gguf_lora(&full, "llama", 8.0, &good[..2], LoraDtype::F16).unwrap();
+    let mut two = good.clone();
+    two.tensors.retain(|n, _| n.starts_with("blk.0.") || n.starts_with("blk.1."));
+    write_gguf_lora(&two, &full, GgufLoraDtype::F16).unwrap();
     let src = edgelora::gguf::GgufFile::open(&full).unwrap();
     let keep: Vec<_> = src.tensors().iter().filter(|t| t.name != "blk.1.attn_q.weight.lora_b").cloned().collect();
     let specs: Vec<_> = keep.iter().map(|t| edgelora::gguf::TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type)).collect();
@@ -371,7 +354,7 @@ fn loading_errors_name_the_file() {
     assert!(e.contains("/nonexistent/m.gguf"), "{e}");
     let dir = tmpdir();
     let p = dir.path().join("adapter.gguf");
-    write_gguf_lora(&p, "llama", 8.0, &random_lora(model_gguf(), &["attn_q"], 2, 0.01, 3), LoraDtype::F16).unwrap();
+    write_gguf_lora(&random_lora(model_gguf(), &["attn_q"], 2, 4.0, 0.01, 3), &p, GgufLoraDtype::F16).unwrap();
     let e = Runtime::load(&p, RuntimeOptions::default()).err().unwrap().to_string();
     assert!(e.contains("adapter, not a model"), "{e}");
 }

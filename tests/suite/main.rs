@@ -3,6 +3,7 @@
 
 mod common;
 
+mod adapters;
 mod cli;
 mod engine;
 mod gguf_malformed;
