@@ -102,3 +102,52 @@ fn inspect_a_model_and_an_adapter() {
     let out = edgelora(&["generate", "-m", m.to_str().unwrap(), "-t", "1", "-p", "Hi", "-n", "4", "--adapter", &format!("{}:0.5", a.display())]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn adapter_convert_compose_verify() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let seed = format!("{fx}/seed_r16_qv");
+    let rs = format!("{fx}/rslora_r8_all");
+    let dir = tmpdir();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+
+    let v = edgelora(&["adapter", "verify", "-m", m, &rs]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(text.starts_with("OK:") && text.contains("210 tensors") && text.contains("r4·s8"), "{text}");
+
+    let g = out("rs.gguf");
+    let c = edgelora(&["adapter", "convert", &rs, &g, "-m", m, "--dtype", "f32", "--name", "rs", "--adapter-version", "2.1"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let i = edgelora(&["inspect", &g, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(j["metadata"]["edgelora.manifest.name"], "rs");
+    assert_eq!(j["metadata"]["edgelora.manifest.version"], "2.1");
+    assert_eq!(j["metadata"]["edgelora.manifest.rank"], 8);
+    let p = out("rs-peft");
+    assert!(edgelora(&["adapter", "convert", &g, &p, "-m", m]).status.success());
+    let i = edgelora(&["inspect", &p, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(j["config"]["rank_pattern"]["down_proj"], 4);
+    assert_eq!(j["manifest"]["version"], "2.1");
+
+    let cat = out("cat.gguf");
+    let r = edgelora(&["adapter", "compose", "--out", &cat, &format!("{seed}:0.7"), &format!("{rs}:0.3"), "--method", "cat", "-m", m]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = edgelora(&["adapter", "compose", "--out", &out("lin.gguf"), &seed, &rs, "--method", "linear", "-m", m]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("equal ranks"));
+    assert!(!dir.path().join("lin.gguf").exists());
+    let r = edgelora(&["adapter", "compose", "--out", &out("svd.gguf"), &seed, &rs, "--method", "svd", "--rank", "4", "-m", m]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("retained energy"), "{}", String::from_utf8_lossy(&r.stderr));
+
+    // A PEFT folder works wherever an adapter is taken.
+    let gen = edgelora(&["generate", "-m", m, "-t", "1", "-p", "Hi", "-n", "3", "--adapter", &format!("{seed}:0.5"), "--adapter", &cat]);
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    // A model is not an adapter.
+    let bad = edgelora(&["adapter", "verify", "-m", m, m]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("general.type"));
+}
