@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 mod fsutil;
 pub mod gguf;
 pub mod quant;

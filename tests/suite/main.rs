@@ -6,6 +6,7 @@ mod common;
 mod adapters;
 mod cli;
 mod engine;
+mod ffi;
 mod gguf_malformed;
 mod gguf_roundtrip;
 mod quant;

@@ -1,0 +1,137 @@
+/* Drives the edgelora C API end to end; run by the test suite (tests/suite/ffi.rs):
+ *   test_edgelora MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER
+ * Exits non-zero with a message on the first failed check. */
+#include "edgelora.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(cond, ...)                                               \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);           \
+      fprintf(stderr, __VA_ARGS__);                                    \
+      fprintf(stderr, " (last error: %s)\n", edgelora_last_error());   \
+      exit(1);                                                         \
+    }                                                                  \
+  } while (0)
+
+typedef struct {
+  char text[8192];
+  int pieces;
+  int cancel_after;
+  EdgeloraCancel *cancel;
+} Stream;
+
+static bool on_piece(const char *piece, void *user_data) {
+  Stream *s = (Stream *)user_data;
+  strncat(s->text, piece, sizeof(s->text) - strlen(s->text) - 1);
+  s->pieces++;
+  if (s->cancel && s->pieces == s->cancel_after) edgelora_cancel_trigger(s->cancel);
+  return true;
+}
+
+static char *run(EdgeloraRuntime *rt, const char *adapter, float scale, Stream *s, EdgeloraCancel *cancel,
+                 EdgeloraStopReason *reason) {
+  EdgeloraGenerateParams p = edgelora_generate_params_default();
+  const char *names[1] = {adapter};
+  float scales[1] = {scale};
+  p.prompt = "What is the capital of France?";
+  p.chat = true;
+  p.max_tokens = 24;
+  p.adapter_names = names;
+  p.adapter_scales = scales;
+  p.n_adapters = adapter ? 1 : 0;
+  p.cancel = cancel;
+  EdgeloraGenerateResult r;
+  EdgeloraStatus st = edgelora_runtime_generate(rt, &p, s ? on_piece : NULL, s, &r);
+  CHECK(st == EDGELORA_STATUS_OK, "generate with %s: status %d", adapter ? adapter : "no adapter", st);
+  CHECK(r.text != NULL && r.n_prompt_tokens > 0, "empty result");
+  if (reason) *reason = r.stop_reason;
+  return r.text;
+}
+
+int main(int argc, char **argv) {
+  CHECK(argc == 5, "usage: %s MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER", argv[0]);
+  printf("edgelora %s\n", edgelora_version());
+
+  /* Error paths first: a missing model names the file. */
+  EdgeloraRuntime *rt = NULL;
+  EdgeloraStatus st = edgelora_runtime_open("/nonexistent/model.gguf", NULL, &rt);
+  CHECK(st == EDGELORA_STATUS_IO && rt == NULL, "missing model gave status %d", st);
+  CHECK(strstr(edgelora_last_error(), "/nonexistent/model.gguf") != NULL, "message does not name the file");
+  CHECK(edgelora_runtime_open(NULL, NULL, &rt) == EDGELORA_STATUS_INVALID_ARGUMENT, "NULL path accepted");
+
+  EdgeloraRuntimeOptions o = edgelora_runtime_options_default();
+  o.threads = 1;
+  o.n_ctx = 512;
+  st = edgelora_runtime_open(argv[1], &o, &rt);
+  CHECK(st == EDGELORA_STATUS_OK && rt != NULL, "open %s: status %d", argv[1], st);
+  CHECK(edgelora_last_error()[0] == '\0', "last error not cleared after success");
+
+  /* Two adapters (PEFT folders, converted in memory), switched between requests. */
+  CHECK(edgelora_adapter_load(rt, "a", argv[2]) == EDGELORA_STATUS_OK, "load a");
+  CHECK(edgelora_adapter_load(rt, "b", argv[3]) == EDGELORA_STATUS_OK, "load b");
+  CHECK(edgelora_adapter_load(rt, "a", argv[2]) == EDGELORA_STATUS_ALREADY_EXISTS, "duplicate name accepted");
+
+  /* Wrong base model: an adapter made for another architecture. */
+  st = edgelora_adapter_load(rt, "foreign", argv[4]);
+  CHECK(st == EDGELORA_STATUS_ADAPTER_MISMATCH, "foreign adapter gave status %d", st);
+  CHECK(strstr(edgelora_last_error(), "qwen2") != NULL && strstr(edgelora_last_error(), "llama") != NULL,
+        "mismatch message does not name both architectures");
+  st = edgelora_adapter_load(rt, "missing", "/nonexistent/adapter.gguf");
+  CHECK(st == EDGELORA_STATUS_IO && strstr(edgelora_last_error(), "/nonexistent/adapter.gguf"), "missing adapter: %d", st);
+
+  Stream s1 = {{0}, 0, 0, NULL};
+  char *base = run(rt, NULL, 0, NULL, NULL, NULL);
+  /* Scale 2: the fixture adapters then visibly change this greedy answer. */
+  char *a1 = run(rt, "a", 2.0f, &s1, NULL, NULL);
+  char *b1 = run(rt, "b", 2.0f, NULL, NULL, NULL);
+  char *a2 = run(rt, "a", 2.0f, NULL, NULL, NULL);
+  char *zero = run(rt, "b", 0.0f, NULL, NULL, NULL);
+  CHECK(strcmp(a1, a2) == 0, "adapter a gave different text after switching: [%s] vs [%s]", a1, a2);
+  CHECK(strcmp(a1, base) != 0 && strcmp(b1, base) != 0 && strcmp(a1, b1) != 0, "adapters change nothing");
+  CHECK(strcmp(zero, base) == 0, "scale 0 differs from the base: [%s] vs [%s]", zero, base);
+  /* Streaming: the pieces add up to the text. */
+  CHECK(s1.pieces > 1 && strcmp(s1.text, a1) == 0, "streamed [%s] (%d pieces) vs result [%s]", s1.text, s1.pieces, a1);
+  printf("base: %s\nadapter a: %s\nadapter b: %s\n", base, a1, b1);
+
+  /* Cancellation from the callback's thread through the shared flag. */
+  EdgeloraCancel *c = edgelora_cancel_new();
+  Stream s2 = {{0}, 0, 3, c};
+  EdgeloraStopReason reason;
+  char *cut = run(rt, "a", 2.0f, &s2, c, &reason);
+  CHECK(reason == EDGELORA_STOP_REASON_CANCELLED, "stop reason %d, expected CANCELLED", reason);
+  CHECK(strlen(cut) < strlen(a1), "cancelled text not shorter");
+  edgelora_cancel_free(c);
+
+  /* Unknown adapter in a request; unload; NULL arguments. */
+  EdgeloraGenerateParams p = edgelora_generate_params_default();
+  const char *names[1] = {"nope"};
+  float scales[1] = {1.0f};
+  p.prompt = "Hi";
+  p.adapter_names = names;
+  p.adapter_scales = scales;
+  p.n_adapters = 1;
+  EdgeloraGenerateResult r;
+  st = edgelora_runtime_generate(rt, &p, NULL, NULL, &r);
+  CHECK(st == EDGELORA_STATUS_NOT_FOUND && r.text == NULL, "unknown adapter gave status %d", st);
+  CHECK(strstr(edgelora_last_error(), "nope") != NULL, "message does not name the adapter");
+  CHECK(edgelora_adapter_unload(rt, "b") == EDGELORA_STATUS_OK, "unload b");
+  CHECK(edgelora_adapter_unload(rt, "b") == EDGELORA_STATUS_NOT_FOUND, "double unload");
+  CHECK(edgelora_runtime_generate(rt, NULL, NULL, NULL, &r) == EDGELORA_STATUS_INVALID_ARGUMENT, "NULL params");
+  CHECK(edgelora_runtime_generate(NULL, &p, NULL, NULL, &r) == EDGELORA_STATUS_INVALID_ARGUMENT, "NULL runtime");
+
+  edgelora_string_free(base);
+  edgelora_string_free(a1);
+  edgelora_string_free(b1);
+  edgelora_string_free(a2);
+  edgelora_string_free(zero);
+  edgelora_string_free(cut);
+  edgelora_string_free(NULL);
+  edgelora_runtime_close(rt);
+  edgelora_runtime_close(NULL);
+  printf("all C API checks passed\n");
+  return 0;
+}

@@ -1,0 +1,72 @@
+import dev.edgelora.*;
+
+/** Drives the Java API on the host JVM; run by the test suite (tests/suite/ffi.rs):
+ *  java -Djava.library.path=DIR JvmTest MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER */
+public class JvmTest {
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            System.out.println("FAILED: " + what);
+            System.exit(1);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        check(args.length == 4, "usage: JvmTest MODEL A B FOREIGN");
+        System.out.println("edgelora " + EdgeLora.version());
+        try {
+            Model.open("/nonexistent/model.gguf", 1, 512);
+            check(false, "missing model opened");
+        } catch (EdgeLoraException e) {
+            check(e.status() == EdgeLoraException.IO && e.getMessage().contains("/nonexistent/model.gguf"), "missing model: " + e);
+        }
+        try (Model model = Model.open(args[0], 1, 512);
+             Adapter a = model.loadAdapter("a", args[1]);
+             Adapter b = model.loadAdapter("b", args[2]);
+             Cancellation cancel = new Cancellation()) {
+            try {
+                model.loadAdapter("foreign", args[3]);
+                check(false, "foreign adapter loaded");
+            } catch (EdgeLoraException e) {
+                check(e.status() == EdgeLoraException.ADAPTER_MISMATCH && e.getMessage().contains("qwen2"), "foreign: " + e);
+            }
+            String q = "What is the capital of France?";
+            StringBuilder streamed = new StringBuilder();
+            Generation ga = model.generate(new GenerateRequest(q).chat(true).maxTokens(24).adapter(a, 2f), piece -> {
+                streamed.append(piece);
+                return true;
+            });
+            Generation gb = model.generate(new GenerateRequest(q).chat(true).maxTokens(24).adapter(b, 2f), null);
+            Generation ga2 = model.generate(new GenerateRequest(q).chat(true).maxTokens(24).adapter(a, 2f), null);
+            Generation base = model.generate(new GenerateRequest(q).chat(true).maxTokens(24), null);
+            System.out.println("base: " + base + "\na: " + ga + "\nb: " + gb);
+            check(ga.text.equals(ga2.text), "switching back to a changed its answer");
+            check(!ga.text.equals(gb.text) && !ga.text.equals(base.text), "adapters change nothing");
+            check(streamed.toString().equals(ga.text), "streamed text differs");
+            check(ga.promptTokens > 0 && ga.generatedTokens > 0, "token counts");
+
+            int[] n = {0};
+            Generation cut = model.generate(new GenerateRequest(q).chat(true).maxTokens(24).adapter(a, 2f).cancellation(cancel), piece -> {
+                if (++n[0] == 3) cancel.cancel();
+                return true;
+            });
+            check(cut.stopReason.equals("CANCELLED") && cut.text.length() < ga.text.length(), "cancel: " + cut.stopReason);
+            Generation early = model.generate(new GenerateRequest(q).chat(true).maxTokens(24), piece -> false);
+            check(early.stopReason.equals("CANCELLED"), "callback cancel: " + early.stopReason);
+
+            b.close();
+            try {
+                model.generate(new GenerateRequest(q).adapter(b, 1f), null);
+                check(false, "unloaded adapter used");
+            } catch (EdgeLoraException e) {
+                check(e.status() == EdgeLoraException.NOT_FOUND && e.getMessage().contains("\"b\""), "unloaded: " + e);
+            }
+            try {
+                model.generate(new GenerateRequest(q).chat(true).maxTokens(8), p -> { throw new IllegalStateException("boom"); });
+                check(false, "callback exception swallowed");
+            } catch (IllegalStateException e) {
+                check(e.getMessage().equals("boom"), "callback exception");
+            }
+        }
+        System.out.println("all Java API checks passed");
+    }
+}

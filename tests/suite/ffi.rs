@@ -1,0 +1,101 @@
+//! The C ABI: header drift, a C program and a host-JVM program driving the shared
+//! library through their APIs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use edgelora::adapter::{read_peft, write_gguf_lora, GgufLoraDtype};
+
+use crate::common::{model_gguf, model_path, tmpdir};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generated_header() -> String {
+    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).unwrap();
+    let mut out = Vec::new();
+    // Only the C ABI file: the crate's other #[repr(C)] types are not part of the API.
+    cbindgen::Builder::new().with_src(root().join("src/ffi/capi.rs")).with_config(config).generate().expect("cbindgen").write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn header_matches_the_code() {
+    let path = root().join("include/edgelora.h");
+    let want = generated_header();
+    if std::env::var_os("EDGELORA_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(have == want, "include/edgelora.h is out of date with src/ffi: regenerate with `EDGELORA_BLESS=1 cargo test --release header`");
+}
+
+/// The directory holding the freshly built libedgelora.so (beside the binary).
+fn lib_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_edgelora")).parent().unwrap().to_path_buf();
+    assert!(dir.join("libedgelora.so").exists(), "libedgelora.so missing in {}", dir.display());
+    dir
+}
+
+/// An adapter that does not fit the model: the seed fixture relabelled for qwen2.
+fn foreign_adapter(dir: &Path) -> PathBuf {
+    let mut a = read_peft(&root().join("tests/fixtures/seed_r16_qv"), model_gguf()).unwrap();
+    a.architecture = "qwen2".into();
+    let p = dir.join("qwen2-adapter.gguf");
+    write_gguf_lora(&a, &p, GgufLoraDtype::F16).unwrap();
+    p
+}
+
+#[test]
+fn c_program_drives_the_library() {
+    let dir = tmpdir();
+    let exe = dir.path().join("ffi_test");
+    let lib = lib_dir();
+    let cc = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(root().join("tests/ffi/test_edgelora.c"))
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-ledgelora", "-lpthread"])
+        .output()
+        .expect("cc runs");
+    assert!(cc.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&cc.stderr));
+    let out = Command::new(&exe)
+        .arg(model_path())
+        .arg(root().join("tests/fixtures/seed_r16_qv"))
+        .arg(root().join("tests/fixtures/rslora_r8_all"))
+        .arg(foreign_adapter(dir.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "C test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all C API checks passed"), "{stdout}");
+}
+
+#[test]
+fn jvm_program_drives_the_java_api() {
+    let dir = tmpdir();
+    let classes = dir.path().join("classes");
+    let java_src = root().join("android/edgelora/src/main/java/dev/edgelora");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&java_src).unwrap().map(|e| e.unwrap().path()).collect();
+    sources.push(root().join("tests/jvm/JvmTest.java"));
+    let javac = Command::new("javac").arg("-d").arg(&classes).args(&sources).output().expect("javac runs (install a JDK)");
+    assert!(javac.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&javac.stderr));
+    let out = Command::new("java")
+        .arg(format!("-Djava.library.path={}", lib_dir().display()))
+        .arg("-cp")
+        .arg(&classes)
+        .arg("JvmTest")
+        .arg(model_path())
+        .arg(root().join("tests/fixtures/seed_r16_qv"))
+        .arg(root().join("tests/fixtures/rslora_r8_all"))
+        .arg(foreign_adapter(dir.path()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "JVM test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all Java API checks passed"), "{stdout}");
+}
