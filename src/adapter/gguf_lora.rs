@@ -4,9 +4,10 @@
 //!
 //! llama.cpp applies s = alpha/r with one alpha for the whole file. An adapter whose
 //! tensors have different scales (rsLoRA with a rank_pattern, alpha_pattern, …) gets the
-//! alpha that serves most tensors; for the rest the ratio is folded into B, and recorded
-//! (`edgelora.lora.fold.tensors` / `.factors`) so that edgelora reads back the original
-//! B and scale. Folding rounds B once: tensors without a fold are stored bit-exactly.
+//! alpha that serves most tensors; for the rest the ratio is folded into B (what
+//! llama.cpp computes with), and recorded (`edgelora.lora.fold.tensors` / `.factors`, and
+//! the original B's f32 bits in `edgelora.lora.fold.original_b.<tensor>`) so that
+//! edgelora reads back the original B and scale exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +22,8 @@ use crate::quant;
 
 const FOLD_TENSORS: &str = "edgelora.lora.fold.tensors";
 const FOLD_FACTORS: &str = "edgelora.lora.fold.factors";
+/// Per folded tensor: the original B as f32 bits, so that reading back is exact.
+const FOLD_ORIGINAL_B: &str = "edgelora.lora.fold.original_b.";
 
 /// Storage type for written A/B tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +105,15 @@ pub fn read_gguf_lora(f: &GgufFile) -> Result<LoraAdapter, Error> {
             _ => 1.0,
         };
         if let Some(&fold) = folds.get(stem) {
-            bv.iter_mut().for_each(|x| *x = (f64::from(*x) / fold) as f32);
+            match f.get(&format!("{FOLD_ORIGINAL_B}{stem}")) {
+                Some(MetaValue::Array(ValueType::U32, bits)) if bits.len() == bv.len() => {
+                    for (x, b) in bv.iter_mut().zip(bits) {
+                        *x = f32::from_bits(b.as_u64().unwrap_or(0) as u32);
+                    }
+                }
+                Some(_) => return Err(bad(stem, format!("{FOLD_ORIGINAL_B}{stem} is not {} u32 values", bv.len())).into()),
+                None => bv.iter_mut().for_each(|x| *x = (f64::from(*x) / fold) as f32),
+            }
             scale = (f64::from(scale) * fold) as f32;
         }
         let dtype = match a.ggml_type {
@@ -182,7 +193,7 @@ fn encode(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> (Vec<(String, MetaValu
             GgufLoraDtype::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
         }
     };
-    let (mut specs, mut data, mut fold_names, mut fold_factors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut specs, mut data, mut fold_names, mut fold_factors, mut originals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (name, t) in &adapter.tensors {
         let llama_scale = f64::from(alpha) / t.rank as f64;
         let fold = f64::from(t.scale) / llama_scale;
@@ -191,6 +202,10 @@ fn encode(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> (Vec<(String, MetaValu
         } else {
             fold_names.push(MetaValue::String(name.clone()));
             fold_factors.push(MetaValue::F64(fold));
+            originals.push((
+                format!("{FOLD_ORIGINAL_B}{name}"),
+                MetaValue::Array(ValueType::U32, t.b.iter().map(|x| MetaValue::U32(x.to_bits())).collect()),
+            ));
             t.b.iter().map(|x| (f64::from(*x) * fold) as f32).collect()
         };
         specs.push(TensorSpec::new(format!("{name}.lora_a"), &[t.n_in as u64, t.rank as u64], ggml_type));
@@ -201,6 +216,7 @@ fn encode(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> (Vec<(String, MetaValu
     if !fold_names.is_empty() {
         metadata.push((FOLD_TENSORS.into(), MetaValue::Array(ValueType::String, fold_names)));
         metadata.push((FOLD_FACTORS.into(), MetaValue::Array(ValueType::F64, fold_factors)));
+        metadata.extend(originals);
     }
     (metadata, specs, data)
 }

@@ -174,28 +174,17 @@ fn peft_to_gguf_to_peft_round_trip() {
         let t_in = safetensors_map(&src.join("adapter_model.safetensors"));
         let t_out = safetensors_map(&out.join("adapter_model.safetensors"));
         assert_eq!(t_in.len(), t_out.len());
-        let folded: Vec<&String> = back.tensors.keys().filter(|_| false).collect();
-        let _ = folded;
-        let (mut exact, mut ulp1) = (0, 0);
         for (k, (dt, shape, data)) in &t_in {
             let (dt2, shape2, data2) = &t_out[k];
             assert_eq!((dt, shape), (dt2, shape2), "{k}");
-            if data == data2 {
-                exact += 1;
-                continue;
-            }
-            // Only B of tensors whose scale had to be folded for llama.cpp's single
-            // alpha (down_proj: rank 4 under rsLoRA) may move, and by at most one ulp.
-            assert!(k.contains("down_proj.lora_B"), "{name}: {k} changed");
-            for (a, b) in data.chunks_exact(4).zip(data2.chunks_exact(4)) {
-                let (a, b) = (i32::from_le_bytes(a.try_into().unwrap()), i32::from_le_bytes(b.try_into().unwrap()));
-                assert!((a - b).abs() <= 1, "{name}: {k}: more than one ulp");
-            }
-            ulp1 += 1;
+            assert!(data == data2, "{name}: {k} changed");
         }
-        eprintln!("{name}: {exact} tensors bit-exact, {ulp1} within one ulp (folded B)");
-        if name == "seed_r16_qv" {
-            assert_eq!(exact, t_in.len(), "no tensor needs a fold here: all must be bit-exact");
+        // rsLoRA with rank_pattern: down_proj's scale differs, so its B was folded for
+        // llama.cpp's single alpha, and still came back bit for bit.
+        let folds = GgufFile::open(&gguf).unwrap().get("edgelora.lora.fold.tensors").map(|v| v.summary());
+        eprintln!("{name}: {} tensors bit-exact; folded: {folds:?}", t_in.len());
+        if name == "rslora_r8_all" {
+            assert_eq!(folds.as_deref(), Some("[string; 30]"));
         }
     }
 }
