@@ -25,6 +25,7 @@ pub mod error;
 pub mod ffi;
 mod fsutil;
 pub mod gguf;
+pub mod merge;
 pub mod quant;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};

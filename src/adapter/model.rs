@@ -112,6 +112,25 @@ impl LoraAdapter {
         v
     }
 
+    /// sha256 (hex) of the adapter's content: every tensor's name, shape, scale and
+    /// factors. Identifies what was merged, whatever file it came from.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.architecture.as_bytes());
+        for (name, t) in &self.tensors {
+            h.update(name.as_bytes());
+            for v in [t.rank, t.n_in, t.n_out] {
+                h.update((v as u64).to_le_bytes());
+            }
+            h.update(t.scale.to_le_bytes());
+            for x in t.a.iter().chain(&t.b) {
+                h.update(x.to_le_bytes());
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Multiplies every tensor's scale by `w` (a weighted copy).
     pub fn scaled(&self, w: f32) -> LoraAdapter {
         let mut out = self.clone();

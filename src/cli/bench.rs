@@ -13,7 +13,10 @@ use edgelora::engine::{parse_adapter_arg, GenerateRequest, Prompt};
 use super::ModelArgs;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     #[command(flatten)]
     model: ModelArgs,
     /// Prompt tokens per prompt-processing run
@@ -34,6 +37,59 @@ pub struct BenchArgs {
     /// Print JSON instead of a Markdown table
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchWhat {
+    /// Time merging adapters into the model (written to a temporary file)
+    Merge(MergeBench),
+}
+
+#[derive(Args)]
+pub struct MergeBench {
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: std::path::PathBuf,
+    /// Adapters to merge (none: a synthetic rank-16 all-linear one)
+    #[arg(long = "adapter", short = 'a', value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
+    quantizer: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_merge(b: MergeBench) -> Result<()> {
+    use edgelora::merge::Quantizer;
+    let dir = tempfile::tempdir()?;
+    let mut adapters = b.adapters.clone();
+    if adapters.is_empty() {
+        let base = edgelora::gguf::GgufFile::open(&b.model)?;
+        let mut a = random_lora(&base, &ALL_LINEAR, 16, 32.0, 0.02, 7);
+        a.tensors.values_mut().for_each(|t| t.dtype = FactorDtype::F16);
+        let p = dir.path().join("r16.gguf");
+        edgelora::adapter::write_gguf_lora(&a, &p, edgelora::adapter::GgufLoraDtype::F16)?;
+        adapters.push(p.display().to_string());
+    }
+    let q = if b.quantizer == "ggml" { Quantizer::Ggml } else { Quantizer::Refit };
+    let out = dir.path().join("merged.gguf");
+    let mut secs = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..b.reps.max(1) {
+        let t = Instant::now();
+        let s = super::merge::merge_args_into(&b.model, &adapters, &out, None, q, false)?;
+        secs.push(t.elapsed().as_secs_f64());
+        bytes = s.bytes;
+    }
+    let med = median(&mut secs);
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "adapters": adapters, "quantizer": b.quantizer, "reps": secs.len(), "median_s": med, "min_s": secs[0], "bytes": bytes, "peak_rss_bytes": peak_rss_bytes()}))?);
+    } else {
+        println!("merge {} adapter(s) into {} ({} quantizer): median {:.3} s, min {:.3} s over {} reps (read, merge, requantize, write {} bytes); peak RSS {:.1} MiB",
+            adapters.len(), b.model.display(), b.quantizer, med, secs[0], secs.len(), bytes, peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64);
+    }
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -69,10 +125,14 @@ struct Row {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(BenchWhat::Merge(b)) = a.what {
+        return bench_merge(b);
+    }
     anyhow::ensure!(a.reps > 0 && a.n_prompt > 0 && a.n_gen > 1, "--reps, -p must be ≥ 1 and -n ≥ 2");
     let mut margs = a.model.clone();
     let user = std::mem::take(&mut margs.adapters);
-    let (rt, _) = margs.load()?;
+    let loaded = margs.load()?;
+    let rt = &loaded.rt;
     let n_vocab = rt.n_vocab();
     let threads = rt.options().threads;
 

@@ -26,7 +26,8 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    let (rt, mut active) = a.model.load()?;
+    let loaded = a.model.load()?;
+    let (rt, mut active) = (&loaded.rt, loaded.adapters.clone());
     let mut history: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();

@@ -22,7 +22,8 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let (rt, adapters) = a.model.load()?;
+    let loaded = a.model.load()?;
+    let (rt, adapters) = (&loaded.rt, loaded.adapters.clone());
     let prompt = if a.chat {
         Prompt::Chat(vec![ChatMessage::new("user", a.prompt.clone())])
     } else {

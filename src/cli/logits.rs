@@ -34,7 +34,8 @@ pub struct LogitsArgs {
 }
 
 pub fn run(a: LogitsArgs) -> Result<()> {
-    let (rt, adapters) = a.model.load()?;
+    let loaded = a.model.load()?;
+    let (rt, adapters) = (&loaded.rt, loaded.adapters.clone());
     let prompt = match (&a.prompt, &a.tokens) {
         (Some(p), _) if a.chat => Prompt::Chat(vec![ChatMessage::new("user", p.clone())]),
         (Some(p), _) => Prompt::Text(p.clone()),

@@ -13,6 +13,7 @@ mod chat;
 mod generate;
 mod inspect;
 mod logits;
+mod merge;
 
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -35,6 +36,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prompt/generation speed with and without adapters, switch latency, peak RSS
     Bench(bench::BenchArgs),
+    /// Merge adapters into the model's quantized weights, writing a new GGUF
+    Merge(merge::MergeArgs),
     /// Adapter tools
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => logits::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Adapter(c) => adapter::run(c),
     }
 }
@@ -72,6 +76,18 @@ pub struct ModelArgs {
     /// Flash attention: auto (llama.cpp decides), on, off. Its CPU kernel rounds Q to F16
     #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub flash_attn: String,
+    /// Merge the adapters into the weights at load (a temporary merged GGUF, requantized
+    /// to the base's types) instead of applying them on the fly
+    #[arg(long)]
+    pub merge: bool,
+}
+
+/// A loaded runtime with the request's adapter set (empty when merged at load).
+pub struct Loaded {
+    pub rt: Runtime,
+    pub adapters: Vec<(String, f32)>,
+    /// The merged model's temporary directory, removed on drop.
+    _merged: Option<tempfile::TempDir>,
 }
 
 impl ModelArgs {
@@ -88,11 +104,18 @@ impl ModelArgs {
         o
     }
 
-    /// Loads the model and every `--adapter`, named by position (`a0`, `a1`, …); returns
-    /// the request's adapter set.
-    pub fn load(&self) -> Result<(Runtime, Vec<(String, f32)>)> {
+    /// Loads the model and every `--adapter`, named by position (`a0`, `a1`, …), or with
+    /// `--merge` a merged copy of the model.
+    pub fn load(&self) -> Result<Loaded> {
         if !self.model.exists() && self.model == std::path::Path::new(DEFAULT_MODEL) {
             anyhow::bail!("the default model {DEFAULT_MODEL} is missing: run models/fetch first (or pass --model)");
+        }
+        if self.merge && !self.adapters.is_empty() {
+            let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
+            let out = dir.path().join("merged.gguf");
+            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, false)?;
+            let rt = Runtime::load(&out, self.options()).context("loading the merged model")?;
+            return Ok(Loaded { rt, adapters: Vec::new(), _merged: Some(dir) });
         }
         let rt = Runtime::load(&self.model, self.options()).with_context(|| format!("loading model {}", self.model.display()))?;
         let mut set = Vec::new();
@@ -102,7 +125,7 @@ impl ModelArgs {
             rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
             set.push((name, scale));
         }
-        Ok((rt, set))
+        Ok(Loaded { rt, adapters: set, _merged: None })
     }
 }
 

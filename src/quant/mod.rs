@@ -1,27 +1,61 @@
 //! Block formats: layouts (`blocks`) and dequantization (`reference`, the scalar source
 //! of truth, cross-checked bit-exactly against ggml's `to_float` in the test suite).
 //!
-//! Covered today: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. The K-quants, SIMD
-//! kernels and quantizers belong to the compute-backends issue.
+//! Dequantization covers F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
+//! Q5_K and Q6_K. Quantization calls ggml's own quantizer (`ggml_quantize_chunk`, through
+//! the sys crate) so that its output is ggml's bit for bit; `requant` adds an
+//! error-minimizing quantizer for the 32-wide formats used by merge.
 
 pub mod blocks;
 pub mod reference;
+pub mod requant;
 
 use crate::gguf::GgmlType;
 
 /// Why a tensor could not be dequantized.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QuantError {
-    #[error("dequantizing {0} is not supported yet (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0)")]
+    #[error("dequantizing {0} is not supported (supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K..q6_K)")]
     Unsupported(GgmlType),
     #[error("{ggml_type}: {bytes} bytes do not hold {n} elements (expected {expected} bytes)")]
     Size { ggml_type: GgmlType, bytes: usize, n: usize, expected: u64 },
 }
 
+/// Types [`quantize_ggml`] writes.
+pub fn can_quantize(t: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+}
+
+/// Quantizes `src` (rows of `n_per_row` values) to `t` with ggml's own quantizer
+/// (`ggml_quantize_chunk`), so the bytes are exactly what llama.cpp's tools write.
+pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>, QuantError> {
+    if !can_quantize(t) {
+        return Err(QuantError::Unsupported(t));
+    }
+    let size_err = || QuantError::Size { ggml_type: t, bytes: 0, n: src.len(), expected: 0 };
+    if n_per_row == 0 || src.len() % n_per_row != 0 {
+        return Err(size_err());
+    }
+    let row_bytes = t.bytes_for(n_per_row as u64).ok_or_else(size_err)? as usize;
+    let n_rows = src.len() / n_per_row;
+    let mut out = vec![0u8; row_bytes * n_rows];
+    // SAFETY: `src` holds n_rows × n_per_row floats, `out` n_rows × row_bytes bytes (the
+    // size ggml writes for this type and row length); no importance matrix is passed,
+    // which every type accepted by `can_quantize` allows.
+    let written = unsafe {
+        llama_cpp_sys_2::ggml_quantize_chunk(t as _, src.as_ptr(), out.as_mut_ptr().cast(), 0, n_rows as i64, n_per_row as i64, std::ptr::null())
+    };
+    if written != out.len() {
+        return Err(QuantError::Size { ggml_type: t, bytes: written, n: src.len(), expected: out.len() as u64 });
+    }
+    Ok(out)
+}
+
 /// Whether [`dequantize`] handles `t`.
 pub fn can_dequantize(t: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
+    matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
 /// Dequantizes `bytes` (whole blocks of type `t`) into `out`, whose length is the element
@@ -50,6 +84,11 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
         Q5_0 => reference::dequantize_q5_0(&bytemuck::pod_collect_to_vec(bytes), out),
         Q5_1 => reference::dequantize_q5_1(&bytemuck::pod_collect_to_vec(bytes), out),
         Q8_0 => reference::dequantize_q8_0(&bytemuck::pod_collect_to_vec(bytes), out),
+        Q2_K => reference::dequantize_q2_k(&bytemuck::pod_collect_to_vec(bytes), out),
+        Q3_K => reference::dequantize_q3_k(&bytemuck::pod_collect_to_vec(bytes), out),
+        Q4_K => reference::dequantize_q4_k(&bytemuck::pod_collect_to_vec(bytes), out),
+        Q5_K => reference::dequantize_q5_k(&bytemuck::pod_collect_to_vec(bytes), out),
+        Q6_K => reference::dequantize_q6_k(&bytemuck::pod_collect_to_vec(bytes), out),
         _ => unreachable!("checked by can_dequantize"),
     }
     Ok(())

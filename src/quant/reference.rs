@@ -71,3 +71,132 @@ pub fn dequantize_bf16(x: &[bf16], out: &mut [f32]) {
         *y = v.to_f32();
     }
 }
+
+/// Q4_K/Q5_K: the 6-bit scale and min of sub-block `j` from the packed 12 bytes.
+fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+pub fn dequantize_q2_k(blocks: &[BlockQ2K], out: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d.to_f32(), b.dmin.to_f32());
+        let mut k = 0;
+        let mut is = 0;
+        for n in 0..QK_K / 128 {
+            let q = &b.qs[n * 32..n * 32 + 32];
+            for shift in (0..8).step_by(2) {
+                for half in 0..2 {
+                    let sc = b.scales[is];
+                    is += 1;
+                    let (dl, ml) = (d * f32::from(sc & 0x0f), min * f32::from(sc >> 4));
+                    for l in 0..16 {
+                        y[k] = dl * f32::from((q[half * 16 + l] >> shift) & 3) - ml;
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn dequantize_q3_k(blocks: &[BlockQ3K], out: &mut [f32]) {
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let d_all = b.d.to_f32();
+        let mut aux = [0u32; 4];
+        for (i, a) in aux.iter_mut().take(3).enumerate() {
+            *a = u32::from_le_bytes(b.scales[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        }
+        let tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
+        aux[3] = ((aux[1] >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
+        aux[0] = (aux[0] & KMASK2) | ((tmp & KMASK1) << 4);
+        aux[1] = (aux[1] & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
+        let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|x| x as i8).collect();
+        let mut k = 0;
+        let mut is = 0;
+        let mut m = 1u8;
+        for n in 0..QK_K / 128 {
+            let q = &b.qs[n * 32..n * 32 + 32];
+            for shift in (0..8).step_by(2) {
+                for half in 0..2 {
+                    let dl = d_all * f32::from(scales[is] as i32 as i16 - 32);
+                    is += 1;
+                    for l in 0..16 {
+                        let i = half * 16 + l;
+                        let hi = if b.hmask[i] & m != 0 { 0 } else { 4 };
+                        y[k] = dl * f32::from(((q[i] >> shift) & 3) as i8 - hi);
+                        k += 1;
+                    }
+                }
+                m <<= 1;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q4_k(blocks: &[BlockQ4K], out: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d.to_f32(), b.dmin.to_f32());
+        for (n, yy) in y.chunks_exact_mut(64).enumerate() {
+            let (s1, m1) = scale_min_k4(2 * n, &b.scales);
+            let (s2, m2) = scale_min_k4(2 * n + 1, &b.scales);
+            let (d1, m1) = (d * f32::from(s1), min * f32::from(m1));
+            let (d2, m2) = (d * f32::from(s2), min * f32::from(m2));
+            let q = &b.qs[n * 32..n * 32 + 32];
+            for l in 0..32 {
+                yy[l] = d1 * f32::from(q[l] & 0x0f) - m1;
+                yy[l + 32] = d2 * f32::from(q[l] >> 4) - m2;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q5_k(blocks: &[BlockQ5K], out: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d.to_f32(), b.dmin.to_f32());
+        let (mut u1, mut u2) = (1u8, 2u8);
+        for (n, yy) in y.chunks_exact_mut(64).enumerate() {
+            let (s1, m1) = scale_min_k4(2 * n, &b.scales);
+            let (s2, m2) = scale_min_k4(2 * n + 1, &b.scales);
+            let (d1, m1) = (d * f32::from(s1), min * f32::from(m1));
+            let (d2, m2) = (d * f32::from(s2), min * f32::from(m2));
+            let ql = &b.qs[n * 32..n * 32 + 32];
+            for l in 0..32 {
+                let h1 = if b.qh[l] & u1 != 0 { 16 } else { 0 };
+                let h2 = if b.qh[l] & u2 != 0 { 16 } else { 0 };
+                yy[l] = d1 * f32::from((ql[l] & 0x0f) + h1) - m1;
+                yy[l + 32] = d2 * f32::from((ql[l] >> 4) + h2) - m2;
+            }
+            u1 <<= 2;
+            u2 <<= 2;
+        }
+    }
+}
+
+pub fn dequantize_q6_k(blocks: &[BlockQ6K], out: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        let d = b.d.to_f32();
+        for (n, yy) in y.chunks_exact_mut(128).enumerate() {
+            let ql = &b.ql[n * 64..n * 64 + 64];
+            let qh = &b.qh[n * 32..n * 32 + 32];
+            let sc = &b.scales[n * 8..n * 8 + 8];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
+                let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                yy[l] = d * f32::from(sc[is]) * f32::from(q1);
+                yy[l + 32] = d * f32::from(sc[is + 2]) * f32::from(q2);
+                yy[l + 64] = d * f32::from(sc[is + 4]) * f32::from(q3);
+                yy[l + 96] = d * f32::from(sc[is + 6]) * f32::from(q4);
+            }
+        }
+    }
+}

@@ -151,3 +151,30 @@ fn adapter_convert_compose_verify() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("general.type"));
 }
+
+#[test]
+fn merge_command_and_merge_at_load() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
+    let dir = tmpdir();
+    let out = dir.path().join("merged.gguf");
+    let r = edgelora(&["merge", "-m", m, "-a", &format!("{seed}:0.5"), "--out", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("60 tensors merged"));
+    let logits = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["logits", "-t", "1", "-p", "The capital of France is", "--top", "5", "--json"];
+        args.extend_from_slice(extra);
+        let o = edgelora(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // --merge merges at load into a temporary file: the same model as `merge` wrote.
+    let at_load = logits(&["-m", m, "--merge", "-a", &format!("{seed}:0.5")]);
+    let from_file = logits(&["-m", out.to_str().unwrap()]);
+    assert_eq!(at_load["top"], from_file["top"]);
+    let r = edgelora(&["merge", "-m", m, "--out", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    let r = edgelora(&["merge", "-m", m, "--type", "q9_9", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--type"));
+}

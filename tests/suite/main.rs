@@ -9,4 +9,5 @@ mod engine;
 mod ffi;
 mod gguf_malformed;
 mod gguf_roundtrip;
+mod merge;
 mod quant;

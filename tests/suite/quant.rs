@@ -24,16 +24,20 @@ fn random_blocks(t: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
     let bs = t.type_size() as usize;
     let mut v = vec![0u8; n_blocks * bs];
     rng.fill(&mut v[..]);
-    let halves = match t {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => 1,
-        GgmlType::Q4_1 | GgmlType::Q5_1 => 2,
-        GgmlType::F16 => bs / 2,
-        _ => 0,
+    // Byte offsets of the f16 scale fields, which must be finite.
+    let halves: Vec<usize> = match t {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => vec![0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => vec![0, 2],
+        GgmlType::Q2_K => vec![80, 82],
+        GgmlType::Q3_K => vec![108],
+        GgmlType::Q6_K => vec![208],
+        GgmlType::F16 => (0..bs).step_by(2).collect(),
+        _ => vec![],
     };
     for b in v.chunks_exact_mut(bs) {
-        for h in 0..halves {
+        for &o in &halves {
             let x = f16::from_f32(rng.random_range(-2.0f32..2.0));
-            b[2 * h..2 * h + 2].copy_from_slice(&x.to_le_bytes());
+            b[o..o + 2].copy_from_slice(&x.to_le_bytes());
         }
     }
     if t == GgmlType::BF16 {
@@ -84,7 +88,7 @@ fn dequantize_checks_sizes_and_types() {
     assert!(matches!(dequantize(GgmlType::Q4_1, &[0u8; 19], &mut out), Err(QuantError::Size { .. })));
     assert!(matches!(dequantize(GgmlType::Q4_1, &[0u8; 20], &mut out[..31]), Err(QuantError::Size { .. })));
     let mut out = vec![0f32; 256];
-    assert_eq!(dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out), Err(QuantError::Unsupported(GgmlType::Q4_K)));
+    assert_eq!(dequantize(GgmlType::IQ2_XXS, &[0u8; 66], &mut out), Err(QuantError::Unsupported(GgmlType::IQ2_XXS)));
 }
 
 #[test]

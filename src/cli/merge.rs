@@ -1,0 +1,89 @@
+//! `edgelora merge`: adapters merged into the quantized weights, streamed to a new GGUF.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use edgelora::adapter;
+use edgelora::engine::parse_adapter_arg;
+use edgelora::gguf::{GgmlType, GgufFile};
+use edgelora::merge::{merge, MergeInput, MergeOptions, MergeStats, Quantizer};
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The base model
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Adapters (GGUF-LoRA files or PEFT folders) with their weights; none = a plain re-encode
+    #[arg(long = "adapter", short = 'a', value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
+    /// Output GGUF
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight type: same (each tensor keeps its type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k
+    #[arg(long = "type", default_value = "same")]
+    out_type: String,
+    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0) or ggml (llama.cpp's reference)
+    #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
+    quantizer: String,
+}
+
+fn parse_type(s: &str) -> Result<Option<GgmlType>> {
+    if s == "same" {
+        return Ok(None);
+    }
+    GgmlType::ALL
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(s))
+        .filter(|t| edgelora::quant::can_quantize(*t))
+        .map(Some)
+        .ok_or_else(|| anyhow::anyhow!("--type {s:?}: expected same, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k"))
+}
+
+/// Loads the adapters named by `args` and merges them into `model`, writing `out`.
+pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, show: bool) -> Result<MergeStats> {
+    let base = GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))?;
+    let mut loaded = Vec::new();
+    for arg in args {
+        let (path, w) = parse_adapter_arg(arg)?;
+        let a = adapter::load(&path, &base).with_context(|| format!("reading adapter {}", path.display()))?;
+        loaded.push((a, w, path.display().to_string()));
+    }
+    let inputs: Vec<MergeInput> = loaded.iter().map(|(a, w, l)| MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
+    let bar = if show {
+        let b = ProgressBar::new(base.tensors().len() as u64);
+        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}").expect("valid template"));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let stats = merge(&base, &inputs, out, &MergeOptions { out_type, quantizer }, &mut |done, _, name| {
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    })
+    .with_context(|| format!("merging into {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(stats)
+}
+
+pub fn run(a: MergeArgs) -> Result<()> {
+    let out_type = parse_type(&a.out_type)?;
+    if a.adapters.is_empty() && out_type.is_none() {
+        bail!("nothing to do: give --adapter, or --type to re-encode");
+    }
+    let quantizer = if a.quantizer == "ggml" { Quantizer::Ggml } else { Quantizer::Refit };
+    let s = merge_args_into(&a.model, &a.adapters, &a.out, out_type, quantizer, true)?;
+    eprintln!(
+        "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}",
+        a.out.display(),
+        s.bytes,
+        s.secs,
+        s.merged,
+        s.converted,
+        s.copied,
+        if s.kept_type.is_empty() { String::new() } else { format!(", {} kept their type (row length does not fit {})", s.kept_type.len(), a.out_type) }
+    );
+    Ok(())
+}

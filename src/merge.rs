@@ -1,0 +1,240 @@
+//! Merge at load: W' = W + Σ wᵢ·sᵢ·Bᵢ·Aᵢ for every targeted tensor, written straight back
+//! into a quantized format and streamed to a new GGUF, one tensor at a time.
+//!
+//! Targeted tensors are dequantized, get their deltas added in f32 (rows in parallel),
+//! and are quantized to the base's own type by default — with the error-minimizing
+//! block quantizer (`quant::requant`) for Q4_0/Q4_1/Q8_0, which also tries each block's
+//! pre-merge grid, or with ggml's quantizer for the other types. Untouched tensors are
+//! copied byte for byte from the map (or converted when `--type` asks for another type).
+//! The output's metadata is the base's, plus `edgelora.merge.*` recording the adapters,
+//! their fingerprints and weights. The file is written atomically.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::adapter::{validate, LoraAdapter};
+use crate::error::{Error, GgufError};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo, TensorSpec, ValueType};
+use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, requant};
+
+/// How quantized tensors are written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantizer {
+    /// ggml's reference quantizer (what llama-quantize writes).
+    Ggml,
+    /// Per-block search for the smallest squared error (Q4_0/Q4_1/Q8_0; ggml's otherwise).
+    Refit,
+}
+
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Output type for weight tensors; `None` keeps each tensor's type.
+    pub out_type: Option<GgmlType>,
+    pub quantizer: Quantizer,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions { out_type: None, quantizer: Quantizer::Refit }
+    }
+}
+
+/// One adapter to merge: the adapter, its weight, a label for the record.
+pub struct MergeInput<'a> {
+    pub adapter: &'a LoraAdapter,
+    pub weight: f32,
+    pub label: String,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Default)]
+pub struct MergeStats {
+    pub merged: usize,
+    pub copied: usize,
+    pub converted: usize,
+    /// Tensors left in their type because `out_type` does not fit their row length.
+    pub kept_type: Vec<String>,
+    pub bytes: u64,
+    pub secs: f64,
+}
+
+/// `general.file_type` for an all-`t` model (llama.cpp's `llama_ftype`).
+fn file_type(t: GgmlType) -> Option<u32> {
+    use GgmlType::*;
+    Some(match t {
+        F32 => 0,
+        F16 => 1,
+        Q4_0 => 2,
+        Q4_1 => 3,
+        Q8_0 => 7,
+        Q5_0 => 8,
+        Q5_1 => 9,
+        Q2_K => 10,
+        Q3_K => 12,
+        Q4_K => 15,
+        Q5_K => 17,
+        Q6_K => 18,
+        BF16 => 32,
+        _ => return None,
+    })
+}
+
+fn is_weight(t: &TensorInfo) -> bool {
+    t.shape.len() >= 2 && !matches!(t.ggml_type, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64)
+}
+
+/// W [n_out, n_in] (row-major f32) += Σ w·s·B·A for every input targeting `name`.
+fn add_deltas(w: &mut [f32], n_in: usize, name: &str, inputs: &[MergeInput]) {
+    for inp in inputs {
+        let Some(t) = inp.adapter.tensors.get(name) else { continue };
+        let k = inp.weight * t.scale;
+        w.par_chunks_mut(n_in).enumerate().for_each(|(o, row)| {
+            for j in 0..t.rank {
+                let c = k * t.b[o * t.rank + j];
+                if c == 0.0 {
+                    continue;
+                }
+                let a = &t.a[j * n_in..(j + 1) * n_in];
+                for (y, x) in row.iter_mut().zip(a) {
+                    *y += c * x;
+                }
+            }
+        });
+    }
+}
+
+/// Quantizes merged values to `t`, using the pre-merge bytes as grid hints when the
+/// type is unchanged.
+fn requantize(t: GgmlType, values: &[f32], n_in: usize, original: Option<&[u8]>, quantizer: Quantizer) -> Result<Vec<u8>, quant::QuantError> {
+    match (quantizer, t) {
+        // Rows in parallel (a block per task would drown in scheduling), blocks in order.
+        (Quantizer::Refit, GgmlType::Q4_1) => {
+            let hints: Option<Vec<BlockQ4_1>> = original.map(bytemuck::pod_collect_to_vec);
+            let per_row = n_in / QK;
+            let rows: Vec<Vec<BlockQ4_1>> = values
+                .par_chunks(n_in)
+                .enumerate()
+                .map(|(r, row)| {
+                    row.chunks(QK)
+                        .enumerate()
+                        .map(|(j, x)| requant::quantize_block_q4_1(x, hints.as_ref().map(|h| (h[r * per_row + j].d, h[r * per_row + j].m))))
+                        .collect()
+                })
+                .collect();
+            Ok(rows.iter().flat_map(|r| bytemuck::cast_slice::<BlockQ4_1, u8>(r).iter().copied()).collect())
+        }
+        (Quantizer::Refit, GgmlType::Q4_0) => {
+            let hints: Option<Vec<BlockQ4_0>> = original.map(bytemuck::pod_collect_to_vec);
+            let per_row = n_in / QK;
+            let rows: Vec<Vec<BlockQ4_0>> = values
+                .par_chunks(n_in)
+                .enumerate()
+                .map(|(r, row)| {
+                    row.chunks(QK).enumerate().map(|(j, x)| requant::quantize_block_q4_0(x, hints.as_ref().map(|h| h[r * per_row + j].d))).collect()
+                })
+                .collect();
+            Ok(rows.iter().flat_map(|r| bytemuck::cast_slice::<BlockQ4_0, u8>(r).iter().copied()).collect())
+        }
+        (Quantizer::Refit, GgmlType::Q8_0) => {
+            let rows: Vec<Vec<_>> = values.par_chunks(n_in).map(|row| row.chunks(QK).map(requant::quantize_block_q8_0).collect()).collect();
+            Ok(rows.iter().flat_map(|r: &Vec<quant::blocks::BlockQ8_0>| bytemuck::cast_slice::<_, u8>(r).iter().copied()).collect())
+        }
+        _ => quant::quantize_ggml(t, values, n_in),
+    }
+}
+
+/// Merges `inputs` into `base` and writes the result to `out`. `progress(done, total,
+/// tensor)` is called after each tensor.
+pub fn merge(
+    base: &GgufFile,
+    inputs: &[MergeInput],
+    out: &Path,
+    opts: &MergeOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<MergeStats, Error> {
+    let t0 = Instant::now();
+    for inp in inputs {
+        validate(inp.adapter, base, Path::new(&inp.label))?;
+        if !inp.weight.is_finite() {
+            return Err(crate::error::EngineError::BadScale { name: inp.label.clone(), scale: inp.weight }.into());
+        }
+    }
+    let targeted = |name: &str| inputs.iter().any(|i| i.adapter.tensors.contains_key(name));
+    let mut stats = MergeStats::default();
+
+    // Decide every tensor's output type first: the header is written before the data.
+    let mut plan = Vec::with_capacity(base.tensors().len());
+    for t in base.tensors() {
+        let mut ty = t.ggml_type;
+        if let Some(want) = opts.out_type.filter(|_| is_weight(t)) {
+            if t.shape[0] % want.block_size() == 0 && quant::can_quantize(want) {
+                ty = want;
+            } else if want != t.ggml_type {
+                stats.kept_type.push(t.name.clone());
+            }
+        }
+        let merge = targeted(&t.name);
+        if (merge || ty != t.ggml_type) && !(quant::can_dequantize(t.ggml_type) && quant::can_quantize(ty)) {
+            return Err(GgufError::BadTensor {
+                path: base.path().to_path_buf(),
+                name: t.name.clone(),
+                reason: format!("cannot re-encode {} as {} (dequantize/quantize not supported for this type)", t.ggml_type, ty),
+            }
+            .into());
+        }
+        plan.push((ty, merge));
+    }
+
+    let mut metadata = base.metadata().to_vec();
+    if let Some(ft) = opts.out_type.and_then(file_type) {
+        match metadata.iter_mut().find(|(k, _)| k == "general.file_type") {
+            Some((_, v)) => *v = MetaValue::U32(ft),
+            None => metadata.push(("general.file_type".into(), MetaValue::U32(ft))),
+        }
+    }
+    let strs = |f: &dyn Fn(&MergeInput) -> String| MetaValue::Array(ValueType::String, inputs.iter().map(|i| MetaValue::String(f(i))).collect());
+    metadata.retain(|(k, _)| !k.starts_with("edgelora.merge."));
+    metadata.push(("edgelora.merge.adapters".into(), strs(&|i| i.label.clone())));
+    metadata.push(("edgelora.merge.names".into(), strs(&|i| i.adapter.manifest.name.clone().unwrap_or_default())));
+    metadata.push(("edgelora.merge.fingerprints".into(), strs(&|i| i.adapter.fingerprint())));
+    metadata.push(("edgelora.merge.weights".into(), MetaValue::Array(ValueType::F32, inputs.iter().map(|i| MetaValue::F32(i.weight)).collect())));
+    metadata.push((
+        "edgelora.merge.quantizer".into(),
+        MetaValue::String(match opts.quantizer {
+            Quantizer::Ggml => "ggml".into(),
+            Quantizer::Refit => "refit".into(),
+        }),
+    ));
+
+    let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
+    let mut w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
+    let total = base.tensors().len();
+    for (k, (t, (ty, merge))) in base.tensors().iter().zip(&plan).enumerate() {
+        let data = base.tensor_data(t);
+        let bad = |e: quant::QuantError| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason: e.to_string() };
+        if !merge && *ty == t.ggml_type {
+            w.write_tensor(&t.name, data)?;
+            stats.copied += 1;
+        } else {
+            let n_in = t.shape[0] as usize;
+            let mut values = vec![0f32; t.n_elements() as usize];
+            quant::dequantize(t.ggml_type, data, &mut values).map_err(bad)?;
+            if *merge {
+                add_deltas(&mut values, n_in, &t.name, inputs);
+                stats.merged += 1;
+            } else {
+                stats.converted += 1;
+            }
+            let hint = if *ty == t.ggml_type { Some(data) } else { None };
+            let bytes = requantize(*ty, &values, n_in, hint, opts.quantizer).map_err(bad)?;
+            w.write_tensor(&t.name, &bytes)?;
+        }
+        progress(k + 1, total, &t.name);
+    }
+    w.finish()?;
+    stats.bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    stats.secs = t0.elapsed().as_secs_f64();
+    Ok(stats)
+}

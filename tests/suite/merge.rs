@@ -1,0 +1,133 @@
+//! Merging adapters into the weights: exact on F32, close on Q4_1, atomic, recorded.
+
+use std::path::Path;
+use std::process::Command;
+
+use edgelora::adapter::read_peft;
+use edgelora::engine::{argmax, Runtime, RuntimeOptions};
+use edgelora::gguf::{GgmlType, GgufFile, MetaValue};
+use edgelora::merge::{merge, MergeInput, MergeOptions, Quantizer};
+
+use crate::common::{f32_model_path, f32_runtime, max_abs_diff, model_gguf, model_path, runtime, tmpdir};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn prompts() -> Vec<Vec<i32>> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("reference.json")).unwrap()).unwrap();
+    v["prompts"].as_array().unwrap().iter().map(|p| p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()).collect()
+}
+
+fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |l: &[f32]| {
+        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (a, b) = (lse(p), lse(q));
+    p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
+}
+
+#[test]
+fn merged_f32_model_equals_adapters_on_the_fly() {
+    let base = GgufFile::open(f32_model_path()).unwrap();
+    let s = read_peft(&fixture("seed_r16_qv"), &base).unwrap();
+    let r = read_peft(&fixture("rslora_r8_all"), &base).unwrap();
+    let dir = tmpdir();
+    let out = dir.path().join("merged.gguf");
+    let inputs = [MergeInput { adapter: &s, weight: 0.7, label: "seed".into() }, MergeInput { adapter: &r, weight: 0.3, label: "rs".into() }];
+    let stats = merge(&base, &inputs, &out, &MergeOptions::default(), &mut |_, _, _| {}).unwrap();
+    assert_eq!(stats.merged, 210);
+    let merged = Runtime::load(&out, RuntimeOptions { threads: 1, n_ctx: 512, f32_kv_cache: true, flash_attention: Some(false), ..Default::default() }).unwrap();
+    let fly = f32_runtime();
+    fly.load_adapter("s", fixture("seed_r16_qv")).unwrap();
+    fly.load_adapter("r", fixture("rslora_r8_all")).unwrap();
+    for ids in prompts() {
+        let a = merged.logits(&ids, &[]).unwrap();
+        let b = fly.logits(&ids, &[("s".into(), 0.7), ("r".into(), 0.3)]).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-3, "merged vs on-the-fly: {}", max_abs_diff(&a, &b));
+        assert_eq!(argmax(&a), argmax(&b));
+    }
+    // What was merged is recorded.
+    let f = GgufFile::open(&out).unwrap();
+    match f.get("edgelora.merge.fingerprints") {
+        Some(MetaValue::Array(_, v)) => assert_eq!(v[0].as_str().unwrap(), s.fingerprint()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.get("edgelora.merge.weights").unwrap().summary(), "[f32; 2]");
+}
+
+#[test]
+fn merged_q4_1_stays_close_and_beats_plain_requantization() {
+    let base = model_gguf();
+    let r = read_peft(&fixture("rslora_r8_all"), base).unwrap();
+    let dir = tmpdir();
+    let fly = runtime();
+    fly.load_adapter("r", fixture("rslora_r8_all")).unwrap();
+    let mut mean = Vec::new();
+    for q in [Quantizer::Refit, Quantizer::Ggml] {
+        let out = dir.path().join(format!("{q:?}.gguf"));
+        merge(base, &[MergeInput { adapter: &r, weight: 1.0, label: "rs".into() }], &out, &MergeOptions { out_type: None, quantizer: q }, &mut |_, _, _| {}).unwrap();
+        // Same types, same tensor bytes: only the metadata grew by the merge record.
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(g.tensor_bytes_total(), base.tensor_bytes_total());
+        assert!(g.tensors().iter().zip(base.tensors()).all(|(a, b)| a.ggml_type == b.ggml_type));
+        let m = Runtime::load(&out, RuntimeOptions { threads: 1, n_ctx: 512, ..Default::default() }).unwrap();
+        let kls: Vec<f64> = prompts().iter().map(|ids| kl(&fly.logits(ids, &[("r".into(), 1.0)]).unwrap(), &m.logits(ids, &[]).unwrap())).collect();
+        eprintln!("{q:?}: KL to on-the-fly {kls:.4?}");
+        mean.push(kls.iter().sum::<f64>() / kls.len() as f64);
+    }
+    assert!(mean[0] < 0.1, "refit KL {}", mean[0]);
+    assert!(mean[0] < mean[1], "refit ({}) is not closer than ggml's requantization ({})", mean[0], mean[1]);
+}
+
+#[test]
+fn f32_re_encode_without_adapters_is_the_dequantized_model() {
+    let dir = tmpdir();
+    let out = dir.path().join("f32.gguf");
+    let stats = merge(model_gguf(), &[], &out, &MergeOptions { out_type: Some(GgmlType::F32), quantizer: Quantizer::Refit }, &mut |_, _, _| {}).unwrap();
+    assert_eq!(stats.merged, 0);
+    let a = GgufFile::open(&out).unwrap();
+    let b = GgufFile::open(f32_model_path()).unwrap();
+    assert_eq!(a.require_u64("general.file_type").unwrap(), 0);
+    for t in b.tensors() {
+        let (ta, da) = a.tensor_bytes(&t.name).unwrap();
+        assert_eq!(ta.ggml_type, GgmlType::F32, "{}", t.name);
+        assert!(da == b.tensor_data(t), "{} differs from the dequantized model", t.name);
+    }
+}
+
+#[test]
+fn a_killed_merge_leaves_no_file_under_the_output_name() {
+    let dir = tmpdir();
+    let out = dir.path().join("merged.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["merge", "-m", model_path().to_str().unwrap(), "-a", fixture("rslora_r8_all").to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // Kill it once its temporary file exists (the merge is under way), or after 5 s.
+    for _ in 0..500 {
+        if std::fs::read_dir(dir.path()).unwrap().count() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the merge finished before it was killed; make it slower or kill sooner");
+    assert!(!out.exists(), "a killed merge left {}", out.display());
+}
+
+#[test]
+fn merge_rejects_bad_requests() {
+    let dir = tmpdir();
+    let out = dir.path().join("x.gguf");
+    let mut q = read_peft(&fixture("seed_r16_qv"), model_gguf()).unwrap();
+    q.architecture = "qwen2".into();
+    let e = merge(model_gguf(), &[MergeInput { adapter: &q, weight: 1.0, label: "q".into() }], &out, &MergeOptions::default(), &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("qwen2"), "{e}");
+    let s = read_peft(&fixture("seed_r16_qv"), model_gguf()).unwrap();
+    let e = merge(model_gguf(), &[MergeInput { adapter: &s, weight: f32::NAN, label: "s".into() }], &out, &MergeOptions::default(), &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("not a finite"), "{e}");
+    assert!(!out.exists());
+}
