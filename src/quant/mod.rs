@@ -9,6 +9,7 @@
 pub mod blocks;
 pub mod reference;
 pub mod requant;
+pub mod simd;
 
 use crate::gguf::GgmlType;
 
@@ -40,12 +41,22 @@ pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u
     let row_bytes = t.bytes_for(n_per_row as u64).ok_or_else(size_err)? as usize;
     let n_rows = src.len() / n_per_row;
     let mut out = vec![0u8; row_bytes * n_rows];
-    // SAFETY: `src` holds n_rows × n_per_row floats, `out` n_rows × row_bytes bytes (the
-    // size ggml writes for this type and row length); no importance matrix is passed,
-    // which every type accepted by `can_quantize` allows.
-    let written = unsafe {
-        llama_cpp_sys_2::ggml_quantize_chunk(t as _, src.as_ptr(), out.as_mut_ptr().cast(), 0, n_rows as i64, n_per_row as i64, std::ptr::null())
-    };
+    // Chunks of rows in parallel; ggml's quantizers are pure functions of their rows.
+    const ROWS: usize = 64;
+    use rayon::prelude::*;
+    let written: usize = out
+        .par_chunks_mut(row_bytes * ROWS)
+        .zip(src.par_chunks(n_per_row * ROWS))
+        .map(|(dst, rows)| {
+            let n = rows.len() / n_per_row;
+            // SAFETY: `rows` holds n × n_per_row floats and `dst` n × row_bytes bytes, the
+            // size ggml writes for this type and row length; no importance matrix is
+            // passed, which every type accepted by `can_quantize` allows.
+            unsafe {
+                llama_cpp_sys_2::ggml_quantize_chunk(t as _, rows.as_ptr(), dst.as_mut_ptr().cast(), 0, n as i64, n_per_row as i64, std::ptr::null())
+            }
+        })
+        .sum();
     if written != out.len() {
         return Err(QuantError::Size { ggml_type: t, bytes: written, n: src.len(), expected: out.len() as u64 });
     }
@@ -58,10 +69,7 @@ pub fn can_dequantize(t: GgmlType) -> bool {
     matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
-/// Dequantizes `bytes` (whole blocks of type `t`) into `out`, whose length is the element
-/// count. Sizes are checked; the bytes need no particular alignment.
-pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    use GgmlType::*;
+fn check(t: GgmlType, bytes: &[u8], out: &[f32]) -> Result<(), QuantError> {
     if !can_dequantize(t) {
         return Err(QuantError::Unsupported(t));
     }
@@ -69,6 +77,27 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
     if expected != Some(bytes.len() as u64) {
         return Err(QuantError::Size { ggml_type: t, bytes: bytes.len(), n: out.len(), expected: expected.unwrap_or(0) });
     }
+    Ok(())
+}
+
+/// Dequantizes `bytes` (whole blocks of type `t`) into `out`, whose length is the element
+/// count, with the SIMD kernel the CPU supports (bit-identical to the reference).
+/// Sizes are checked; the bytes need no particular alignment.
+pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    check(t, bytes, out)?;
+    match simd::kernel(t) {
+        Some(k) => {
+            k(bytes, out);
+            Ok(())
+        }
+        None => dequantize_reference(t, bytes, out),
+    }
+}
+
+/// The scalar reference dequantizer (the SIMD kernels' twin and source of truth).
+pub fn dequantize_reference(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    use GgmlType::*;
+    check(t, bytes, out)?;
     // Copy into aligned storage of the block type (mapped tensor data is only 32-byte
     // aligned at its start, and a slice of it may not be); pod_collect_to_vec does that.
     match t {

@@ -1,7 +1,7 @@
 //! Dequantization against ggml's own `to_float`, bit for bit.
 
 use edgelora::gguf::GgmlType;
-use edgelora::quant::{can_dequantize, dequantize, QuantError};
+use edgelora::quant::{can_dequantize, dequantize, dequantize_reference, simd, QuantError};
 use half::f16;
 use rand::{Rng, SeedableRng};
 
@@ -104,4 +104,29 @@ fn the_f32_model_holds_the_dequantized_weights() {
     dequantize(t.ggml_type, q.tensor_data(t), &mut want).unwrap();
     let (_, got) = f.tensor_bytes("blk.7.ffn_up.weight").unwrap();
     assert_eq!(got, bytemuck::cast_slice::<f32, u8>(&want));
+}
+
+#[test]
+fn simd_kernels_equal_the_scalar_reference() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut checked = 0;
+    for t in GgmlType::ALL.into_iter().filter(|t| can_dequantize(*t) && *t != GgmlType::F32) {
+        let bytes = random_blocks(t, 1000, &mut rng);
+        let n = 1000 * t.block_size() as usize;
+        let (mut fast, mut slow) = (vec![0f32; n], vec![0f32; n]);
+        dequantize(t, &bytes, &mut fast).unwrap();
+        dequantize_reference(t, &bytes, &mut slow).unwrap();
+        assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{t}: {} kernel differs", simd::selected());
+        // Unaligned input: the same blocks one byte into a buffer.
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        dequantize(t, &shifted[1..], &mut fast).unwrap();
+        assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{t}: unaligned");
+        checked += usize::from(simd::kernel(t).is_some());
+    }
+    eprintln!("dispatch: {} ({checked} SIMD kernels checked)", simd::selected());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert_eq!((simd::selected(), checked), ("avx2", 3));
+    }
 }

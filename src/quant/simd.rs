@@ -1,0 +1,132 @@
+//! SIMD dequantizers, chosen once at start-up by CPU feature detection, each with the
+//! scalar reference (`reference.rs`) as its twin: same signature, bit-identical output
+//! (the SIMD code multiplies and adds in the same order, without FMA contraction).
+//!
+//! x86_64: AVX2 for Q4_0, Q4_1 and Q8_0 (the default model's types). Other types and
+//! other CPUs use the scalar path. NEON kernels for aarch64 are not written yet.
+
+use std::sync::OnceLock;
+
+use crate::gguf::GgmlType;
+
+/// A dequantizer over raw block bytes (any alignment) into `out` (whole blocks).
+pub type Kernel = fn(&[u8], &mut [f32]);
+
+struct Kernels {
+    name: &'static str,
+    q4_0: Option<Kernel>,
+    q4_1: Option<Kernel>,
+    q8_0: Option<Kernel>,
+}
+
+fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernels { name: "avx2", q4_0: Some(x86::q4_0), q4_1: Some(x86::q4_1), q8_0: Some(x86::q8_0) };
+            }
+        }
+        Kernels { name: "scalar", q4_0: None, q4_1: None, q8_0: None }
+    })
+}
+
+/// The instruction set the dispatcher picked ("avx2" or "scalar").
+pub fn selected() -> &'static str {
+    kernels().name
+}
+
+/// The SIMD kernel for `t`, if this CPU has one.
+pub fn kernel(t: GgmlType) -> Option<Kernel> {
+    let k = kernels();
+    match t {
+        GgmlType::Q4_0 => k.q4_0,
+        GgmlType::Q4_1 => k.q4_1,
+        GgmlType::Q8_0 => k.q8_0,
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    fn f16_at(b: &[u8], i: usize) -> f32 {
+        f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    }
+
+    /// Nibbles of 16 bytes → 32 floats: low nibbles are elements 0..16, high 16..32.
+    #[target_feature(enable = "avx2")]
+    fn nibbles(qs: &[u8]) -> [__m256; 4] {
+        assert!(qs.len() >= 16);
+        // SAFETY: 16 readable bytes (asserted); unaligned load.
+        let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+        let mask = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(v, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+        let cvt = |x: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+        [cvt(lo), cvt(_mm_srli_si128(lo, 8)), cvt(hi), cvt(_mm_srli_si128(hi, 8))]
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn store(out: &mut [f32], v: [__m256; 4]) {
+        assert!(out.len() >= 32);
+        for (k, x) in v.iter().enumerate() {
+            // SAFETY: 32 writable floats (asserted); unaligned store.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), *x) };
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q4_1_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+            let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_set1_ps(f16_at(b, 2)));
+            let q = nibbles(&b[4..20]);
+            store(y, q.map(|x| _mm256_add_ps(_mm256_mul_ps(x, d), m)));
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q4_0_avx2(bytes: &[u8], out: &mut [f32]) {
+        let eight = _mm256_set1_ps(8.0);
+        for (b, y) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            // (q − 8) is exact in f32, so subtracting after the conversion matches the
+            // scalar integer subtraction.
+            let q = nibbles(&b[2..18]);
+            store(y, q.map(|x| _mm256_mul_ps(_mm256_sub_ps(x, eight), d)));
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q8_0_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let qs = &b[2..34];
+            let mut v = [_mm256_setzero_ps(); 4];
+            for (k, x) in v.iter_mut().enumerate() {
+                // SAFETY: 8 readable bytes at 8k within the 32-byte slice; unaligned load.
+                let raw = unsafe { _mm_loadl_epi64(qs.as_ptr().add(8 * k).cast()) };
+                *x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw)), d);
+            }
+            store(y, v);
+        }
+    }
+
+    // Safe entry points: only handed out by the dispatcher after detecting AVX2.
+    pub fn q4_1(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: selected only when AVX2 is available.
+        unsafe { q4_1_avx2(bytes, out) }
+    }
+    pub fn q4_0(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q4_0_avx2(bytes, out) }
+    }
+    pub fn q8_0(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q8_0_avx2(bytes, out) }
+    }
+}
