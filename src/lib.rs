@@ -19,6 +19,7 @@
 //! field or tensor at fault.
 
 pub mod adapter;
+pub mod compute;
 pub mod convert;
 pub mod engine;
 pub mod error;

@@ -1,7 +1,8 @@
 //! Merge at load: W' = W + Σ wᵢ·sᵢ·Bᵢ·Aᵢ for every targeted tensor, written straight back
 //! into a quantized format and streamed to a new GGUF, one tensor at a time.
 //!
-//! Targeted tensors are dequantized, get their deltas added in f32 (rows in parallel),
+//! Targeted tensors are dequantized and get their deltas added in f32 on the chosen
+//! compute backend (CPU: SIMD + rows in parallel; GPU: wgpu kernels),
 //! and are quantized to the base's own type by default — with the error-minimizing
 //! block quantizer (`quant::requant`) for Q4_0/Q4_1/Q8_0, which also tries each block's
 //! pre-merge grid, or with ggml's quantizer for the other types. Untouched tensors are
@@ -15,6 +16,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::adapter::{validate, LoraAdapter};
+use crate::compute::{self, Backend, Delta, Device};
 use crate::error::{Error, GgufError};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo, TensorSpec, ValueType};
 use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, requant};
@@ -33,11 +35,13 @@ pub struct MergeOptions {
     /// Output type for weight tensors; `None` keeps each tensor's type.
     pub out_type: Option<GgmlType>,
     pub quantizer: Quantizer,
+    /// Where dequantize + delta run (requantization runs on the CPU).
+    pub device: Device,
 }
 
 impl Default for MergeOptions {
     fn default() -> Self {
-        MergeOptions { out_type: None, quantizer: Quantizer::Refit }
+        MergeOptions { out_type: None, quantizer: Quantizer::Refit, device: Device::Cpu }
     }
 }
 
@@ -85,24 +89,12 @@ fn is_weight(t: &TensorInfo) -> bool {
     t.shape.len() >= 2 && !matches!(t.ggml_type, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64)
 }
 
-/// W [n_out, n_in] (row-major f32) += Σ w·s·B·A for every input targeting `name`.
-fn add_deltas(w: &mut [f32], n_in: usize, name: &str, inputs: &[MergeInput]) {
-    for inp in inputs {
-        let Some(t) = inp.adapter.tensors.get(name) else { continue };
-        let k = inp.weight * t.scale;
-        w.par_chunks_mut(n_in).enumerate().for_each(|(o, row)| {
-            for j in 0..t.rank {
-                let c = k * t.b[o * t.rank + j];
-                if c == 0.0 {
-                    continue;
-                }
-                let a = &t.a[j * n_in..(j + 1) * n_in];
-                for (y, x) in row.iter_mut().zip(a) {
-                    *y += c * x;
-                }
-            }
-        });
-    }
+/// The deltas of every input targeting `name`, weighted.
+fn deltas<'a>(name: &str, inputs: &'a [MergeInput]) -> Vec<Delta<'a>> {
+    inputs
+        .iter()
+        .filter_map(|inp| inp.adapter.tensors.get(name).map(|t| Delta { rank: t.rank, a: &t.a, b: &t.b, scale: inp.weight * t.scale }))
+        .collect()
 }
 
 /// Quantizes merged values to `t`, using the pre-merge bytes as grid hints when the
@@ -155,6 +147,7 @@ pub fn merge(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<MergeStats, Error> {
     let t0 = Instant::now();
+    let backend: Box<dyn Backend> = compute::backend(opts.device).map_err(|e| crate::error::EngineError::Backend(e.to_string()))?;
     for inp in inputs {
         validate(inp.adapter, base, Path::new(&inp.label))?;
         if !inp.weight.is_finite() {
@@ -220,9 +213,15 @@ pub fn merge(
         } else {
             let n_in = t.shape[0] as usize;
             let mut values = vec![0f32; t.n_elements() as usize];
-            quant::dequantize(t.ggml_type, data, &mut values).map_err(bad)?;
+            let gpu_err = |e: compute::ComputeError| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason: e.to_string() };
+            if *merge && t.ggml_type != GgmlType::F32 {
+                backend.dequantize(t.ggml_type, data, &mut values).map_err(gpu_err)?;
+            } else {
+                quant::dequantize(t.ggml_type, data, &mut values).map_err(bad)?;
+            }
             if *merge {
-                add_deltas(&mut values, n_in, &t.name, inputs);
+                let n_out = values.len() / n_in;
+                backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(gpu_err)?;
                 stats.merged += 1;
             } else {
                 stats.converted += 1;

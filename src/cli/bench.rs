@@ -56,6 +56,8 @@ pub struct MergeBench {
     reps: usize,
     #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
     quantizer: String,
+    #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
+    device: String,
     #[arg(long)]
     json: bool,
 }
@@ -78,16 +80,17 @@ fn bench_merge(b: MergeBench) -> Result<()> {
     let mut bytes = 0;
     for _ in 0..b.reps.max(1) {
         let t = Instant::now();
-        let s = super::merge::merge_args_into(&b.model, &adapters, &out, None, q, false)?;
+        let device = if b.device == "gpu" { edgelora::compute::Device::Gpu } else { edgelora::compute::Device::Cpu };
+        let s = super::merge::merge_args_into(&b.model, &adapters, &out, None, q, device, false)?;
         secs.push(t.elapsed().as_secs_f64());
         bytes = s.bytes;
     }
     let med = median(&mut secs);
     if b.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "adapters": adapters, "quantizer": b.quantizer, "reps": secs.len(), "median_s": med, "min_s": secs[0], "bytes": bytes, "peak_rss_bytes": peak_rss_bytes()}))?);
+        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "adapters": adapters, "quantizer": b.quantizer, "device": b.device, "reps": secs.len(), "median_s": med, "min_s": secs[0], "bytes": bytes, "peak_rss_bytes": peak_rss_bytes()}))?);
     } else {
-        println!("merge {} adapter(s) into {} ({} quantizer): median {:.3} s, min {:.3} s over {} reps (read, merge, requantize, write {} bytes); peak RSS {:.1} MiB",
-            adapters.len(), b.model.display(), b.quantizer, med, secs[0], secs.len(), bytes, peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64);
+        println!("merge {} adapter(s) into {} ({} quantizer, {}): median {:.3} s, min {:.3} s over {} reps (read, merge, requantize, write {} bytes); peak RSS {:.1} MiB",
+            adapters.len(), b.model.display(), b.quantizer, b.device, med, secs[0], secs.len(), bytes, peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64);
     }
     Ok(())
 }

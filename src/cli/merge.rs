@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use edgelora::adapter;
+use edgelora::compute::Device;
 use edgelora::engine::parse_adapter_arg;
 use edgelora::gguf::{GgmlType, GgufFile};
 use edgelora::merge::{merge, MergeInput, MergeOptions, MergeStats, Quantizer};
@@ -28,6 +29,9 @@ pub struct MergeArgs {
     /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0) or ggml (llama.cpp's reference)
     #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
     quantizer: String,
+    /// Where dequantize + delta run: cpu, or gpu (wgpu; fails if no adapter)
+    #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
+    device: String,
 }
 
 fn parse_type(s: &str) -> Result<Option<GgmlType>> {
@@ -43,7 +47,7 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
 }
 
 /// Loads the adapters named by `args` and merges them into `model`, writing `out`.
-pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, show: bool) -> Result<MergeStats> {
+pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, device: Device, show: bool) -> Result<MergeStats> {
     let base = GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))?;
     let mut loaded = Vec::new();
     for arg in args {
@@ -59,7 +63,7 @@ pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Opti
     } else {
         ProgressBar::hidden()
     };
-    let stats = merge(&base, &inputs, out, &MergeOptions { out_type, quantizer }, &mut |done, _, name| {
+    let stats = merge(&base, &inputs, out, &MergeOptions { out_type, quantizer, device }, &mut |done, _, name| {
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     })
@@ -74,7 +78,8 @@ pub fn run(a: MergeArgs) -> Result<()> {
         bail!("nothing to do: give --adapter, or --type to re-encode");
     }
     let quantizer = if a.quantizer == "ggml" { Quantizer::Ggml } else { Quantizer::Refit };
-    let s = merge_args_into(&a.model, &a.adapters, &a.out, out_type, quantizer, true)?;
+    let device = if a.device == "gpu" { Device::Gpu } else { Device::Cpu };
+    let s = merge_args_into(&a.model, &a.adapters, &a.out, out_type, quantizer, device, true)?;
     eprintln!(
         "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}",
         a.out.display(),

@@ -113,7 +113,7 @@ impl ModelArgs {
         if self.merge && !self.adapters.is_empty() {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
-            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, false)?;
+            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, edgelora::compute::Device::Cpu, false)?;
             let rt = Runtime::load(&out, self.options()).context("loading the merged model")?;
             return Ok(Loaded { rt, adapters: Vec::new(), _merged: Some(dir) });
         }

@@ -5,6 +5,7 @@ mod common;
 
 mod adapters;
 mod cli;
+mod compute;
 mod engine;
 mod ffi;
 mod gguf_malformed;

@@ -67,7 +67,7 @@ fn merged_q4_1_stays_close_and_beats_plain_requantization() {
     let mut mean = Vec::new();
     for q in [Quantizer::Refit, Quantizer::Ggml] {
         let out = dir.path().join(format!("{q:?}.gguf"));
-        merge(base, &[MergeInput { adapter: &r, weight: 1.0, label: "rs".into() }], &out, &MergeOptions { out_type: None, quantizer: q }, &mut |_, _, _| {}).unwrap();
+        merge(base, &[MergeInput { adapter: &r, weight: 1.0, label: "rs".into() }], &out, &MergeOptions { quantizer: q, ..Default::default() }, &mut |_, _, _| {}).unwrap();
         // Same types, same tensor bytes: only the metadata grew by the merge record.
         let g = GgufFile::open(&out).unwrap();
         assert_eq!(g.tensor_bytes_total(), base.tensor_bytes_total());
@@ -85,7 +85,7 @@ fn merged_q4_1_stays_close_and_beats_plain_requantization() {
 fn f32_re_encode_without_adapters_is_the_dequantized_model() {
     let dir = tmpdir();
     let out = dir.path().join("f32.gguf");
-    let stats = merge(model_gguf(), &[], &out, &MergeOptions { out_type: Some(GgmlType::F32), quantizer: Quantizer::Refit }, &mut |_, _, _| {}).unwrap();
+    let stats = merge(model_gguf(), &[], &out, &MergeOptions { out_type: Some(GgmlType::F32), ..Default::default() }, &mut |_, _, _| {}).unwrap();
     assert_eq!(stats.merged, 0);
     let a = GgufFile::open(&out).unwrap();
     let b = GgufFile::open(f32_model_path()).unwrap();
@@ -130,4 +130,31 @@ fn merge_rejects_bad_requests() {
     let e = merge(model_gguf(), &[MergeInput { adapter: &s, weight: f32::NAN, label: "s".into() }], &out, &MergeOptions::default(), &mut |_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("not a finite"), "{e}");
     assert!(!out.exists());
+}
+
+#[test]
+fn gpu_merge_equals_cpu_merge() {
+    // F32 output so the comparison sees the merged floats, not a requantization.
+    let base = model_gguf();
+    let s = read_peft(&fixture("seed_r16_qv"), base).unwrap();
+    let dir = tmpdir();
+    let mut values = Vec::new();
+    for device in [edgelora::compute::Device::Cpu, edgelora::compute::Device::Gpu] {
+        let out = dir.path().join(format!("{device:?}.gguf"));
+        let opts = MergeOptions { out_type: Some(GgmlType::F32), device, ..Default::default() };
+        merge(base, &[MergeInput { adapter: &s, weight: 0.8, label: "seed".into() }], &out, &opts, &mut |_, _, _| {})
+            .unwrap_or_else(|e| panic!("{device:?}: {e} (the GPU path needs a GPU or lavapipe: apt-get install mesa-vulkan-drivers)"));
+        let f = GgufFile::open(&out).unwrap();
+        let (_, q) = f.tensor_bytes("blk.3.attn_q.weight").unwrap();
+        let (_, v) = f.tensor_bytes("blk.17.attn_v.weight").unwrap();
+        values.push([q.to_vec(), v.to_vec()]);
+    }
+    for k in 0..2 {
+        let a: &[f32] = bytemuck::cast_slice(&values[0][k]);
+        let b: &[f32] = bytemuck::cast_slice(&values[1][k]);
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        // The GPU reads A/B as f16 (these fixtures are f32): relative error ~1e-3 of the delta.
+        assert!(worst < 1e-3 * scale, "tensor {k}: max |gpu − cpu| {worst} (scale {scale})");
+    }
 }

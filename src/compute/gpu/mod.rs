@@ -1,0 +1,175 @@
+//! The wgpu backend. One struct per kernel (`dequantize`, `lora_delta`), each compiling
+//! its WGSL file from `shaders/` (embedded with `include_str!`). Device selection returns
+//! an error, never panics, when no adapter exists; wgpu validation errors are caught in
+//! error scopes and returned. Buffers are split so that no binding exceeds the device's
+//! storage-binding limit (128 MiB by default).
+
+mod dequantize;
+mod lora_delta;
+
+use std::sync::{mpsc, Arc};
+
+use wgpu::util::DeviceExt;
+
+use super::{check_delta, Backend, ComputeError, Delta};
+use crate::gguf::GgmlType;
+
+pub use dequantize::DequantizeKernel;
+pub use lora_delta::LoraDeltaKernel;
+
+/// Shared byte/f16 helpers prepended to the block-format shaders.
+const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
+
+/// Threads per workgroup in every shader.
+const WORKGROUP: u32 = 256;
+
+/// An open device with its kernels.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    /// Largest storage binding, in bytes.
+    max_binding: u64,
+    dequant: Vec<DequantizeKernel>,
+    lora: LoraDeltaKernel,
+}
+
+impl Gpu {
+    /// Opens the first (high-performance) adapter wgpu finds: a real GPU, or a software
+    /// Vulkan driver such as Mesa's lavapipe.
+    pub fn new() -> Result<Gpu, ComputeError> {
+        Self::with_binding_limit(u64::MAX)
+    }
+
+    /// As [`new`](Self::new), with storage bindings capped at `limit` bytes (smaller
+    /// chunks: less device memory at a time; tests use it to exercise the splitting).
+    pub fn with_binding_limit(limit: u64) -> Result<Gpu, ComputeError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            ..Default::default()
+        }))
+        .map_err(|e| ComputeError::NoAdapter(e.to_string()))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("edgelora"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| ComputeError::Device(e.to_string()))?;
+        // Validation errors are collected by error scopes around each call; anything that
+        // escapes them is logged instead of wgpu's default panic.
+        device.on_uncaptured_error(Arc::new(|e| eprintln!("edgelora: uncaptured wgpu error: {e}")));
+        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size).min(limit).max(1 << 10);
+        // Compile every shader now, inside an error scope: a shader the driver rejects is
+        // an error here, not a panic later.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let dequant: Vec<DequantizeKernel> = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().map(|t| DequantizeKernel::new(&device, t)).collect();
+        let lora = LoraDeltaKernel::new(&device);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Gpu(format!("compiling the shaders: {e}")));
+        }
+        Ok(Gpu { device, queue, info, max_binding, dequant, lora })
+    }
+
+    /// Adapter name and driver, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
+    pub fn adapter(&self) -> String {
+        format!("{} ({:?}, {})", self.info.name, self.info.backend, self.info.driver_info)
+    }
+
+    fn storage(&self, label: &str, bytes: &[u8], writable: bool) -> wgpu::Buffer {
+        // Bindings of array<u32> need a whole number of words.
+        let mut padded;
+        let contents = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4).max(4), 0);
+            &padded
+        };
+        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        if writable {
+            usage |= wgpu::BufferUsages::COPY_SRC;
+        }
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage })
+    }
+
+    fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("params"), contents: bytes, usage: wgpu::BufferUsages::UNIFORM })
+    }
+
+    /// Dispatches `pipeline` over `n` threads with `buffers` bound in order, then copies
+    /// `result` (a buffer among them) back.
+    fn run(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer], n: u64, result: &wgpu::Buffer, out: &mut [u8]) -> Result<(), ComputeError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+        let groups = n.div_ceil(u64::from(WORKGROUP));
+        let x = groups.min(65_535) as u32;
+        let y = groups.div_ceil(u64::from(x.max(1))) as u32;
+        if y > 65_535 {
+            return Err(ComputeError::Shape(format!("{n} threads exceed one dispatch")));
+        }
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: out.len() as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(x.max(1), y.max(1), 1);
+        }
+        enc.copy_buffer_to_buffer(result, 0, &readback, 0, out.len() as u64);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = mpsc::channel();
+        readback.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| ComputeError::Gpu(format!("waiting for the device: {e}")))?;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Gpu(e.to_string()));
+        }
+        rx.recv()
+            .map_err(|_| ComputeError::Gpu("map callback dropped".into()))?
+            .map_err(|e| ComputeError::Gpu(format!("mapping the result: {e}")))?;
+        {
+            let view = readback.slice(..).get_mapped_range().map_err(|e| ComputeError::Gpu(format!("{e:?}")))?;
+            out.copy_from_slice(&view);
+        }
+        readback.unmap();
+        Ok(())
+    }
+}
+
+impl Backend for Gpu {
+    fn name(&self) -> String {
+        format!("gpu: {}", self.adapter())
+    }
+
+    fn dequantize(&self, t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), ComputeError> {
+        if t == GgmlType::F32 {
+            return Ok(crate::quant::dequantize(t, bytes, out)?);
+        }
+        let k = self.dequant.iter().find(|k| k.ggml_type() == t).ok_or(ComputeError::Unsupported(t, "gpu"))?;
+        k.run(self, bytes, out)
+    }
+
+    fn lora_delta(&self, acc: &mut [f32], n_out: usize, n_in: usize, deltas: &[Delta]) -> Result<(), ComputeError> {
+        for d in deltas {
+            check_delta(acc, n_out, n_in, d)?;
+            self.lora.run(self, acc, n_out, n_in, d)?;
+        }
+        Ok(())
+    }
+}

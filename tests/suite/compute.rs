@@ -1,0 +1,102 @@
+//! Compute backends: the wgpu kernels against the CPU reference. On machines without a
+//! GPU, Mesa's software Vulkan (lavapipe) serves; with no adapter at all these tests fail
+//! and say what to install.
+
+use edgelora::compute::{cpu::Cpu, gpu::Gpu, Backend, Delta};
+use edgelora::gguf::GgmlType;
+use edgelora::quant::dequantize_reference;
+use half::f16;
+use rand::{Rng, SeedableRng};
+
+use crate::common::model_gguf;
+
+fn gpu(limit: u64) -> Gpu {
+    match Gpu::with_binding_limit(limit) {
+        Ok(g) => {
+            eprintln!("GPU adapter: {}", g.adapter());
+            g
+        }
+        Err(e) => panic!("{e}: these tests need a GPU or a software Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1)"),
+    }
+}
+
+/// GPU float budget: the shaders compute q·d + m like the reference but a driver may fuse
+/// the multiply-add, which changes the last bit: |gpu − ref| ≤ 2⁻²² · max(|ref|, |d|·16 + |m|).
+fn within_budget(gpu: &[f32], reference: &[f32]) -> Result<(), String> {
+    let scale = reference.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-30);
+    for (i, (a, b)) in gpu.iter().zip(reference).enumerate() {
+        if (a - b).abs() > scale * 2f32.powi(-22) {
+            return Err(format!("element {i}: gpu {a} vs reference {b}"));
+        }
+    }
+    Ok(())
+}
+
+fn random_blocks(t: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let ts = t.type_size() as usize;
+    let mut v = vec![0u8; n_blocks * ts];
+    rng.fill(&mut v[..]);
+    let halves: &[usize] = if t == GgmlType::Q4_1 { &[0, 2] } else { &[0] };
+    for b in v.chunks_exact_mut(ts) {
+        for &o in halves {
+            b[o..o + 2].copy_from_slice(&f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes());
+        }
+    }
+    v
+}
+
+#[test]
+fn gpu_dequantize_matches_the_reference() {
+    // A 4 KiB binding limit forces many chunks through the splitting code.
+    for limit in [u64::MAX, 4096] {
+        let g = gpu(limit);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let bytes = random_blocks(t, 777, &mut rng);
+            let n = 777 * 32;
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            g.dequantize(t, &bytes, &mut a).unwrap();
+            dequantize_reference(t, &bytes, &mut b).unwrap();
+            within_budget(&a, &b).unwrap_or_else(|e| panic!("{t} (binding limit {limit}): {e}"));
+        }
+    }
+    // A real tensor of the default model.
+    let f = model_gguf();
+    let t = f.tensor("blk.5.attn_v.weight").unwrap();
+    let n = t.n_elements() as usize;
+    let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+    gpu(u64::MAX).dequantize(t.ggml_type, f.tensor_data(t), &mut a).unwrap();
+    dequantize_reference(t.ggml_type, f.tensor_data(t), &mut b).unwrap();
+    within_budget(&a, &b).unwrap();
+}
+
+#[test]
+fn gpu_lora_delta_matches_the_cpu() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    let (n_out, n_in, rank) = (96, 160, 8);
+    // f16-representable factors: the GPU reads A and B as f16.
+    let mut half = |n: usize| (0..n).map(|_| f16::from_f32(rng.random_range(-0.5f32..0.5)).to_f32()).collect::<Vec<f32>>();
+    let (a, b) = (half(rank * n_in), half(n_out * rank));
+    let (a2, b2) = (half(4 * n_in), half(n_out * 4));
+    let base = half(n_out * n_in);
+    let deltas = [Delta { rank, a: &a, b: &b, scale: 0.7 }, Delta { rank: 4, a: &a2, b: &b2, scale: -1.3 }];
+    let mut want = base.clone();
+    Cpu.lora_delta(&mut want, n_out, n_in, &deltas).unwrap();
+    for limit in [u64::MAX, 2048] {
+        let mut got = base.clone();
+        gpu(limit).lora_delta(&mut got, n_out, n_in, &deltas).unwrap();
+        // Sums in another order: f32 rounding only (|Σ| ≤ rank·0.25·2 here).
+        let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "binding limit {limit}: max |gpu − cpu| = {worst}");
+    }
+    // Shapes are checked, not trusted.
+    let mut wrong = vec![0f32; 10];
+    assert!(gpu(u64::MAX).lora_delta(&mut wrong, n_out, n_in, &deltas).is_err());
+}
+
+#[test]
+fn gpu_rejects_types_without_a_kernel() {
+    let mut out = vec![0f32; 256];
+    let e = gpu(u64::MAX).dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out).unwrap_err();
+    assert!(e.to_string().contains("q4_K"), "{e}");
+}
