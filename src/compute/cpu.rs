@@ -34,4 +34,28 @@ impl Backend for Cpu {
         }
         Ok(())
     }
+
+    fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
+        let row_bytes = t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {t} blocks")))? as usize;
+        if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
+            return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
+        }
+        // Output rows in parallel: each dequantizes its weight row once (SIMD) and dots it
+        // with every input row.
+        let cols: Vec<Vec<f32>> = w
+            .par_chunks(row_bytes)
+            .map(|row| {
+                let mut buf = vec![0f32; n_in];
+                quant::dequantize(t, row, &mut buf)?;
+                Ok(x.chunks_exact(n_in).map(|xr| xr.iter().zip(&buf).map(|(a, b)| a * b).sum()).collect())
+            })
+            .collect::<Result<_, quant::QuantError>>()?;
+        let mut y = vec![0f32; n_x * n_out];
+        for (o, col) in cols.iter().enumerate() {
+            for (r, v) in col.iter().enumerate() {
+                y[r * n_out + o] = *v;
+            }
+        }
+        Ok(y)
+    }
 }

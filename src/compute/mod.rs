@@ -2,8 +2,8 @@
 //! build on), on the CPU (`cpu`: SIMD dequantizers + rayon) or a GPU through wgpu
 //! (`gpu`: one WGSL file per kernel in `shaders/`).
 //!
-//! Kernels: `dequantize` (block bytes → f32) and `lora_delta` (acc += s·B·A). Quantized
-//! matmul for the native engine is not here yet.
+//! Kernels: `dequantize` (block bytes → f32), `lora_delta` (acc += s·B·A) and `matmul`
+//! (y = x·Wᵀ with W in its block format) — the last one for the native engine.
 
 pub mod cpu;
 pub mod gpu;
@@ -43,6 +43,8 @@ pub trait Backend: Send + Sync {
     fn dequantize(&self, t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), ComputeError>;
     /// `acc` [n_out, n_in] += Σ scale·B·A over `deltas`.
     fn lora_delta(&self, acc: &mut [f32], n_out: usize, n_in: usize, deltas: &[Delta]) -> Result<(), ComputeError>;
+    /// y [n_x, n_out] = x [n_x, n_in] · Wᵀ, with W [n_out, n_in] as `t` blocks in `w`.
+    fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError>;
 }
 
 fn check_delta(acc: &[f32], n_out: usize, n_in: usize, d: &Delta) -> Result<(), ComputeError> {

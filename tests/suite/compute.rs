@@ -100,3 +100,34 @@ fn gpu_rejects_types_without_a_kernel() {
     let e = gpu(u64::MAX).dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out).unwrap_err();
     assert!(e.to_string().contains("q4_K"), "{e}");
 }
+
+#[test]
+fn matmul_on_cpu_and_gpu_matches_an_f64_reference() {
+    let f = model_gguf();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let g = gpu(u64::MAX);
+    let small = gpu(16384); // forces chunks of output rows
+    for (name, n_x) in [("blk.2.attn_q.weight", 3), ("blk.2.ffn_down.weight", 2)] {
+        let t = f.tensor(name).unwrap();
+        let (n_in, n_out) = (t.shape[0] as usize, t.shape[1] as usize);
+        let x: Vec<f32> = (0..n_x * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut w = vec![0f32; n_in * n_out];
+        dequantize_reference(t.ggml_type, f.tensor_data(t), &mut w).unwrap();
+        let want: Vec<f64> = (0..n_x * n_out)
+            .map(|k| {
+                let (r, o) = (k / n_out, k % n_out);
+                (0..n_in).map(|i| f64::from(x[r * n_in + i]) * f64::from(w[o * n_in + i])).sum()
+            })
+            .collect();
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (label, y) in [
+            ("cpu", Cpu.matmul(t.ggml_type, f.tensor_data(t), n_out, n_in, &x, n_x).unwrap()),
+            ("gpu", g.matmul(t.ggml_type, f.tensor_data(t), n_out, n_in, &x, n_x).unwrap()),
+            ("gpu chunked", small.matmul(t.ggml_type, f.tensor_data(t), n_out, n_in, &x, n_x).unwrap()),
+        ] {
+            let worst = y.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+            assert!(worst < 1e-4 * scale, "{name} {label}: max error {worst} (scale {scale})");
+        }
+    }
+    assert!(Cpu.matmul(GgmlType::Q4_1, &[0u8; 20], 2, 32, &[0.0; 32], 1).is_err(), "shape mismatch accepted");
+}

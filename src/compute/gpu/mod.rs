@@ -6,6 +6,7 @@
 
 mod dequantize;
 mod lora_delta;
+mod matmul;
 
 use std::sync::{mpsc, Arc};
 
@@ -16,6 +17,7 @@ use crate::gguf::GgmlType;
 
 pub use dequantize::DequantizeKernel;
 pub use lora_delta::LoraDeltaKernel;
+pub use matmul::MatmulKernel;
 
 /// Shared byte/f16 helpers prepended to the block-format shaders.
 const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
@@ -32,6 +34,7 @@ pub struct Gpu {
     max_binding: u64,
     dequant: Vec<DequantizeKernel>,
     lora: LoraDeltaKernel,
+    matmul: Vec<MatmulKernel>,
 }
 
 impl Gpu {
@@ -69,10 +72,11 @@ impl Gpu {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let dequant: Vec<DequantizeKernel> = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().map(|t| DequantizeKernel::new(&device, t)).collect();
         let lora = LoraDeltaKernel::new(&device);
+        let matmul: Vec<MatmulKernel> = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().map(|t| MatmulKernel::new(&device, t)).collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Gpu(format!("compiling the shaders: {e}")));
         }
-        Ok(Gpu { device, queue, info, max_binding, dequant, lora })
+        Ok(Gpu { device, queue, info, max_binding, dequant, lora, matmul })
     }
 
     /// Adapter name and driver, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
@@ -171,5 +175,10 @@ impl Backend for Gpu {
             self.lora.run(self, acc, n_out, n_in, d)?;
         }
         Ok(())
+    }
+
+    fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
+        let k = self.matmul.iter().find(|k| k.ggml_type() == t).ok_or(ComputeError::Unsupported(t, "gpu"))?;
+        k.run(self, w, n_out, n_in, x, n_x)
     }
 }

@@ -1,0 +1,32 @@
+// y[r, o] = Σ_i x[r, i] · W[o, i] for a q8_0 weight W [n_out, n_in] (rows of
+// n_in / 32 blocks of 34 bytes), decoding blocks on the fly. One thread per output.
+struct Params {
+    n_out: u32,
+    n_in: u32,
+    n_x: u32,
+    row_bytes: u32,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> params: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 256u;
+    if (idx >= params.n_x * params.n_out) {
+        return;
+    }
+    let r = idx / params.n_out;
+    let o = idx % params.n_out;
+    var sum = 0.0;
+    for (var b = 0u; b < params.n_in / 32u; b = b + 1u) {
+        let base = o * params.row_bytes + b * 34u;
+        let xb = r * params.n_in + b * 32u;
+        for (var j = 0u; j < 32u; j = j + 1u) {
+            sum = sum + q8_0_value(base, j) * x[xb + j];
+        }
+    }
+    y[idx] = sum;
+}
