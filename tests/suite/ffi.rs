@@ -34,7 +34,11 @@ fn header_matches_the_code() {
 /// The directory holding the freshly built libedgelora.so (beside the binary).
 fn lib_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_edgelora")).parent().unwrap().to_path_buf();
-    assert!(dir.join("libedgelora.so").exists(), "libedgelora.so missing in {}", dir.display());
+    assert!(
+        dir.join("libedgelora.so").exists(),
+        "libedgelora.so missing in {}: `cargo test` does not build the cdylib; run `cargo build --release --lib` first (scripts/test does)",
+        dir.display()
+    );
     dir
 }
 
