@@ -51,6 +51,11 @@ fn foreign_adapter(dir: &Path) -> PathBuf {
     p
 }
 
+/// The four arguments both programs take: model, two fixture adapters, a foreign adapter.
+fn program_args(dir: &Path) -> Vec<PathBuf> {
+    vec![model_path(), root().join("tests/fixtures/seed_r16_qv"), root().join("tests/fixtures/rslora_r8_all"), foreign_adapter(dir)]
+}
+
 #[test]
 fn c_program_drives_the_library() {
     let dir = tmpdir();
@@ -67,13 +72,7 @@ fn c_program_drives_the_library() {
         .output()
         .expect("cc runs");
     assert!(cc.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&cc.stderr));
-    let out = Command::new(&exe)
-        .arg(model_path())
-        .arg(root().join("tests/fixtures/seed_r16_qv"))
-        .arg(root().join("tests/fixtures/rslora_r8_all"))
-        .arg(foreign_adapter(dir.path()))
-        .output()
-        .unwrap();
+    let out = Command::new(&exe).args(program_args(dir.path())).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "C test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all C API checks passed"), "{stdout}");
@@ -93,10 +92,7 @@ fn jvm_program_drives_the_java_api() {
         .arg("-cp")
         .arg(&classes)
         .arg("JvmTest")
-        .arg(model_path())
-        .arg(root().join("tests/fixtures/seed_r16_qv"))
-        .arg(root().join("tests/fixtures/rslora_r8_all"))
-        .arg(foreign_adapter(dir.path()))
+        .args(program_args(dir.path()))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,6 +1,6 @@
-//! `shaders/dequantize_{q4_0,q4_1,q8_0}.wgsl`: block bytes → f32, one thread per value.
+//! `shaders/dequantize.wgsl` per block format: block bytes → f32, one thread per value.
 
-use super::{Gpu, COMMON_BYTES};
+use super::{block_shader, pipeline, Gpu};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -11,25 +11,8 @@ pub struct DequantizeKernel {
 
 impl DequantizeKernel {
     pub fn new(device: &wgpu::Device, t: GgmlType) -> Self {
-        let body = match t {
-            GgmlType::Q4_0 => include_str!("../../../shaders/dequantize_q4_0.wgsl"),
-            GgmlType::Q4_1 => include_str!("../../../shaders/dequantize_q4_1.wgsl"),
-            GgmlType::Q8_0 => include_str!("../../../shaders/dequantize_q8_0.wgsl"),
-            _ => unreachable!("only the three 32-wide formats have a shader"),
-        };
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(t.name()),
-            source: wgpu::ShaderSource::Wgsl(format!("{body}\n{COMMON_BYTES}").into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(t.name()),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        DequantizeKernel { t, pipeline }
+        let source = block_shader(include_str!("../../../shaders/dequantize.wgsl"), t);
+        DequantizeKernel { t, pipeline: pipeline(device, "dequantize", source) }
     }
 
     pub fn ggml_type(&self) -> GgmlType {

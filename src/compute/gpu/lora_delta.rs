@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use super::Gpu;
+use super::{pipeline, Gpu};
 use crate::compute::{ComputeError, Delta};
 
 pub struct LoraDeltaKernel {
@@ -15,19 +15,7 @@ fn pack_f16(v: &[f32]) -> Vec<u8> {
 
 impl LoraDeltaKernel {
     pub fn new(device: &wgpu::Device) -> Self {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("lora_delta"),
-            source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/lora_delta.wgsl").into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("lora_delta"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        LoraDeltaKernel { pipeline }
+        LoraDeltaKernel { pipeline: pipeline(device, "lora_delta", include_str!("../../../shaders/lora_delta.wgsl").into()) }
     }
 
     /// Adds one delta to `acc`, in chunks of rows under the binding limit. A and B are

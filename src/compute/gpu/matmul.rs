@@ -1,7 +1,7 @@
-//! `shaders/matmul_{q4_0,q4_1,q8_0}.wgsl`: y = x·Wᵀ with W quantized, blocks decoded
+//! `shaders/matmul.wgsl` per block format: y = x·Wᵀ with W quantized, blocks decoded
 //! on the fly (the weight is never expanded to f32 on the device).
 
-use super::{Gpu, COMMON_BYTES};
+use super::{block_shader, pipeline, Gpu};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -12,25 +12,8 @@ pub struct MatmulKernel {
 
 impl MatmulKernel {
     pub fn new(device: &wgpu::Device, t: GgmlType) -> Self {
-        let body = match t {
-            GgmlType::Q4_0 => include_str!("../../../shaders/matmul_q4_0.wgsl"),
-            GgmlType::Q4_1 => include_str!("../../../shaders/matmul_q4_1.wgsl"),
-            GgmlType::Q8_0 => include_str!("../../../shaders/matmul_q8_0.wgsl"),
-            _ => unreachable!("only the three 32-wide formats have a shader"),
-        };
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("matmul"),
-            source: wgpu::ShaderSource::Wgsl(format!("{body}\n{COMMON_BYTES}").into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("matmul"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        MatmulKernel { t, pipeline }
+        let source = block_shader(include_str!("../../../shaders/matmul.wgsl"), t);
+        MatmulKernel { t, pipeline: pipeline(device, "matmul", source) }
     }
 
     pub fn ggml_type(&self) -> GgmlType {

@@ -22,6 +22,37 @@ pub use matmul::MatmulKernel;
 /// Shared byte/f16 helpers prepended to the block-format shaders.
 const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
 
+/// The block formats the block shaders are specialized for.
+const BLOCK_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+/// `kernel` (a block shader's source) specialized for `t`: the helpers plus
+/// `BLOCK_BYTES` and `block_value` for that format.
+fn block_shader(kernel: &str, t: GgmlType) -> String {
+    let value = match t {
+        GgmlType::Q4_0 => "q4_0_value",
+        GgmlType::Q4_1 => "q4_1_value",
+        GgmlType::Q8_0 => "q8_0_value",
+        _ => unreachable!("BLOCK_TYPES lists the formats with a value function"),
+    };
+    format!(
+        "{COMMON_BYTES}\nconst BLOCK_BYTES: u32 = {}u;\nfn block_value(base: u32, j: u32) -> f32 {{ return {value}(base, j); }}\n{kernel}",
+        t.type_size()
+    )
+}
+
+/// A compute pipeline (entry point `main`, layout from the shader) for WGSL `source`.
+fn pipeline(device: &wgpu::Device, label: &str, source: String) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
 /// Threads per workgroup in every shader.
 const WORKGROUP: u32 = 256;
 
@@ -70,9 +101,9 @@ impl Gpu {
         // Compile every shader now, inside an error scope: a shader the driver rejects is
         // an error here, not a panic later.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let dequant: Vec<DequantizeKernel> = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().map(|t| DequantizeKernel::new(&device, t)).collect();
+        let dequant: Vec<DequantizeKernel> = BLOCK_TYPES.into_iter().map(|t| DequantizeKernel::new(&device, t)).collect();
         let lora = LoraDeltaKernel::new(&device);
-        let matmul: Vec<MatmulKernel> = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().map(|t| MatmulKernel::new(&device, t)).collect();
+        let matmul: Vec<MatmulKernel> = BLOCK_TYPES.into_iter().map(|t| MatmulKernel::new(&device, t)).collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Gpu(format!("compiling the shaders: {e}")));
         }

@@ -1,5 +1,6 @@
-// y[r, o] = Σ_i x[r, i] · W[o, i] for a q4_1 weight W [n_out, n_in] (rows of
-// n_in / 32 blocks of 20 bytes), decoding blocks on the fly. One thread per output.
+// y[r, o] = Σ_i x[r, i] · W[o, i] for a weight W [n_out, n_in] in a 32-wide block format
+// (rows of n_in / 32 blocks of BLOCK_BYTES, decoded on the fly by `block_value`, from the
+// prelude the backend prepends). One thread per output.
 struct Params {
     n_out: u32,
     n_in: u32,
@@ -22,10 +23,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let o = idx % params.n_out;
     var sum = 0.0;
     for (var b = 0u; b < params.n_in / 32u; b = b + 1u) {
-        let base = o * params.row_bytes + b * 20u;
+        let base = o * params.row_bytes + b * BLOCK_BYTES;
         let xb = r * params.n_in + b * 32u;
         for (var j = 0u; j < 32u; j = j + 1u) {
-            sum = sum + q4_1_value(base, j) * x[xb + j];
+            sum = sum + block_value(base, j) * x[xb + j];
         }
     }
     y[idx] = sum;
