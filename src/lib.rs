@@ -27,6 +27,7 @@ pub mod ffi;
 mod fsutil;
 pub mod gguf;
 pub mod merge;
+pub mod model;
 pub mod quant;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};

@@ -11,4 +11,5 @@ mod ffi;
 mod gguf_malformed;
 mod gguf_roundtrip;
 mod merge;
+mod native;
 mod quant;

@@ -1,0 +1,96 @@
+//! The transformer's hyper-parameters, read from GGUF metadata (`{arch}.*` keys).
+
+use crate::error::{Error, GgufError};
+use crate::gguf::{GgufFile, MetaValue};
+
+/// How RoPE pairs dimensions: llama.cpp's `llama` models have q/k rows permuted by the
+/// converter so that pairs are adjacent (2i, 2i+1); `qwen2` keeps HF's NeoX layout
+/// (i, i + d/2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Adjacent,
+    NeoX,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// Dimensions rotated per head (≤ head_dim).
+    pub rope_dim: usize,
+    /// Positions are divided by this (linear RoPE scaling; 1 = none).
+    pub rope_linear_factor: f32,
+    pub rope_style: RopeStyle,
+    /// No `output.weight`: the output projection is `token_embd`.
+    pub tied_embeddings: bool,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig, Error> {
+        let arch = f.architecture()?.to_string();
+        let rope_style = match arch.as_str() {
+            "llama" => RopeStyle::Adjacent,
+            "qwen2" => RopeStyle::NeoX,
+            other => {
+                return Err(GgufError::WrongValue {
+                    path: f.path().to_path_buf(),
+                    key: "general.architecture".into(),
+                    expected: "llama or qwen2 (the native engine's architectures)".into(),
+                    found: other.into(),
+                }
+                .into())
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| f.require_u64(&key(k)).map(|v| v as usize);
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = if f.get(&key("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { n_head };
+        let bad = |k: &str, expected: &str, found: String| -> Error {
+            GgufError::WrongValue { path: f.path().to_path_buf(), key: key(k), expected: expected.into(), found }.into()
+        };
+        if n_head == 0 || n_embd % n_head != 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(bad("attention.head_count", "heads dividing the embedding and a multiple of the kv heads", format!("{n_head} heads, {n_head_kv} kv heads, {n_embd} wide")));
+        }
+        let head_dim = n_embd / n_head;
+        let rope_dim = if f.get(&key("rope.dimension_count")).is_some() { u("rope.dimension_count")? } else { head_dim };
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(bad("rope.dimension_count", &format!("an even number ≤ {head_dim}"), rope_dim.to_string()));
+        }
+        let rope_linear_factor = match f.get(&key("rope.scaling.type")).and_then(MetaValue::as_str) {
+            None | Some("none") => 1.0,
+            Some("linear") => f.require_f64(&key("rope.scaling.factor"))? as f32,
+            Some(other) => return Err(bad("rope.scaling.type", "none or linear (others are not implemented)", other.into())),
+        };
+        let n_vocab = match f.get(&key("vocab_size")) {
+            Some(_) => u("vocab_size")?,
+            None => f.tensor("token_embd.weight").map(|t| t.shape[1] as usize).unwrap_or(0),
+        };
+        Ok(ModelConfig {
+            n_layer: u("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: u("feed_forward_length")?,
+            n_vocab,
+            n_ctx_train: u("context_length")?,
+            rms_eps: f.require_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            rope_base: if f.get(&key("rope.freq_base")).is_some() { f.require_f64(&key("rope.freq_base"))? as f32 } else { 10_000.0 },
+            rope_dim,
+            rope_linear_factor,
+            rope_style,
+            tied_embeddings: f.tensor("output.weight").is_none(),
+            arch,
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! Token embedding lookup.
+
+use crate::model::weights::Weight;
+use crate::quant;
+
+/// out [n_tok, n_embd] = rows `tokens` of the embedding matrix [n_vocab, n_embd].
+pub fn embedding_forward(tokens: &[i32], table: &Weight) -> Result<Vec<f32>, quant::QuantError> {
+    let row_bytes = table.t.bytes_for(table.n_in as u64).expect("checked at load") as usize;
+    let mut out = vec![0f32; tokens.len() * table.n_in];
+    for (row, &t) in out.chunks_exact_mut(table.n_in).zip(tokens) {
+        let start = t as usize * row_bytes;
+        quant::dequantize(table.t, &table.bytes[start..start + row_bytes], row)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,103 @@
+//! The native engine against transformers (fp32 on the dequantized weights) and against
+//! the llama.cpp backend.
+
+use std::path::Path;
+
+use edgelora::adapter::{read_peft, LoraAdapter};
+use edgelora::compute::cpu::Cpu;
+use edgelora::engine::argmax;
+use edgelora::model::{NativeModel, Session};
+use safetensors::SafeTensors;
+
+use crate::common::{model_gguf, runtime};
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |l: &[f32]| {
+        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (a, b) = (lse(p), lse(q));
+    p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
+}
+
+#[test]
+fn native_cpu_matches_transformers_on_the_q4_1_model() {
+    let base = model_gguf();
+    let model = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
+    let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let configs: [(&str, Vec<(&LoraAdapter, f32)>); 4] =
+        [("base", vec![]), ("seed_r16_qv", vec![(&seed, 1.0)]), ("rslora_r8_all", vec![(&rs, 1.0)]), ("mix_half_half", vec![(&seed, 0.5), (&rs, 0.5)])];
+    for (config, adapters) in &configs {
+        for p in json["prompts"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let ids: Vec<i32> = p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+            let want: Vec<f32> = st.tensor(&format!("logits.{config}.{name}")).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let mut s = Session::default();
+            let got = model.forward(&mut s, &ids, adapters, false).unwrap().pop().unwrap();
+            let k = kl(&want, &got);
+            eprintln!("native {config}/{name}: KL {k:.2e}, top-1 {}", argmax(&want) == argmax(&got));
+            assert_eq!(argmax(&want), argmax(&got), "{config}/{name}: top-1");
+            assert!(k <= 1e-3, "{config}/{name}: KL {k}");
+            // Greedy continuation, decoding token by token through the KV cache.
+            let greedy: Vec<i32> = json["configs"][config]["results"][name]["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+            let mut next = argmax(&got);
+            let mut gen = vec![next];
+            while gen.len() < greedy.len() {
+                let l = model.forward(&mut s, &[next], adapters, false).unwrap().pop().unwrap();
+                next = argmax(&l);
+                gen.push(next);
+            }
+            assert_eq!(gen, greedy, "{config}/{name}: greedy continuation");
+        }
+    }
+}
+
+#[test]
+fn native_and_llama_cpp_agree_teacher_forced() {
+    // Teacher forcing: the same token sequence through both backends, the argmax at every
+    // position compared (llama.cpp rounds activations to Q8_1 on this model, so near-ties
+    // may flip; the target is ≥ 95% agreement).
+    let base = model_gguf();
+    let model = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let rt = runtime();
+    let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
+    rt.load_adapter("rs", fixtures().join("rslora_r8_all")).unwrap();
+    let texts = [
+        "The history of the Roman Empire spans many centuries, and historians still debate",
+        "<|im_start|>user\nExplain how a bank decides whether to approve a loan.<|im_end|>\n<|im_start|>assistant\n",
+        "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+        "Photosynthesis converts light energy into chemical energy. In plants, it happens in",
+    ];
+    for (with_adapter, label) in [(false, "base"), (true, "rslora_r8_all")] {
+        let (mut same, mut total) = (0, 0);
+        for text in texts {
+            // 64 tokens: the prompt, then llama.cpp's own greedy continuation.
+            let set = if with_adapter { vec![("rs".to_string(), 1.0f32)] } else { vec![] };
+            let mut ids = rt.tokenize(&edgelora::engine::Prompt::Text(text.into())).unwrap();
+            let mut req = edgelora::engine::GenerateRequest::new(edgelora::engine::Prompt::Tokens(ids.clone()));
+            req.max_tokens = 64 - ids.len();
+            req.ignore_eog = true;
+            req.adapters = set.clone();
+            ids.extend(rt.generate(&req, &mut |_| true).unwrap().tokens);
+            assert_eq!(ids.len(), 64);
+            let theirs = rt.logits_all(&ids, &set).unwrap();
+            let adapters: Vec<(&LoraAdapter, f32)> = if with_adapter { vec![(&rs, 1.0)] } else { vec![] };
+            let ours = model.forward(&mut Session::default(), &ids, &adapters, true).unwrap();
+            for (a, b) in ours.iter().zip(&theirs) {
+                same += usize::from(argmax(a) == argmax(b));
+                total += 1;
+            }
+        }
+        let agree = same as f64 / total as f64;
+        eprintln!("teacher-forced argmax agreement, {label}: {same}/{total} = {agree:.3}");
+        assert!(agree >= 0.95, "{label}: {agree}");
+    }
+}
