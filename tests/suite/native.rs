@@ -101,3 +101,21 @@ fn native_and_llama_cpp_agree_teacher_forced() {
         assert!(agree >= 0.95, "{label}: {agree}");
     }
 }
+
+#[test]
+fn native_gpu_forward_equals_cpu_forward() {
+    // The matmuls on wgpu (lavapipe where there is no GPU), the rest on the CPU.
+    let base = model_gguf();
+    let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
+    let on_gpu = NativeModel::new(base, Box::new(gpu)).unwrap();
+    let on_cpu = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
+    let ids = [1, 9690, 198, 2683, 359, 253];
+    let a = on_gpu.forward(&mut Session::default(), &ids, &[(&seed, 1.0)], false).unwrap().pop().unwrap();
+    let b = on_cpu.forward(&mut Session::default(), &ids, &[(&seed, 1.0)], false).unwrap().pop().unwrap();
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    eprintln!("native GPU ({}) vs CPU: max |Δlogit| {worst:.2e}, KL {:.2e}", on_gpu.backend_name(), kl(&b, &a));
+    // Budget: the GPU sums each dot product in another order (f32), nothing else differs.
+    assert!(worst < 1e-2, "max |Δlogit| {worst}");
+    assert_eq!(argmax(&a), argmax(&b));
+}
