@@ -135,12 +135,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut margs = a.model.clone();
     let user = std::mem::take(&mut margs.adapters);
     let loaded = margs.load()?;
-    let rt = &loaded.rt;
+    let rt = loaded.engine();
     let n_vocab = rt.n_vocab();
-    let threads = rt.options().threads;
+    let threads = margs.options().threads;
+    let base = edgelora::gguf::GgufFile::open(&margs.model)?;
+    let tmp = tempfile::tempdir().context("creating a temporary directory for synthetic adapters")?;
 
-    // Adapters: the user's, then synthetic rank-R all-linear ones (f16, loaded from
-    // memory) up to 8 for switching.
+    // Adapters: the user's, then synthetic rank-R all-linear ones (f16) up to 8 for
+    // switching.
     let mut names = Vec::new();
     let mut rows_sets: Vec<(String, Vec<(String, f32)>)> = vec![("base".into(), vec![])];
     for (i, arg) in user.iter().enumerate() {
@@ -156,10 +158,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let mut synth_k = 0;
     while names.len() < 8 {
-        let mut synth = random_lora(rt.gguf(), &ALL_LINEAR, a.synthetic_rank, 2.0 * a.synthetic_rank as f32, 0.02, 1000 + synth_k);
-        synth.tensors.values_mut().for_each(|t| t.dtype = FactorDtype::F16);
+        let synth = random_lora(&base, &ALL_LINEAR, a.synthetic_rank, 2.0 * a.synthetic_rank as f32, 0.02, 1000 + synth_k);
+        let path = tmp.path().join(format!("synthetic-{synth_k}.gguf"));
+        edgelora::adapter::write_gguf_lora(&synth, &path, edgelora::adapter::GgufLoraDtype::F16)?;
         let name = format!("s{synth_k}");
-        rt.load_adapter_in_memory(&name, &synth)?;
+        rt.load_adapter(&name, &path)?;
         if user.is_empty() && synth_k == 0 {
             rows_sets.push((format!("synthetic r{} all-linear (f16)", a.synthetic_rank), vec![(name.clone(), 1.0)]));
         }
@@ -189,16 +192,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         rows.push(Row { label, set, prompt_tps: median(&mut ptps), gen_tps: median(&mut gtps) });
     }
 
-    // Switch latency: activate a different single-adapter set each time.
+    // Switch latency: activate a different single-adapter set each time (the llama.cpp
+    // backend's switch; the native engine has no per-set state but its KV cache).
     let sets: Vec<Vec<(String, f32)>> = names.iter().map(|n| vec![(n.clone(), 1.0)]).collect();
     let mut switch = Vec::with_capacity(a.switches);
-    for i in 0..a.switches {
-        let t = Instant::now();
-        rt.activate(&sets[i % sets.len()])?;
-        switch.push(t.elapsed().as_secs_f64() * 1e6);
+    if let Some(llama) = loaded.llama() {
+        for i in 0..a.switches {
+            let t = Instant::now();
+            llama.activate(&sets[i % sets.len()])?;
+            switch.push(t.elapsed().as_secs_f64() * 1e6);
+        }
     }
     // Switch plus the first decoded token, against the same token with no switch.
-    let n_first = a.switches.min(200);
+    let n_first = if loaded.llama().is_some() { a.switches.min(200) } else { 0 };
     let mut first_switch = Vec::new();
     let mut first_same = Vec::new();
     for i in 0..n_first {
@@ -222,8 +228,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     if a.json {
         let v = json!({
-            "model": rt.model_path(),
-            "description": rt.description(),
+            "model": margs.model,
+            "backend": rt.backend_name(),
             "threads": threads,
             "prompt_tokens": a.n_prompt,
             "gen_tokens": a.n_gen,
@@ -242,14 +248,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("model: {} ({}), threads: {threads}, prompt {} tokens, generate {} tokens, median of {} reps\n", rt.model_path().display(), rt.description(), a.n_prompt, a.n_gen, a.reps);
+    println!("model: {} ({}), threads: {threads}, prompt {} tokens, generate {} tokens, median of {} reps\n", margs.model.display(), rt.backend_name(), a.n_prompt, a.n_gen, a.reps);
     println!("| config | prompt tok/s | gen tok/s | prompt vs base | gen vs base |");
     println!("|---|---:|---:|---:|---:|");
     for r in &rows {
         println!("| {} | {:.1} | {:.1} | {:.3} | {:.3} |", r.label, r.prompt_tps, r.gen_tps, r.prompt_tps / base_prompt, r.gen_tps / base_gen);
     }
-    println!("\nadapter switch ({} switches among {} loaded adapters): median {:.1} µs, p99 {:.1} µs", a.switches, names.len(), sw_med, sw_p99);
-    println!("switch + first token ({n_first} samples): median {fs_med:.2} ms, p99 {fs_p99:.2} ms; same set, no switch: median {same_med:.2} ms");
+    if switch.is_empty() {
+        println!("\nadapter switch: not measured on the {} backend (no per-set state besides the KV cache)", rt.backend_name());
+    } else {
+        println!("\nadapter switch ({} switches among {} loaded adapters): median {:.1} µs, p99 {:.1} µs", a.switches, names.len(), sw_med, sw_p99);
+        println!("switch + first token ({n_first} samples): median {fs_med:.2} ms, p99 {fs_p99:.2} ms; same set, no switch: median {same_med:.2} ms");
+    }
     if let Some(r) = rss {
         println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
     }

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use edgelora::engine::{ChatMessage, GenerateRequest, Prompt, Runtime};
+use edgelora::engine::{ChatMessage, Engine, GenerateRequest, Prompt};
 
 use super::{ModelArgs, SamplingArgs};
 
@@ -27,12 +27,12 @@ pub struct ChatArgs {
 
 pub fn run(a: ChatArgs) -> Result<()> {
     let loaded = a.model.load()?;
-    let (rt, mut active) = (&loaded.rt, loaded.adapters.clone());
+    let (rt, mut active) = (loaded.engine(), loaded.adapters.clone());
     let mut history: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("chat with {} — /adapter NAME[:SCALE]… to switch adapters, /adapters, /load PATH [NAME], /reset, /quit", rt.model_path().display());
-    describe(&rt, &active);
+    eprintln!("chat with {} — /adapter NAME[:SCALE]… to switch adapters, /adapters, /load PATH [NAME], /reset, /quit", a.model.model.display());
+    describe(rt, &active);
     loop {
         write!(out, "> ")?;
         out.flush()?;
@@ -45,7 +45,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             continue;
         }
         if let Some(cmd) = line.strip_prefix('/') {
-            match command(&rt, cmd, &mut active, &mut history) {
+            match command(rt, cmd, &mut active, &mut history) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => eprintln!("error: {e:#}"),
@@ -75,15 +75,16 @@ pub fn run(a: ChatArgs) -> Result<()> {
     Ok(())
 }
 
-fn describe(rt: &Runtime, active: &[(String, f32)]) {
-    for info in rt.adapters() {
-        let scale = active.iter().find(|(n, _)| *n == info.name).map(|(_, s)| format!("active at {s}")).unwrap_or_else(|| "inactive".into());
-        eprintln!("  adapter {:<12} {} ({} targets) — {scale}", info.name, info.path.display(), info.summary.targets.len());
+fn describe(rt: &dyn Engine, active: &[(String, f32)]) {
+    eprintln!("  backend: {}", rt.backend_name());
+    for name in rt.adapter_names() {
+        let scale = active.iter().find(|(n, _)| *n == name).map(|(_, s)| format!("active at {s}")).unwrap_or_else(|| "inactive".into());
+        eprintln!("  adapter {name:<12} {scale}");
     }
 }
 
 /// Runs one slash command; true means quit.
-fn command(rt: &Runtime, cmd: &str, active: &mut Vec<(String, f32)>, history: &mut Vec<ChatMessage>) -> Result<bool> {
+fn command(rt: &dyn Engine, cmd: &str, active: &mut Vec<(String, f32)>, history: &mut Vec<ChatMessage>) -> Result<bool> {
     let mut words = cmd.split_whitespace();
     match words.next().unwrap_or("") {
         "quit" | "exit" => return Ok(true),
@@ -101,8 +102,14 @@ fn command(rt: &Runtime, cmd: &str, active: &mut Vec<(String, f32)>, history: &m
                 };
                 set.push((name, scale));
             }
-            // Validate now (names, scales) rather than at the next turn.
-            rt.activate(&set)?;
+            // Validate now rather than at the next turn.
+            let known = rt.adapter_names();
+            if let Some((bad, _)) = set.iter().find(|(n, _)| !known.contains(n)) {
+                bail!("no adapter named {bad:?} (loaded: {})", known.join(", "));
+            }
+            if let Some((n, s)) = set.iter().find(|(_, s)| !s.is_finite()) {
+                bail!("adapter {n:?}: scale {s} is not a finite number");
+            }
             *active = set;
             describe(rt, active);
         }
@@ -112,8 +119,8 @@ fn command(rt: &Runtime, cmd: &str, active: &mut Vec<(String, f32)>, history: &m
                 Some(n) => n.to_string(),
                 None => std::path::Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string()),
             };
-            let info = rt.load_adapter(&name, path)?;
-            eprintln!("loaded {} as {:?} ({} targets); activate it with /adapter {}", path, info.name, info.summary.targets.len(), info.name);
+            rt.load_adapter(&name, std::path::Path::new(path))?;
+            eprintln!("loaded {path} as {name:?}; activate it with /adapter {name}");
         }
         other => bail!("unknown command /{other}"),
     }

@@ -23,7 +23,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let loaded = a.model.load()?;
-    let (rt, adapters) = (&loaded.rt, loaded.adapters.clone());
+    let (rt, adapters) = (loaded.engine(), loaded.adapters.clone());
     let prompt = if a.chat {
         Prompt::Chat(vec![ChatMessage::new("user", a.prompt.clone())])
     } else {

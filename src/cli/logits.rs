@@ -35,7 +35,7 @@ pub struct LogitsArgs {
 
 pub fn run(a: LogitsArgs) -> Result<()> {
     let loaded = a.model.load()?;
-    let (rt, adapters) = (&loaded.rt, loaded.adapters.clone());
+    let (rt, adapters) = (loaded.engine(), loaded.adapters.clone());
     let prompt = match (&a.prompt, &a.tokens) {
         (Some(p), _) if a.chat => Prompt::Chat(vec![ChatMessage::new("user", p.clone())]),
         (Some(p), _) => Prompt::Text(p.clone()),
@@ -61,7 +61,8 @@ pub fn run(a: LogitsArgs) -> Result<()> {
     }
     if a.json {
         let v = serde_json::json!({
-            "model": rt.model_path(),
+            "model": a.model.model,
+            "backend": rt.backend_name(),
             "adapters": a.model.adapters,
             "tokens": tokens,
             "n_vocab": logits.len(),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use edgelora::engine::{parse_adapter_arg, Runtime, RuntimeOptions, SamplingParams};
+use edgelora::compute::Device;
+use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, Runtime, RuntimeOptions, SamplingParams};
 
 mod adapter;
 mod bench;
@@ -80,14 +81,43 @@ pub struct ModelArgs {
     /// to the base's types) instead of applying them on the fly
     #[arg(long)]
     pub merge: bool,
+    /// Generation backend: llama (llama.cpp) or native (edgelora's own engine)
+    #[arg(long, value_parser = ["llama", "native"], default_value = "llama")]
+    pub backend: String,
+    /// Compute device of the native backend: cpu, or gpu (wgpu; fails if no adapter)
+    #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
+    pub device: String,
 }
 
-/// A loaded runtime with the request's adapter set (empty when merged at load).
-pub struct Loaded {
-    pub rt: Runtime,
+/// The loaded backend.
+pub enum Loaded {
+    Llama(Runtime),
+    Native(NativeRuntime),
+}
+
+/// A loaded engine with the request's adapter set (empty when merged at load).
+pub struct LoadedModel {
+    pub loaded: Loaded,
     pub adapters: Vec<(String, f32)>,
     /// The merged model's temporary directory, removed on drop.
     _merged: Option<tempfile::TempDir>,
+}
+
+impl LoadedModel {
+    pub fn engine(&self) -> &dyn Engine {
+        match &self.loaded {
+            Loaded::Llama(r) => r,
+            Loaded::Native(n) => n,
+        }
+    }
+
+    /// The llama.cpp runtime, for what only that backend has.
+    pub fn llama(&self) -> Option<&Runtime> {
+        match &self.loaded {
+            Loaded::Llama(r) => Some(r),
+            Loaded::Native(_) => None,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -104,20 +134,36 @@ impl ModelArgs {
         o
     }
 
+    fn open(&self, path: &std::path::Path) -> Result<Loaded> {
+        let what = || format!("loading model {}", path.display());
+        if self.backend == "native" {
+            let device = if self.device == "gpu" { Device::Gpu } else { Device::Cpu };
+            return Ok(Loaded::Native(NativeRuntime::load(path, device, self.options().threads).with_context(what)?));
+        }
+        if self.device == "gpu" {
+            anyhow::bail!("--device gpu needs --backend native (the llama.cpp backend here is built for the CPU)");
+        }
+        Ok(Loaded::Llama(Runtime::load(path, self.options()).with_context(what)?))
+    }
+
     /// Loads the model and every `--adapter`, named by position (`a0`, `a1`, …), or with
     /// `--merge` a merged copy of the model.
-    pub fn load(&self) -> Result<Loaded> {
+    pub fn load(&self) -> Result<LoadedModel> {
         if !self.model.exists() && self.model == std::path::Path::new(DEFAULT_MODEL) {
             anyhow::bail!("the default model {DEFAULT_MODEL} is missing: run models/fetch first (or pass --model)");
         }
         if self.merge && !self.adapters.is_empty() {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
-            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, edgelora::compute::Device::Cpu, false)?;
-            let rt = Runtime::load(&out, self.options()).context("loading the merged model")?;
-            return Ok(Loaded { rt, adapters: Vec::new(), _merged: Some(dir) });
+            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, Device::Cpu, false)?;
+            let loaded = self.open(&out).context("loading the merged model")?;
+            return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });
         }
-        let rt = Runtime::load(&self.model, self.options()).with_context(|| format!("loading model {}", self.model.display()))?;
+        let loaded = self.open(&self.model)?;
+        let rt = match &loaded {
+            Loaded::Llama(r) => r as &dyn Engine,
+            Loaded::Native(n) => n as &dyn Engine,
+        };
         let mut set = Vec::new();
         for (i, arg) in self.adapters.iter().enumerate() {
             let (path, scale) = parse_adapter_arg(arg)?;
@@ -125,7 +171,7 @@ impl ModelArgs {
             rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
             set.push((name, scale));
         }
-        Ok(Loaded { rt, adapters: set, _merged: None })
+        Ok(LoadedModel { loaded, adapters: set, _merged: None })
     }
 }
 

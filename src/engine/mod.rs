@@ -1,17 +1,116 @@
 //! The runtime every front end uses: load a model once, load and unload named adapters
 //! at any time, and run requests that each name their own adapter set with scales.
 //!
-//! Generation runs on llama.cpp (`llama_cpp`); sampling and detokenization are ours
-//! (`sampler`, `text`) so that every backend behaves alike.
+//! Two backends sit behind the [`Engine`] trait: llama.cpp ([`Runtime`], `llama_cpp`)
+//! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu). Sampling
+//! and detokenization are ours (`sampler`, `text`) so that every backend behaves alike.
 
 pub mod llama_cpp;
+mod native;
 mod registry;
 mod runtime;
 pub mod sampler;
 pub mod text;
 
+pub use native::NativeRuntime;
 pub use registry::AdapterInfo;
 pub use runtime::{
     parse_adapter_arg, CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt, Runtime, RuntimeOptions, StopReason,
 };
 pub use sampler::{argmax, top_k, SamplingParams};
+
+use std::path::Path;
+
+use crate::error::Result;
+
+/// What every generation backend offers: the llama.cpp one ([`Runtime`]) and the native
+/// engine ([`NativeRuntime`]). Front ends hold a `Box<dyn Engine>` and pick with
+/// `--backend`.
+pub trait Engine: Send + Sync {
+    /// "llama.cpp" or "native (<compute backend>)".
+    fn backend_name(&self) -> String;
+    fn n_vocab(&self) -> usize;
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>>;
+    fn detokenize(&self, tokens: &[i32]) -> String;
+    /// A GGUF-LoRA file or a PEFT folder, validated against the model.
+    fn load_adapter(&self, name: &str, path: &Path) -> Result<()>;
+    fn unload_adapter(&self, name: &str) -> Result<()>;
+    fn adapter_names(&self) -> Vec<String>;
+    fn logits(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<f32>>;
+    fn logits_all(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<Vec<f32>>>;
+    fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation>;
+    /// Drops the KV cache (the next request computes its whole prompt).
+    fn clear_cache(&self);
+}
+
+impl Engine for Runtime {
+    fn backend_name(&self) -> String {
+        "llama.cpp".into()
+    }
+    fn n_vocab(&self) -> usize {
+        Runtime::n_vocab(self)
+    }
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
+        Runtime::tokenize(self, prompt)
+    }
+    fn detokenize(&self, tokens: &[i32]) -> String {
+        Runtime::detokenize(self, tokens)
+    }
+    fn load_adapter(&self, name: &str, path: &Path) -> Result<()> {
+        Runtime::load_adapter(self, name, path).map(|_| ())
+    }
+    fn unload_adapter(&self, name: &str) -> Result<()> {
+        Runtime::unload_adapter(self, name)
+    }
+    fn adapter_names(&self) -> Vec<String> {
+        self.adapters().into_iter().map(|a| a.name).collect()
+    }
+    fn logits(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<f32>> {
+        Runtime::logits(self, tokens, adapters)
+    }
+    fn logits_all(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<Vec<f32>>> {
+        Runtime::logits_all(self, tokens, adapters)
+    }
+    fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        Runtime::generate(self, req, on_text)
+    }
+    fn clear_cache(&self) {
+        Runtime::clear_cache(self)
+    }
+}
+
+impl Engine for NativeRuntime {
+    fn backend_name(&self) -> String {
+        format!("native ({})", NativeRuntime::backend_name(self))
+    }
+    fn n_vocab(&self) -> usize {
+        NativeRuntime::n_vocab(self)
+    }
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
+        self.vocab().tokenize(prompt)
+    }
+    fn detokenize(&self, tokens: &[i32]) -> String {
+        self.vocab().detokenize(tokens)
+    }
+    fn load_adapter(&self, name: &str, path: &Path) -> Result<()> {
+        NativeRuntime::load_adapter(self, name, path)
+    }
+    fn unload_adapter(&self, name: &str) -> Result<()> {
+        NativeRuntime::unload_adapter(self, name)
+    }
+    fn adapter_names(&self) -> Vec<String> {
+        NativeRuntime::adapter_names(self)
+    }
+    fn logits(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<f32>> {
+        NativeRuntime::logits(self, tokens, adapters)
+    }
+    fn logits_all(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<Vec<f32>>> {
+        NativeRuntime::logits_all(self, tokens, adapters)
+    }
+    fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        NativeRuntime::generate(self, req, on_text)
+    }
+    fn clear_cache(&self) {
+        NativeRuntime::clear_cache(self)
+    }
+}

@@ -269,6 +269,16 @@ impl Runtime {
         Ok(tokens)
     }
 
+    /// Whether `token` ends generation (EOS, EOT, …).
+    pub fn is_eog(&self, token: i32) -> bool {
+        self.model.is_eog(token)
+    }
+
+    /// The bytes of one generated token (special tokens not rendered).
+    pub fn token_piece(&self, token: i32) -> Vec<u8> {
+        self.model.token_bytes(token, false)
+    }
+
     /// The text of `tokens` (special tokens rendered).
     pub fn detokenize(&self, tokens: &[i32]) -> String {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.model.token_bytes(t, true)).collect();

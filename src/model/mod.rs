@@ -20,10 +20,12 @@ use config::ModelConfig;
 use ops::{attention::attention_forward, embedding::embedding_forward, linear::linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use weights::{Weight, Weights};
 
-/// A model ready to run: config, borrowed weights, a compute backend.
-pub struct NativeModel<'a> {
+/// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
+/// views are re-borrowed from the map for each call (cheap: slices and the small norm
+/// vectors), so the model owns its file without self-references.
+pub struct NativeModel {
     pub config: ModelConfig,
-    weights: Weights<'a>,
+    gguf: GgufFile,
     backend: Box<dyn Backend>,
 }
 
@@ -39,17 +41,36 @@ impl Session {
     pub fn n_past(&self) -> usize {
         self.n_past
     }
+
+    /// Forgets positions `n..` (keeps the first `n`).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.n_past {
+            return;
+        }
+        let per_pos = |c: &Vec<f32>| if self.n_past == 0 { 0 } else { c.len() / self.n_past };
+        for c in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let w = per_pos(c);
+            c.truncate(n * w);
+        }
+        self.n_past = n;
+    }
 }
 
 fn compute_err(e: ComputeError) -> Error {
     EngineError::Backend(format!("native engine: {e}")).into()
 }
 
-impl<'a> NativeModel<'a> {
-    pub fn new(gguf: &'a GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel<'a>, Error> {
-        let config = ModelConfig::from_gguf(gguf)?;
-        let weights = Weights::from_gguf(gguf, &config)?;
-        Ok(NativeModel { config, weights, backend })
+impl NativeModel {
+    /// Opens `gguf` for the native engine: checks every tensor it needs (names, shapes,
+    /// supported types) up front.
+    pub fn new(gguf: GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel, Error> {
+        let config = ModelConfig::from_gguf(&gguf)?;
+        Weights::from_gguf(&gguf, &config)?;
+        Ok(NativeModel { config, gguf, backend })
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.gguf
     }
 
     pub fn backend_name(&self) -> String {
@@ -71,6 +92,7 @@ impl<'a> NativeModel<'a> {
             session.k = vec![Vec::new(); c.n_layer];
             session.v = vec![Vec::new(); c.n_layer];
         }
+        let weights = Weights::from_gguf(&self.gguf, c)?;
         let n = tokens.len();
         let pos0 = session.n_past;
         let positions: Vec<usize> = (pos0..pos0 + n).collect();
@@ -78,8 +100,8 @@ impl<'a> NativeModel<'a> {
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| linear_forward(self.backend.as_ref(), x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err);
 
         // x [n, n_embd]
-        let mut x = embedding_forward(tokens, &self.weights.token_embd).map_err(|e| compute_err(e.into()))?;
-        for (l, layer) in self.weights.layers.iter().enumerate() {
+        let mut x = embedding_forward(tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;
+        for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             let h = rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps);
             let mut q = lin(&h, &layer.wq, layer.bq.as_ref())?; // [n, n_head·hd]
@@ -102,8 +124,8 @@ impl<'a> NativeModel<'a> {
         session.n_past += n;
         let rows: Vec<&[f32]> = if all_logits { x.chunks_exact(c.n_embd).collect() } else { vec![&x[(n - 1) * c.n_embd..]] };
         let last: Vec<f32> = rows.concat();
-        let h = rmsnorm_forward(&last, &self.weights.output_norm, c.rms_eps);
-        let logits = lin(&h, &self.weights.output, None)?;
+        let h = rmsnorm_forward(&last, &weights.output_norm, c.rms_eps);
+        let logits = lin(&h, &weights.output, None)?;
         Ok(logits.chunks_exact(c.n_vocab).map(<[f32]>::to_vec).collect())
     }
 }

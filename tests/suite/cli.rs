@@ -178,3 +178,24 @@ fn merge_command_and_merge_at_load() {
     let r = edgelora(&["merge", "-m", m, "--type", "q9_9", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--type"));
 }
+
+#[test]
+fn native_backend_from_the_cli() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
+    let top = |backend: &str| -> serde_json::Value {
+        let o = edgelora(&["logits", "-m", m, "-t", "1", "--backend", backend, "-p", "The capital of France is", "-a", seed, "--top", "3", "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["backend"].as_str().unwrap().starts_with(if backend == "native" { "native" } else { "llama" }));
+        v["top"][0]["id"].clone()
+    };
+    assert_eq!(top("native"), top("llama"));
+    let g = edgelora(&["generate", "-m", m, "-t", "1", "--backend", "native", "-p", "The capital of France is", "-n", "3"]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert!(String::from_utf8_lossy(&g.stdout).contains("Paris"));
+    let bad = edgelora(&["generate", "-m", m, "--device", "gpu", "-p", "x"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--backend native"));
+}

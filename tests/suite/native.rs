@@ -27,7 +27,7 @@ fn kl(p: &[f32], q: &[f32]) -> f64 {
 #[test]
 fn native_cpu_matches_transformers_on_the_q4_1_model() {
     let base = model_gguf();
-    let model = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let model = NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
     let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
     let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
@@ -66,7 +66,7 @@ fn native_and_llama_cpp_agree_teacher_forced() {
     // position compared (llama.cpp rounds activations to Q8_1 on this model, so near-ties
     // may flip; the target is ≥ 95% agreement).
     let base = model_gguf();
-    let model = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let model = NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
     let rt = runtime();
     let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
     rt.load_adapter("rs", fixtures().join("rslora_r8_all")).unwrap();
@@ -107,8 +107,8 @@ fn native_gpu_forward_equals_cpu_forward() {
     // The matmuls on wgpu (lavapipe where there is no GPU), the rest on the CPU.
     let base = model_gguf();
     let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
-    let on_gpu = NativeModel::new(base, Box::new(gpu)).unwrap();
-    let on_cpu = NativeModel::new(base, Box::new(Cpu)).unwrap();
+    let on_gpu = NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(gpu)).unwrap();
+    let on_cpu = NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
     let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
     let ids = [1, 9690, 198, 2683, 359, 253];
     let a = on_gpu.forward(&mut Session::default(), &ids, &[(&seed, 1.0)], false).unwrap().pop().unwrap();

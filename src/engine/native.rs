@@ -1,0 +1,190 @@
+//! The native backend behind the engine: edgelora's own transformer (`crate::model`)
+//! on CPU or wgpu, with the adapters applied on the fly. Tokenization, the chat
+//! template and detokenization come from llama.cpp's vocabulary (a small llama.cpp
+//! context is opened for that alone); sampling and stop strings are the engine's own.
+//!
+//! Like the llama.cpp backend, the KV cache is reused only for the same adapter set and
+//! only for the common token prefix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions, StopReason};
+use super::sampler::Sampler;
+use super::text::TextStream;
+use crate::adapter::{self, LoraAdapter};
+use crate::compute::{self, Device};
+use crate::error::{EngineError, Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::{NativeModel, Session};
+
+struct Cache {
+    key: Vec<(String, u32)>,
+    tokens: Vec<i32>,
+    session: Session,
+}
+
+/// A model on the native engine with named adapters.
+pub struct NativeRuntime {
+    vocab: Runtime,
+    model: NativeModel,
+    adapters: Mutex<BTreeMap<String, LoraAdapter>>,
+    cache: Mutex<Cache>,
+}
+
+impl NativeRuntime {
+    /// Opens `path` for the native engine on `device` (the GPU backend fails with an
+    /// error when no adapter exists).
+    pub fn load(path: impl AsRef<Path>, device: Device, threads: usize) -> Result<NativeRuntime> {
+        let path = path.as_ref();
+        let vocab = Runtime::load(path, RuntimeOptions { threads: threads.max(1), n_ctx: 64, n_batch: 64, ..RuntimeOptions::default() })?;
+        let backend = compute::backend(device).map_err(|e| EngineError::Backend(e.to_string()))?;
+        let model = NativeModel::new(GgufFile::open(path)?, backend)?;
+        Ok(NativeRuntime { vocab, model, adapters: Mutex::new(BTreeMap::new()), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
+    }
+
+    pub fn backend_name(&self) -> String {
+        self.model.backend_name()
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.config.n_vocab
+    }
+
+    /// Tokenization, chat template and detokenization (llama.cpp's vocabulary).
+    pub fn vocab(&self) -> &Runtime {
+        &self.vocab
+    }
+
+    /// Reads and validates an adapter (GGUF-LoRA or PEFT) and keeps it under `name`.
+    pub fn load_adapter(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let a = adapter::load(path.as_ref(), self.model.gguf())?;
+        let mut map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(name) {
+            return Err(EngineError::DuplicateAdapter { name: name.into() }.into());
+        }
+        map.insert(name.into(), a);
+        Ok(())
+    }
+
+    pub fn unload_adapter(&self, name: &str) -> Result<()> {
+        let mut map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(name).map(|_| ()).ok_or_else(|| unknown(&map, name))
+    }
+
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapters.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Drops the KV cache.
+    pub fn clear_cache(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.tokens.clear();
+        cache.session = Session::default();
+    }
+
+    fn eval(&self, tokens: &[i32], set: &[(String, f32)], all: bool, cancel: Option<&CancelFlag>) -> Result<Option<Vec<Vec<f32>>>> {
+        let map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = Vec::with_capacity(set.len());
+        let mut key = Vec::with_capacity(set.len());
+        for (name, scale) in set {
+            if !scale.is_finite() {
+                return Err(EngineError::BadScale { name: name.clone(), scale: *scale }.into());
+            }
+            active.push((map.get(name).ok_or_else(|| unknown(&map, name))?, *scale));
+            key.push((name.clone(), scale.to_bits()));
+        }
+        key.sort();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Reuse the cached prefix only under the same adapter set (and never for `all`,
+        // which needs every position's logits).
+        let keep = if cache.key == key && !all { cache.tokens.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1) } else { 0 };
+        if keep < cache.tokens.len() {
+            if keep == 0 {
+                cache.session = Session::default();
+            } else {
+                cache.session.truncate(keep);
+            }
+            cache.tokens.truncate(keep);
+        }
+        cache.key = key;
+        if cancel.is_some_and(CancelFlag::is_cancelled) {
+            return Ok(None);
+        }
+        let out = self.model.forward(&mut cache.session, &tokens[keep..], &active, all);
+        match out {
+            Ok(v) => {
+                cache.tokens.extend_from_slice(&tokens[keep..]);
+                Ok(Some(v))
+            }
+            Err(e) => {
+                cache.tokens.clear();
+                cache.session = Session::default();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn logits(&self, tokens: &[i32], set: &[(String, f32)]) -> Result<Vec<f32>> {
+        Ok(self.eval(tokens, set, false, None)?.expect("not cancelled").pop().expect("one row"))
+    }
+
+    pub fn logits_all(&self, tokens: &[i32], set: &[(String, f32)]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.eval(tokens, set, true, None)?.expect("not cancelled"))
+    }
+
+    /// As [`Runtime::generate`], on the native engine.
+    pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let mut tokens = self.vocab.tokenize(&req.prompt)?;
+        let mut sampler = Sampler::new(req.sampling.clone())?;
+        sampler.observe(&tokens);
+        let t0 = Instant::now();
+        let mut gen = Generation { text: String::new(), tokens: Vec::new(), n_prompt: tokens.len(), n_prompt_cached: 0, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 };
+        let Some(mut logits) = self.eval(&tokens, &req.adapters, false, req.cancel.as_ref())? else { return Ok(gen) };
+        gen.prompt_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut stream = TextStream::new(&req.stop);
+        let cancelled = || req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled);
+        gen.stop_reason = loop {
+            if gen.tokens.len() >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if cancelled() {
+                break StopReason::Cancelled;
+            }
+            let token = sampler.sample(&logits.pop().expect("one row"));
+            if !req.ignore_eog && self.vocab.is_eog(token) {
+                break StopReason::EndOfGeneration;
+            }
+            gen.tokens.push(token);
+            let pushed = stream.push(&self.vocab.token_piece(token));
+            if !pushed.text.is_empty() && !on_text(&pushed.text) {
+                break StopReason::Cancelled;
+            }
+            if pushed.stopped {
+                break StopReason::StopString;
+            }
+            if gen.tokens.len() >= req.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            tokens.push(token);
+            logits = self.eval(&tokens, &req.adapters, false, None)?.expect("not cancelled");
+        };
+        if gen.stop_reason != StopReason::StopString {
+            let rest = stream.finish();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        gen.text = stream.emitted_text().to_string();
+        gen.gen_secs = t1.elapsed().as_secs_f64();
+        Ok(gen)
+    }
+}
+
+fn unknown(map: &BTreeMap<String, LoraAdapter>, name: &str) -> Error {
+    let loaded: Vec<&str> = map.keys().map(String::as_str).collect();
+    EngineError::UnknownAdapter { name: name.into(), loaded: if loaded.is_empty() { "none".into() } else { loaded.join(", ") } }.into()
+}
