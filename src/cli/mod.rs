@@ -138,6 +138,10 @@ impl ModelArgs {
         let what = || format!("loading model {}", path.display());
         if self.backend == "native" {
             let device = if self.device == "gpu" { Device::Gpu } else { Device::Cpu };
+            if let Some(t) = self.threads {
+                // The native engine's CPU kernels run on rayon's global pool.
+                let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+            }
             return Ok(Loaded::Native(NativeRuntime::load(path, device, self.options().threads).with_context(what)?));
         }
         if self.device == "gpu" {
