@@ -199,3 +199,28 @@ fn native_backend_from_the_cli() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--backend native"));
 }
+
+#[test]
+fn chat_switches_adapters_mid_conversation() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let m = model_path();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["chat", "-m", m.to_str().unwrap(), "-t", "1", "-n", "8", "--adapter", seed])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = "What is the capital of France?\n/adapter a0:2\nAnd of Italy?\n/adapter nope\n/adapter none\n/adapters\n/load /nonexistent/x.gguf\n/reset\n/quit\n";
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("a0") && stderr.contains("active at 2"), "{stderr}");
+    assert!(stderr.contains("no adapter named \"nope\""), "{stderr}");
+    assert!(stderr.contains("/nonexistent/x.gguf"), "{stderr}");
+}
