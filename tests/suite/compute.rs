@@ -131,3 +131,16 @@ fn matmul_on_cpu_and_gpu_matches_an_f64_reference() {
     }
     assert!(Cpu.matmul(GgmlType::Q4_1, &[0u8; 20], 2, 32, &[0.0; 32], 1).is_err(), "shape mismatch accepted");
 }
+
+#[test]
+fn simd_dot_equals_the_scalar_twin_up_to_rounding() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for n in [0, 1, 7, 31, 32, 33, 576, 1537] {
+        let a: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        let (fast, slow) = (edgelora::compute::cpu::dot(&a, &b), edgelora::compute::cpu::dot_scalar(&a, &b));
+        let bound = 1e-5 * (n as f64).max(1.0);
+        assert!((f64::from(fast) - exact).abs() < bound && (f64::from(slow) - exact).abs() < bound, "n {n}: {fast} {slow} {exact}");
+    }
+}

@@ -19,7 +19,7 @@ pub fn attention_forward(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usiz
             let mut max = f32::NEG_INFINITY;
             for p in 0..n_ctx {
                 let k = &k_cache[p * kv_w + kvh * hd..][..hd];
-                let s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                let s = crate::compute::cpu::dot(qh, k) * scale;
                 max = max.max(s);
                 scores.push(s);
             }

@@ -2,6 +2,7 @@
 //! with W frozen in its block format and the LoRA factors of the active adapters.
 
 use crate::adapter::LoraTensor;
+use crate::compute::cpu::dot;
 use crate::compute::{Backend, ComputeError};
 use crate::model::weights::Weight;
 
@@ -19,7 +20,7 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
         let s = weight * t.scale;
         for (xr, yr) in x.chunks_exact(w.n_in).zip(y.chunks_exact_mut(w.n_out)) {
             // ax [r] = A · x
-            let ax: Vec<f32> = t.a.chunks_exact(w.n_in).map(|ar| ar.iter().zip(xr).map(|(a, v)| a * v).sum()).collect();
+            let ax: Vec<f32> = t.a.chunks_exact(w.n_in).map(|ar| dot(ar, xr)).collect();
             // y += s · B · ax
             for (o, yo) in yr.iter_mut().enumerate() {
                 *yo += s * t.b[o * t.rank..(o + 1) * t.rank].iter().zip(&ax).map(|(b, v)| b * v).sum::<f32>();
