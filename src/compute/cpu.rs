@@ -98,16 +98,39 @@ impl Backend for Cpu {
         if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
             return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
         }
-        // Output rows in parallel: each dequantizes its weight row once (SIMD) and dots it
-        // with every input row.
+        // Groups of output rows in parallel (a task per row would drown in scheduling):
+        // each row is dequantized once (SIMD) into a reused buffer and dotted with every
+        // input row.
+        const ROWS: usize = 32;
+        // Few input rows (decoding): the fused kernels never write the row out.
+        if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x == 1) {
+            return Ok(w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| fused(row, x))).collect());
+        }
+        if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x <= 4) {
+            let cols: Vec<Vec<f32>> = w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| x.chunks_exact(n_in).map(|xr| fused(row, xr)).collect::<Vec<f32>>())).collect();
+            let mut y = vec![0f32; n_x * n_out];
+            for (o, col) in cols.iter().enumerate() {
+                for (r, v) in col.iter().enumerate() {
+                    y[r * n_out + o] = *v;
+                }
+            }
+            return Ok(y);
+        }
         let cols: Vec<Vec<f32>> = w
-            .par_chunks(row_bytes)
-            .map(|row| {
+            .par_chunks(row_bytes * ROWS)
+            .map(|rows| {
                 let mut buf = vec![0f32; n_in];
-                quant::dequantize(t, row, &mut buf)?;
-                Ok(x.chunks_exact(n_in).map(|xr| dot(xr, &buf)).collect())
+                let mut out = Vec::with_capacity(rows.len() / row_bytes);
+                for row in rows.chunks_exact(row_bytes) {
+                    quant::dequantize(t, row, &mut buf)?;
+                    out.push(x.chunks_exact(n_in).map(|xr| dot(xr, &buf)).collect::<Vec<f32>>());
+                }
+                Ok(out)
             })
-            .collect::<Result<_, quant::QuantError>>()?;
+            .collect::<Result<Vec<Vec<Vec<f32>>>, quant::QuantError>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         let mut y = vec![0f32; n_x * n_out];
         for (o, col) in cols.iter().enumerate() {
             for (r, v) in col.iter().enumerate() {

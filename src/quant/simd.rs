@@ -12,11 +12,18 @@ use crate::gguf::GgmlType;
 /// A dequantizer over raw block bytes (any alignment) into `out` (whole blocks).
 pub type Kernel = fn(&[u8], &mut [f32]);
 
+/// A fused dot product of one quantized row (raw block bytes) with f32 values, without
+/// materializing the row: Σ_blocks d·Σ q·x (+ m·Σ x). Summation order differs from
+/// dequantize-then-dot, so results agree up to float rounding.
+pub type DotKernel = fn(&[u8], &[f32]) -> f32;
+
 struct Kernels {
     name: &'static str,
     q4_0: Option<Kernel>,
     q4_1: Option<Kernel>,
     q8_0: Option<Kernel>,
+    dot_q4_1: Option<DotKernel>,
+    dot_q8_0: Option<DotKernel>,
 }
 
 fn kernels() -> &'static Kernels {
@@ -25,10 +32,18 @@ fn kernels() -> &'static Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
-                return Kernels { name: "avx2", q4_0: Some(x86::q4_0), q4_1: Some(x86::q4_1), q8_0: Some(x86::q8_0) };
+                let fma = std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
+                return Kernels {
+                    name: "avx2",
+                    q4_0: Some(x86::q4_0),
+                    q4_1: Some(x86::q4_1),
+                    q8_0: Some(x86::q8_0),
+                    dot_q4_1: fma.then_some(x86::dot_q4_1 as DotKernel),
+                    dot_q8_0: fma.then_some(x86::dot_q8_0 as DotKernel),
+                };
             }
         }
-        Kernels { name: "scalar", q4_0: None, q4_1: None, q8_0: None }
+        Kernels { name: "scalar", q4_0: None, q4_1: None, q8_0: None, dot_q4_1: None, dot_q8_0: None }
     })
 }
 
@@ -44,6 +59,16 @@ pub fn kernel(t: GgmlType) -> Option<Kernel> {
         GgmlType::Q4_0 => k.q4_0,
         GgmlType::Q4_1 => k.q4_1,
         GgmlType::Q8_0 => k.q8_0,
+        _ => None,
+    }
+}
+
+/// The fused dot kernel for `t`, if this CPU has one (AVX2+FMA+F16C: Q4_1, Q8_0).
+pub fn dot_kernel(t: GgmlType) -> Option<DotKernel> {
+    let k = kernels();
+    match t {
+        GgmlType::Q4_1 => k.dot_q4_1,
+        GgmlType::Q8_0 => k.dot_q8_0,
         _ => None,
     }
 }
@@ -114,6 +139,78 @@ mod x86 {
             }
             store(y, v);
         }
+    }
+
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 writable floats; storeu needs no alignment.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes.iter().sum()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn load8(x: &[f32], i: usize) -> __m256 {
+        assert!(i + 8 <= x.len());
+        // SAFETY: 8 readable floats at i (asserted).
+        unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }
+    }
+
+    /// f16 at byte `i` → f32 with the F16C instruction (inlined into the kernels).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16c_at(b: &[u8], i: usize) -> f32 {
+        let bits = i32::from(u16::from_le_bytes([b[i], b[i + 1]]));
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q4_1_avx2(bytes: &[u8], x: &[f32]) -> f32 {
+        let mut qx = _mm256_setzero_ps();
+        let mut total = 0f32;
+        for (b, xb) in bytes.chunks_exact(20).zip(x.chunks_exact(32)) {
+            let (d, m) = (f16c_at(b, 0), f16c_at(b, 2));
+            let q = nibbles(&b[4..20]);
+            let mut acc = _mm256_setzero_ps();
+            let mut sx = _mm256_setzero_ps();
+            for (k, qk) in q.iter().enumerate() {
+                let xv = load8(xb, 8 * k);
+                acc = _mm256_fmadd_ps(*qk, xv, acc);
+                sx = _mm256_add_ps(sx, xv);
+            }
+            // d·Σq·x + m·Σx, kept in lanes and reduced once at the end for the d part.
+            qx = _mm256_fmadd_ps(acc, _mm256_set1_ps(d), qx);
+            total += m * hsum(sx);
+        }
+        hsum(qx) + total
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_q8_0_avx2(bytes: &[u8], x: &[f32]) -> f32 {
+        let mut qx = _mm256_setzero_ps();
+        for (b, xb) in bytes.chunks_exact(34).zip(x.chunks_exact(32)) {
+            let d = _mm256_set1_ps(f16c_at(b, 0));
+            let qs = &b[2..34];
+            let mut acc = _mm256_setzero_ps();
+            for k in 0..4 {
+                // SAFETY: 8 readable bytes at 8k within the 32-byte slice; unaligned load.
+                let raw = unsafe { _mm_loadl_epi64(qs.as_ptr().add(8 * k).cast()) };
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+                acc = _mm256_fmadd_ps(q, load8(xb, 8 * k), acc);
+            }
+            qx = _mm256_fmadd_ps(acc, d, qx);
+        }
+        hsum(qx)
+    }
+
+    pub fn dot_q4_1(bytes: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: selected only when AVX2, FMA and F16C are available.
+        unsafe { dot_q4_1_avx2(bytes, x) }
+    }
+    pub fn dot_q8_0(bytes: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { dot_q8_0_avx2(bytes, x) }
     }
 
     // Safe entry points: only handed out by the dispatcher after detecting AVX2.

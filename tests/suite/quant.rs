@@ -130,3 +130,23 @@ fn simd_kernels_equal_the_scalar_reference() {
         assert_eq!((simd::selected(), checked), ("avx2", 3));
     }
 }
+
+#[test]
+fn fused_dot_kernels_match_dequantize_then_dot() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let mut checked = 0;
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let Some(k) = simd::dot_kernel(t) else { continue };
+        let bytes = random_blocks(t, 18, &mut rng);
+        let n = 18 * 32;
+        let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut w = vec![0f32; n];
+        dequantize_reference(t, &bytes, &mut w).unwrap();
+        let exact: f64 = w.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let scale: f64 = w.iter().zip(&x).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
+        let got = f64::from(k(&bytes, &x));
+        assert!((got - exact).abs() <= 1e-5 * scale.max(1.0), "{t}: {got} vs {exact}");
+        checked += 1;
+    }
+    eprintln!("fused dot kernels checked: {checked}");
+}
