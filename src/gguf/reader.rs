@@ -107,11 +107,11 @@ impl GgufFile {
         let bytes = storage.bytes();
         let mut cur = Cursor { path: &path, bytes, pos: 0 };
 
-        let magic: [u8; 4] = cur.take(4, "magic")?.try_into().expect("took 4 bytes");
+        let magic: [u8; 4] = cur.take(4, || "magic".into())?.try_into().expect("took 4 bytes");
         if magic != GGUF_MAGIC {
             return Err(GgufError::BadMagic { path: path.clone(), found: magic });
         }
-        let version = cur.u32("version")?;
+        let version = cur.u32(|| "version".into())?;
         if version != 2 && version != 3 {
             let hint = if version == 1 {
                 "; version 1 files predate 64-bit counts: re-convert the model"
@@ -122,8 +122,8 @@ impl GgufFile {
             };
             return Err(GgufError::UnsupportedVersion { path: path.clone(), found: version, hint });
         }
-        let n_tensors = cur.u64("tensor count")?;
-        let n_kv = cur.u64("metadata count")?;
+        let n_tensors = cur.u64(|| "tensor count".into())?;
+        let n_kv = cur.u64(|| "metadata count".into())?;
         // Each tensor info is at least name length (8) + n_dims (4) + type (4) + offset (8).
         cur.check_count(n_tensors, 24, "tensor")?;
         cur.check_count(n_kv, 8 + 4 + 1, "metadata")?;
@@ -131,8 +131,8 @@ impl GgufFile {
         let mut metadata = Vec::new();
         let mut key_index = HashMap::new();
         for _ in 0..n_kv {
-            let key = cur.string("metadata key")?;
-            let raw_type = cur.u32(&format!("type of metadata {key:?}"))?;
+            let key = cur.string(|| "metadata key".into())?;
+            let raw_type = cur.u32(|| format!("type of metadata {key:?}"))?;
             let vt = ValueType::from_u32(raw_type).ok_or_else(|| GgufError::UnknownValueType {
                 path: path.clone(),
                 key: key.clone(),
@@ -337,11 +337,12 @@ impl<'a> Cursor<'a> {
         (self.bytes.len() - self.pos) as u64
     }
 
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
+    /// `what` names the field in an error; it is only formatted when one occurs.
+    fn take(&mut self, n: u64, what: impl Fn() -> String) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
             return Err(GgufError::Truncated {
                 path: self.path.to_path_buf(),
-                what: what.to_string(),
+                what: what(),
                 offset: self.pos as u64,
                 needed: n,
                 available: self.remaining(),
@@ -366,39 +367,39 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize>(&mut self, what: impl Fn() -> String) -> Result<[u8; N], GgufError> {
         Ok(self.take(N as u64, what)?.try_into().expect("took N bytes"))
     }
-    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
+    fn u32(&mut self, what: impl Fn() -> String) -> Result<u32, GgufError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
+    fn u64(&mut self, what: impl Fn() -> String) -> Result<u64, GgufError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn string(&mut self, what: &str) -> Result<String, GgufError> {
-        let len = self.u64(&format!("length of {what}"))?;
-        let raw = self.take(len, what)?;
+    fn string(&mut self, what: impl Fn() -> String) -> Result<String, GgufError> {
+        let len = self.u64(|| format!("length of {}", what()))?;
+        let raw = self.take(len, &what)?;
         String::from_utf8(raw.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
             path: self.path.to_path_buf(),
-            what: format!("{what} at byte {}", self.pos as u64 - len),
+            what: format!("{} at byte {}", what(), self.pos as u64 - len),
         })
     }
 
     fn value(&mut self, vt: ValueType, key: &str, depth: usize) -> Result<MetaValue, GgufError> {
         let what = || format!("value of metadata {key:?}");
         Ok(match vt {
-            ValueType::U8 => MetaValue::U8(self.array::<1>(&what())?[0]),
-            ValueType::I8 => MetaValue::I8(self.array::<1>(&what())?[0] as i8),
-            ValueType::U16 => MetaValue::U16(u16::from_le_bytes(self.array(&what())?)),
-            ValueType::I16 => MetaValue::I16(i16::from_le_bytes(self.array(&what())?)),
-            ValueType::U32 => MetaValue::U32(u32::from_le_bytes(self.array(&what())?)),
-            ValueType::I32 => MetaValue::I32(i32::from_le_bytes(self.array(&what())?)),
-            ValueType::F32 => MetaValue::F32(f32::from_le_bytes(self.array(&what())?)),
-            ValueType::U64 => MetaValue::U64(u64::from_le_bytes(self.array(&what())?)),
-            ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array(&what())?)),
-            ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array(&what())?)),
-            ValueType::Bool => match self.array::<1>(&what())?[0] {
+            ValueType::U8 => MetaValue::U8(self.array::<1>(what)?[0]),
+            ValueType::I8 => MetaValue::I8(self.array::<1>(what)?[0] as i8),
+            ValueType::U16 => MetaValue::U16(u16::from_le_bytes(self.array(what)?)),
+            ValueType::I16 => MetaValue::I16(i16::from_le_bytes(self.array(what)?)),
+            ValueType::U32 => MetaValue::U32(u32::from_le_bytes(self.array(what)?)),
+            ValueType::I32 => MetaValue::I32(i32::from_le_bytes(self.array(what)?)),
+            ValueType::F32 => MetaValue::F32(f32::from_le_bytes(self.array(what)?)),
+            ValueType::U64 => MetaValue::U64(u64::from_le_bytes(self.array(what)?)),
+            ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array(what)?)),
+            ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array(what)?)),
+            ValueType::Bool => match self.array::<1>(what)?[0] {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
                 b => {
@@ -410,7 +411,7 @@ impl<'a> Cursor<'a> {
                     })
                 }
             },
-            ValueType::String => MetaValue::String(self.string(&what())?),
+            ValueType::String => MetaValue::String(self.string(what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(GgufError::NestingTooDeep {
@@ -419,13 +420,13 @@ impl<'a> Cursor<'a> {
                         max: MAX_ARRAY_DEPTH,
                     });
                 }
-                let raw = self.u32(&format!("element type of metadata {key:?}"))?;
+                let raw = self.u32(|| format!("element type of metadata {key:?}"))?;
                 let et = ValueType::from_u32(raw).ok_or_else(|| GgufError::UnknownValueType {
                     path: self.path.to_path_buf(),
                     key: key.into(),
                     found: raw,
                 })?;
-                let n = self.u64(&format!("length of metadata {key:?}"))?;
+                let n = self.u64(|| format!("length of metadata {key:?}"))?;
                 self.check_count(n, et.min_encoded_size(), &format!("array {key:?} element"))?;
                 // Bounded by the bytes left, checked just above.
                 let mut items = Vec::with_capacity(n as usize);
@@ -438,23 +439,23 @@ impl<'a> Cursor<'a> {
     }
 
     fn tensor_info(&mut self) -> Result<TensorInfo, GgufError> {
-        let name = self.string("tensor name")?;
+        let name = self.string(|| "tensor name".into())?;
         let path = self.path;
         let bad = |reason: String| GgufError::BadTensor {
             path: path.to_path_buf(),
             name: name.clone(),
             reason,
         };
-        let n_dims = self.u32(&format!("dimension count of tensor {name:?}"))?;
+        let n_dims = self.u32(|| format!("dimension count of tensor {name:?}"))?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
             return Err(bad(format!("{n_dims} dimensions (expected 1..={MAX_DIMS})")));
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
-            shape.push(self.u64(&format!("shape of tensor {name:?}"))?);
+            shape.push(self.u64(|| format!("shape of tensor {name:?}"))?);
         }
-        let raw_type = self.u32(&format!("type of tensor {name:?}"))?;
-        let offset = self.u64(&format!("offset of tensor {name:?}"))?;
+        let raw_type = self.u32(|| format!("type of tensor {name:?}"))?;
+        let offset = self.u64(|| format!("offset of tensor {name:?}"))?;
         let ggml_type = GgmlType::from_u32(raw_type).ok_or_else(|| GgufError::UnknownTensorType {
             path: path.to_path_buf(),
             name: name.clone(),
