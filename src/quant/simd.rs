@@ -168,7 +168,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q4_1_avx2(bytes: &[u8], x: &[f32]) -> f32 {
         let mut qx = _mm256_setzero_ps();
-        let mut total = 0f32;
+        let mut mx = _mm256_setzero_ps();
         for (b, xb) in bytes.chunks_exact(20).zip(x.chunks_exact(32)) {
             let (d, m) = (f16c_at(b, 0), f16c_at(b, 2));
             let q = nibbles(&b[4..20]);
@@ -179,11 +179,11 @@ mod x86 {
                 acc = _mm256_fmadd_ps(*qk, xv, acc);
                 sx = _mm256_add_ps(sx, xv);
             }
-            // d·Σq·x + m·Σx, kept in lanes and reduced once at the end for the d part.
+            // d·Σq·x + m·Σx, kept in lanes and reduced once at the end.
             qx = _mm256_fmadd_ps(acc, _mm256_set1_ps(d), qx);
-            total += m * hsum(sx);
+            mx = _mm256_fmadd_ps(sx, _mm256_set1_ps(m), mx);
         }
-        hsum(qx) + total
+        hsum(_mm256_add_ps(qx, mx))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
