@@ -5,6 +5,7 @@
 //! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu). Sampling
 //! and detokenization are ours (`sampler`, `text`) so that every backend behaves alike.
 
+mod decode;
 pub mod llama_cpp;
 mod native;
 mod registry;

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions, StopReason};
+use super::decode::{decode_loop, Vocab};
 use super::sampler::Sampler;
-use super::text::TextStream;
 use crate::adapter::{self, LoraAdapter};
 use crate::compute::{self, Device};
 use crate::error::{EngineError, Error, Result};
@@ -145,40 +145,12 @@ impl NativeRuntime {
         let Some(mut logits) = self.eval(&tokens, &req.adapters, false, req.cancel.as_ref())? else { return Ok(gen) };
         gen.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let mut stream = TextStream::new(&req.stop);
-        let cancelled = || req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled);
-        gen.stop_reason = loop {
-            if gen.tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            if cancelled() {
-                break StopReason::Cancelled;
-            }
-            let token = sampler.sample(&logits.pop().expect("one row"));
-            if !req.ignore_eog && self.vocab.is_eog(token) {
-                break StopReason::EndOfGeneration;
-            }
-            gen.tokens.push(token);
-            let pushed = stream.push(&self.vocab.token_piece(token));
-            if !pushed.text.is_empty() && !on_text(&pushed.text) {
-                break StopReason::Cancelled;
-            }
-            if pushed.stopped {
-                break StopReason::StopString;
-            }
-            if gen.tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
-            }
+        let vocab = Vocab { is_eog: &|t| self.vocab.is_eog(t), piece: &|t| self.vocab.token_piece(t) };
+        let first = logits.pop().expect("one row");
+        decode_loop(req, &mut sampler, first, &mut gen, vocab, on_text, &mut |token| {
             tokens.push(token);
-            logits = self.eval(&tokens, &req.adapters, false, None)?.expect("not cancelled");
-        };
-        if gen.stop_reason != StopReason::StopString {
-            let rest = stream.finish();
-            if !rest.is_empty() {
-                on_text(&rest);
-            }
-        }
-        gen.text = stream.emitted_text().to_string();
+            Ok(self.eval(&tokens, &req.adapters, false, None)?.expect("not cancelled").pop())
+        })?;
         gen.gen_secs = t1.elapsed().as_secs_f64();
         Ok(gen)
     }

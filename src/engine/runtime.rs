@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use super::llama_cpp::{Context, Model, Token};
 use super::registry::{AdapterInfo, AdapterRegistry};
+use super::decode::{decode_loop, Vocab};
 use super::sampler::{Sampler, SamplingParams};
-use super::text::TextStream;
 use crate::error::{EngineError, Error, Result};
 use crate::gguf::GgufFile;
 
@@ -427,44 +427,19 @@ impl Runtime {
         };
         gen.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let mut stream = TextStream::new(&req.stop);
         let mut pos = tokens.len();
-        gen.stop_reason = loop {
-            if gen.tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            if cancelled() {
-                break StopReason::Cancelled;
-            }
-            let token = sampler.sample(&logits.pop().expect("one row of logits"));
-            if !req.ignore_eog && self.model.is_eog(token) {
-                break StopReason::EndOfGeneration;
-            }
-            gen.tokens.push(token);
-            let pushed = stream.push(&self.model.token_bytes(token, false));
-            if !pushed.text.is_empty() && !on_text(&pushed.text) {
-                break StopReason::Cancelled;
-            }
-            if pushed.stopped {
-                break StopReason::StopString;
-            }
-            if gen.tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
-            }
+        let model = &self.model;
+        let vocab = Vocab { is_eog: &|t| model.is_eog(t), piece: &|t| model.token_bytes(t, false) };
+        let first = logits.pop().expect("one row of logits");
+        decode_loop(req, &mut sampler, first, &mut gen, vocab, on_text, &mut |token| {
             if pos + 1 > inner.ctx.n_ctx() {
-                break StopReason::ContextFull;
+                return Ok(None);
             }
             let out = inner.ctx.decode(&[token], pos, false, &|| false);
-            logits = self.finish_decode(&mut inner, &[token], 0, out)?.expect("never cancelled");
+            let mut next = self.finish_decode(&mut inner, &[token], 0, out)?.expect("never cancelled");
             pos += 1;
-        };
-        if gen.stop_reason != StopReason::StopString {
-            let rest = stream.finish();
-            if !rest.is_empty() {
-                on_text(&rest);
-            }
-        }
-        gen.text = stream.emitted_text().to_string();
+            Ok(next.pop())
+        })?;
         gen.gen_secs = t1.elapsed().as_secs_f64();
         Ok(gen)
     }

@@ -13,7 +13,7 @@ use edgelora::{AdapterError, Error};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::common::{f32_runtime, max_abs_diff, model_gguf, runtime, tmpdir};
+use crate::common::{kl, f32_runtime, max_abs_diff, model_gguf, runtime, tmpdir};
 
 fn fixtures() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -51,19 +51,6 @@ impl Reference {
     fn greedy(&self, config: &str, prompt: &str) -> Vec<i32> {
         self.json["configs"][config]["results"][prompt]["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
     }
-}
-
-/// KL(P‖Q) of the softmax distributions of two logit vectors, in f64.
-fn kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let lse = |l: &[f32]| {
-        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (lp, lq) = (lse(p_logits), lse(q_logits));
-    p_logits.iter().zip(q_logits).map(|(&a, &b)| {
-        let lpa = a as f64 - lp;
-        lpa.exp() * (lpa - (b as f64 - lq))
-    }).sum()
 }
 
 const CONFIGS: [(&str, &[(&str, f32)]); 4] = [

@@ -54,3 +54,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// KL(P‖Q) between the softmax distributions of two logit vectors, in f64.
+pub fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |l: &[f32]| {
+        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (a, b) = (lse(p), lse(q));
+    p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
+}

@@ -8,7 +8,7 @@ use edgelora::engine::{argmax, Runtime, RuntimeOptions};
 use edgelora::gguf::{GgmlType, GgufFile, MetaValue};
 use edgelora::merge::{merge, MergeInput, MergeOptions, Quantizer};
 
-use crate::common::{f32_model_path, f32_runtime, max_abs_diff, model_gguf, model_path, runtime, tmpdir};
+use crate::common::{kl, f32_model_path, f32_runtime, max_abs_diff, model_gguf, model_path, runtime, tmpdir};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -17,15 +17,6 @@ fn fixture(name: &str) -> std::path::PathBuf {
 fn prompts() -> Vec<Vec<i32>> {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("reference.json")).unwrap()).unwrap();
     v["prompts"].as_array().unwrap().iter().map(|p| p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()).collect()
-}
-
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let lse = |l: &[f32]| {
-        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (a, b) = (lse(p), lse(q));
-    p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
 }
 
 #[test]

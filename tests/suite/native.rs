@@ -9,19 +9,10 @@ use edgelora::engine::argmax;
 use edgelora::model::{NativeModel, Session};
 use safetensors::SafeTensors;
 
-use crate::common::{model_gguf, runtime};
+use crate::common::{kl, model_gguf, runtime};
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let lse = |l: &[f32]| {
-        let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (a, b) = (lse(p), lse(q));
-    p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
 }
 
 #[test]
