@@ -10,6 +10,7 @@
 //! The output's metadata is the base's, plus `edgelora.merge.*` recording the adapters,
 //! their fingerprints and weights. The file is written atomically.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -204,33 +205,50 @@ pub fn merge(
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
     let mut w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
     let total = base.tensors().len();
-    for (k, (t, (ty, merge))) in base.tensors().iter().zip(&plan).enumerate() {
+    // The bytes to write for one tensor: a borrowed copy, or its re-encoding.
+    let encode = |t: &TensorInfo, ty: GgmlType, merge: bool| -> Result<Cow<'_, [u8]>, Error> {
         let data = base.tensor_data(t);
-        let bad = |e: quant::QuantError| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason: e.to_string() };
-        if !merge && *ty == t.ggml_type {
-            w.write_tensor(&t.name, data)?;
-            stats.copied += 1;
-        } else {
-            let n_in = t.shape[0] as usize;
-            let mut values = vec![0f32; t.n_elements() as usize];
-            let gpu_err = |e: compute::ComputeError| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason: e.to_string() };
-            if *merge && t.ggml_type != GgmlType::F32 {
-                backend.dequantize(t.ggml_type, data, &mut values).map_err(gpu_err)?;
-            } else {
-                quant::dequantize(t.ggml_type, data, &mut values).map_err(bad)?;
-            }
-            if *merge {
-                let n_out = values.len() / n_in;
-                backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(gpu_err)?;
-                stats.merged += 1;
-            } else {
-                stats.converted += 1;
-            }
-            let hint = if *ty == t.ggml_type { Some(data) } else { None };
-            let bytes = requantize(*ty, &values, n_in, hint, opts.quantizer).map_err(bad)?;
-            w.write_tensor(&t.name, &bytes)?;
+        if !merge && ty == t.ggml_type {
+            return Ok(Cow::Borrowed(data));
         }
-        progress(k + 1, total, &t.name);
+        let bad = |reason: String| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason };
+        let n_in = t.shape[0] as usize;
+        let mut values = vec![0f32; t.n_elements() as usize];
+        if merge && t.ggml_type != GgmlType::F32 {
+            backend.dequantize(t.ggml_type, data, &mut values).map_err(|e| bad(e.to_string()))?;
+        } else {
+            quant::dequantize(t.ggml_type, data, &mut values).map_err(|e| bad(e.to_string()))?;
+        }
+        if merge {
+            let n_out = values.len() / n_in;
+            backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
+        }
+        let hint = if ty == t.ggml_type { Some(data) } else { None };
+        Ok(Cow::Owned(requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?))
+    };
+    // Tensors are re-encoded a window at a time in parallel (on the CPU; one at a time on
+    // a GPU), then written in file order: memory stays bounded by the window.
+    const WINDOW_BYTES: u64 = 256 << 20;
+    let items: Vec<(&TensorInfo, GgmlType, bool)> = base.tensors().iter().zip(&plan).map(|(t, (ty, m))| (t, *ty, *m)).collect();
+    let mut k = 0;
+    while k < items.len() {
+        let mut end = k + 1;
+        let mut budget = items[k].0.n_elements() * 4;
+        while opts.device == Device::Cpu && end < items.len() && budget + items[end].0.n_elements() * 4 <= WINDOW_BYTES {
+            budget += items[end].0.n_elements() * 4;
+            end += 1;
+        }
+        let outs: Vec<Result<Cow<'_, [u8]>, Error>> = items[k..end].par_iter().map(|(t, ty, m)| encode(t, *ty, *m)).collect();
+        for ((t, ty, m), out) in items[k..end].iter().zip(outs) {
+            w.write_tensor(&t.name, &out?)?;
+            match (m, *ty == t.ggml_type) {
+                (true, _) => stats.merged += 1,
+                (false, true) => stats.copied += 1,
+                (false, false) => stats.converted += 1,
+            }
+            progress(stats.merged + stats.copied + stats.converted, total, &t.name);
+        }
+        k = end;
     }
     w.finish()?;
     stats.bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
