@@ -28,9 +28,12 @@ fn dequantize_tensors(c: &mut Criterion) {
         g.bench_function(format!("reference/{}", t.ggml_type), |b| {
             b.iter(|| dequantize_reference(t.ggml_type, f.tensor_data(t), &mut out).unwrap())
         });
-        g.bench_function(format!("{}/{}", simd::selected(), t.ggml_type), |b| {
+        g.bench_function(format!("dispatched ({})/{}", simd::selected(), t.ggml_type), |b| {
             b.iter(|| dequantize(t.ggml_type, f.tensor_data(t), &mut out).unwrap())
         });
+        for (name, k) in simd::all_kernels(t.ggml_type) {
+            g.bench_function(format!("{name}/{}", t.ggml_type), |b| b.iter(|| k(f.tensor_data(t), &mut out)));
+        }
     }
     g.finish();
 }
