@@ -82,12 +82,17 @@ fn gpu_lora_delta_matches_the_cpu() {
     let deltas = [Delta { rank, a: &a, b: &b, scale: 0.7 }, Delta { rank: 4, a: &a2, b: &b2, scale: -1.3 }];
     let mut want = base.clone();
     Cpu.lora_delta(&mut want, n_out, n_in, &deltas).unwrap();
-    for limit in [u64::MAX, 2048] {
+    // Both shader variants: native f16 (where the adapter has SHADER_F16) and packed u32.
+    let variants: Vec<Gpu> = vec![gpu(u64::MAX), gpu(2048), Gpu::open(u64::MAX, false).unwrap()];
+    eprintln!("SHADER_F16 in use: {}", variants[0].uses_f16());
+    assert!(!variants[2].uses_f16());
+    for (k, g) in variants.iter().enumerate() {
+        let limit = k;
         let mut got = base.clone();
-        gpu(limit).lora_delta(&mut got, n_out, n_in, &deltas).unwrap();
+        g.lora_delta(&mut got, n_out, n_in, &deltas).unwrap();
         // Sums in another order: f32 rounding only (|Σ| ≤ rank·0.25·2 here).
         let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "binding limit {limit}: max |gpu − cpu| = {worst}");
+        assert!(worst < 1e-5, "variant {limit}: max |gpu − cpu| = {worst}");
     }
     // Shapes are checked, not trusted.
     let mut wrong = vec![0f32; 10];

@@ -1,4 +1,5 @@
-//! `shaders/lora_delta.wgsl`: acc += s·B·A with A and B uploaded as packed f16.
+//! `shaders/lora_delta_f16.wgsl` (SHADER_F16) or `shaders/lora_delta.wgsl` (f16 pairs
+//! unpacked from u32): acc += s·B·A. Both read the same uploaded bytes.
 
 use half::f16;
 
@@ -7,6 +8,7 @@ use crate::compute::{ComputeError, Delta};
 
 pub struct LoraDeltaKernel {
     pipeline: wgpu::ComputePipeline,
+    f16: bool,
 }
 
 fn pack_f16(v: &[f32]) -> Vec<u8> {
@@ -14,8 +16,13 @@ fn pack_f16(v: &[f32]) -> Vec<u8> {
 }
 
 impl LoraDeltaKernel {
-    pub fn new(device: &wgpu::Device) -> Self {
-        LoraDeltaKernel { pipeline: pipeline(device, "lora_delta", include_str!("../../../shaders/lora_delta.wgsl").into()) }
+    pub fn new(device: &wgpu::Device, f16: bool) -> Self {
+        let source = if f16 { include_str!("../../../shaders/lora_delta_f16.wgsl") } else { include_str!("../../../shaders/lora_delta.wgsl") };
+        LoraDeltaKernel { pipeline: pipeline(device, "lora_delta", source.into()), f16 }
+    }
+
+    pub fn uses_f16(&self) -> bool {
+        self.f16
     }
 
     /// Adds one delta to `acc`, in chunks of rows under the binding limit. A and B are

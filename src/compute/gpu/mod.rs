@@ -78,6 +78,12 @@ impl Gpu {
     /// As [`new`](Self::new), with storage bindings capped at `limit` bytes (smaller
     /// chunks: less device memory at a time; tests use it to exercise the splitting).
     pub fn with_binding_limit(limit: u64) -> Result<Gpu, ComputeError> {
+        Self::open(limit, true)
+    }
+
+    /// As [`with_binding_limit`](Self::with_binding_limit); `use_f16` false keeps the
+    /// packed-u32 shaders even where the adapter offers SHADER_F16 (tests compare both).
+    pub fn open(limit: u64, use_f16: bool) -> Result<Gpu, ComputeError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -88,9 +94,12 @@ impl Gpu {
         .map_err(|e| ComputeError::NoAdapter(e.to_string()))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // f16 storage in shaders where the adapter has it; packed u32 pairs otherwise.
+        let f16 = use_f16 && adapter.features().contains(wgpu::Features::SHADER_F16);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("edgelora"),
             required_limits: limits.clone(),
+            required_features: if f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() },
             ..Default::default()
         }))
         .map_err(|e| ComputeError::Device(e.to_string()))?;
@@ -102,7 +111,7 @@ impl Gpu {
         // an error here, not a panic later.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let dequant: Vec<DequantizeKernel> = BLOCK_TYPES.into_iter().map(|t| DequantizeKernel::new(&device, t)).collect();
-        let lora = LoraDeltaKernel::new(&device);
+        let lora = LoraDeltaKernel::new(&device, f16);
         let matmul: Vec<MatmulKernel> = BLOCK_TYPES.into_iter().map(|t| MatmulKernel::new(&device, t)).collect();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Gpu(format!("compiling the shaders: {e}")));
@@ -113,6 +122,12 @@ impl Gpu {
     /// Adapter name and driver, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)".
     pub fn adapter(&self) -> String {
         format!("{} ({:?}, {})", self.info.name, self.info.backend, self.info.driver_info)
+    }
+
+    /// Whether the LoRA kernel reads A/B as native f16 (SHADER_F16) rather than unpacking
+    /// them from u32 pairs.
+    pub fn uses_f16(&self) -> bool {
+        self.lora.uses_f16()
     }
 
     fn storage(&self, label: &str, bytes: &[u8], writable: bool) -> wgpu::Buffer {
