@@ -7,9 +7,12 @@
 //! error-minimizing quantizer for the 32-wide formats used by merge.
 
 pub mod blocks;
+pub mod quantize;
 pub mod reference;
 pub mod requant;
 pub mod simd;
+
+use bytemuck::Zeroable;
 
 use crate::gguf::GgmlType;
 
@@ -28,8 +31,9 @@ pub fn can_quantize(t: GgmlType) -> bool {
     matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
 }
 
-/// Quantizes `src` (rows of `n_per_row` values) to `t` with ggml's own quantizer
-/// (`ggml_quantize_chunk`), so the bytes are exactly what llama.cpp's tools write.
+/// Quantizes `src` (rows of `n_per_row` values) to `t` exactly as llama.cpp's tools do:
+/// with ggml's own quantizer (`ggml_quantize_chunk`), or for Q4_1 with our SIMD twin of
+/// it (`quantize`), tested byte-identical.
 pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>, QuantError> {
     if !can_quantize(t) {
         return Err(QuantError::Unsupported(t));
@@ -40,6 +44,13 @@ pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u
     }
     let row_bytes = t.bytes_for(n_per_row as u64).ok_or_else(size_err)? as usize;
     let n_rows = src.len() / n_per_row;
+    if t == GgmlType::Q4_1 {
+        // Our twin of ggml's Q4_1 reference (same bytes, SIMD): rows in parallel.
+        use rayon::prelude::*;
+        let mut blocks = vec![blocks::BlockQ4_1::zeroed(); src.len() / blocks::QK];
+        blocks.par_chunks_mut(4096).zip(src.par_chunks(4096 * blocks::QK)).for_each(|(b, x)| quantize::quantize_row_q4_1(x, b));
+        return Ok(bytemuck::cast_slice(&blocks).to_vec());
+    }
     let mut out = vec![0u8; row_bytes * n_rows];
     // Chunks of rows in parallel; ggml's quantizers are pure functions of their rows.
     const ROWS: usize = 64;

@@ -156,3 +156,37 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
     }
     eprintln!("fused dot kernels checked: {checked}");
 }
+
+#[test]
+fn q4_1_quantizer_matches_ggmls_reference_byte_for_byte() {
+    use edgelora::quant::blocks::BlockQ4_1;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let n_rows = 64;
+    let n_per_row = 576;
+    let mut x: Vec<f32> = (0..n_rows * n_per_row).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    // Edge cases: a constant block (d = 0), a block of one value repeated but one, huge range.
+    x[..32].fill(0.25);
+    x[32..64].fill(-1.0);
+    x[63] = 3.0;
+    x[64] = 1e6;
+    // Real weights too (dequantized Q4_1 values sit exactly on grids).
+    let f = model_gguf();
+    let t = f.tensor("blk.4.ffn_gate.weight").unwrap();
+    let mut real = vec![0f32; t.n_elements() as usize];
+    dequantize(t.ggml_type, f.tensor_data(t), &mut real).unwrap();
+    for (label, data, row) in [("random", &x[..], n_per_row), ("real", &real[..], t.shape[0] as usize)] {
+        let mut ours = vec![BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; 16] }; data.len() / 32];
+        let mut scalar = ours.clone();
+        edgelora::quant::quantize::quantize_row_q4_1(data, &mut ours);
+        edgelora::quant::quantize::quantize_row_q4_1_scalar(data, &mut scalar);
+        let mut theirs = vec![0u8; data.len() / 32 * 20];
+        // SAFETY: `data` holds whole rows; `theirs` the bytes ggml writes for them.
+        unsafe {
+            llama_cpp_sys_2::ggml_quantize_chunk(GgmlType::Q4_1 as _, data.as_ptr(), theirs.as_mut_ptr().cast(), 0, (data.len() / row) as i64, row as i64, std::ptr::null());
+        }
+        assert!(bytemuck::cast_slice::<BlockQ4_1, u8>(&scalar) == &theirs[..], "{label}: scalar twin differs from ggml");
+        assert!(bytemuck::cast_slice::<BlockQ4_1, u8>(&ours) == &theirs[..], "{label}: SIMD kernel differs from ggml");
+        // And through the public entry point.
+        assert_eq!(edgelora::quant::quantize_ggml(GgmlType::Q4_1, data, row).unwrap(), theirs, "{label}");
+    }
+}
