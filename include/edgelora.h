@@ -176,6 +176,19 @@ enum EdgeloraStatus edgelora_runtime_generate(const struct EdgeloraRuntime *rt,
                                               void *user_data,
                                               struct EdgeloraGenerateResult *result);
 
+// Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
+// `model_path`, requantized to its own types, and writes the result to `out_path`
+// atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
+// any runtime.
+//
+// # Safety
+// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
+enum EdgeloraStatus edgelora_merge(const char *model_path,
+                                   const char *const *adapter_paths,
+                                   const float *weights,
+                                   size_t n,
+                                   const char *out_path);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -449,3 +449,38 @@ pub unsafe extern "C" fn edgelora_runtime_generate(
         Ok(())
     })
 }
+
+/// Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
+/// `model_path`, requantized to its own types, and writes the result to `out_path`
+/// atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
+/// any runtime.
+///
+/// # Safety
+/// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
+#[no_mangle]
+pub unsafe extern "C" fn edgelora_merge(
+    model_path: *const c_char,
+    adapter_paths: *const *const c_char,
+    weights: *const f32,
+    n: usize,
+    out_path: *const c_char,
+) -> EdgeloraStatus {
+    guard(|| {
+        // SAFETY: caller contract.
+        let (model, out) = unsafe { (str_arg(model_path, "model_path")?, str_arg(out_path, "out_path")?) };
+        if n > 0 && (adapter_paths.is_null() || weights.is_null()) {
+            return Err(arg_err("adapter_paths/weights are NULL but n > 0"));
+        }
+        let base = crate::gguf::GgufFile::open(model).map_err(|e| lib_err(e.into()))?;
+        let mut loaded = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: arrays of n entries by contract; each path a C string.
+            let (p, w) = unsafe { (str_arg(*adapter_paths.add(i), "adapter_paths[i]")?, *weights.add(i)) };
+            loaded.push((crate::adapter::load(std::path::Path::new(p), &base).map_err(lib_err)?, w, p.to_string()));
+        }
+        let inputs: Vec<crate::merge::MergeInput> =
+            loaded.iter().map(|(a, w, l)| crate::merge::MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
+        crate::merge::merge(&base, &inputs, std::path::Path::new(out), &crate::merge::MergeOptions::default(), &mut |_, _, _| {}).map_err(lib_err)?;
+        Ok(())
+    })
+}

@@ -247,3 +247,35 @@ pub extern "system" fn Java_dev_edgelora_Cancellation_nativeFree<'l>(_env: JNIEn
 pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeVersion<'l>(env: JNIEnv<'l>, _c: JClass<'l>) -> jobject {
     env.new_string(env!("CARGO_PKG_VERSION")).map(|s| s.into_raw()).unwrap_or(std::ptr::null_mut())
 }
+
+#[no_mangle]
+pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
+    mut env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    model: JString<'l>,
+    adapters: JObjectArray<'l>,
+    weights: JFloatArray<'l>,
+    out: JString<'l>,
+) {
+    guarded(&mut env, (), |env| {
+        let (model, out) = (jstr(env, &model, "model")?, jstr(env, &out, "out")?);
+        let n = if adapters.is_null() { 0 } else { env.get_array_length(&adapters).map_err(|_| ())? as usize };
+        let mut w = vec![0f32; n];
+        if n > 0 {
+            env.get_float_array_region(&weights, 0, &mut w).map_err(|_| throw(env, EdgeloraStatus::InvalidArgument, "weights must match adapters"))?;
+        }
+        let base = crate::gguf::GgufFile::open(&model).map_err(|e| lib_error(env, &e.into()))?;
+        let mut loaded = Vec::with_capacity(n);
+        for (i, weight) in w.iter().enumerate() {
+            let o = env.get_object_array_element(&adapters, i as i32).map_err(|_| ())?;
+            let path = jstr(env, &JString::from(o), "adapter path")?;
+            let a = crate::adapter::load(std::path::Path::new(&path), &base).map_err(|e| lib_error(env, &e))?;
+            loaded.push((a, *weight, path));
+        }
+        let inputs: Vec<crate::merge::MergeInput> =
+            loaded.iter().map(|(a, w, l)| crate::merge::MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
+        crate::merge::merge(&base, &inputs, std::path::Path::new(&out), &crate::merge::MergeOptions::default(), &mut |_, _, _| {})
+            .map(|_| ())
+            .map_err(|e| lib_error(env, &e))
+    })
+}

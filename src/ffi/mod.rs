@@ -13,8 +13,8 @@
 //! a request runs; `edgelora_last_error` is per thread. Closing a handle while another
 //! thread uses it is undefined behaviour, as with any C handle.
 //!
-//! Not exposed yet: merging adapters into the model and training (their issues add
-//! `edgelora_merge_*` / `edgelora_train_*`).
+//! Exposed: runtime, adapters, generation, cancellation, and `edgelora_merge` (adapters
+//! into the quantized weights). Not exposed yet: training (its issue adds `edgelora_train_*`).
 
 mod capi;
 #[cfg(feature = "jni")]

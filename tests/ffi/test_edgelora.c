@@ -132,6 +132,24 @@ int main(int argc, char **argv) {
   edgelora_string_free(NULL);
   edgelora_runtime_close(rt);
   edgelora_runtime_close(NULL);
+
+  /* Merge adapter a into the model, then run the merged model with no adapter. */
+  char merged[4096];
+  snprintf(merged, sizeof merged, "%s.merged.gguf", argv[4]);
+  const char *paths[1] = {argv[2]};
+  float weights[1] = {2.0f};
+  st = edgelora_merge(argv[1], paths, weights, 1, merged);
+  CHECK(st == EDGELORA_STATUS_OK, "merge: status %d", st);
+  EdgeloraRuntime *mrt = NULL;
+  CHECK(edgelora_runtime_open(merged, &o, &mrt) == EDGELORA_STATUS_OK, "open the merged model");
+  char *m = run(mrt, NULL, 0, NULL, NULL, NULL);
+  printf("merged a@2: %s\n", m);
+  CHECK(strlen(m) > 0, "merged model generated nothing");
+  edgelora_string_free(m);
+  edgelora_runtime_close(mrt);
+  const char *bad[1] = {"/nonexistent/adapter"};
+  st = edgelora_merge(argv[1], bad, weights, 1, merged);
+  CHECK(st != EDGELORA_STATUS_OK && strstr(edgelora_last_error(), "/nonexistent/adapter"), "merge of a missing adapter: %d", st);
   printf("all C API checks passed\n");
   return 0;
 }

@@ -67,6 +67,18 @@ public class JvmTest {
                 check(e.getMessage().equals("boom"), "callback exception");
             }
         }
+        String merged = args[3] + ".merged.gguf";
+        EdgeLora.merge(args[0], new String[] {args[1]}, new float[] {2f}, merged);
+        try (Model m = Model.open(merged, 1, 512)) {
+            Generation g = m.generate(new GenerateRequest("What is the capital of France?").chat(true).maxTokens(8), null);
+            check(!g.text.isEmpty(), "merged model generated nothing");
+        }
+        try {
+            EdgeLora.merge(args[0], new String[] {"/nonexistent/adapter"}, new float[] {1f}, merged + "2");
+            check(false, "merge of a missing adapter succeeded");
+        } catch (EdgeLoraException e) {
+            check(e.getMessage().contains("/nonexistent/adapter"), "merge error: " + e);
+        }
         System.out.println("all Java API checks passed");
     }
 }

@@ -17,6 +17,21 @@ public struct EdgeLoraError: Error, CustomStringConvertible {
 public enum EdgeLora {
     /// The native library's version.
     public static var version: String { String(cString: edgelora_version()) }
+
+    /// Merges adapters (GGUF-LoRA files or PEFT folders) with weights into the model's
+    /// quantized weights, writing a new GGUF to `out` (atomically).
+    public static func merge(model: String, adapters: [(path: String, weight: Float)], out: String) throws {
+        let paths = adapters.map { strdup($0.path) }
+        defer { paths.forEach { free($0) } }
+        var cPaths: [UnsafePointer<CChar>?] = paths.map { UnsafePointer($0) }
+        var weights = adapters.map { $0.weight }
+        let status = cPaths.withUnsafeMutableBufferPointer { p in
+            weights.withUnsafeMutableBufferPointer { w in
+                edgelora_merge(model, UnsafePointer(p.baseAddress), UnsafePointer(w.baseAddress), adapters.count, out)
+            }
+        }
+        try EdgeLoraError.check(status)
+    }
 }
 
 /// A finished request.

@@ -16,5 +16,14 @@ public final class EdgeLora {
         return nativeVersion();
     }
 
+    /**
+     * Merges adapters (GGUF-LoRA files or PEFT folders) with weights into the model's
+     * quantized weights and writes a new GGUF to {@code out} (atomically).
+     */
+    public static void merge(String model, String[] adapters, float[] weights, String out) {
+        nativeMerge(model, adapters, weights, out);
+    }
+
     private static native String nativeVersion();
+    private static native void nativeMerge(String model, String[] adapters, float[] weights, String out);
 }
