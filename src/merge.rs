@@ -255,3 +255,22 @@ pub fn merge(
     stats.secs = t0.elapsed().as_secs_f64();
     Ok(stats)
 }
+
+/// Opens `model`, reads each adapter (GGUF-LoRA file or PEFT folder, validated against
+/// the model) with its weight, and merges them into `out`. The entry point the CLI, the
+/// C ABI and the JNI glue share.
+pub fn merge_files(
+    model: &Path,
+    adapters: &[(std::path::PathBuf, f32)],
+    out: &Path,
+    opts: &MergeOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<MergeStats, Error> {
+    let base = GgufFile::open(model)?;
+    let loaded = adapters
+        .iter()
+        .map(|(path, w)| Ok((crate::adapter::load(path, &base)?, *w, path.display().to_string())))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let inputs: Vec<MergeInput> = loaded.iter().map(|(a, w, l)| MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
+    merge(&base, &inputs, out, opts, progress)
+}

@@ -6,11 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use edgelora::adapter;
 use edgelora::compute::Device;
 use edgelora::engine::parse_adapter_arg;
 use edgelora::gguf::{GgmlType, GgufFile};
-use edgelora::merge::{merge, MergeInput, MergeOptions, MergeStats, Quantizer};
+use edgelora::merge::{merge_files, MergeOptions, MergeStats, Quantizer};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -48,22 +47,16 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
 
 /// Loads the adapters named by `args` and merges them into `model`, writing `out`.
 pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, device: Device, show: bool) -> Result<MergeStats> {
-    let base = GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))?;
-    let mut loaded = Vec::new();
-    for arg in args {
-        let (path, w) = parse_adapter_arg(arg)?;
-        let a = adapter::load(&path, &base).with_context(|| format!("reading adapter {}", path.display()))?;
-        loaded.push((a, w, path.display().to_string()));
-    }
-    let inputs: Vec<MergeInput> = loaded.iter().map(|(a, w, l)| MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
+    let adapters = args.iter().map(|a| parse_adapter_arg(a)).collect::<Result<Vec<_>, _>>()?;
+    let n_tensors = GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))?.tensors().len();
     let bar = if show {
-        let b = ProgressBar::new(base.tensors().len() as u64);
+        let b = ProgressBar::new(n_tensors as u64);
         b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}").expect("valid template"));
         b
     } else {
         ProgressBar::hidden()
     };
-    let stats = merge(&base, &inputs, out, &MergeOptions { out_type, quantizer, device }, &mut |done, _, name| {
+    let stats = merge_files(model, &adapters, out, &MergeOptions { out_type, quantizer, device }, &mut |done, _, name| {
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     })

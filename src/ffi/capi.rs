@@ -471,16 +471,13 @@ pub unsafe extern "C" fn edgelora_merge(
         if n > 0 && (adapter_paths.is_null() || weights.is_null()) {
             return Err(arg_err("adapter_paths/weights are NULL but n > 0"));
         }
-        let base = crate::gguf::GgufFile::open(model).map_err(|e| lib_err(e.into()))?;
-        let mut loaded = Vec::with_capacity(n);
+        let mut adapters = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: arrays of n entries by contract; each path a C string.
             let (p, w) = unsafe { (str_arg(*adapter_paths.add(i), "adapter_paths[i]")?, *weights.add(i)) };
-            loaded.push((crate::adapter::load(std::path::Path::new(p), &base).map_err(lib_err)?, w, p.to_string()));
+            adapters.push((std::path::PathBuf::from(p), w));
         }
-        let inputs: Vec<crate::merge::MergeInput> =
-            loaded.iter().map(|(a, w, l)| crate::merge::MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
-        crate::merge::merge(&base, &inputs, std::path::Path::new(out), &crate::merge::MergeOptions::default(), &mut |_, _, _| {}).map_err(lib_err)?;
+        crate::merge::merge_files(model.as_ref(), &adapters, out.as_ref(), &crate::merge::MergeOptions::default(), &mut |_, _, _| {}).map_err(lib_err)?;
         Ok(())
     })
 }

@@ -264,17 +264,12 @@ pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
         if n > 0 {
             env.get_float_array_region(&weights, 0, &mut w).map_err(|_| throw(env, EdgeloraStatus::InvalidArgument, "weights must match adapters"))?;
         }
-        let base = crate::gguf::GgufFile::open(&model).map_err(|e| lib_error(env, &e.into()))?;
-        let mut loaded = Vec::with_capacity(n);
+        let mut paths = Vec::with_capacity(n);
         for (i, weight) in w.iter().enumerate() {
             let o = env.get_object_array_element(&adapters, i as i32).map_err(|_| ())?;
-            let path = jstr(env, &JString::from(o), "adapter path")?;
-            let a = crate::adapter::load(std::path::Path::new(&path), &base).map_err(|e| lib_error(env, &e))?;
-            loaded.push((a, *weight, path));
+            paths.push((std::path::PathBuf::from(jstr(env, &JString::from(o), "adapter path")?), *weight));
         }
-        let inputs: Vec<crate::merge::MergeInput> =
-            loaded.iter().map(|(a, w, l)| crate::merge::MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
-        crate::merge::merge(&base, &inputs, std::path::Path::new(&out), &crate::merge::MergeOptions::default(), &mut |_, _, _| {})
+        crate::merge::merge_files(model.as_ref(), &paths, out.as_ref(), &crate::merge::MergeOptions::default(), &mut |_, _, _| {})
             .map(|_| ())
             .map_err(|e| lib_error(env, &e))
     })

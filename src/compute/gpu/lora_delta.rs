@@ -1,5 +1,6 @@
-//! `shaders/lora_delta_f16.wgsl` (SHADER_F16) or `shaders/lora_delta.wgsl` (f16 pairs
-//! unpacked from u32): acc += s·B·A. Both read the same uploaded bytes.
+//! `shaders/lora_delta.wgsl`: acc += s·B·A, with the factors read as native f16
+//! (`lora_factors_f16.wgsl`, SHADER_F16) or as f16 pairs unpacked from u32
+//! (`lora_factors_packed.wgsl`). Both read the same uploaded bytes.
 
 use half::f16;
 
@@ -17,8 +18,9 @@ fn pack_f16(v: &[f32]) -> Vec<u8> {
 
 impl LoraDeltaKernel {
     pub fn new(device: &wgpu::Device, f16: bool) -> Self {
-        let source = if f16 { include_str!("../../../shaders/lora_delta_f16.wgsl") } else { include_str!("../../../shaders/lora_delta.wgsl") };
-        LoraDeltaKernel { pipeline: pipeline(device, "lora_delta", source.into()), f16 }
+        let factors = if f16 { include_str!("../../../shaders/lora_factors_f16.wgsl") } else { include_str!("../../../shaders/lora_factors_packed.wgsl") };
+        let source = format!("{factors}\n{}", include_str!("../../../shaders/lora_delta.wgsl"));
+        LoraDeltaKernel { pipeline: pipeline(device, "lora_delta", source), f16 }
     }
 
     pub fn uses_f16(&self) -> bool {
