@@ -6,6 +6,7 @@
 //! (y = x·Wᵀ with W in its block format) — the last one for the native engine.
 
 pub mod cpu;
+pub mod dense;
 pub mod gpu;
 
 use crate::gguf::GgmlType;

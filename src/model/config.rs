@@ -93,4 +93,13 @@ impl ModelConfig {
             arch,
         })
     }
+
+    /// RoPE parameters for `n_heads` heads (q: n_head, k: n_head_kv).
+    pub fn rope(&self, n_heads: usize) -> crate::model::ops::rope::Rope {
+        crate::model::ops::rope::Rope { n_heads, head_dim: self.head_dim, rope_dim: self.rope_dim, base: self.rope_base, factor: self.rope_linear_factor, style: self.rope_style }
+    }
+
+    pub fn heads(&self) -> crate::model::ops::attention::Heads {
+        crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim }
+    }
 }

@@ -8,6 +8,7 @@
 //! Matrices go through a [`Backend`](crate::compute::Backend) (`matmul`).
 
 pub mod config;
+pub mod grad;
 pub mod ops;
 pub mod weights;
 
@@ -107,11 +108,11 @@ impl NativeModel {
             let mut q = lin(&h, &layer.wq, layer.bq.as_ref())?; // [n, n_head·hd]
             let mut k = lin(&h, &layer.wk, layer.bk.as_ref())?; // [n, n_kv·hd]
             let v = lin(&h, &layer.wv, layer.bv.as_ref())?; // [n, n_kv·hd]
-            rope_forward(&mut q, c.n_head, c.head_dim, &positions, c.rope_dim, c.rope_base, c.rope_linear_factor, c.rope_style);
-            rope_forward(&mut k, c.n_head_kv, c.head_dim, &positions, c.rope_dim, c.rope_base, c.rope_linear_factor, c.rope_style);
+            rope_forward(&mut q, &c.rope(c.n_head), &positions);
+            rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
             session.k[l].extend_from_slice(&k);
             session.v[l].extend_from_slice(&v);
-            let att = attention_forward(&q, &session.k[l], &session.v[l], pos0, c.n_head, c.n_head_kv, c.head_dim);
+            let att = attention_forward(&q, &session.k[l], &session.v[l], pos0, c.heads(), None);
             let o = lin(&att, &layer.wo, None)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block

@@ -9,6 +9,7 @@ mod compute;
 mod engine;
 mod ffi;
 mod gguf_malformed;
+mod gradcheck;
 mod gguf_roundtrip;
 mod merge;
 mod native;

@@ -1,42 +1,101 @@
-//! Causal self-attention with grouped-query heads over a KV cache.
+//! Causal self-attention with grouped-query heads: o = softmax(q·kᵀ/√hd) · v, head h
+//! reading kv head h / (n_head / n_head_kv).
+
+use crate::compute::dense::Real;
+
+/// Head counts of the attention.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+}
 
 /// q [n_tok, n_head, hd] for positions `pos0..pos0+n_tok`; k_cache, v_cache
 /// [pos0+n_tok, n_head_kv, hd] (this batch's keys/values already appended).
-/// Returns [n_tok, n_head·hd]. Head h reads kv head h / (n_head / n_head_kv).
-pub fn attention_forward(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, n_head: usize, n_head_kv: usize, hd: usize) -> Vec<f32> {
+/// Returns o [n_tok, n_head·hd]. With `probs`, also the attention weights
+/// [n_tok, n_head, pos0+n_tok] (zero past each token's causal limit), which backward reads.
+pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: usize, hs: Heads, mut probs: Option<&mut Vec<T>>) -> Vec<T> {
+    let Heads { n_head, n_head_kv, head_dim: hd } = hs;
     let n_tok = q.len() / (n_head * hd);
+    let n_all = pos0 + n_tok;
     let group = n_head / n_head_kv;
     let kv_w = n_head_kv * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; q.len()];
-    let mut scores = Vec::new();
+    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let mut out = vec![T::zero(); q.len()];
+    if let Some(p) = probs.as_deref_mut() {
+        p.clear();
+        p.resize(n_tok * n_head * n_all, T::zero());
+    }
+    let mut scores = Vec::with_capacity(n_all);
     for t in 0..n_tok {
         let n_ctx = pos0 + t + 1; // causal: keys 0..=pos
         for h in 0..n_head {
             let kvh = h / group;
             let qh = &q[(t * n_head + h) * hd..][..hd];
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
+            let mut max = T::neg_infinity();
             for p in 0..n_ctx {
-                let k = &k_cache[p * kv_w + kvh * hd..][..hd];
-                let s = crate::compute::cpu::dot(qh, k) * scale;
+                let s = T::dot(qh, &k_cache[p * kv_w + kvh * hd..][..hd]) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
-            let mut sum = 0f32;
+            let mut sum = T::zero();
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
+            scores.iter_mut().for_each(|s| *s = *s / sum);
             let o = &mut out[(t * n_head + h) * hd..][..hd];
-            for (p, s) in scores.iter().enumerate() {
+            for (p, &w) in scores.iter().enumerate() {
                 let v = &v_cache[p * kv_w + kvh * hd..][..hd];
-                let w = s / sum;
-                for (oi, vi) in o.iter_mut().zip(v) {
-                    *oi += w * vi;
-                }
+                o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
+            }
+            if let Some(pr) = probs.as_deref_mut() {
+                pr[(t * n_head + h) * n_all..][..n_ctx].copy_from_slice(&scores);
             }
         }
     }
     out
+}
+
+/// Backward of a whole sequence (pos0 = 0): given do [n, n_head·hd] and the forward's
+/// q, k, v and probs, returns (dq [n, n_head·hd], dk, dv [n, n_head_kv·hd]).
+///   dv[p] += P[t,p]·do[t];  dP[t,p] = do[t]·v[p];  dS = P ⊙ (dP − Σₚ P·dP);
+///   dq[t] += dS[t,p]·k[p]/√hd;  dk[p] += dS[t,p]·q[t]/√hd.
+pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let Heads { n_head, n_head_kv, head_dim: hd } = hs;
+    let n = q.len() / (n_head * hd);
+    let group = n_head / n_head_kv;
+    let kv_w = n_head_kv * hd;
+    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let mut dq = vec![T::zero(); q.len()];
+    let mut dk = vec![T::zero(); k.len()];
+    let mut dv = vec![T::zero(); v.len()];
+    let mut ds = Vec::with_capacity(n);
+    for t in 0..n {
+        for h in 0..n_head {
+            let kvh = h / group;
+            let p_row = &probs[(t * n_head + h) * n..][..t + 1];
+            let do_h = &dout[(t * n_head + h) * hd..][..hd];
+            ds.clear();
+            let mut sum = T::zero();
+            for (p, &w) in p_row.iter().enumerate() {
+                let off = p * kv_w + kvh * hd;
+                dv[off..off + hd].iter_mut().zip(do_h).for_each(|(a, b)| *a += w * *b);
+                let dp = T::dot(do_h, &v[off..off + hd]);
+                sum += w * dp;
+                ds.push(dp);
+            }
+            let q_h = &q[(t * n_head + h) * hd..][..hd];
+            let dq_h = &mut dq[(t * n_head + h) * hd..][..hd];
+            for (p, (&w, dp)) in p_row.iter().zip(&ds).enumerate() {
+                let g = w * (*dp - sum) * scale;
+                let off = p * kv_w + kvh * hd;
+                dq_h.iter_mut().zip(&k[off..off + hd]).for_each(|(a, b)| *a += g * *b);
+                dk[off..off + hd].iter_mut().zip(q_h).for_each(|(a, b)| *a += g * *b);
+            }
+        }
+    }
+    (dq, dk, dv)
 }

@@ -1,5 +1,6 @@
 //! Token embedding lookup.
 
+use crate::compute::dense::Real;
 use crate::model::weights::Weight;
 use crate::quant;
 
@@ -12,4 +13,14 @@ pub fn embedding_forward(tokens: &[i32], table: &Weight) -> Result<Vec<f32>, qua
         quant::dequantize(table.t, &table.bytes[start..start + row_bytes], row)?;
     }
     Ok(out)
+}
+
+/// dtable [n_vocab, n_embd] += scatter of dout [n_tok, n_embd] to rows `tokens`. The
+/// trainer keeps the table frozen and never calls it; it completes the op's pair (and is
+/// what a trainable embedding would use).
+pub fn embedding_backward<T: Real>(dtable: &mut [T], dout: &[T], tokens: &[i32], n_embd: usize) {
+    for (row, &t) in dout.chunks_exact(n_embd).zip(tokens) {
+        let dst = &mut dtable[t as usize * n_embd..][..n_embd];
+        dst.iter_mut().zip(row).for_each(|(a, b)| *a += *b);
+    }
 }

@@ -1,15 +1,36 @@
-//! RMSNorm: y = x / sqrt(mean(x²) + eps) · w.
+//! RMSNorm: y = x · inv · w with inv = 1 / sqrt(mean(x²) + eps), per row.
+
+use crate::compute::dense::Real;
 
 /// x [n, d] → y [n, d].
-pub fn rmsnorm_forward(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f32) -> Vec<T> {
     let d = w.len();
-    let mut y = vec![0f32; x.len()];
+    let mut y = vec![T::zero(); x.len()];
     for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-        let ms: f64 = xr.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>() / d as f64;
-        let inv = (1.0 / (ms + f64::from(eps)).sqrt()) as f32;
+        let inv = T::of(inv_rms(xr, eps));
         for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
-            *o = v * inv * g;
+            *o = *v * inv * *g;
         }
     }
     y
+}
+
+/// dx [n, d] += ∂L/∂x given dy [n, d] (w is frozen: no dw).
+/// With g = dy ⊙ w: dx = inv · (g − x · inv² · Σ(g ⊙ x) / d).
+pub fn rmsnorm_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], eps: f32) {
+    let d = w.len();
+    for ((dxr, dyr), xr) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)) {
+        let inv = inv_rms(xr, eps);
+        let gx: f64 = dyr.iter().zip(w).zip(xr).map(|((dy, w), x)| (*dy * *w * *x).f64v()).sum();
+        let c = T::of(inv * inv * gx / d as f64);
+        let inv = T::of(inv);
+        for (((o, dy), w), x) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
+            *o += inv * (*dy * *w - *x * c);
+        }
+    }
+}
+
+fn inv_rms<T: Real>(x: &[T], eps: f32) -> f64 {
+    let ms: f64 = x.iter().map(|v| v.f64v() * v.f64v()).sum::<f64>() / x.len() as f64;
+    1.0 / (ms + f64::from(eps)).sqrt()
 }

@@ -1,24 +1,48 @@
-//! Rotary position embedding, in place on q or k.
+//! Rotary position embedding, in place on q or k. Backward is the inverse rotation.
 
+use crate::compute::dense::Real;
 use crate::model::config::RopeStyle;
+
+/// The RoPE parameters of a model.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Dimensions rotated per head (≤ head_dim).
+    pub rope_dim: usize,
+    pub base: f32,
+    /// Positions are divided by this (linear scaling).
+    pub factor: f32,
+    pub style: RopeStyle,
+}
 
 /// x [n_tok, n_heads, head_dim]: rotates the first `rope_dim` dims of every head of token
 /// t by angles (pos_t / factor) · base^(−2i/rope_dim), pairing dims as `style` says.
-pub fn rope_forward(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize], rope_dim: usize, base: f32, factor: f32, style: RopeStyle) {
-    let half = rope_dim / 2;
-    for (tok, &p) in x.chunks_exact_mut(n_heads * head_dim).zip(positions) {
-        let pos = p as f64 / f64::from(factor);
-        for head in tok.chunks_exact_mut(head_dim) {
+pub fn rope_forward<T: Real>(x: &mut [T], r: &Rope, positions: &[usize]) {
+    rotate(x, r, positions, 1.0);
+}
+
+/// dx = Rᵀ·dy, in place on dy [n_tok, n_heads, head_dim] (a rotation's transpose is the
+/// rotation by −θ).
+pub fn rope_backward<T: Real>(dy: &mut [T], r: &Rope, positions: &[usize]) {
+    rotate(dy, r, positions, -1.0);
+}
+
+fn rotate<T: Real>(x: &mut [T], r: &Rope, positions: &[usize], sign: f64) {
+    let half = r.rope_dim / 2;
+    for (tok, &p) in x.chunks_exact_mut(r.n_heads * r.head_dim).zip(positions) {
+        let pos = p as f64 / f64::from(r.factor);
+        for head in tok.chunks_exact_mut(r.head_dim) {
             for i in 0..half {
-                let theta = pos * f64::from(base).powf(-2.0 * i as f64 / rope_dim as f64);
+                let theta = sign * pos * f64::from(r.base).powf(-2.0 * i as f64 / r.rope_dim as f64);
                 let (sin, cos) = theta.sin_cos();
-                let (a, b) = match style {
+                let (a, b) = match r.style {
                     RopeStyle::Adjacent => (2 * i, 2 * i + 1),
                     RopeStyle::NeoX => (i, i + half),
                 };
-                let (x0, x1) = (f64::from(head[a]), f64::from(head[b]));
-                head[a] = (x0 * cos - x1 * sin) as f32;
-                head[b] = (x0 * sin + x1 * cos) as f32;
+                let (x0, x1) = (head[a].f64v(), head[b].f64v());
+                head[a] = T::of(x0 * cos - x1 * sin);
+                head[b] = T::of(x0 * sin + x1 * cos);
             }
         }
     }

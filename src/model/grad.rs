@@ -1,0 +1,381 @@
+//! Training graph: the forward pass over a packed batch with the activations backward
+//! needs, and the backward pass down to the LoRA factors (the base stays frozen and
+//! quantized in the map; each layer's matrices are dequantized while the layer runs).
+//!
+//! A batch is packed: its sequences lie end to end in one [n_tokens, width] activation
+//! (no padding at all); attention runs per sequence. Loss is cross-entropy on the
+//! positions whose target is ≥ 0 (others are masked), through the chunked output head.
+//!
+//! Generic over [`Real`]: f32 trains, f64 checks gradients against finite differences.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use super::ops::attention::{attention_backward, attention_forward};
+use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+use super::ops::embedding::embedding_forward;
+use super::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
+use super::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use super::ops::rope::{rope_backward, rope_forward};
+use super::ops::swiglu::{swiglu_backward, swiglu_forward};
+use super::weights::{Layer, Weight, Weights};
+use crate::compute::dense::Real;
+use crate::error::{EngineError, Error};
+use crate::gguf::GgufFile;
+use crate::quant;
+
+/// One trainable LoRA pair: A [rank, n_in], B [n_out, rank], ΔW = scale·B·A.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraParam<T> {
+    pub rank: usize,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub scale: T,
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+}
+
+impl<T: Real> LoraParam<T> {
+    /// Zeros of the same shape (gradients, optimizer moments).
+    pub fn zeros_like(&self) -> LoraParam<T> {
+        LoraParam { a: vec![T::zero(); self.a.len()], b: vec![T::zero(); self.b.len()], ..*self }
+    }
+
+    fn as_ref(&self) -> LoraRef<'_, T> {
+        LoraRef { a: &self.a, b: &self.b, rank: self.rank, scale: self.scale }
+    }
+}
+
+/// Trainable factors by base tensor name (`blk.3.attn_q.weight`).
+pub type LoraParams<T> = BTreeMap<String, LoraParam<T>>;
+
+/// A packed batch: sequences end to end. `targets[i]` is the token position i must
+/// predict (the next token), or −1 where the loss is masked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub tokens: Vec<i32>,
+    pub seq_lens: Vec<usize>,
+    pub targets: Vec<i32>,
+}
+
+impl Batch {
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().filter(|&&t| t >= 0).count()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GradOptions {
+    /// Keep only each layer's input in the forward and recompute the layer in backward.
+    pub checkpoint: bool,
+    /// Rows of the output head computed at once.
+    pub ce_chunk: usize,
+    /// The loss gradient per target token (1 / tokens in the optimizer step for a mean).
+    pub grad_scale: f64,
+}
+
+/// What a forward + backward gives.
+pub struct LossGrad<T> {
+    /// Σ of the per-token losses over the batch's targets.
+    pub loss_sum: f64,
+    pub n_targets: usize,
+    /// Gradients of grad_scale · loss_sum, same keys and shapes as the params.
+    pub grads: LoraParams<T>,
+}
+
+/// The seven projections of a layer, in forward order.
+const N_LIN: usize = 7;
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+fn projections<'l, 'a>(layer: &'l Layer<'a>) -> [&'l Weight<'a>; N_LIN] {
+    [&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.w_gate, &layer.w_up, &layer.w_down]
+}
+
+/// A layer's activations saved by the forward for backward.
+struct Acts<T> {
+    x: Vec<T>,
+    h1: Vec<T>,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    probs: Vec<Vec<T>>,
+    att: Vec<T>,
+    x_mid: Vec<T>,
+    h2: Vec<T>,
+    g: Vec<T>,
+    u: Vec<T>,
+    act: Vec<T>,
+    ax: [Vec<T>; N_LIN],
+}
+
+/// The frozen model as the training graph sees it: weights borrowed from the map, the
+/// output matrix dense (it is read once per chunk of target rows, so it stays resident).
+pub struct TrainModel<'a, T> {
+    pub config: ModelConfig,
+    weights: Weights<'a>,
+    output: Vec<T>,
+    norms: Vec<(Vec<T>, Vec<T>)>,
+    biases: Vec<[Option<Vec<T>>; 3]>,
+    output_norm: Vec<T>,
+}
+
+fn cast<T: Real>(v: &[f32]) -> Vec<T> {
+    T::from_f32_vec(v.to_vec())
+}
+
+fn engine_err(e: impl std::fmt::Display) -> Error {
+    EngineError::Backend(format!("training graph: {e}")).into()
+}
+
+/// Dequantizes a whole matrix [n_out, n_in] (rows in parallel).
+pub fn dense<T: Real>(w: &Weight) -> Result<Vec<T>, Error> {
+    let row_bytes = w.t.bytes_for(w.n_in as u64).expect("checked at load") as usize;
+    let mut out = vec![0f32; w.n_out * w.n_in];
+    const ROWS: usize = 64;
+    out.par_chunks_mut(ROWS * w.n_in).zip(w.bytes.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(w.t, b, o)).map_err(|e| engine_err(format!("{}: {e}", w.name)))?;
+    Ok(T::from_f32_vec(out))
+}
+
+impl<'a, T: Real> TrainModel<'a, T> {
+    pub fn new(gguf: &'a GgufFile, config: &ModelConfig) -> Result<TrainModel<'a, T>, Error> {
+        let weights = Weights::from_gguf(gguf, config)?;
+        let output = dense(&weights.output)?;
+        let norms = weights.layers.iter().map(|l| (cast(&l.attn_norm), cast(&l.ffn_norm))).collect();
+        let biases = weights.layers.iter().map(|l| [l.bq.as_deref().map(cast), l.bk.as_deref().map(cast), l.bv.as_deref().map(cast)]).collect();
+        let output_norm = cast(&weights.output_norm);
+        Ok(TrainModel { config: config.clone(), weights, output, norms, biases, output_norm })
+    }
+
+    /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it.
+    pub fn matrix_shape(&self, name: &str) -> Option<(usize, usize)> {
+        self.weights.layers.iter().flat_map(projections).find(|w| w.name == name).map(|w| (w.n_in, w.n_out))
+    }
+
+    /// Names of every projection matrix in layer order (the LoRA targets there are).
+    pub fn matrix_names(&self) -> Vec<String> {
+        self.weights.layers.iter().flat_map(projections).map(|w| w.name.to_string()).collect()
+    }
+
+    fn check(&self, params: &LoraParams<T>, batch: &Batch) -> Result<(), Error> {
+        let c = &self.config;
+        if batch.tokens.is_empty() || batch.seq_lens.iter().sum::<usize>() != batch.tokens.len() || batch.targets.len() != batch.tokens.len() {
+            return Err(EngineError::BadOption(format!("bad batch: {} tokens, sequence lengths {:?}, {} targets", batch.tokens.len(), batch.seq_lens, batch.targets.len())).into());
+        }
+        if let Some(&bad) = batch.tokens.iter().chain(&batch.targets).find(|&&t| t < -1 || t >= c.n_vocab as i32) {
+            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
+        }
+        for (name, p) in params {
+            match self.matrix_shape(name) {
+                Some((n_in, n_out)) if n_in == p.n_in && n_out == p.n_out && p.a.len() == p.rank * n_in && p.b.len() == n_out * p.rank => {}
+                found => return Err(EngineError::BadOption(format!("LoRA parameter {name}: rank {} [{}→{}] does not fit the base matrix {found:?}", p.rank, p.n_in, p.n_out)).into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn layer_dense(&self, l: usize) -> Result<[Vec<T>; N_LIN], Error> {
+        let p = projections(&self.weights.layers[l]);
+        let mut out: [Vec<T>; N_LIN] = Default::default();
+        for (o, w) in out.iter_mut().zip(p) {
+            *o = dense(w)?;
+        }
+        Ok(out)
+    }
+
+    fn positions(batch: &Batch) -> Vec<usize> {
+        batch.seq_lens.iter().flat_map(|&n| 0..n).collect()
+    }
+
+    /// One layer forward: x [n, d] → x_out, with the saved activations.
+    fn layer_forward(&self, l: usize, x: Vec<T>, dense: &[Vec<T>; N_LIN], params: &LoraParams<T>, batch: &Batch, positions: &[usize]) -> (Vec<T>, Acts<T>) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let ws = projections(layer);
+        let (attn_norm, ffn_norm) = &self.norms[l];
+        let mut ax: [Vec<T>; N_LIN] = Default::default();
+        let mut lin = |i: usize, x: &[T], bias: Option<&[T]>| {
+            let w = ws[i];
+            let (y, a) = lora_linear_forward(x, &dense[i], w.n_in, w.n_out, bias, params.get(w.name).map(LoraParam::as_ref));
+            ax[i] = a;
+            y
+        };
+        let [bq, bk, bv] = &self.biases[l];
+        let h1 = rmsnorm_forward(&x, attn_norm, c.rms_eps);
+        let mut q = lin(Q, &h1, bq.as_deref()); // [n, n_head·hd]
+        let mut k = lin(K, &h1, bk.as_deref()); // [n, n_kv·hd]
+        let v = lin(V, &h1, bv.as_deref()); // [n, n_kv·hd]
+        rope_forward(&mut q, &c.rope(c.n_head), positions);
+        rope_forward(&mut k, &c.rope(c.n_head_kv), positions);
+        let (qw, kw) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let per_seq: Vec<(Vec<T>, Vec<T>)> = seq_ranges(batch)
+            .into_par_iter()
+            .map(|(s, e)| {
+                let mut probs = Vec::new();
+                let o = attention_forward(&q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], 0, c.heads(), Some(&mut probs));
+                (o, probs)
+            })
+            .collect();
+        let mut att = Vec::with_capacity(q.len());
+        let mut probs = Vec::with_capacity(per_seq.len());
+        for (o, p) in per_seq {
+            att.extend_from_slice(&o);
+            probs.push(p);
+        }
+        let o = lin(O, &att, None);
+        let x_mid: Vec<T> = x.iter().zip(&o).map(|(a, b)| *a + *b).collect();
+        let h2 = rmsnorm_forward(&x_mid, ffn_norm, c.rms_eps);
+        let g = lin(GATE, &h2, None); // [n, n_ff]
+        let u = lin(UP, &h2, None); // [n, n_ff]
+        let act = swiglu_forward(&g, &u);
+        let dn = lin(DOWN, &act, None); // [n, d]
+        let x_out: Vec<T> = x_mid.iter().zip(&dn).map(|(a, b)| *a + *b).collect();
+        (x_out, Acts { x, h1, q, k, v, probs, att, x_mid, h2, g, u, act, ax })
+    }
+
+    /// One layer backward: dx_out [n, d] → dx_in (when `need_dx`), LoRA grads added.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(&self, l: usize, dx_out: Vec<T>, a: &Acts<T>, dense: &[Vec<T>; N_LIN], params: &LoraParams<T>, grads: &mut LoraParams<T>, batch: &Batch, positions: &[usize], need_dx: bool) -> Vec<T> {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let ws = projections(layer);
+        let (attn_norm, ffn_norm) = &self.norms[l];
+        let mut lin_back = |i: usize, dx: Option<&mut [T]>, dy: &[T], x: &[T]| {
+            let w = ws[i];
+            let lora = match (params.get(w.name), grads.get_mut(w.name)) {
+                (Some(p), Some(g)) => Some((p.as_ref(), a.ax[i].as_slice(), g.a.as_mut_slice(), g.b.as_mut_slice())),
+                _ => None,
+            };
+            lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora);
+        };
+        // x_out = x_mid + down(act)
+        let mut dact = vec![T::zero(); a.act.len()];
+        lin_back(DOWN, Some(&mut dact), &dx_out, &a.act);
+        let (dg, du) = swiglu_backward(&dact, &a.g, &a.u);
+        let mut dh2 = vec![T::zero(); a.h2.len()];
+        lin_back(GATE, Some(&mut dh2), &dg, &a.h2);
+        lin_back(UP, Some(&mut dh2), &du, &a.h2);
+        // x_mid = x + o(att)
+        let mut dx_mid = dx_out;
+        rmsnorm_backward(&mut dx_mid, &dh2, &a.x_mid, ffn_norm, c.rms_eps);
+        let mut datt = vec![T::zero(); a.att.len()];
+        lin_back(O, Some(&mut datt), &dx_mid, &a.att);
+        let (qw, kw) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let per_seq: Vec<(Vec<T>, Vec<T>, Vec<T>)> = seq_ranges(batch)
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, (s, e))| attention_backward(&datt[s * qw..e * qw], &a.q[s * qw..e * qw], &a.k[s * kw..e * kw], &a.v[s * kw..e * kw], &a.probs[i], c.heads()))
+            .collect();
+        let (mut dq, mut dk, mut dv) = (Vec::with_capacity(a.q.len()), Vec::with_capacity(a.k.len()), Vec::with_capacity(a.v.len()));
+        for (q, k, v) in per_seq {
+            dq.extend_from_slice(&q);
+            dk.extend_from_slice(&k);
+            dv.extend_from_slice(&v);
+        }
+        rope_backward(&mut dq, &c.rope(c.n_head), positions);
+        rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
+        let mut dh1 = vec![T::zero(); a.h1.len()];
+        lin_back(Q, Some(&mut dh1), &dq, &a.h1);
+        lin_back(K, Some(&mut dh1), &dk, &a.h1);
+        lin_back(V, Some(&mut dh1), &dv, &a.h1);
+        if need_dx {
+            rmsnorm_backward(&mut dx_mid, &dh1, &a.x, attn_norm, c.rms_eps);
+        }
+        dx_mid
+    }
+
+    fn embed(&self, tokens: &[i32]) -> Result<Vec<T>, Error> {
+        Ok(cast(&embedding_forward(tokens, &self.weights.token_embd).map_err(engine_err)?))
+    }
+
+    /// Rows of x with a target, through the final norm: (h [m, d], their targets, their row indices).
+    fn head_rows(&self, x: &[T], batch: &Batch) -> (Vec<T>, Vec<T>, Vec<i32>, Vec<usize>) {
+        let d = self.config.n_embd;
+        let rows: Vec<usize> = (0..batch.targets.len()).filter(|&i| batch.targets[i] >= 0).collect();
+        let xs: Vec<T> = rows.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+        let hs = rmsnorm_forward(&xs, &self.output_norm, self.config.rms_eps);
+        (xs, hs, rows.iter().map(|&i| batch.targets[i]).collect(), rows)
+    }
+
+    /// Per-target losses (in target order) with `params` applied; no gradients.
+    pub fn losses(&self, params: &LoraParams<T>, batch: &Batch, ce_chunk: usize) -> Result<Vec<f64>, Error> {
+        self.check(params, batch)?;
+        let positions = Self::positions(batch);
+        let mut x = self.embed(&batch.tokens)?;
+        for l in 0..self.config.n_layer {
+            let dense = self.layer_dense(l)?;
+            x = self.layer_forward(l, x, &dense, params, batch, &positions).0;
+        }
+        let (_, hs, tg, _) = self.head_rows(&x, batch);
+        Ok(cross_entropy_forward(&hs, &self.output, &tg, self.config.n_embd, ce_chunk.max(1)))
+    }
+
+    /// Forward and backward: the loss and the gradients of grad_scale · Σ losses with
+    /// respect to every LoRA factor in `params`.
+    pub fn loss_and_grad(&self, params: &LoraParams<T>, batch: &Batch, opt: GradOptions) -> Result<LossGrad<T>, Error> {
+        self.check(params, batch)?;
+        let c = &self.config;
+        let d = c.n_embd;
+        let positions = Self::positions(batch);
+        let mut grads: LoraParams<T> = params.iter().map(|(k, p)| (k.clone(), p.zeros_like())).collect();
+        // Backward stops at the lowest layer holding a LoRA factor.
+        let layer_of = |name: &str| name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        let l_min = params.keys().filter_map(|n| layer_of(n)).min().unwrap_or(c.n_layer);
+
+        let mut x = self.embed(&batch.tokens)?;
+        let mut saved: Vec<Option<Acts<T>>> = Vec::with_capacity(c.n_layer);
+        let mut inputs: Vec<Vec<T>> = Vec::with_capacity(c.n_layer);
+        for l in 0..c.n_layer {
+            let dense = self.layer_dense(l)?;
+            if l >= l_min && opt.checkpoint {
+                inputs.push(x.clone());
+            }
+            let (x_out, acts) = self.layer_forward(l, x, &dense, params, batch, &positions);
+            saved.push((l >= l_min && !opt.checkpoint).then_some(acts));
+            x = x_out;
+        }
+        let (xs, hs, tg, rows) = self.head_rows(&x, batch);
+        let losses = cross_entropy_forward(&hs, &self.output, &tg, d, opt.ce_chunk.max(1));
+        let loss_sum: f64 = losses.iter().sum();
+
+        // backward: head, final norm, then the layers in reverse
+        let dloss = vec![T::of(opt.grad_scale); tg.len()];
+        let dhs = cross_entropy_backward(&hs, &self.output, &tg, &dloss, d, opt.ce_chunk.max(1));
+        let mut dxs = vec![T::zero(); xs.len()];
+        rmsnorm_backward(&mut dxs, &dhs, &xs, &self.output_norm, c.rms_eps);
+        let mut dx = vec![T::zero(); x.len()];
+        for (j, &i) in rows.iter().enumerate() {
+            dx[i * d..(i + 1) * d].copy_from_slice(&dxs[j * d..(j + 1) * d]);
+        }
+        drop(x);
+        for l in (l_min..c.n_layer).rev() {
+            let dense = self.layer_dense(l)?;
+            let acts = match saved[l].take() {
+                Some(a) => a,
+                None => self.layer_forward(l, inputs.pop().expect("one input per checkpointed layer"), &dense, params, batch, &positions).1,
+            };
+            dx = self.layer_backward(l, dx, &acts, &dense, params, &mut grads, batch, &positions, l > l_min);
+        }
+        Ok(LossGrad { loss_sum, n_targets: tg.len(), grads })
+    }
+}
+
+/// [start, end) token ranges of the batch's sequences.
+fn seq_ranges(batch: &Batch) -> Vec<(usize, usize)> {
+    let mut s = 0;
+    batch
+        .seq_lens
+        .iter()
+        .map(|&n| {
+            s += n;
+            (s - n, s)
+        })
+        .collect()
+}

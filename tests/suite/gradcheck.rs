@@ -1,0 +1,248 @@
+//! Finite-difference checks (f64, tiny shapes) of every op's backward, and of dA/dB
+//! through a whole tiny model.
+
+use edgelora::compute::dense::Real;
+use edgelora::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec};
+use edgelora::model::config::{ModelConfig, RopeStyle};
+use edgelora::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
+use edgelora::model::ops::attention::{attention_backward, attention_forward, Heads};
+use edgelora::model::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+use edgelora::model::ops::embedding::embedding_backward;
+use edgelora::model::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
+use edgelora::model::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use edgelora::model::ops::rope::{rope_backward, rope_forward, Rope};
+use edgelora::model::ops::swiglu::{swiglu_backward, swiglu_forward};
+use rand::{Rng, SeedableRng};
+
+const EPS: f64 = 1e-6;
+
+fn rnd(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+}
+
+/// Central difference of f at x along each coordinate.
+fn numeric(x: &[f64], f: &dyn Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let v = x[i];
+            x[i] = v + EPS;
+            let hi = f(&x);
+            x[i] = v - EPS;
+            let lo = f(&x);
+            x[i] = v;
+            (hi - lo) / (2.0 * EPS)
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, analytic: &[f64], numeric: &[f64]) {
+    assert_eq!(analytic.len(), numeric.len(), "{what}: lengths");
+    let scale = numeric.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+        assert!((a - n).abs() <= 1e-6 * scale, "{what}[{i}]: analytic {a} vs numeric {n} (scale {scale})");
+    }
+    assert!(numeric.iter().any(|v| v.abs() > 1e-4), "{what}: the check saw no gradient at all");
+}
+
+fn dotp(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let (n, d) = (3, 8);
+    let (x, w, r) = (rnd(n * d, 1), rnd(d, 2), rnd(n * d, 3));
+    let f = |x: &[f64]| dotp(&rmsnorm_forward(x, &w, 1e-5), &r);
+    let mut dx = vec![0.0; n * d];
+    rmsnorm_backward(&mut dx, &r, &x, &w, 1e-5);
+    assert_close("rmsnorm dx", &dx, &numeric(&x, &f));
+}
+
+#[test]
+fn rope_backward_matches_finite_differences() {
+    for style in [RopeStyle::Adjacent, RopeStyle::NeoX] {
+        let rope = Rope { n_heads: 2, head_dim: 8, rope_dim: 6, base: 100.0, factor: 2.0, style };
+        let pos = [0, 3, 7];
+        let (x, r) = (rnd(3 * 16, 4), rnd(3 * 16, 5));
+        let f = |x: &[f64]| {
+            let mut y = x.to_vec();
+            rope_forward(&mut y, &rope, &pos);
+            dotp(&y, &r)
+        };
+        let mut dx = r.clone();
+        rope_backward(&mut dx, &rope, &pos);
+        assert_close(&format!("rope {style:?}"), &dx, &numeric(&x, &f));
+    }
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let (g, u, r) = (rnd(12, 6).iter().map(|v| v * 4.0).collect::<Vec<_>>(), rnd(12, 7), rnd(12, 8));
+    let (dg, du) = swiglu_backward(&r, &g, &u);
+    assert_close("swiglu dgate", &dg, &numeric(&g, &|g| dotp(&swiglu_forward(g, &u), &r)));
+    assert_close("swiglu dup", &du, &numeric(&u, &|u| dotp(&swiglu_forward(&g, u), &r)));
+}
+
+#[test]
+fn embedding_backward_matches_finite_differences() {
+    let (n_vocab, d) = (5, 4);
+    let tokens = [3, 1, 3, 0];
+    let (table, r) = (rnd(n_vocab * d, 9), rnd(tokens.len() * d, 10));
+    let f = |t: &[f64]| dotp(&tokens.iter().flat_map(|&i| t[i as usize * d..(i as usize + 1) * d].to_vec()).collect::<Vec<_>>(), &r);
+    let mut dt = vec![0.0; n_vocab * d];
+    embedding_backward(&mut dt, &r, &tokens, d);
+    assert_close("embedding dtable", &dt, &numeric(&table, &f));
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let hs = Heads { n_head: 4, n_head_kv: 2, head_dim: 3 };
+    let n = 5;
+    let (q, k, v) = (rnd(n * 12, 11), rnd(n * 6, 12), rnd(n * 6, 13));
+    let r = rnd(n * 12, 14);
+    let mut probs = Vec::new();
+    attention_forward(&q, &k, &v, 0, hs, Some(&mut probs));
+    let (dq, dk, dv) = attention_backward(&r, &q, &k, &v, &probs, hs);
+    assert_close("attention dq", &dq, &numeric(&q, &|q| dotp(&attention_forward(q, &k, &v, 0, hs, None), &r)));
+    assert_close("attention dk", &dk, &numeric(&k, &|k| dotp(&attention_forward(&q, k, &v, 0, hs, None), &r)));
+    assert_close("attention dv", &dv, &numeric(&v, &|v| dotp(&attention_forward(&q, &k, v, 0, hs, None), &r)));
+}
+
+#[test]
+fn lora_linear_backward_matches_finite_differences() {
+    let (n, n_in, n_out, rank) = (4, 6, 5, 2);
+    let (x, w, a, b, r) = (rnd(n * n_in, 15), rnd(n_out * n_in, 16), rnd(rank * n_in, 17), rnd(n_out * rank, 18), rnd(n * n_out, 19));
+    let bias = rnd(n_out, 20);
+    let s = 1.7;
+    let fwd = |x: &[f64], a: &[f64], b: &[f64]| dotp(&lora_linear_forward(x, &w, n_in, n_out, Some(&bias), Some(LoraRef { a, b, rank, scale: s })).0, &r);
+    let (_, ax) = lora_linear_forward(&x, &w, n_in, n_out, Some(&bias), Some(LoraRef { a: &a, b: &b, rank, scale: s }));
+    let (mut dx, mut da, mut db) = (vec![0.0; x.len()], vec![0.0; a.len()], vec![0.0; b.len()]);
+    lora_linear_backward(Some(&mut dx), &r, &x, &w, n_in, n_out, Some((LoraRef { a: &a, b: &b, rank, scale: s }, &ax, &mut da, &mut db)));
+    assert_close("linear dx", &dx, &numeric(&x, &|x| fwd(x, &a, &b)));
+    assert_close("linear dA", &da, &numeric(&a, &|a| fwd(&x, a, &b)));
+    assert_close("linear dB", &db, &numeric(&b, &|b| fwd(&x, &a, b)));
+}
+
+#[test]
+fn cross_entropy_backward_matches_finite_differences() {
+    let (n, d, n_vocab) = (5, 4, 7);
+    let (h, w) = (rnd(n * d, 21), rnd(n_vocab * d, 22));
+    let targets = [3, 0, 6, 6, 1];
+    let weights = rnd(n, 23);
+    for chunk in [1, 2, 5] {
+        let f = |h: &[f64]| dotp(&cross_entropy_forward(h, &w, &targets, d, chunk), &weights);
+        let dh = cross_entropy_backward(&h, &w, &targets, &weights, d, chunk);
+        assert_close(&format!("cross-entropy dh (chunk {chunk})"), &dh, &numeric(&h, &f));
+    }
+}
+
+/// A tiny random `llama` (or `qwen2`, with q/k/v biases) model as F32 GGUF.
+pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
+    let (n_layer, d, n_head, n_kv, ff, vocab) = (2usize, 16usize, 4usize, 2usize, 24usize, 40usize);
+    let kv = d / n_head * n_kv;
+    let key = |k: &str| format!("{arch}.{k}");
+    let meta = vec![
+        ("general.architecture".to_string(), MetaValue::String(arch.into())),
+        ("general.name".to_string(), MetaValue::String(format!("tiny-{arch}"))),
+        (key("block_count"), MetaValue::U32(n_layer as u32)),
+        (key("embedding_length"), MetaValue::U32(d as u32)),
+        (key("attention.head_count"), MetaValue::U32(n_head as u32)),
+        (key("attention.head_count_kv"), MetaValue::U32(n_kv as u32)),
+        (key("feed_forward_length"), MetaValue::U32(ff as u32)),
+        (key("context_length"), MetaValue::U32(64)),
+        (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5)),
+        (key("rope.freq_base"), MetaValue::F32(1000.0)),
+    ];
+    let mut tensors: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d as u64, vocab as u64]), ("output_norm.weight".into(), vec![d as u64])];
+    for i in 0..n_layer {
+        let m = |s: &str, a: usize, b: usize| (format!("blk.{i}.{s}"), vec![a as u64, b as u64]);
+        tensors.extend([m("attn_q.weight", d, d), m("attn_k.weight", d, kv), m("attn_v.weight", d, kv), m("attn_output.weight", d, d), m("ffn_gate.weight", d, ff), m("ffn_up.weight", d, ff), m("ffn_down.weight", ff, d)]);
+        tensors.push((format!("blk.{i}.attn_norm.weight"), vec![d as u64]));
+        tensors.push((format!("blk.{i}.ffn_norm.weight"), vec![d as u64]));
+        if arch == "qwen2" {
+            tensors.push((format!("blk.{i}.attn_q.bias"), vec![d as u64]));
+            tensors.push((format!("blk.{i}.attn_k.bias"), vec![kv as u64]));
+            tensors.push((format!("blk.{i}.attn_v.bias"), vec![kv as u64]));
+        }
+    }
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(n, s)| TensorSpec::new(n, s, GgmlType::F32)).collect();
+    let mut w = GgufWriter::create(path, &meta, &specs).unwrap();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (name, shape) in &tensors {
+        let n: u64 = shape.iter().product();
+        let vals: Vec<f32> = (0..n).map(|_| if name.contains("norm") { r.random_range(0.8..1.2) } else { r.random_range(-0.5..0.5) }).collect();
+        w.write_tensor(name, bytemuck::cast_slice(&vals)).unwrap();
+    }
+    w.finish().unwrap();
+    GgufFile::open(path).unwrap()
+}
+
+fn tiny_params<T: Real>(model: &TrainModel<T>, seed: u64) -> LoraParams<T> {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = LoraParams::new();
+    // layer 0 q and down, layer 1 v: exercises the stop layer and both blocks.
+    for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.attn_v.weight", "blk.1.attn_output.weight"] {
+        let (n_in, n_out) = model.matrix_shape(name).unwrap();
+        let rank = 3;
+        let mut v = |n: usize| (0..n).map(|_| T::of(r.random_range(-0.4..0.4))).collect::<Vec<T>>();
+        out.insert(name.to_string(), LoraParam { rank, n_in, n_out, scale: T::of(1.5), a: v(rank * n_in), b: v(n_out * rank) });
+    }
+    out
+}
+
+fn tiny_batch() -> Batch {
+    // two sequences packed: lengths 5 and 4; targets masked on some positions.
+    Batch { tokens: vec![1, 7, 3, 9, 22, 5, 5, 31, 2], seq_lens: vec![5, 4], targets: vec![-1, 3, 9, 22, 4, -1, 31, 2, 17] }
+}
+
+#[test]
+fn whole_model_lora_gradients_match_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let f = tiny_model(&dir.path().join(format!("{arch}.gguf")), arch, 42);
+        let config = ModelConfig::from_gguf(&f).unwrap();
+        let model = TrainModel::<f64>::new(&f, &config).unwrap();
+        let params = tiny_params(&model, 7);
+        let batch = tiny_batch();
+        for checkpoint in [false, true] {
+            let g = model.loss_and_grad(&params, &batch, GradOptions { checkpoint, ce_chunk: 2, grad_scale: 0.5 }).unwrap();
+            assert_eq!(g.n_targets, 7);
+            let loss = |p: &LoraParams<f64>| 0.5 * model.losses(p, &batch, 3).unwrap().iter().sum::<f64>();
+            assert!((loss(&params) - 0.5 * g.loss_sum).abs() < 1e-12);
+            for (name, p) in &params {
+                for which in ["a", "b"] {
+                    let x = if which == "a" { &p.a } else { &p.b };
+                    let f = |v: &[f64]| {
+                        let mut q = params.clone();
+                        let t = q.get_mut(name).unwrap();
+                        if which == "a" { t.a = v.to_vec() } else { t.b = v.to_vec() }
+                        loss(&q)
+                    };
+                    let analytic = if which == "a" { &g.grads[name].a } else { &g.grads[name].b };
+                    assert_close(&format!("{arch} checkpoint={checkpoint} d{which} {name}"), analytic, &numeric(x, &f));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_gradients_agree_with_f64() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = tiny_model(&dir.path().join("m.gguf"), "llama", 3);
+    let config = ModelConfig::from_gguf(&f).unwrap();
+    let m64 = TrainModel::<f64>::new(&f, &config).unwrap();
+    let m32 = TrainModel::<f32>::new(&f, &config).unwrap();
+    let p64 = tiny_params(&m64, 9);
+    let p32: LoraParams<f32> = p64.iter().map(|(k, p)| (k.clone(), LoraParam { rank: p.rank, n_in: p.n_in, n_out: p.n_out, scale: p.scale as f32, a: p.a.iter().map(|&v| v as f32).collect(), b: p.b.iter().map(|&v| v as f32).collect() })).collect();
+    let opt = GradOptions { checkpoint: false, ce_chunk: 4, grad_scale: 1.0 };
+    let (g64, g32) = (m64.loss_and_grad(&p64, &tiny_batch(), opt).unwrap(), m32.loss_and_grad(&p32, &tiny_batch(), opt).unwrap());
+    assert!((g64.loss_sum - g32.loss_sum).abs() < 1e-4 * g64.loss_sum.abs());
+    for (name, p) in &g64.grads {
+        for (a, b) in p.a.iter().chain(&p.b).zip(g32.grads[name].a.iter().chain(&g32.grads[name].b)) {
+            assert!((a - f64::from(*b)).abs() < 1e-4 * (1.0 + a.abs()), "{name}: f64 {a} vs f32 {b}");
+        }
+    }
+}
