@@ -15,6 +15,8 @@ pub enum Error {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
 }
 
 /// Reading or writing a GGUF file.
@@ -103,4 +105,19 @@ pub enum AdapterError {
     WrongArchitecture { path: PathBuf, expected: String, found: String },
     #[error("{}: tensor {tensor:?}: {reason}", path.display())]
     BadTensor { path: PathBuf, tensor: String, reason: String },
+}
+
+/// Training: its data, options and checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{}:{line}: field {field:?}: {reason}", path.display())]
+    Record { path: PathBuf, line: usize, field: String, reason: String },
+    #[error("{}: {reason}", path.display())]
+    DataFile { path: PathBuf, reason: String },
+    #[error("option {option}: {reason}")]
+    BadOption { option: String, reason: String },
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("loss is {loss} at step {step} (diverged); lower --lr")]
+    Diverged { step: usize, loss: f64 },
 }

@@ -29,6 +29,7 @@ pub mod gguf;
 pub mod merge;
 pub mod model;
 pub mod quant;
+pub mod train;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
-pub use error::{AdapterError, EngineError, Error, GgufError, Result};
+pub use error::{AdapterError, EngineError, Error, GgufError, Result, TrainError};

@@ -1,5 +1,6 @@
 //! The `edgelora` command line. Errors are printed with their cause chain; exit codes:
-//! 0 success, 1 failure, 2 usage error (from clap).
+//! 0 success, 1 failure, 2 usage error (from clap), 130 training stopped by Ctrl-C
+//! (after saving its checkpoint).
 
 use std::process::ExitCode;
 
@@ -18,6 +19,10 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<cli::train::Interrupted>().is_some() => {
+            eprintln!("{err}");
+            ExitCode::from(130)
+        }
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {

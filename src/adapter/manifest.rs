@@ -35,6 +35,10 @@ pub struct Manifest {
     /// Training hyper-parameters (JSON object), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hyperparameters: Option<serde_json::Value>,
+    /// What training measured (steps, final train/eval loss, tokens, wall time), when
+    /// edgelora trained the adapter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
     /// Where the adapter came from (`peft:<path>`, `compose:cat`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -74,6 +78,9 @@ impl Manifest {
         if let Some(h) = &self.hyperparameters {
             out.push((format!("{GGUF_PREFIX}hyperparameters"), MetaValue::String(h.to_string())));
         }
+        if let Some(t) = &self.training {
+            out.push((format!("{GGUF_PREFIX}training"), MetaValue::String(t.to_string())));
+        }
         out
     }
 
@@ -88,6 +95,7 @@ impl Manifest {
             created: get("created"),
             data_fingerprint: get("data_fingerprint"),
             hyperparameters: get("hyperparameters").and_then(|s| serde_json::from_str(&s).ok()),
+            training: get("training").and_then(|s| serde_json::from_str(&s).ok()),
             source: get("source"),
         }
     }

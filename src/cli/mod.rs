@@ -11,10 +11,12 @@ use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, Runtime, Runtim
 mod adapter;
 mod bench;
 mod chat;
+mod eval;
 mod generate;
 mod inspect;
 mod logits;
 mod merge;
+pub mod train;
 
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -39,6 +41,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Merge adapters into the model's quantized weights, writing a new GGUF
     Merge(merge::MergeArgs),
+    /// Train a LoRA adapter on the frozen quantized model (CPU)
+    Train(train::TrainArgs),
+    /// Score a model (with adapters) on a JSONL test set: accuracy or loss
+    Eval(eval::EvalArgs),
     /// Adapter tools
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
@@ -52,6 +58,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Adapter(c) => adapter::run(c),
     }
 }

@@ -144,6 +144,13 @@ impl Model {
         unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
     }
 
+    /// The end-of-sequence token (−1 in llama.cpp when the vocabulary has none).
+    pub fn eos_token(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        let t = unsafe { sys::llama_vocab_eos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
     /// Text → tokens. `parse_special` turns written special tokens (`<|im_start|>`) into
     /// their ids; `add_special` adds BOS/EOS where the model asks for them.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>, EngineError> {

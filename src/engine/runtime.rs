@@ -247,9 +247,25 @@ impl Runtime {
 
     /// Renders chat messages with the model's own template (assistant turn opened).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_chat_with(messages, true)
+    }
+
+    /// Renders chat messages; `add_assistant` opens the assistant's turn at the end.
+    pub fn render_chat_with(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
         let template = self.model.chat_template().ok_or(EngineError::NoChatTemplate)?;
         let msgs: Vec<(String, String)> = messages.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
-        Ok(self.model.apply_chat_template(&template, &msgs, true)?)
+        Ok(self.model.apply_chat_template(&template, &msgs, add_assistant)?)
+    }
+
+    /// Tokens of `text` (special tokens in it parsed as such); `add_special` adds the
+    /// model's BOS where it uses one. May be empty.
+    pub fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
+        Ok(self.model.tokenize(text, add_special, true)?)
+    }
+
+    /// The end-of-generation token the model ends a turn with, if it has one.
+    pub fn eos_token(&self) -> Option<i32> {
+        self.model.eos_token()
     }
 
     /// The tokens a prompt turns into.

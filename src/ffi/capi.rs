@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
 use crate::engine::{CancelFlag, ChatMessage, GenerateRequest, Prompt, Runtime, RuntimeOptions, SamplingParams, StopReason};
-use crate::error::{AdapterError, EngineError, Error, GgufError};
+use crate::error::{AdapterError, EngineError, Error, GgufError, TrainError};
 
 /// Result of every fallible call.
 #[repr(C)]
@@ -123,6 +123,8 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Engine(EngineError::ModelLoad { .. } | EngineError::AdapterLoad { .. }) => EdgeloraStatus::Format,
         Error::Engine(EngineError::Backend(_)) => EdgeloraStatus::Backend,
         Error::Engine(_) => EdgeloraStatus::InvalidArgument,
+        Error::Train(TrainError::Record { .. } | TrainError::DataFile { .. } | TrainError::Checkpoint { .. }) => EdgeloraStatus::Format,
+        Error::Train(_) => EdgeloraStatus::InvalidArgument,
     }
 }
 

@@ -99,20 +99,19 @@ fn projections<'l, 'a>(layer: &'l Layer<'a>) -> [&'l Weight<'a>; N_LIN] {
     [&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.w_gate, &layer.w_up, &layer.w_down]
 }
 
-/// A layer's activations saved by the forward for backward.
+/// A layer's activations saved by the forward for backward. The norms' outputs and the
+/// SwiGLU product are not kept: backward recomputes them (cheap, elementwise), which
+/// saves about a third of the activation memory.
 struct Acts<T> {
     x: Vec<T>,
-    h1: Vec<T>,
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
     probs: Vec<Vec<T>>,
     att: Vec<T>,
     x_mid: Vec<T>,
-    h2: Vec<T>,
     g: Vec<T>,
     u: Vec<T>,
-    act: Vec<T>,
     ax: [Vec<T>; N_LIN],
 }
 
@@ -237,7 +236,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let act = swiglu_forward(&g, &u);
         let dn = lin(DOWN, &act, None); // [n, d]
         let x_out: Vec<T> = x_mid.iter().zip(&dn).map(|(a, b)| *a + *b).collect();
-        (x_out, Acts { x, h1, q, k, v, probs, att, x_mid, h2, g, u, act, ax })
+        (x_out, Acts { x, q, k, v, probs, att, x_mid, g, u, ax })
     }
 
     /// One layer backward: dx_out [n, d] → dx_in (when `need_dx`), LoRA grads added.
@@ -256,12 +255,16 @@ impl<'a, T: Real> TrainModel<'a, T> {
             lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora);
         };
         // x_out = x_mid + down(act)
-        let mut dact = vec![T::zero(); a.act.len()];
-        lin_back(DOWN, Some(&mut dact), &dx_out, &a.act);
+        let act = swiglu_forward(&a.g, &a.u);
+        let mut dact = vec![T::zero(); act.len()];
+        lin_back(DOWN, Some(&mut dact), &dx_out, &act);
+        drop(act);
         let (dg, du) = swiglu_backward(&dact, &a.g, &a.u);
-        let mut dh2 = vec![T::zero(); a.h2.len()];
-        lin_back(GATE, Some(&mut dh2), &dg, &a.h2);
-        lin_back(UP, Some(&mut dh2), &du, &a.h2);
+        let h2 = rmsnorm_forward(&a.x_mid, ffn_norm, c.rms_eps);
+        let mut dh2 = vec![T::zero(); h2.len()];
+        lin_back(GATE, Some(&mut dh2), &dg, &h2);
+        lin_back(UP, Some(&mut dh2), &du, &h2);
+        drop(h2);
         // x_mid = x + o(att)
         let mut dx_mid = dx_out;
         rmsnorm_backward(&mut dx_mid, &dh2, &a.x_mid, ffn_norm, c.rms_eps);
@@ -281,10 +284,11 @@ impl<'a, T: Real> TrainModel<'a, T> {
         }
         rope_backward(&mut dq, &c.rope(c.n_head), positions);
         rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
-        let mut dh1 = vec![T::zero(); a.h1.len()];
-        lin_back(Q, Some(&mut dh1), &dq, &a.h1);
-        lin_back(K, Some(&mut dh1), &dk, &a.h1);
-        lin_back(V, Some(&mut dh1), &dv, &a.h1);
+        let h1 = rmsnorm_forward(&a.x, attn_norm, c.rms_eps);
+        let mut dh1 = vec![T::zero(); h1.len()];
+        lin_back(Q, Some(&mut dh1), &dq, &h1);
+        lin_back(K, Some(&mut dh1), &dk, &h1);
+        lin_back(V, Some(&mut dh1), &dv, &h1);
         if need_dx {
             rmsnorm_backward(&mut dx_mid, &dh1, &a.x, attn_norm, c.rms_eps);
         }

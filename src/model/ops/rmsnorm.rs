@@ -1,17 +1,19 @@
 //! RMSNorm: y = x · inv · w with inv = 1 / sqrt(mean(x²) + eps), per row.
 
+use rayon::prelude::*;
+
 use crate::compute::dense::Real;
 
 /// x [n, d] → y [n, d].
 pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f32) -> Vec<T> {
     let d = w.len();
     let mut y = vec![T::zero(); x.len()];
-    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).with_min_len(8).for_each(|(yr, xr)| {
         let inv = T::of(inv_rms(xr, eps));
         for ((o, v), g) in yr.iter_mut().zip(xr).zip(w) {
             *o = *v * inv * *g;
         }
-    }
+    });
     y
 }
 
@@ -19,7 +21,7 @@ pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f32) -> Vec<T> {
 /// With g = dy ⊙ w: dx = inv · (g − x · inv² · Σ(g ⊙ x) / d).
 pub fn rmsnorm_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], eps: f32) {
     let d = w.len();
-    for ((dxr, dyr), xr) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)) {
+    dx.par_chunks_mut(d).zip(dy.par_chunks(d)).zip(x.par_chunks(d)).with_min_len(8).for_each(|((dxr, dyr), xr)| {
         let inv = inv_rms(xr, eps);
         let gx: f64 = dyr.iter().zip(w).zip(xr).map(|((dy, w), x)| (*dy * *w * *x).f64v()).sum();
         let c = T::of(inv * inv * gx / d as f64);
@@ -27,7 +29,7 @@ pub fn rmsnorm_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], eps: 
         for (((o, dy), w), x) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
             *o += inv * (*dy * *w - *x * c);
         }
-    }
+    });
 }
 
 fn inv_rms<T: Real>(x: &[T], eps: f32) -> f64 {

@@ -1,5 +1,7 @@
 //! Rotary position embedding, in place on q or k. Backward is the inverse rotation.
 
+use rayon::prelude::*;
+
 use crate::compute::dense::Real;
 use crate::model::config::RopeStyle;
 
@@ -30,12 +32,14 @@ pub fn rope_backward<T: Real>(dy: &mut [T], r: &Rope, positions: &[usize]) {
 
 fn rotate<T: Real>(x: &mut [T], r: &Rope, positions: &[usize], sign: f64) {
     let half = r.rope_dim / 2;
-    for (tok, &p) in x.chunks_exact_mut(r.n_heads * r.head_dim).zip(positions) {
+    let inv_freq: Vec<f64> = (0..half).map(|i| f64::from(r.base).powf(-2.0 * i as f64 / r.rope_dim as f64)).collect();
+    let width = r.n_heads * r.head_dim;
+    x.par_chunks_mut(width).zip(positions.par_iter()).with_min_len(16).for_each(|(tok, &p)| {
         let pos = p as f64 / f64::from(r.factor);
+        // (cos, sin) per pair, shared by every head of the token
+        let cs: Vec<(f64, f64)> = inv_freq.iter().map(|f| (sign * pos * f).sin_cos()).map(|(s, c)| (c, s)).collect();
         for head in tok.chunks_exact_mut(r.head_dim) {
-            for i in 0..half {
-                let theta = sign * pos * f64::from(r.base).powf(-2.0 * i as f64 / r.rope_dim as f64);
-                let (sin, cos) = theta.sin_cos();
+            for (i, &(cos, sin)) in cs.iter().enumerate() {
                 let (a, b) = match r.style {
                     RopeStyle::Adjacent => (2 * i, 2 * i + 1),
                     RopeStyle::NeoX => (i, i + half),
@@ -45,5 +49,5 @@ fn rotate<T: Real>(x: &mut [T], r: &Rope, positions: &[usize], sign: f64) {
                 head[b] = T::of(x0 * sin + x1 * cos);
             }
         }
-    }
+    });
 }

@@ -1,0 +1,269 @@
+//! `edgelora train`: a LoRA adapter trained on the frozen quantized base, exported as
+//! GGUF-LoRA (and optionally PEFT), with checkpoints, resume, a metrics file and Ctrl-C.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use edgelora::adapter::{write_gguf_lora, write_peft, FactorDtype, GgufLoraDtype};
+use edgelora::engine::{Runtime, RuntimeOptions};
+use edgelora::gguf::GgufFile;
+use edgelora::train::data::{fingerprint, Dataset};
+use edgelora::train::optim::{AdamW, Schedule};
+use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The base model (stays quantized and frozen)
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Training data, JSONL: {instruction,input,output} | {prompt,completion} | {messages} | {text}
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data (JSONL); its loss is reported before and after training
+    #[arg(long = "eval")]
+    eval: Option<PathBuf>,
+    /// Without --eval: hold out this fraction of --data for validation
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f64,
+    /// Output adapter (GGUF-LoRA, f16)
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the adapter as a PEFT folder
+    #[arg(long, value_name = "DIR")]
+    peft_out: Option<PathBuf>,
+    /// LoRA rank
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// LoRA alpha (scale alpha/rank)
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f32,
+    /// rsLoRA scaling: alpha/√rank
+    #[arg(long)]
+    rslora: bool,
+    /// Modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or attn_q, …) or all-linear
+    #[arg(long, default_value = "q_proj,v_proj")]
+    targets: String,
+    /// Layers trained, FIRST-LAST (default: all)
+    #[arg(long, value_name = "FIRST-LAST")]
+    layers: Option<String>,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Passes over the data (ignored with --steps)
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Optimizer steps (overrides --epochs)
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Examples per micro-batch
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Micro-batches per optimizer step
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Learning-rate schedule: constant, linear, cosine
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    /// Fraction of the steps spent warming up linearly from 0
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// AdamW decoupled weight decay
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off)
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Tokens per example (longer ones are cut)
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// Recompute each layer's forward in backward (less memory, ~1/3 more compute)
+    #[arg(long)]
+    grad_checkpoint: bool,
+    /// Loss on prompt tokens too (default: only on responses)
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// Order each epoch in length-sorted groups of 50 batches
+    #[arg(long)]
+    group_by_length: bool,
+    /// Where training runs: cpu (gpu training is not implemented)
+    #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
+    device: String,
+    /// CPU threads (default: all cores)
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Random seed (initialization and data order)
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue the run whose checkpoint directory this is
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Checkpoint directory (default: OUT.ckpt)
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Save a checkpoint every N steps (0: only at the end and on Ctrl-C)
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Per-step metrics, JSON lines (default: OUT.metrics.jsonl; appended on --resume)
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+}
+
+/// Ctrl-C stopped the run after a checkpoint was saved (exit code 130).
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+fn with_suffix(p: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    if a.device == "gpu" {
+        bail!("--device gpu: training on wgpu is not implemented; train on the CPU (--device cpu)");
+    }
+    if let Some(t) = a.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let t_start = Instant::now();
+    let base = GgufFile::open(&a.model).with_context(|| format!("reading base model {}", a.model.display()))?;
+    let vocab = Runtime::load(&a.model, RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..RuntimeOptions::default() }).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?;
+    let data = Dataset::load(&vocab, &a.data, a.max_len, a.train_on_prompt)?;
+    let (train, val) = match &a.eval {
+        Some(p) => (data, Some(Dataset::load(&vocab, p, a.max_len, a.train_on_prompt)?)),
+        None if a.val_split > 0.0 => {
+            let (t, v) = data.split(a.val_split);
+            (t, Some(v))
+        }
+        None => (data, None),
+    };
+    drop(vocab);
+    let mut fp_paths = vec![a.data.as_path()];
+    if let Some(p) = &a.eval {
+        fp_paths.push(p);
+    }
+    let data_fp = fingerprint(&fp_paths)?;
+    let layers = match &a.layers {
+        None => None,
+        Some(s) => {
+            let (x, y) = s.split_once('-').with_context(|| format!("--layers {s:?}: expected FIRST-LAST"))?;
+            Some((x.trim().parse().with_context(|| format!("--layers {s:?}"))?, y.trim().parse().with_context(|| format!("--layers {s:?}"))?))
+        }
+    };
+    let mut config = TrainConfig {
+        rank: a.rank,
+        alpha: a.alpha,
+        use_rslora: a.rslora,
+        targets: parse_targets(&a.targets)?,
+        layers,
+        lr: a.lr,
+        schedule: a.schedule.parse::<Schedule>().map_err(|e| anyhow::anyhow!("--schedule: {e}"))?,
+        warmup_ratio: a.warmup_ratio,
+        steps: 1,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        max_len: a.max_len,
+        optimizer: AdamW { weight_decay: a.weight_decay, ..AdamW::default() },
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        grad_checkpoint: a.grad_checkpoint,
+        train_on_prompt: a.train_on_prompt,
+        group_by_length: a.group_by_length,
+    };
+    config.steps = a.steps.unwrap_or_else(|| config.steps_for_epochs(a.epochs, train.examples.len()));
+    let n_train = train.examples.len();
+    let val_examples = val.map(|v| v.examples).unwrap_or_default();
+    let mut trainer = Trainer::new(&base, config, train.examples, val_examples, data_fp)?;
+    let ckpt_dir = a.checkpoint_dir.clone().unwrap_or_else(|| with_suffix(&a.out, ".ckpt"));
+    if let Some(r) = &a.resume {
+        trainer.resume(r).with_context(|| format!("resuming from {}", r.display()))?;
+        eprintln!("resumed at step {}/{}", trainer.step, trainer.config.steps);
+    }
+    let metrics_path = a.metrics.clone().unwrap_or_else(|| with_suffix(&a.out, ".metrics.jsonl"));
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(a.resume.is_some())
+        .truncate(a.resume.is_none())
+        .open(&metrics_path)
+        .with_context(|| format!("opening the metrics file {}", metrics_path.display()))?;
+    let n_params: usize = trainer.params.values().map(|p| p.a.len() + p.b.len()).sum();
+    eprintln!(
+        "training {} LoRA tensors ({n_params} parameters, r {} alpha {}) on {n_train} examples: {} steps of {}×{} examples",
+        trainer.params.len(),
+        trainer.config.rank,
+        trainer.config.alpha,
+        trainer.config.steps,
+        trainer.config.batch,
+        trainer.config.grad_accum
+    );
+    let eval_before = if trainer.step == 0 { trainer.eval_loss()? } else { None };
+    if let Some(l) = eval_before {
+        writeln!(metrics, "{}", serde_json::json!({"step": 0, "eval_loss": l}))?;
+    }
+    let bar = ProgressBar::new(trainer.config.steps as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}").expect("valid template"));
+    bar.set_position(trainer.step as u64);
+    let (mut tokens, mut secs, mut last_loss) = (0usize, 0f64, f64::NAN);
+    let mut write_err = None;
+    let outcome = trainer.run(&stop, Some(&ckpt_dir), a.save_every, &mut |m| {
+        tokens += m.tokens;
+        secs += m.secs;
+        last_loss = m.loss;
+        bar.set_position(m.step as u64);
+        bar.set_message(format!("loss {:.4}  gnorm {:.3}  lr {:.2e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s));
+        if let Err(e) = writeln!(metrics, "{}", serde_json::to_string(m).expect("metrics serialize")).and_then(|_| metrics.flush()) {
+            write_err.get_or_insert(e);
+        }
+    })?;
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e).with_context(|| format!("writing the metrics file {}", metrics_path.display()));
+    }
+    if outcome == Outcome::Interrupted {
+        return Err(Interrupted(format!("interrupted at step {}/{}; checkpoint saved in {} (continue with --resume {})", trainer.step, trainer.config.steps, ckpt_dir.display(), ckpt_dir.display())).into());
+    }
+    let eval_after = trainer.eval_loss()?;
+    if let Some(l) = eval_after {
+        writeln!(metrics, "{}", serde_json::json!({"step": trainer.step, "eval_loss": l}))?;
+    }
+    let summary = serde_json::json!({
+        "steps": trainer.step,
+        "examples": n_train,
+        "final_train_loss": last_loss,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "train_tokens_this_run": tokens,
+        "train_secs_this_run": secs,
+        "tokens_per_s": tokens as f64 / secs.max(1e-9),
+        "wall_secs": t_start.elapsed().as_secs_f64(),
+    });
+    let adapter = trainer.to_adapter(&base, summary.clone())?;
+    write_gguf_lora(&adapter, &a.out, GgufLoraDtype::F16).with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(dir) = &a.peft_out {
+        write_peft(&adapter, dir, &base, Some(FactorDtype::F16)).with_context(|| format!("writing the PEFT folder {}", dir.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! On-device LoRA training on the frozen quantized base (QLoRA-style): data
+//! (`data`: JSONL formats, chat template, loss mask, packing), optimizer and schedules
+//! (`optim`), the trainer (`trainer`), checkpoints (`checkpoint`) and evaluation (`eval`).
+//! The forward/backward graph itself lives in [`crate::model::grad`].
+
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod optim;
+pub mod trainer;
+
+pub use trainer::{parse_targets, Outcome, StepMetrics, TrainConfig, Trainer};

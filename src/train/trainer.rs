@@ -1,0 +1,374 @@
+//! The trainer: LoRA factors (f32 master weights) on the frozen quantized base, AdamW,
+//! schedule, gradient accumulation and clipping, deterministic data order, checkpoints.
+//!
+//! Optimizer step s (0-based) consumes micro-batches s·G … s·G+G−1 of one endless
+//! sequence: epoch e is a permutation of the examples drawn from the seed and e, cut into
+//! micro-batches of B examples. Everything that decides a step's numbers is a function of
+//! (seed, config, data, step), so a resumed run repeats an uninterrupted one exactly.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Checkpoint, CheckpointState};
+use super::data::{pack, Example};
+use super::optim::{clip_grad_norm, lr_at, AdamW, Moments, Schedule};
+use crate::adapter::{FactorDtype, LoraAdapter, LoraTensor};
+use crate::error::{Error, TrainError};
+use crate::gguf::GgufFile;
+use crate::model::config::ModelConfig;
+use crate::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
+
+/// Module names the trainer targets, GGUF short names with their PEFT spelling.
+pub const MODULES: [(&str, &str); 7] = [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"), ("attn_output", "o_proj"), ("ffn_gate", "gate_proj"), ("ffn_up", "up_proj"), ("ffn_down", "down_proj")];
+
+/// Parses `q_proj,v_proj`, `attn_q,attn_v` or `all-linear` into GGUF module names.
+pub fn parse_targets(s: &str) -> Result<Vec<String>, Error> {
+    if s.trim() == "all-linear" {
+        return Ok(MODULES.iter().map(|(g, _)| g.to_string()).collect());
+    }
+    let mut out = Vec::new();
+    for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some((g, _)) = MODULES.iter().find(|(g, h)| *g == t || *h == t) else {
+            let known: Vec<&str> = MODULES.iter().map(|(_, h)| *h).collect();
+            return Err(TrainError::BadOption { option: "--targets".into(), reason: format!("{t:?} is not a projection ({} or all-linear)", known.join(", ")) }.into());
+        };
+        if !out.iter().any(|o| o == g) {
+            out.push(g.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err(TrainError::BadOption { option: "--targets".into(), reason: "no module named".into() }.into());
+    }
+    Ok(out)
+}
+
+/// Every setting that decides the numbers of a run (stored in checkpoints and manifests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub use_rslora: bool,
+    /// GGUF module names (`attn_q`, …).
+    pub targets: Vec<String>,
+    /// Layers [first, last] trained; all when `None`.
+    pub layers: Option<(usize, usize)>,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    /// Optimizer steps in all.
+    pub steps: usize,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub optimizer: AdamW,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub grad_checkpoint: bool,
+    pub train_on_prompt: bool,
+    pub group_by_length: bool,
+}
+
+impl Default for TrainConfig {
+    /// The seed document's settings: r 16, alpha 32, q/v, lr 3e-4, cosine, 3% warm-up.
+    fn default() -> Self {
+        TrainConfig {
+            rank: 16,
+            alpha: 32.0,
+            use_rslora: false,
+            targets: vec!["attn_q".into(), "attn_v".into()],
+            layers: None,
+            lr: 3e-4,
+            schedule: Schedule::Cosine,
+            warmup_ratio: 0.03,
+            steps: 100,
+            batch: 8,
+            grad_accum: 1,
+            max_len: 512,
+            optimizer: AdamW::default(),
+            max_grad_norm: 1.0,
+            seed: 42,
+            grad_checkpoint: false,
+            train_on_prompt: false,
+            group_by_length: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f32).sqrt()
+        } else {
+            self.alpha / self.rank as f32
+        }
+    }
+
+    pub fn warmup_steps(&self) -> usize {
+        (self.warmup_ratio * self.steps as f64).ceil() as usize
+    }
+
+    /// Optimizer steps of `epochs` passes over `n_examples`.
+    pub fn steps_for_epochs(&self, epochs: usize, n_examples: usize) -> usize {
+        let micro = n_examples.div_ceil(self.batch.max(1));
+        (epochs * micro).div_ceil(self.grad_accum.max(1)).max(1)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let bad = |o: &str, r: String| -> Result<(), Error> { Err(TrainError::BadOption { option: o.into(), reason: r }.into()) };
+        if self.rank == 0 {
+            return bad("--rank", "must be ≥ 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr", format!("{} is not a positive number", self.lr));
+        }
+        if self.batch == 0 || self.grad_accum == 0 || self.steps == 0 || self.max_len < 2 {
+            return bad("--batch/--grad-accum/--steps/--max-len", format!("batch {}, grad-accum {}, steps {}, max-len {}: each must be ≥ 1 (max-len ≥ 2)", self.batch, self.grad_accum, self.steps, self.max_len));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("--warmup-ratio", format!("{} is not in [0, 1)", self.warmup_ratio));
+        }
+        if let Some((a, b)) = self.layers {
+            if a > b {
+                return bad("--layers", format!("{a}-{b} is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based.
+    pub step: usize,
+    pub epoch: f64,
+    /// Mean loss over the step's target tokens.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Tokens through forward + backward (no padding exists: batches are packed).
+    pub tokens: usize,
+    pub targets: usize,
+    pub tokens_per_s: f64,
+    pub secs: f64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped by the stop flag after saving a checkpoint.
+    Interrupted,
+}
+
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    model: TrainModel<'a, f32>,
+    base_fingerprint: String,
+    data_fingerprint: String,
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    pub params: LoraParams<f32>,
+    moments: Moments,
+    /// Optimizer steps completed.
+    pub step: usize,
+    epoch_cache: BTreeMap<usize, Vec<Vec<usize>>>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run: A Kaiming-uniform (bound 1/√n_in, as PEFT), B zero — step 0 is the base.
+    pub fn new(base: &'a GgufFile, config: TrainConfig, train: Vec<Example>, eval: Vec<Example>, data_fingerprint: String) -> Result<Trainer<'a>, Error> {
+        config.check()?;
+        if train.is_empty() {
+            return Err(TrainError::BadOption { option: "--data".into(), reason: "no training examples".into() }.into());
+        }
+        let mc = ModelConfig::from_gguf(base)?;
+        let model = TrainModel::<f32>::new(base, &mc)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+        let mut params = LoraParams::new();
+        let (first, last) = config.layers.unwrap_or((0, mc.n_layer - 1));
+        if last >= mc.n_layer {
+            return Err(TrainError::BadOption { option: "--layers".into(), reason: format!("the model has layers 0-{}", mc.n_layer - 1) }.into());
+        }
+        for l in first..=last {
+            for t in &config.targets {
+                let name = format!("blk.{l}.{t}.weight");
+                let (n_in, n_out) = model.matrix_shape(&name).ok_or_else(|| TrainError::BadOption { option: "--targets".into(), reason: format!("the model has no tensor {name}") })?;
+                let bound = 1.0 / (n_in as f64).sqrt();
+                let a = (0..config.rank * n_in).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                params.insert(name, LoraParam { rank: config.rank, n_in, n_out, scale: config.scale(), a, b: vec![0.0; n_out * config.rank] });
+            }
+        }
+        let moments = Moments::zeros_like(&params);
+        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new() })
+    }
+
+    /// Continues from a checkpoint written by a run with the same configuration, base and data.
+    pub fn resume(&mut self, dir: &std::path::Path) -> Result<(), Error> {
+        let ck = checkpoint::load(dir)?;
+        let path = checkpoint::file_in(dir);
+        let mismatch = |what: &str, a: String, b: String| -> Error { TrainError::Checkpoint { path: path.clone(), reason: format!("{what} differs: checkpoint has {a}, this run has {b}") }.into() };
+        if ck.state.config != self.config {
+            return Err(mismatch("the training configuration", serde_json::to_string(&ck.state.config).unwrap_or_default(), serde_json::to_string(&self.config).unwrap_or_default()));
+        }
+        if ck.state.base_fingerprint != self.base_fingerprint {
+            return Err(mismatch("the base model", ck.state.base_fingerprint, self.base_fingerprint.clone()));
+        }
+        if ck.state.data_fingerprint != self.data_fingerprint {
+            return Err(mismatch("the training data", ck.state.data_fingerprint, self.data_fingerprint.clone()));
+        }
+        let shapes = |p: &LoraParams<f32>| p.iter().map(|(k, t)| (k.clone(), t.rank, t.n_in, t.n_out)).collect::<Vec<_>>();
+        if shapes(&ck.params) != shapes(&self.params) {
+            return Err(mismatch("the set of LoRA tensors", format!("{} tensors", ck.params.len()), format!("{} tensors", self.params.len())));
+        }
+        self.params = ck.params;
+        self.moments = ck.moments;
+        self.step = ck.state.step;
+        Ok(())
+    }
+
+    pub fn save_checkpoint(&self, dir: &std::path::Path) -> Result<(), Error> {
+        let state = CheckpointState {
+            format: 1,
+            step: self.step,
+            total_steps: self.config.steps,
+            config: self.config.clone(),
+            base_fingerprint: self.base_fingerprint.clone(),
+            data_fingerprint: self.data_fingerprint.clone(),
+            shapes: self.params.iter().map(|(k, p)| (k.clone(), [p.rank, p.n_in, p.n_out], p.scale)).collect(),
+        };
+        checkpoint::save(dir, &Checkpoint { state, params: self.params.clone(), moments: self.moments.clone() })
+    }
+
+    fn micro_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.config.batch)
+    }
+
+    /// The examples of global micro-batch k.
+    fn micro_batch(&mut self, k: usize) -> Vec<usize> {
+        let per = self.micro_per_epoch();
+        let (epoch, i) = (k / per, k % per);
+        if !self.epoch_cache.contains_key(&epoch) {
+            let mut order: Vec<usize> = (0..self.train.len()).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            order.shuffle(&mut rng);
+            if self.config.group_by_length {
+                // Megabatches of 50 micro-batches, each sorted by length (longest first).
+                for mega in order.chunks_mut(50 * self.config.batch) {
+                    mega.sort_by_key(|&j| std::cmp::Reverse(self.train[j].tokens.len()));
+                }
+            }
+            self.epoch_cache.retain(|&e, _| e + 1 >= epoch);
+            self.epoch_cache.insert(epoch, order.chunks(self.config.batch).map(<[usize]>::to_vec).collect());
+        }
+        self.epoch_cache[&epoch][i].clone()
+    }
+
+    fn grad_options(&self, grad_scale: f64) -> GradOptions {
+        GradOptions { checkpoint: self.config.grad_checkpoint, ce_chunk: 32, grad_scale }
+    }
+
+    /// One optimizer step (G micro-batches, mean loss over their target tokens).
+    pub fn train_step(&mut self) -> Result<StepMetrics, Error> {
+        let t0 = Instant::now();
+        let g = self.config.grad_accum;
+        let batches: Vec<Batch> = (0..g)
+            .map(|j| {
+                let idx = self.micro_batch(self.step * g + j);
+                let exs: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
+                pack(&exs)
+            })
+            .collect();
+        let n_targets: usize = batches.iter().map(Batch::n_targets).sum();
+        let tokens: usize = batches.iter().map(|b| b.tokens.len()).sum();
+        let opt = self.grad_options(1.0 / n_targets.max(1) as f64);
+        let mut grads: LoraParams<f32> = self.params.iter().map(|(k, p)| (k.clone(), p.zeros_like())).collect();
+        let mut loss_sum = 0.0;
+        for b in &batches {
+            let r = self.model.loss_and_grad(&self.params, b, opt)?;
+            loss_sum += r.loss_sum;
+            for (name, gr) in r.grads {
+                let acc = grads.get_mut(&name).expect("same keys");
+                acc.a.iter_mut().zip(&gr.a).for_each(|(x, y)| *x += y);
+                acc.b.iter_mut().zip(&gr.b).for_each(|(x, y)| *x += y);
+            }
+        }
+        let loss = loss_sum / n_targets.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { step: self.step + 1, loss }.into());
+        }
+        let grad_norm = clip_grad_norm(&mut grads, self.config.max_grad_norm);
+        let lr = lr_at(self.config.schedule, self.config.lr, self.step, self.config.steps, self.config.warmup_steps());
+        self.step += 1;
+        self.config.optimizer.step(&mut self.params, &grads, &mut self.moments, self.step, lr);
+        let secs = t0.elapsed().as_secs_f64();
+        let epoch = (self.step * g) as f64 / self.micro_per_epoch() as f64;
+        Ok(StepMetrics { step: self.step, epoch, loss, grad_norm, lr, tokens, targets: n_targets, tokens_per_s: tokens as f64 / secs.max(1e-9), secs })
+    }
+
+    /// Runs the remaining steps. `on_step` sees each step's metrics; a checkpoint is saved
+    /// every `save_every` steps (0: never), at the end, and when `stop` is raised (then
+    /// the run returns `Interrupted`).
+    pub fn run(&mut self, stop: &AtomicBool, ckpt_dir: Option<&std::path::Path>, save_every: usize, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<Outcome, Error> {
+        while self.step < self.config.steps {
+            if stop.load(Ordering::SeqCst) {
+                if let Some(d) = ckpt_dir {
+                    self.save_checkpoint(d)?;
+                }
+                return Ok(Outcome::Interrupted);
+            }
+            let m = self.train_step()?;
+            on_step(&m);
+            if let Some(d) = ckpt_dir {
+                if (save_every > 0 && self.step % save_every == 0) || self.step == self.config.steps {
+                    self.save_checkpoint(d)?;
+                }
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+
+    /// Mean loss per target token over `examples` with the current factors.
+    pub fn loss_on(&self, examples: &[Example]) -> Result<Option<f64>, Error> {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for chunk in examples.chunks(self.config.batch) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let losses = self.model.losses(&self.params, &pack(&refs), 32)?;
+            n += losses.len();
+            sum += losses.iter().sum::<f64>();
+        }
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    pub fn eval_loss(&self) -> Result<Option<f64>, Error> {
+        self.loss_on(&self.eval)
+    }
+
+    pub fn train_examples(&self) -> &[Example] {
+        &self.train
+    }
+
+    /// The trained adapter: factors rounded to f16 (the export format), manifest filled
+    /// with the base and data fingerprints and the configuration; `training` adds what
+    /// the caller measured (final losses, wall time).
+    pub fn to_adapter(&self, base: &GgufFile, training: serde_json::Value) -> Result<LoraAdapter, Error> {
+        let mut a = LoraAdapter::new(base.architecture()?.to_string());
+        for (name, p) in &self.params {
+            let f16 = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+            a.tensors.insert(name.clone(), LoraTensor { rank: p.rank, n_in: p.n_in, n_out: p.n_out, a: f16(&p.a), b: f16(&p.b), scale: p.scale, dtype: FactorDtype::F16 });
+        }
+        a.manifest.set_base(base);
+        a.manifest.data_fingerprint = Some(self.data_fingerprint.clone());
+        a.manifest.hyperparameters = Some(serde_json::to_value(&self.config).expect("config serializes"));
+        a.manifest.source = Some("edgelora train".into());
+        a.manifest.training = Some(training);
+        a.manifest.stamp();
+        Ok(a)
+    }
+}
