@@ -2,7 +2,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use edgelora::engine::{Runtime, RuntimeOptions};
-use edgelora::gguf::GgufFile;
+use edgelora::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec};
+use rand::{Rng, SeedableRng};
 
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -63,4 +64,45 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
     };
     let (a, b) = (lse(p), lse(q));
     p.iter().zip(q).map(|(&x, &y)| ((x as f64 - a).exp()) * ((x as f64 - a) - (y as f64 - b))).sum()
+}
+
+/// A tiny random `llama` (or `qwen2`, with q/k/v biases) model as F32 GGUF.
+pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
+    let (n_layer, d, n_head, n_kv, ff, vocab) = (2usize, 16usize, 4usize, 2usize, 24usize, 40usize);
+    let kv = d / n_head * n_kv;
+    let key = |k: &str| format!("{arch}.{k}");
+    let meta = vec![
+        ("general.architecture".to_string(), MetaValue::String(arch.into())),
+        ("general.name".to_string(), MetaValue::String(format!("tiny-{arch}"))),
+        (key("block_count"), MetaValue::U32(n_layer as u32)),
+        (key("embedding_length"), MetaValue::U32(d as u32)),
+        (key("attention.head_count"), MetaValue::U32(n_head as u32)),
+        (key("attention.head_count_kv"), MetaValue::U32(n_kv as u32)),
+        (key("feed_forward_length"), MetaValue::U32(ff as u32)),
+        (key("context_length"), MetaValue::U32(64)),
+        (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5)),
+        (key("rope.freq_base"), MetaValue::F32(1000.0)),
+    ];
+    let mut tensors: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d as u64, vocab as u64]), ("output_norm.weight".into(), vec![d as u64])];
+    for i in 0..n_layer {
+        let m = |s: &str, a: usize, b: usize| (format!("blk.{i}.{s}"), vec![a as u64, b as u64]);
+        tensors.extend([m("attn_q.weight", d, d), m("attn_k.weight", d, kv), m("attn_v.weight", d, kv), m("attn_output.weight", d, d), m("ffn_gate.weight", d, ff), m("ffn_up.weight", d, ff), m("ffn_down.weight", ff, d)]);
+        tensors.push((format!("blk.{i}.attn_norm.weight"), vec![d as u64]));
+        tensors.push((format!("blk.{i}.ffn_norm.weight"), vec![d as u64]));
+        if arch == "qwen2" {
+            tensors.push((format!("blk.{i}.attn_q.bias"), vec![d as u64]));
+            tensors.push((format!("blk.{i}.attn_k.bias"), vec![kv as u64]));
+            tensors.push((format!("blk.{i}.attn_v.bias"), vec![kv as u64]));
+        }
+    }
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(n, s)| TensorSpec::new(n, s, GgmlType::F32)).collect();
+    let mut w = GgufWriter::create(path, &meta, &specs).unwrap();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (name, shape) in &tensors {
+        let n: u64 = shape.iter().product();
+        let vals: Vec<f32> = (0..n).map(|_| if name.contains("norm") { r.random_range(0.8..1.2) } else { r.random_range(-0.5..0.5) }).collect();
+        w.write_tensor(name, bytemuck::cast_slice(&vals)).unwrap();
+    }
+    w.finish().unwrap();
+    GgufFile::open(path).unwrap()
 }

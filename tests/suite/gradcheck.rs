@@ -2,7 +2,6 @@
 //! through a whole tiny model.
 
 use edgelora::compute::dense::Real;
-use edgelora::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec};
 use edgelora::model::config::{ModelConfig, RopeStyle};
 use edgelora::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
 use edgelora::model::ops::attention::{attention_backward, attention_forward, Heads};
@@ -13,6 +12,8 @@ use edgelora::model::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use edgelora::model::ops::rope::{rope_backward, rope_forward, Rope};
 use edgelora::model::ops::swiglu::{swiglu_backward, swiglu_forward};
 use rand::{Rng, SeedableRng};
+
+use crate::common::tiny_model;
 
 const EPS: f64 = 1e-6;
 
@@ -136,47 +137,6 @@ fn cross_entropy_backward_matches_finite_differences() {
         let dh = cross_entropy_backward(&h, &w, &targets, &weights, d, chunk);
         assert_close(&format!("cross-entropy dh (chunk {chunk})"), &dh, &numeric(&h, &f));
     }
-}
-
-/// A tiny random `llama` (or `qwen2`, with q/k/v biases) model as F32 GGUF.
-pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
-    let (n_layer, d, n_head, n_kv, ff, vocab) = (2usize, 16usize, 4usize, 2usize, 24usize, 40usize);
-    let kv = d / n_head * n_kv;
-    let key = |k: &str| format!("{arch}.{k}");
-    let meta = vec![
-        ("general.architecture".to_string(), MetaValue::String(arch.into())),
-        ("general.name".to_string(), MetaValue::String(format!("tiny-{arch}"))),
-        (key("block_count"), MetaValue::U32(n_layer as u32)),
-        (key("embedding_length"), MetaValue::U32(d as u32)),
-        (key("attention.head_count"), MetaValue::U32(n_head as u32)),
-        (key("attention.head_count_kv"), MetaValue::U32(n_kv as u32)),
-        (key("feed_forward_length"), MetaValue::U32(ff as u32)),
-        (key("context_length"), MetaValue::U32(64)),
-        (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5)),
-        (key("rope.freq_base"), MetaValue::F32(1000.0)),
-    ];
-    let mut tensors: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d as u64, vocab as u64]), ("output_norm.weight".into(), vec![d as u64])];
-    for i in 0..n_layer {
-        let m = |s: &str, a: usize, b: usize| (format!("blk.{i}.{s}"), vec![a as u64, b as u64]);
-        tensors.extend([m("attn_q.weight", d, d), m("attn_k.weight", d, kv), m("attn_v.weight", d, kv), m("attn_output.weight", d, d), m("ffn_gate.weight", d, ff), m("ffn_up.weight", d, ff), m("ffn_down.weight", ff, d)]);
-        tensors.push((format!("blk.{i}.attn_norm.weight"), vec![d as u64]));
-        tensors.push((format!("blk.{i}.ffn_norm.weight"), vec![d as u64]));
-        if arch == "qwen2" {
-            tensors.push((format!("blk.{i}.attn_q.bias"), vec![d as u64]));
-            tensors.push((format!("blk.{i}.attn_k.bias"), vec![kv as u64]));
-            tensors.push((format!("blk.{i}.attn_v.bias"), vec![kv as u64]));
-        }
-    }
-    let specs: Vec<TensorSpec> = tensors.iter().map(|(n, s)| TensorSpec::new(n, s, GgmlType::F32)).collect();
-    let mut w = GgufWriter::create(path, &meta, &specs).unwrap();
-    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (name, shape) in &tensors {
-        let n: u64 = shape.iter().product();
-        let vals: Vec<f32> = (0..n).map(|_| if name.contains("norm") { r.random_range(0.8..1.2) } else { r.random_range(-0.5..0.5) }).collect();
-        w.write_tensor(name, bytemuck::cast_slice(&vals)).unwrap();
-    }
-    w.finish().unwrap();
-    GgufFile::open(path).unwrap()
 }
 
 fn tiny_params<T: Real>(model: &TrainModel<T>, seed: u64) -> LoraParams<T> {

@@ -12,5 +12,6 @@ mod gguf_malformed;
 mod gradcheck;
 mod gguf_roundtrip;
 mod merge;
+mod train;
 mod native;
 mod quant;
