@@ -57,12 +57,11 @@ def main():
             continue
         r = json.loads(line)
         user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-        msgs = [{"role": "user", "content": user}]
-        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["output"]}], tokenize=True)
-        if hasattr(prompt, "input_ids"):
-            prompt, full = prompt["input_ids"], full["input_ids"]
-        full = list(full)[: a.max_len]
+        # ChatML as edgelora renders it (llama.cpp's template for this model: no default
+        # system turn, which the Jinja template would add), so both see the same tokens.
+        prompt = tok(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        full = prompt + tok(f"{r['output']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        full = full[: a.max_len]
         labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
         examples.append((full, labels))
 

@@ -18,6 +18,6 @@ mkdir -p "$OUT"
 score() { "$E" eval --model "$M" --data "$OUT/test.jsonl" --metric first-word --max-tokens 4 "$@" | python3 -c "import sys,json; d=json.load(sys.stdin); print(f\"{d['correct']}/{d['n']} = {100*d['accuracy']:.1f}%\")"; }
 echo "base model, held-out accuracy: $(score)"
 /usr/bin/time -f "train: wall %e s, peak RSS %M KiB" "$E" train --model "$M" --data "$OUT/train.jsonl" --eval "$OUT/valid.jsonl" \
-  --out "$OUT/credit.gguf" --peft-out "$OUT/credit-peft" "$@" | tee "$OUT/train-summary.json"
+  --out "$OUT/credit.gguf" --peft-out "$OUT/credit-peft" --epochs 2 --targets all-linear --lr 1e-3 "$@" | tee "$OUT/train-summary.json"
 echo "adapter, held-out accuracy (llama.cpp backend): $(score --adapter "$OUT/credit.gguf")"
 echo "adapter, held-out accuracy (native engine):     $(score --adapter "$OUT/credit.gguf" --backend native)"

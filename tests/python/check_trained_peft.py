@@ -34,9 +34,8 @@ def main():
             continue
         r = json.loads(line)
         user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-        ids = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, return_tensors="pt")
-        if hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
+        # ChatML as edgelora renders it (llama.cpp's template: no default system turn)
+        ids = tok(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=4, do_sample=False)
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
