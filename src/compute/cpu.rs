@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::dense::{self, Layout};
 use super::{check_delta, Backend, ComputeError, Delta};
 use crate::gguf::GgmlType;
 use crate::quant;
@@ -173,25 +174,20 @@ impl Backend for Cpu {
             }
             return Ok(y);
         }
-        let cols: Vec<Vec<f32>> = w
-            .par_chunks(row_bytes * ROWS)
-            .map(|rows| {
-                let mut buf = vec![0f32; n_in];
-                let mut out = Vec::with_capacity(rows.len() / row_bytes);
-                for row in rows.chunks_exact(row_bytes) {
-                    quant::dequantize(t, row, &mut buf)?;
-                    out.push(x.chunks_exact(n_in).map(|xr| dot(xr, &buf)).collect::<Vec<f32>>());
-                }
-                Ok(out)
-            })
-            .collect::<Result<Vec<Vec<Vec<f32>>>, quant::QuantError>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        // Several input rows (prompts): dequantize W a block of rows at a time (SIMD,
+        // rows in parallel) and multiply with the dense GEMM, so each weight is decoded
+        // once per call and the product runs at GEMM speed.
+        const BLOCK: usize = 2048;
+        let block = BLOCK.min(n_out);
         let mut y = vec![0f32; n_x * n_out];
-        for (o, col) in cols.iter().enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                y[r * n_out + o] = *v;
+        let mut wbuf = vec![0f32; block * n_in];
+        let mut part = vec![0f32; n_x * block];
+        for (bi, rows) in w.chunks(row_bytes * block).enumerate() {
+            let nr = rows.len() / row_bytes;
+            wbuf[..nr * n_in].par_chunks_mut(ROWS * n_in).zip(rows.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(t, b, o))?;
+            dense::matmul(&mut part[..n_x * nr], x, Layout::N, &wbuf[..nr * n_in], Layout::T, n_x, nr, n_in, false);
+            for (r, src) in part[..n_x * nr].chunks_exact(nr).enumerate() {
+                y[r * n_out + bi * block..][..nr].copy_from_slice(src);
             }
         }
         Ok(y)

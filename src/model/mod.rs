@@ -82,6 +82,12 @@ impl NativeModel {
     /// KV cache, with `adapters` (adapter, weight) applied on the fly. Returns the logits
     /// of the last token, or of every token when `all_logits`.
     pub fn forward(&self, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
+        // On a pool worker: the kernels' parallel loops then start without a cross-thread
+        // hand-off per call (hundreds per token), and run inline on a 1-thread pool.
+        rayon::scope(|_| self.forward_on_worker(session, tokens, adapters, all_logits))
+    }
+
+    fn forward_on_worker(&self, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt.into());

@@ -2,7 +2,6 @@
 //! with W frozen in its block format and the LoRA factors of the active adapters.
 
 use crate::adapter::LoraTensor;
-use crate::compute::cpu::dot;
 use crate::compute::dense::{matmul, Layout, Real};
 use crate::compute::{Backend, ComputeError};
 use crate::model::weights::Weight;
@@ -19,14 +18,11 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
     }
     for (t, weight) in loras {
         let s = weight * t.scale;
-        for (xr, yr) in x.chunks_exact(w.n_in).zip(y.chunks_exact_mut(w.n_out)) {
-            // ax [r] = A · x
-            let ax: Vec<f32> = t.a.chunks_exact(w.n_in).map(|ar| dot(ar, xr)).collect();
-            // y += s · B · ax
-            for (o, yo) in yr.iter_mut().enumerate() {
-                *yo += s * t.b[o * t.rank..(o + 1) * t.rank].iter().zip(&ax).map(|(b, v)| b * v).sum::<f32>();
-            }
-        }
+        // ax [n, r] = x · Aᵀ;  y += s · ax · Bᵀ
+        let mut ax = vec![0f32; n * t.rank];
+        matmul(&mut ax, x, Layout::N, &t.a, Layout::T, n, t.rank, w.n_in, false);
+        ax.iter_mut().for_each(|v| *v *= s);
+        matmul(&mut y, &ax, Layout::N, &t.b, Layout::T, n, w.n_out, t.rank, true);
     }
     Ok(y)
 }
