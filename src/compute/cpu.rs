@@ -27,34 +27,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     })(a, b)
 }
 
-/// row[i] += Σ_j coef[j]·a[j·n + i] (n = row length): a LoRA delta row. Dispatched once:
-/// AVX2+FMA keeps 8 outputs in a register across all j, so the row is read and written
-/// once; the scalar twin adds one j at a time. Results agree up to float rounding.
-pub fn add_combination(row: &mut [f32], coef: &[f32], a: &[f32]) {
-    static KERNEL: OnceLock<fn(&mut [f32], &[f32], &[f32])> = OnceLock::new();
-    KERNEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return x86::add_combination;
-            }
-        }
-        add_combination_scalar
-    })(row, coef, a)
-}
-
-/// The scalar twin of [`add_combination`].
-pub fn add_combination_scalar(row: &mut [f32], coef: &[f32], a: &[f32]) {
-    let n = row.len();
-    for (j, c) in coef.iter().enumerate() {
-        if *c != 0.0 {
-            for (y, x) in row.iter_mut().zip(&a[j * n..(j + 1) * n]) {
-                *y += c * x;
-            }
-        }
-    }
-}
-
 /// The scalar twin of [`dot`].
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -93,35 +65,6 @@ mod x86 {
         // SAFETY: handed out only after detecting AVX2 and FMA.
         unsafe { dot_avx2(a, b) }
     }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn add_combination_avx2(row: &mut [f32], coef: &[f32], a: &[f32]) {
-        let n = row.len();
-        assert!(a.len() >= coef.len() * n);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 ≤ n floats of `row`, and of each of the coef.len() rows of `a`
-            // (asserted above).
-            unsafe {
-                let mut acc = _mm256_loadu_ps(row.as_ptr().add(i));
-                for (j, c) in coef.iter().enumerate() {
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(*c), _mm256_loadu_ps(a.as_ptr().add(j * n + i)), acc);
-                }
-                _mm256_storeu_ps(row.as_mut_ptr().add(i), acc);
-            }
-            i += 8;
-        }
-        for k in i..n {
-            for (j, c) in coef.iter().enumerate() {
-                row[k] += c * a[j * n + k];
-            }
-        }
-    }
-
-    pub fn add_combination(row: &mut [f32], coef: &[f32], a: &[f32]) {
-        // SAFETY: handed out only after detecting AVX2 and FMA.
-        unsafe { add_combination_avx2(row, coef, a) }
-    }
 }
 
 impl Backend for Cpu {
@@ -136,17 +79,9 @@ impl Backend for Cpu {
     fn lora_delta(&self, acc: &mut [f32], n_out: usize, n_in: usize, deltas: &[Delta]) -> Result<(), ComputeError> {
         for d in deltas {
             check_delta(acc, n_out, n_in, d)?;
-            // Groups of rows in parallel; each row gets Σ_j (s·B[o, j])·A[j, :].
-            acc.par_chunks_mut(n_in * 16).enumerate().for_each(|(g, rows)| {
-                let mut coef = vec![0f32; d.rank];
-                for (k, row) in rows.chunks_exact_mut(n_in).enumerate() {
-                    let o = g * 16 + k;
-                    for (c, b) in coef.iter_mut().zip(&d.b[o * d.rank..(o + 1) * d.rank]) {
-                        *c = d.scale * b;
-                    }
-                    add_combination(row, &coef, d.a);
-                }
-            });
+            // acc [n_out, n_in] += (s·B) [n_out, r] · A [r, n_in]: one GEMM (rows in parallel).
+            let sb: Vec<f32> = d.b.iter().map(|b| d.scale * b).collect();
+            dense::matmul(acc, &sb, Layout::N, d.a, Layout::N, n_out, n_in, d.rank, true);
         }
         Ok(())
     }
