@@ -205,6 +205,9 @@ pub fn merge(
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
     let mut w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
     let total = base.tensors().len();
+    // f32 work buffers reused across tensors (fresh ones would page-fault in every
+    // tensor); freed when the merge ends.
+    let buffers: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
     // The bytes to write for one tensor: a borrowed copy, or its re-encoding.
     let encode = |t: &TensorInfo, ty: GgmlType, merge: bool| -> Result<Cow<'_, [u8]>, Error> {
         let data = base.tensor_data(t);
@@ -213,7 +216,9 @@ pub fn merge(
         }
         let bad = |reason: String| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason };
         let n_in = t.shape[0] as usize;
-        let mut values = vec![0f32; t.n_elements() as usize];
+        let mut values = buffers.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        values.clear();
+        values.resize(t.n_elements() as usize, 0.0);
         if merge && t.ggml_type != GgmlType::F32 {
             backend.dequantize(t.ggml_type, data, &mut values).map_err(|e| bad(e.to_string()))?;
         } else {
@@ -224,7 +229,9 @@ pub fn merge(
             backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
         }
         let hint = if ty == t.ggml_type { Some(data) } else { None };
-        Ok(Cow::Owned(requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?))
+        let bytes = requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?;
+        buffers.lock().unwrap_or_else(|e| e.into_inner()).push(values);
+        Ok(Cow::Owned(bytes))
     };
     // Tensors are re-encoded a window at a time in parallel (on the CPU; one at a time on
     // a GPU), then written in file order: memory stays bounded by the window.

@@ -124,8 +124,13 @@ impl LoraAdapter {
                 h.update((v as u64).to_le_bytes());
             }
             h.update(t.scale.to_le_bytes());
-            for x in t.a.iter().chain(&t.b) {
-                h.update(x.to_le_bytes());
+            for v in [&t.a, &t.b] {
+                // The f32 values' little-endian bytes, hashed in bulk.
+                if cfg!(target_endian = "little") {
+                    h.update(bytemuck::cast_slice::<f32, u8>(v));
+                } else {
+                    v.iter().for_each(|x| h.update(x.to_le_bytes()));
+                }
             }
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
