@@ -188,7 +188,13 @@ impl<'a> Trainer<'a> {
         if train.is_empty() {
             return Err(TrainError::BadOption { option: "--data".into(), reason: "no training examples".into() }.into());
         }
+        if let Some(i) = train.iter().chain(&eval).position(|e| e.tokens.len() < 2 || e.trained.len() != e.tokens.len()) {
+            return Err(TrainError::BadOption { option: "examples".into(), reason: format!("example {i} has fewer than 2 tokens or a mask of another length") }.into());
+        }
         let mc = ModelConfig::from_gguf(base)?;
+        if mc.n_layer == 0 {
+            return Err(TrainError::BadOption { option: "--model".into(), reason: "the model has no layers".into() }.into());
+        }
         let model = TrainModel::<f32>::new(base, &mc)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
         let mut params = LoraParams::new();

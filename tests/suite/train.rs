@@ -218,6 +218,9 @@ fn bad_options_are_errors_naming_the_option() {
     }
     let e = Trainer::new(&f, tiny_config(2), Vec::new(), Vec::new(), "d".into()).err().expect("an error").to_string();
     assert!(e.contains("no training examples"), "{e}");
+    let short = vec![Example { tokens: vec![3], trained: vec![true] }];
+    let e = Trainer::new(&f, tiny_config(2), short, Vec::new(), "d".into()).err().expect("an error").to_string();
+    assert!(e.contains("fewer than 2 tokens"), "{e}");
 }
 
 #[test]
