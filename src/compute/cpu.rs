@@ -67,6 +67,16 @@ mod x86 {
     }
 }
 
+/// Dequantizes whole rows of `n_in` elements (`bytes` → `out`), groups of rows in parallel.
+pub fn dequantize_rows(t: GgmlType, bytes: &[u8], n_in: usize, out: &mut [f32]) -> Result<(), quant::QuantError> {
+    const ROWS: usize = 32;
+    let row_bytes = t.bytes_for(n_in as u64).unwrap_or(0) as usize;
+    if row_bytes == 0 {
+        return quant::dequantize(t, bytes, out);
+    }
+    out.par_chunks_mut(ROWS * n_in).zip(bytes.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(t, b, o))
+}
+
 impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({})", quant::simd::selected())
@@ -119,7 +129,7 @@ impl Backend for Cpu {
         let mut part = vec![0f32; n_x * block];
         for (bi, rows) in w.chunks(row_bytes * block).enumerate() {
             let nr = rows.len() / row_bytes;
-            wbuf[..nr * n_in].par_chunks_mut(ROWS * n_in).zip(rows.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(t, b, o))?;
+            dequantize_rows(t, rows, n_in, &mut wbuf[..nr * n_in])?;
             dense::matmul(&mut part[..n_x * nr], x, Layout::N, &wbuf[..nr * n_in], Layout::T, n_x, nr, n_in, false);
             for (r, src) in part[..n_x * nr].chunks_exact(nr).enumerate() {
                 y[r * n_out + bi * block..][..nr].copy_from_slice(src);

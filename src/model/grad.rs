@@ -24,7 +24,6 @@ use super::weights::{Layer, Weight, Weights};
 use crate::compute::dense::Real;
 use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
-use crate::quant;
 
 /// One trainable LoRA pair: A [rank, n_in], B [n_out, rank], ΔW = scale·B·A.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,10 +135,8 @@ fn engine_err(e: impl std::fmt::Display) -> Error {
 
 /// Dequantizes a whole matrix [n_out, n_in] (rows in parallel).
 pub fn dense<T: Real>(w: &Weight) -> Result<Vec<T>, Error> {
-    let row_bytes = w.t.bytes_for(w.n_in as u64).expect("checked at load") as usize;
     let mut out = vec![0f32; w.n_out * w.n_in];
-    const ROWS: usize = 64;
-    out.par_chunks_mut(ROWS * w.n_in).zip(w.bytes.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(w.t, b, o)).map_err(|e| engine_err(format!("{}: {e}", w.name)))?;
+    crate::compute::cpu::dequantize_rows(w.t, w.bytes, w.n_in, &mut out).map_err(|e| engine_err(format!("{}: {e}", w.name)))?;
     Ok(T::from_f32_vec(out))
 }
 

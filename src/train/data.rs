@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::engine::{ChatMessage, Runtime};
+use crate::engine::{ChatMessage, Prompt, Runtime};
 use crate::error::{Error, TrainError};
 use crate::model::grad::Batch;
 
@@ -147,21 +147,15 @@ fn alpaca_user(instruction: &str, input: &str) -> String {
     }
 }
 
-/// The prompt a record asks the model to continue, and the answer it expects (for eval).
-pub enum EvalPrompt {
-    Chat(Vec<ChatMessage>),
-    Text(String),
-}
-
 impl Record {
     /// (prompt, expected answer) for generation metrics; `None` for `{text}` records.
-    pub fn eval_pair(&self) -> Option<(EvalPrompt, String)> {
+    pub fn eval_pair(&self) -> Option<(Prompt, String)> {
         match self {
-            Record::Alpaca { instruction, input, output } => Some((EvalPrompt::Chat(vec![ChatMessage::new("user", alpaca_user(instruction, input))]), output.clone())),
-            Record::PromptCompletion { prompt, completion } => Some((EvalPrompt::Text(prompt.clone()), completion.clone())),
+            Record::Alpaca { instruction, input, output } => Some((Prompt::Chat(vec![ChatMessage::new("user", alpaca_user(instruction, input))]), output.clone())),
+            Record::PromptCompletion { prompt, completion } => Some((Prompt::Text(prompt.clone()), completion.clone())),
             Record::Messages(m) => {
                 let last = m.iter().rposition(|m| m.role == "assistant")?;
-                Some((EvalPrompt::Chat(m[..last].to_vec()), m[last].content.clone()))
+                Some((Prompt::Chat(m[..last].to_vec()), m[last].content.clone()))
             }
             Record::Text(_) => None,
         }

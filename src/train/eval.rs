@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use super::data::{pack, EvalPrompt, Example, Sourced};
+use super::data::{pack, Example, Sourced};
 use crate::adapter::{compose, ComposeMethod, LoraAdapter};
-use crate::engine::{Engine, GenerateRequest, Prompt, SamplingParams};
+use crate::engine::{Engine, GenerateRequest, SamplingParams};
 use crate::error::{Error, TrainError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
@@ -80,10 +80,7 @@ pub fn generation_accuracy(engine: &dyn Engine, adapters: &[(String, f32)], reco
         let Some((prompt, expected)) = r.record.eval_pair() else {
             return Err(TrainError::Record { path: path.to_path_buf(), line: r.line, field: "text".into(), reason: "a {text} record has no expected answer; use --metric loss".into() }.into());
         };
-        let mut req = GenerateRequest::new(match prompt {
-            EvalPrompt::Chat(m) => Prompt::Chat(m),
-            EvalPrompt::Text(t) => Prompt::Text(t),
-        });
+        let mut req = GenerateRequest::new(prompt);
         req.adapters = adapters.to_vec();
         req.sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
         req.max_tokens = max_tokens;
@@ -113,18 +110,24 @@ pub struct LossReport {
     pub perplexity: f64,
 }
 
+/// (Σ loss, target tokens) of `examples` on `model` with `params`, `batch` examples at a time.
+pub fn loss_sum(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize) -> Result<(f64, usize), Error> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let l = model.losses(params, &pack(&refs), 32)?;
+        n += l.len();
+        sum += l.iter().sum::<f64>();
+    }
+    Ok((sum, n))
+}
+
 /// Mean loss per trained token of `examples` on the base with `adapters`.
 pub fn loss(base: &GgufFile, adapters: &[(&LoraAdapter, f32)], examples: &[Example], batch: usize) -> Result<LossReport, Error> {
     let config = ModelConfig::from_gguf(base)?;
     let model = TrainModel::<f32>::new(base, &config)?;
     let params = adapters_as_params(adapters)?;
-    let (mut sum, mut n) = (0.0, 0usize);
-    for chunk in examples.chunks(batch.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let l = model.losses(&params, &pack(&refs), 32)?;
-        n += l.len();
-        sum += l.iter().sum::<f64>();
-    }
+    let (sum, n) = loss_sum(&model, &params, examples, batch)?;
     let loss = sum / n.max(1) as f64;
     Ok(LossReport { n_examples: examples.len(), n_tokens: n, loss, perplexity: loss.exp() })
 }

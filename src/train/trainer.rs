@@ -346,22 +346,12 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss per target token over `examples` with the current factors.
     pub fn loss_on(&self, examples: &[Example]) -> Result<Option<f64>, Error> {
-        let (mut sum, mut n) = (0.0, 0usize);
-        for chunk in examples.chunks(self.config.batch) {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let losses = self.model.losses(&self.params, &pack(&refs), 32)?;
-            n += losses.len();
-            sum += losses.iter().sum::<f64>();
-        }
+        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch)?;
         Ok((n > 0).then(|| sum / n as f64))
     }
 
     pub fn eval_loss(&self) -> Result<Option<f64>, Error> {
         self.loss_on(&self.eval)
-    }
-
-    pub fn train_examples(&self) -> &[Example] {
-        &self.train
     }
 
     /// The trained adapter: factors rounded to f16 (the export format), manifest filled
