@@ -26,3 +26,12 @@ fn q8_0_value(base: u32, j: u32) -> f32 {
     let q = i32(byte_at(base + 2u + j) << 24u) >> 24u;
     return f32(q) * f16_at(base);
 }
+
+// F16 and F32 rows, read as 32-value "blocks" of 64 and 128 bytes.
+fn f16_value(base: u32, j: u32) -> f32 {
+    return f16_at(base + 2u * j);
+}
+
+fn f32_value(base: u32, j: u32) -> f32 {
+    return bitcast<f32>(src[(base >> 2u) + j]);
+}

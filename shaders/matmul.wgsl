@@ -1,11 +1,17 @@
-// y[r, o] = Σ_i x[r, i] · W[o, i] for a weight W [n_out, n_in] in a 32-wide block format
-// (rows of n_in / 32 blocks of BLOCK_BYTES, decoded on the fly by `block_value`, from the
-// prelude the backend prepends). One thread per output.
+// y[y_base + r·y_stride + o] (+)= Σ_i x[r, i] · W[o, i] for a weight W [n_out, n_in] in a
+// 32-wide block format (rows of n_in / 32 blocks of BLOCK_BYTES, decoded on the fly by
+// `block_value`, from the prelude the backend prepends). One thread per output.
+// `y_stride`/`y_base` let the native engine write into a wider buffer (a chunk of output
+// columns, or its KV cache); `accumulate` adds to y instead (the residual stream).
 struct Params {
     n_out: u32,
     n_in: u32,
     n_x: u32,
     row_bytes: u32,
+    y_stride: u32,
+    y_base: u32,
+    accumulate: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<u32>;
@@ -29,5 +35,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             sum = sum + block_value(base, j) * x[xb + j];
         }
     }
-    y[idx] = sum;
+    let at = params.y_base + r * params.y_stride + o;
+    if (params.accumulate != 0u) {
+        y[at] = y[at] + sum;
+    } else {
+        y[at] = sum;
+    }
 }

@@ -75,11 +75,44 @@ pub struct LoraAdapter {
     /// The PEFT `adapter_config.json` this adapter was read from, kept so that an
     /// unchanged adapter is written back with the same configuration.
     pub peft_config: Option<serde_json::Value>,
+    /// Identity of this value (not of its contents): the GPU forward keeps device copies
+    /// of the factors under it. Fresh for every adapter and every clone; not compared.
+    id: AdapterId,
+}
+
+/// A process-unique number per [`LoraAdapter`] value; clones get a new one, and it takes
+/// no part in equality.
+#[derive(Debug)]
+struct AdapterId(u64);
+
+impl AdapterId {
+    fn fresh() -> AdapterId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        AdapterId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Clone for AdapterId {
+    fn clone(&self) -> Self {
+        AdapterId::fresh()
+    }
+}
+
+impl PartialEq for AdapterId {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl LoraAdapter {
     pub fn new(architecture: impl Into<String>) -> Self {
-        LoraAdapter { architecture: architecture.into(), tensors: BTreeMap::new(), manifest: Manifest::default(), peft_config: None }
+        LoraAdapter { architecture: architecture.into(), tensors: BTreeMap::new(), manifest: Manifest::default(), peft_config: None, id: AdapterId::fresh() }
+    }
+
+    /// This value's identity (see the field): device copies of its factors are keyed by
+    /// it, so an adapter must not be changed in place after a GPU forward has used it.
+    pub fn id(&self) -> u64 {
+        self.id.0
     }
 
     /// Distinct ranks with how many tensors have each.

@@ -35,13 +35,17 @@ pub struct NativeRuntime {
 }
 
 impl NativeRuntime {
-    /// Opens `path` for the native engine on `device` (the GPU backend fails with an
-    /// error when no adapter exists).
+    /// Opens `path` for the native engine on `device` (the GPU fails with an error when no
+    /// adapter exists, or when a weight's format has no device kernel).
     pub fn load(path: impl AsRef<Path>, device: Device, threads: usize) -> Result<NativeRuntime> {
         let path = path.as_ref();
         let vocab = Runtime::load(path, RuntimeOptions { threads: threads.max(1), n_ctx: 64, n_batch: 64, ..RuntimeOptions::default() })?;
-        let backend = compute::backend(device).map_err(|e| EngineError::Backend(e.to_string()))?;
-        let model = NativeModel::new(GgufFile::open(path)?, backend)?;
+        let gguf = GgufFile::open(path)?;
+        let model = match device {
+            Device::Cpu => NativeModel::new(gguf, Box::new(compute::cpu::Cpu))?,
+            // The whole forward on the device (weights, KV cache and adapters there).
+            Device::Gpu => NativeModel::on_gpu(gguf, compute::gpu::Gpu::new().map_err(|e| EngineError::Backend(e.to_string()))?)?,
+        };
         Ok(NativeRuntime { vocab, model, adapters: Mutex::new(BTreeMap::new()), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
     }
 

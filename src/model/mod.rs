@@ -5,19 +5,24 @@
 //!
 //! Math is f32 on exactly dequantized weights (no activation quantization), so results
 //! track an fp32 reference of the same weights (transformers on the dequantized model).
-//! Matrices go through a [`Backend`](crate::compute::Backend) (`matmul`).
+//! On the host, matrices go through a [`Backend`](crate::compute::Backend) (`matmul`);
+//! [`NativeModel::on_gpu`] instead runs the whole forward on the device
+//! ([`gpu_forward`]: weights, KV cache and adapters resident there).
 
 pub mod config;
+pub mod gpu_forward;
 pub mod grad;
 pub mod ops;
 pub mod weights;
 
 use crate::adapter::{LoraAdapter, LoraTensor};
+use crate::compute::gpu::Gpu;
 use crate::compute::{Backend, ComputeError};
 use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
 
 use config::ModelConfig;
+use gpu_forward::{GpuCache, GpuForward};
 use ops::{attention::attention_forward, embedding::embedding_forward, linear::linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use weights::{Weight, Weights};
 
@@ -27,14 +32,24 @@ use weights::{Weight, Weights};
 pub struct NativeModel {
     pub config: ModelConfig,
     gguf: GgufFile,
-    backend: Box<dyn Backend>,
+    exec: Exec,
 }
 
-/// Per-sequence state: the KV cache, f32, per layer [n_past, n_head_kv·head_dim].
+/// Where the forward runs.
+enum Exec {
+    /// On the host, matrices through a backend (the CPU kernels, or a GPU one call at a time).
+    Host(Box<dyn Backend>),
+    /// Start to end on the GPU.
+    Device(Box<GpuForward>),
+}
+
+/// Per-sequence state: the KV cache, f32, per layer [n_past, n_head_kv·head_dim] — on the
+/// host, or on the device for a model [`on_gpu`](NativeModel::on_gpu).
 #[derive(Default)]
 pub struct Session {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    gpu: Option<GpuCache>,
     n_past: usize,
 }
 
@@ -67,7 +82,15 @@ impl NativeModel {
     pub fn new(gguf: GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         Weights::from_gguf(&gguf, &config)?;
-        Ok(NativeModel { config, gguf, backend })
+        Ok(NativeModel { config, gguf, exec: Exec::Host(backend) })
+    }
+
+    /// Opens `gguf` with the whole forward on `gpu`: uploads every weight; fails (with the
+    /// tensor named) when one is in a format the device kernels do not read.
+    pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
+        let config = ModelConfig::from_gguf(&gguf)?;
+        let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
+        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)) })
     }
 
     pub fn gguf(&self) -> &GgufFile {
@@ -75,19 +98,16 @@ impl NativeModel {
     }
 
     pub fn backend_name(&self) -> String {
-        self.backend.name()
+        match &self.exec {
+            Exec::Host(b) => b.name(),
+            Exec::Device(f) => format!("gpu (whole forward): {}", f.adapter_name()),
+        }
     }
 
     /// Runs `tokens` (positions `session.n_past..`) through the model, appending to the
     /// KV cache, with `adapters` (adapter, weight) applied on the fly. Returns the logits
     /// of the last token, or of every token when `all_logits`.
     pub fn forward(&self, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
-        // On a pool worker: the kernels' parallel loops then start without a cross-thread
-        // hand-off per call (hundreds per token), and run inline on a 1-thread pool.
-        rayon::scope(|_| self.forward_on_worker(session, tokens, adapters, all_logits))
-    }
-
-    fn forward_on_worker(&self, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt.into());
@@ -95,6 +115,21 @@ impl NativeModel {
         if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
             return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
         }
+        match &self.exec {
+            // On a pool worker: the kernels' parallel loops then start without a
+            // cross-thread hand-off per call (hundreds per token), and run inline on a
+            // 1-thread pool.
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), session, tokens, adapters, all_logits)),
+            Exec::Device(f) => {
+                let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
+                session.n_past += tokens.len();
+                Ok(logits)
+            }
+        }
+    }
+
+    fn forward_on_host(&self, backend: &dyn Backend, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
+        let c = &self.config;
         if session.k.is_empty() {
             session.k = vec![Vec::new(); c.n_layer];
             session.v = vec![Vec::new(); c.n_layer];
@@ -104,7 +139,7 @@ impl NativeModel {
         let pos0 = session.n_past;
         let positions: Vec<usize> = (pos0..pos0 + n).collect();
         let loras = |w: &Weight| -> Vec<(&LoraTensor, f32)> { adapters.iter().filter_map(|(a, s)| a.tensors.get(w.name).map(|t| (t, *s))).collect() };
-        let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| linear_forward(self.backend.as_ref(), x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err);
+        let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err);
 
         // x [n, n_embd]
         let mut x = embedding_forward(tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;

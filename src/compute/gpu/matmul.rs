@@ -38,7 +38,7 @@ impl MatmulKernel {
             let rows = chunk.len() / row_bytes;
             let wbuf = gpu.storage("w", chunk, false);
             let out = gpu.storage("y", &vec![0u8; rows * n_x * 4], true);
-            let p = gpu.uniform(bytemuck::cast_slice(&[rows as u32, n_in as u32, n_x as u32, row_bytes as u32]));
+            let p = gpu.uniform(bytemuck::cast_slice(&[rows as u32, n_in as u32, n_x as u32, row_bytes as u32, rows as u32, 0, 0, 0]));
             let mut raw = vec![0u8; rows * n_x * 4];
             gpu.run(&self.pipeline, &[&wbuf, &xbuf, &out, &p], (rows * n_x) as u64, &out, &mut raw)?;
             for r in 0..n_x {

@@ -5,10 +5,12 @@
 //! storage-binding limit (128 MiB by default).
 
 mod dequantize;
+mod graph;
 mod lora_delta;
 mod matmul;
+mod ops;
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
@@ -16,8 +18,10 @@ use super::{check_delta, Backend, ComputeError, Delta};
 use crate::gguf::GgmlType;
 
 pub use dequantize::DequantizeKernel;
+pub use graph::{bits, Graph, Grid, Kernel};
 pub use lora_delta::LoraDeltaKernel;
 pub use matmul::MatmulKernel;
+pub use ops::Ops;
 
 /// Shared byte/f16 helpers prepended to the block-format shaders.
 const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
@@ -25,18 +29,24 @@ const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
 /// The block formats the block shaders are specialized for.
 const BLOCK_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
+/// The formats the native engine's forward reads on the device (matmul, embedding rows):
+/// the block formats plus F16/F32 rows taken as 32-value "blocks".
+const FORWARD_TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::F32];
+
 /// `kernel` (a block shader's source) specialized for `t`: the helpers plus
-/// `BLOCK_BYTES` and `block_value` for that format.
+/// `BLOCK_BYTES` (bytes per 32 values) and `block_value` for that format.
 fn block_shader(kernel: &str, t: GgmlType) -> String {
     let value = match t {
         GgmlType::Q4_0 => "q4_0_value",
         GgmlType::Q4_1 => "q4_1_value",
         GgmlType::Q8_0 => "q8_0_value",
-        _ => unreachable!("BLOCK_TYPES lists the formats with a value function"),
+        GgmlType::F16 => "f16_value",
+        GgmlType::F32 => "f32_value",
+        _ => unreachable!("BLOCK_TYPES and FORWARD_TYPES list the formats with a value function"),
     };
     format!(
         "{COMMON_BYTES}\nconst BLOCK_BYTES: u32 = {}u;\nfn block_value(base: u32, j: u32) -> f32 {{ return {value}(base, j); }}\n{kernel}",
-        t.type_size()
+        t.type_size() * 32 / t.block_size()
     )
 }
 
@@ -180,24 +190,11 @@ impl Gpu {
         }
         enc.copy_buffer_to_buffer(result, 0, &readback, 0, out.len() as u64);
         self.queue.submit([enc.finish()]);
-        let (tx, rx) = mpsc::channel();
-        readback.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| ComputeError::Gpu(format!("waiting for the device: {e}")))?;
+        let bytes = self.map_read(&readback);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Gpu(e.to_string()));
         }
-        rx.recv()
-            .map_err(|_| ComputeError::Gpu("map callback dropped".into()))?
-            .map_err(|e| ComputeError::Gpu(format!("mapping the result: {e}")))?;
-        {
-            let view = readback.slice(..).get_mapped_range().map_err(|e| ComputeError::Gpu(format!("{e:?}")))?;
-            out.copy_from_slice(&view);
-        }
-        readback.unmap();
+        out.copy_from_slice(&bytes?);
         Ok(())
     }
 }

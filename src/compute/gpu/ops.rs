@@ -1,0 +1,64 @@
+//! The native engine's kernels on the device, compiled once per model: quantized matmul
+//! and embedding rows per weight format, RMSNorm, bias add, RoPE, attention, SwiGLU and
+//! the dense product the LoRA factors go through. Each is one WGSL file in `shaders/`.
+
+use super::{block_shader, Gpu, Kernel, FORWARD_TYPES, WORKGROUP};
+use crate::compute::ComputeError;
+use crate::gguf::GgmlType;
+
+/// Workgroup size of the one-workgroup-per-row shaders (rmsnorm, attention).
+const ROW_WORKGROUP: u32 = 64;
+
+pub struct Ops {
+    matmul: Vec<(GgmlType, Kernel)>,
+    get_rows: Vec<(GgmlType, Kernel)>,
+    pub rmsnorm: Kernel,
+    pub add: Kernel,
+    pub rope: Kernel,
+    pub attention: Kernel,
+    pub swiglu: Kernel,
+    pub dense: Kernel,
+}
+
+impl Ops {
+    /// Compiles every kernel (a shader the driver rejects is an error here).
+    pub fn new(gpu: &Gpu) -> Result<Ops, ComputeError> {
+        let d = gpu.device();
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let per_type = |label: &str, src: &str| -> Vec<(GgmlType, Kernel)> { FORWARD_TYPES.into_iter().map(|t| (t, Kernel::new(d, label, block_shader(src, t), WORKGROUP))).collect() };
+        let plain = |label: &str, src: &str, wg: u32| Kernel::new(d, label, src.to_string(), wg);
+        let ops = Ops {
+            matmul: per_type("matmul", include_str!("../../../shaders/matmul.wgsl")),
+            get_rows: per_type("get_rows", include_str!("../../../shaders/get_rows.wgsl")),
+            rmsnorm: plain("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl"), ROW_WORKGROUP),
+            add: plain("add", include_str!("../../../shaders/add.wgsl"), WORKGROUP),
+            rope: plain("rope", include_str!("../../../shaders/rope.wgsl"), WORKGROUP),
+            attention: plain("attention", include_str!("../../../shaders/attention.wgsl"), ROW_WORKGROUP),
+            swiglu: plain("swiglu", include_str!("../../../shaders/swiglu.wgsl"), WORKGROUP),
+            dense: plain("dense_matmul", include_str!("../../../shaders/dense_matmul.wgsl"), WORKGROUP),
+        };
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(ComputeError::Gpu(format!("compiling the native engine's shaders: {e}")));
+        }
+        Ok(ops)
+    }
+
+    /// Whether weights of type `t` can be used on the device (n_in a multiple of 32).
+    pub fn supports(t: GgmlType) -> bool {
+        FORWARD_TYPES.contains(&t)
+    }
+
+    fn find(list: &[(GgmlType, Kernel)], t: GgmlType) -> Result<&Kernel, ComputeError> {
+        list.iter().find(|(k, _)| *k == t).map(|(_, k)| k).ok_or(ComputeError::Unsupported(t, "gpu forward"))
+    }
+
+    /// y = x·Wᵀ with W of type `t`.
+    pub fn matmul(&self, t: GgmlType) -> Result<&Kernel, ComputeError> {
+        Self::find(&self.matmul, t)
+    }
+
+    /// Embedding rows of a table of type `t`.
+    pub fn get_rows(&self, t: GgmlType) -> Result<&Kernel, ComputeError> {
+        Self::find(&self.get_rows, t)
+    }
+}

@@ -1,0 +1,363 @@
+//! The native engine's forward on wgpu, start to end on the device: every weight is
+//! uploaded once in its stored format (row chunks under the binding limit), the KV cache
+//! and the active adapters' factors live on the device, and a call records the whole
+//! forward (embedding rows → layers → output head) into one [`Graph`] and reads back only
+//! the logits. The host computes nothing but RoPE's (cos, sin) table for the batch's
+//! positions (in f64, as the CPU path does).
+//!
+//! Same math as the CPU forward in [`super::NativeModel`] (f32 on exactly dequantized
+//! weights), in a different summation order.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::config::{ModelConfig, RopeStyle};
+use super::weights::{Weight, Weights};
+use crate::adapter::LoraAdapter;
+use crate::compute::gpu::{bits, Gpu, Graph, Grid, Ops};
+use crate::compute::ComputeError;
+
+/// Device copies of this many adapters are kept (least recently used dropped first).
+const ADAPTER_SLOTS: usize = 8;
+
+/// A weight matrix [n_out, n_in] on the device, in row chunks of its stored format.
+struct DeviceWeight {
+    name: String,
+    t: crate::gguf::GgmlType,
+    n_in: usize,
+    n_out: usize,
+    row_bytes: usize,
+    /// (buffer, first row, rows)
+    chunks: Vec<(wgpu::Buffer, usize, usize)>,
+}
+
+struct DeviceLayer {
+    attn_norm: wgpu::Buffer,
+    wq: DeviceWeight,
+    wk: DeviceWeight,
+    wv: DeviceWeight,
+    wo: DeviceWeight,
+    bq: Option<wgpu::Buffer>,
+    bk: Option<wgpu::Buffer>,
+    bv: Option<wgpu::Buffer>,
+    ffn_norm: wgpu::Buffer,
+    w_gate: DeviceWeight,
+    w_up: DeviceWeight,
+    w_down: DeviceWeight,
+}
+
+/// One adapted weight's factors on the device: A [rank, n_in], B [n_out, rank], f32.
+struct DeviceLora {
+    a: wgpu::Buffer,
+    b: wgpu::Buffer,
+    rank: usize,
+    scale: f32,
+}
+
+struct DeviceAdapter {
+    id: u64,
+    tensors: BTreeMap<String, DeviceLora>,
+}
+
+/// A sequence's KV cache on the device: per layer [capacity, n_head_kv·head_dim] f32.
+pub struct GpuCache {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+    capacity: usize,
+}
+
+/// Activations of one call, reallocated when a call needs more.
+struct Scratch {
+    n: usize,
+    ids: wgpu::Buffer,
+    cs: wgpu::Buffer,
+    x: wgpu::Buffer,
+    h: wgpu::Buffer,
+    q: wgpu::Buffer,
+    att: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    /// LoRA's x·Aᵀ [n, rank], `lora_len` floats.
+    lora: wgpu::Buffer,
+    lora_len: usize,
+    /// Attention scores [rows, n_head, ctx], `scores_len` floats.
+    scores: wgpu::Buffer,
+    scores_len: usize,
+    /// [rows, n_vocab], `logits_rows` rows.
+    logits: wgpu::Buffer,
+    logits_rows: usize,
+}
+
+/// The model resident on one GPU.
+pub struct GpuForward {
+    gpu: Gpu,
+    ops: Ops,
+    config: ModelConfig,
+    token_embd: DeviceWeight,
+    /// None: tied to `token_embd`.
+    output: Option<DeviceWeight>,
+    output_norm: wgpu::Buffer,
+    layers: Vec<DeviceLayer>,
+    adapters: Mutex<Vec<DeviceAdapter>>,
+    scratch: Mutex<Option<Scratch>>,
+}
+
+fn floats(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+/// Where a linear layer's output goes: `buf[base + r·stride + o]`, added to or replaced.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    buf: &'a wgpu::Buffer,
+    base: usize,
+    stride: usize,
+    accumulate: bool,
+}
+
+impl GpuForward {
+    /// Uploads the model's weights; fails with [`ComputeError::Unsupported`] naming the
+    /// first weight whose format has no device kernel.
+    pub fn new(gpu: Gpu, weights: &Weights, config: &ModelConfig) -> Result<GpuForward, ComputeError> {
+        let ops = Ops::new(&gpu)?;
+        let vec = |label: &str, v: &[f32]| gpu.upload(label, floats(v));
+        let mat = |w: &Weight| -> Result<DeviceWeight, ComputeError> {
+            if !Ops::supports(w.t) || w.n_in % 32 != 0 {
+                return Err(ComputeError::Shape(format!("{} ({}, {} wide): no GPU kernel for it (GPU forward: Q4_0, Q4_1, Q8_0, F16, F32 rows of a multiple of 32)", w.name, w.t, w.n_in)));
+            }
+            let row_bytes = w.bytes.len() / w.n_out;
+            let per_chunk = (gpu.max_binding() as usize / row_bytes).max(1);
+            let chunks = w.bytes.chunks(per_chunk * row_bytes).enumerate().map(|(i, c)| (gpu.upload(w.name, c), i * per_chunk, c.len() / row_bytes)).collect();
+            Ok(DeviceWeight { name: w.name.to_string(), t: w.t, n_in: w.n_in, n_out: w.n_out, row_bytes, chunks })
+        };
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            layers.push(DeviceLayer {
+                attn_norm: vec("attn_norm", &l.attn_norm),
+                wq: mat(&l.wq)?,
+                wk: mat(&l.wk)?,
+                wv: mat(&l.wv)?,
+                wo: mat(&l.wo)?,
+                bq: l.bq.as_deref().map(|b| vec("bq", b)),
+                bk: l.bk.as_deref().map(|b| vec("bk", b)),
+                bv: l.bv.as_deref().map(|b| vec("bv", b)),
+                ffn_norm: vec("ffn_norm", &l.ffn_norm),
+                w_gate: mat(&l.w_gate)?,
+                w_up: mat(&l.w_up)?,
+                w_down: mat(&l.w_down)?,
+            });
+        }
+        Ok(GpuForward {
+            token_embd: mat(&weights.token_embd)?,
+            output: if config.tied_embeddings { None } else { Some(mat(&weights.output)?) },
+            output_norm: vec("output_norm", &weights.output_norm),
+            layers,
+            adapters: Mutex::new(Vec::new()),
+            scratch: Mutex::new(None),
+            config: config.clone(),
+            ops,
+            gpu,
+        })
+    }
+
+    pub fn adapter_name(&self) -> String {
+        self.gpu.adapter()
+    }
+
+    /// Runs `tokens` at positions `n_past..` through the model, appending their keys and
+    /// values to `cache` (created or grown as needed), with `adapters` on the fly. Returns
+    /// the last row's logits, or every row's when `all_logits`.
+    pub fn forward(&self, cache: &mut Option<GpuCache>, n_past: usize, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, ComputeError> {
+        let c = &self.config;
+        let gpu = &self.gpu;
+        let n = tokens.len();
+        let (d, kv, hd) = (c.n_embd, c.n_head_kv * c.head_dim, c.head_dim);
+        self.reserve_cache(cache, n_past, n_past + n)?;
+        let cache = cache.as_ref().expect("reserved");
+        let mut device_adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let active = self.resident(&mut device_adapters, adapters)?;
+        let max_rank = active.iter().flat_map(|(a, _)| a.tensors.values().map(|t| t.rank)).max().unwrap_or(0);
+        let ctx = n_past + n;
+        // Attention scores in query chunks under the binding limit.
+        let q_chunk = (gpu.max_binding() as usize / (4 * c.n_head * ctx)).clamp(1, n);
+        let head_rows = (gpu.max_binding() as usize / (4 * c.n_vocab)).clamp(1, n);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.reserve_scratch(&mut scratch, n, n * max_rank, q_chunk * c.n_head * ctx, head_rows);
+
+        let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        gpu.write(&s.ids, 0, bytemuck::cast_slice(&ids));
+        gpu.write(&s.cs, 0, floats(&rope_table(c, n_past, n)));
+
+        let mut g = Graph::new(gpu);
+        let ops = &self.ops;
+        // x [n, d] = token_embd[ids]
+        let e = &self.token_embd;
+        for (buf, row0, rows) in &e.chunks {
+            g.dispatch(ops.get_rows(e.t)?, &[buf, &s.ids, &s.x], &[d as u32, e.row_bytes as u32, n as u32, *row0 as u32, *rows as u32], Grid::Threads((n * d) as u64));
+        }
+        let kv_base = n_past * kv;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention block: h = norm(x); q, k, v (k, v straight into the cache); RoPE
+            self.rmsnorm(&mut g, &s.x, 0, &layer.attn_norm, &s.h, n);
+            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wq, layer.bq.as_ref(), Out { buf: &s.q, base: 0, stride: d, accumulate: false })?;
+            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wk, layer.bk.as_ref(), Out { buf: &cache.k[l], base: kv_base, stride: kv, accumulate: false })?;
+            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wv, layer.bv.as_ref(), Out { buf: &cache.v[l], base: kv_base, stride: kv, accumulate: false })?;
+            let neox = u32::from(c.rope_style == RopeStyle::NeoX);
+            let half = c.rope_dim / 2;
+            for (buf, heads, base) in [(&s.q, c.n_head, 0), (&cache.k[l], c.n_head_kv, kv_base)] {
+                g.dispatch(&ops.rope, &[buf, &s.cs], &[n as u32, heads as u32, hd as u32, half as u32, neox, base as u32], Grid::Threads((n * heads * half) as u64));
+            }
+            // att [n, d] = softmax(q·kᵀ/√hd)·v, in chunks of query rows
+            for q0 in (0..n).step_by(q_chunk) {
+                let rows = q_chunk.min(n - q0);
+                let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt())];
+                g.dispatch(&ops.attention, &[&s.q, &cache.k[l], &cache.v[l], &s.scores, &s.att], &p, Grid::Groups((rows * c.n_head) as u64));
+            }
+            // x += att·Woᵀ
+            self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?;
+            // feed-forward block: x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ
+            self.rmsnorm(&mut g, &s.x, 0, &layer.ffn_norm, &s.h, n);
+            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_gate, None, Out { buf: &s.gate, base: 0, stride: c.n_ff, accumulate: false })?;
+            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_up, None, Out { buf: &s.up, base: 0, stride: c.n_ff, accumulate: false })?;
+            g.dispatch(&ops.swiglu, &[&s.gate, &s.up], &[(n * c.n_ff) as u32], Grid::Threads((n * c.n_ff) as u64));
+            self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?;
+        }
+        // Output head over the rows asked for, in chunks of `head_rows`; the first chunk
+        // rides in the layers' graph, later ones get their own.
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let first = if all_logits { 0 } else { n - 1 };
+        let mut out = Vec::with_capacity(n - first);
+        let mut graph = Some(g);
+        for r0 in (first..n).step_by(head_rows) {
+            let rows = head_rows.min(n - r0);
+            let mut g = graph.take().unwrap_or_else(|| Graph::new(gpu));
+            self.rmsnorm(&mut g, &s.x, r0 * d, &self.output_norm, &s.h, rows);
+            self.linear(&mut g, &[], &s.lora, &s.h, rows, head, None, Out { buf: &s.logits, base: 0, stride: c.n_vocab, accumulate: false })?;
+            let bytes = g.run(Some((&s.logits, 0, (rows * c.n_vocab * 4) as u64)))?;
+            let values: &[f32] = bytemuck::cast_slice(&bytes);
+            out.extend(values.chunks_exact(c.n_vocab).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+
+    /// out = x·Wᵀ (+ bias) + Σ s·(x·Aᵀ)·Bᵀ over the active adapters targeting W.
+    #[allow(clippy::too_many_arguments)]
+    fn linear<'a>(&'a self, g: &mut Graph<'a>, active: &[(&'a DeviceAdapter, f32)], tmp: &'a wgpu::Buffer, x: &'a wgpu::Buffer, n: usize, w: &'a DeviceWeight, bias: Option<&'a wgpu::Buffer>, out: Out<'a>) -> Result<(), ComputeError> {
+        let kernel = self.ops.matmul(w.t)?;
+        for (buf, row0, rows) in &w.chunks {
+            let p = [*rows as u32, w.n_in as u32, n as u32, w.row_bytes as u32, out.stride as u32, (out.base + row0) as u32, u32::from(out.accumulate)];
+            g.dispatch(kernel, &[buf, x, out.buf], &p, Grid::Threads((n * rows) as u64));
+        }
+        if let Some(b) = bias {
+            debug_assert_eq!(out.stride, w.n_out);
+            g.dispatch(&self.ops.add, &[b, out.buf], &[(n * w.n_out) as u32, w.n_out as u32, out.base as u32], Grid::Threads((n * w.n_out) as u64));
+        }
+        for (a, weight) in active {
+            let Some(t) = a.tensors.get(&w.name) else { continue };
+            // tmp [n, r] = s·x·Aᵀ;  out += tmp·Bᵀ
+            g.dispatch(&self.ops.dense, &[x, &t.a, tmp], &[n as u32, t.rank as u32, w.n_in as u32, 0, t.rank as u32, 0, bits(weight * t.scale)], Grid::Threads((n * t.rank) as u64));
+            g.dispatch(&self.ops.dense, &[tmp, &t.b, out.buf], &[n as u32, w.n_out as u32, t.rank as u32, 1, out.stride as u32, out.base as u32, bits(1.0)], Grid::Threads((n * w.n_out) as u64));
+        }
+        Ok(())
+    }
+
+    /// out [rows, d] = rmsnorm(x[x_base..] rows) · w.
+    fn rmsnorm<'a>(&'a self, g: &mut Graph<'a>, x: &'a wgpu::Buffer, x_base: usize, w: &'a wgpu::Buffer, out: &'a wgpu::Buffer, rows: usize) {
+        let p = [self.config.n_embd as u32, rows as u32, x_base as u32, bits(self.config.rms_eps)];
+        g.dispatch(&self.ops.rmsnorm, &[x, w, out], &p, Grid::Groups(rows as u64));
+    }
+
+    /// The device copies of `adapters` (uploaded on first use), with their weights.
+    fn resident<'a>(&self, slots: &'a mut Vec<DeviceAdapter>, adapters: &[(&LoraAdapter, f32)]) -> Result<Vec<(&'a DeviceAdapter, f32)>, ComputeError> {
+        for (a, _) in adapters {
+            if let Some(i) = slots.iter().position(|d| d.id == a.id()) {
+                let d = slots.remove(i);
+                slots.push(d); // most recently used last
+                continue;
+            }
+            let mut tensors = BTreeMap::new();
+            for (name, t) in &a.tensors {
+                if t.a.len() != t.rank * t.n_in || t.b.len() != t.n_out * t.rank {
+                    return Err(ComputeError::Shape(format!("adapter tensor {name}: A {} / B {} values for rank {}, [{}, {}]", t.a.len(), t.b.len(), t.rank, t.n_out, t.n_in)));
+                }
+                tensors.insert(name.clone(), DeviceLora { a: self.gpu.upload("lora_a", floats(&t.a)), b: self.gpu.upload("lora_b", floats(&t.b)), rank: t.rank, scale: t.scale });
+            }
+            if slots.len() >= ADAPTER_SLOTS.max(adapters.len()) {
+                slots.remove(0);
+            }
+            slots.push(DeviceAdapter { id: a.id(), tensors });
+        }
+        let slots: &'a Vec<DeviceAdapter> = slots;
+        Ok(adapters.iter().map(|(a, w)| (slots.iter().find(|d| d.id == a.id()).expect("made resident above"), *w)).collect())
+    }
+
+    /// Makes `cache` hold positions up to `need` (keeping the first `keep`).
+    fn reserve_cache(&self, cache: &mut Option<GpuCache>, keep: usize, need: usize) -> Result<(), ComputeError> {
+        let c = &self.config;
+        let row = (c.n_head_kv * c.head_dim * 4) as u64;
+        if cache.as_ref().is_some_and(|k| k.capacity >= need) {
+            return Ok(());
+        }
+        let max = (self.gpu.max_binding() / row) as usize;
+        if need > max {
+            return Err(ComputeError::Shape(format!("{need} positions exceed the device's KV cache limit of {max} ({} bytes per binding)", self.gpu.max_binding())));
+        }
+        let capacity = cache.as_ref().map_or(0, |k| k.capacity * 2).max(need).max(256).min(max);
+        let fresh = || (0..c.n_layer).map(|_| self.gpu.buffer("kv_cache", capacity as u64 * row)).collect::<Vec<_>>();
+        let grown = GpuCache { k: fresh(), v: fresh(), capacity };
+        if let Some(old) = cache.as_ref().filter(|_| keep > 0) {
+            for (src, dst) in old.k.iter().zip(&grown.k).chain(old.v.iter().zip(&grown.v)) {
+                self.gpu.copy(src, dst, keep as u64 * row);
+            }
+        }
+        *cache = Some(grown);
+        Ok(())
+    }
+
+    fn reserve_scratch<'s>(&self, scratch: &'s mut Option<Scratch>, n: usize, lora_len: usize, scores_len: usize, logits_rows: usize) -> &'s Scratch {
+        let c = &self.config;
+        let fits = scratch.as_ref().is_some_and(|s| s.n >= n && s.lora_len >= lora_len && s.scores_len >= scores_len && s.logits_rows >= logits_rows);
+        if !fits {
+            let old = scratch.take();
+            let n = n.max(old.as_ref().map_or(0, |s| s.n));
+            let lora_len = lora_len.max(old.as_ref().map_or(0, |s| s.lora_len));
+            let scores_len = scores_len.max(old.as_ref().map_or(0, |s| s.scores_len));
+            let logits_rows = logits_rows.max(old.as_ref().map_or(0, |s| s.logits_rows));
+            let f = |label: &str, len: usize| self.gpu.buffer(label, (len * 4) as u64);
+            *scratch = Some(Scratch {
+                n,
+                ids: f("ids", n),
+                cs: f("rope_cs", n * c.rope_dim),
+                x: f("x", n * c.n_embd),
+                h: f("h", n * c.n_embd),
+                q: f("q", n * c.n_embd),
+                att: f("att", n * c.n_embd),
+                gate: f("gate", n * c.n_ff),
+                up: f("up", n * c.n_ff),
+                lora: f("lora", lora_len),
+                lora_len,
+                scores: f("scores", scores_len),
+                scores_len,
+                logits: f("logits", logits_rows * c.n_vocab),
+                logits_rows,
+            });
+        }
+        scratch.as_ref().expect("allocated above")
+    }
+}
+
+/// (cos, sin) [n, rope_dim/2, 2] for positions `pos0..pos0+n`, computed in f64 as the
+/// CPU path does.
+fn rope_table(c: &ModelConfig, pos0: usize, n: usize) -> Vec<f32> {
+    let half = c.rope_dim / 2;
+    let mut t = Vec::with_capacity(n * half * 2);
+    for p in pos0..pos0 + n {
+        let pos = p as f64 / f64::from(c.rope_linear_factor);
+        for i in 0..half {
+            let theta = pos * f64::from(c.rope_base).powf(-2.0 * i as f64 / c.rope_dim as f64);
+            t.push(theta.cos() as f32);
+            t.push(theta.sin() as f32);
+        }
+    }
+    t
+}
