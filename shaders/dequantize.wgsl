@@ -1,6 +1,6 @@
-// Dequantize 32-wide blocks to f32, one thread per value. The block format comes from
-// the prelude the backend prepends: `BLOCK_BYTES` and `block_value(base, j)` (see
-// common_bytes.wgsl).
+// Dequantize blocks to f32, one thread per value. The block format comes from the
+// prelude the backend prepends: `BLOCK_ELEMS`, `BLOCK_BYTES` and `block_value(base, j)`
+// (see common_bytes.wgsl).
 struct Params {
     n_elements: u32,
     _pad0: u32,
@@ -18,5 +18,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (idx >= params.n_elements) {
         return;
     }
-    dst[idx] = block_value((idx / 32u) * BLOCK_BYTES, idx % 32u);
+    dst[idx] = block_value((idx / BLOCK_ELEMS) * BLOCK_BYTES, idx % BLOCK_ELEMS);
 }

@@ -1,5 +1,5 @@
-// out[r, i] = W[ids[r], i]: the embedding lookup, rows decoded from a 32-wide block format
-// (prelude: `BLOCK_BYTES`, `block_value`). The table may be split in row chunks (binding
+// out[r, i] = W[ids[r], i]: the embedding lookup, rows decoded from a block format (prelude:
+// `BLOCK_ELEMS`, `BLOCK_BYTES`, `block_value`). The table may be split in row chunks (binding
 // limit): this dispatch holds rows row0..row0+rows and leaves other ids alone.
 struct Params {
     n_embd: u32,
@@ -28,5 +28,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let i = idx % params.n_embd;
-    out[idx] = block_value((id - params.row0) * params.row_bytes + (i / 32u) * BLOCK_BYTES, i % 32u);
+    out[idx] = block_value((id - params.row0) * params.row_bytes + (i / BLOCK_ELEMS) * BLOCK_BYTES, i % BLOCK_ELEMS);
 }

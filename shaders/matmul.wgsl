@@ -1,5 +1,5 @@
 // y[y_base + r·y_stride + o] (+)= Σ_i x[r, i] · W[o, i] for a weight W [n_out, n_in] in a
-// 32-wide block format (rows of n_in / 32 blocks of BLOCK_BYTES, decoded on the fly by
+// block format (rows of n_in / BLOCK_ELEMS blocks of BLOCK_BYTES, decoded on the fly by
 // `block_value`, from the prelude the backend prepends). One thread per output.
 // `y_stride`/`y_base` let the native engine write into a wider buffer (a chunk of output
 // columns, or its KV cache); `accumulate` adds to y instead (the residual stream).
@@ -28,10 +28,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let r = idx / params.n_out;
     let o = idx % params.n_out;
     var sum = 0.0;
-    for (var b = 0u; b < params.n_in / 32u; b = b + 1u) {
+    for (var b = 0u; b < params.n_in / BLOCK_ELEMS; b = b + 1u) {
         let base = o * params.row_bytes + b * BLOCK_BYTES;
-        let xb = r * params.n_in + b * 32u;
-        for (var j = 0u; j < 32u; j = j + 1u) {
+        let xb = r * params.n_in + b * BLOCK_ELEMS;
+        for (var j = 0u; j < BLOCK_ELEMS; j = j + 1u) {
             sum = sum + block_value(base, j) * x[xb + j];
         }
     }

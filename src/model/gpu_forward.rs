@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use super::config::{ModelConfig, RopeStyle};
 use super::weights::{Weight, Weights};
 use crate::adapter::LoraAdapter;
-use crate::compute::gpu::{bits, Gpu, Graph, Grid, Ops};
+use crate::compute::gpu::{bits, block_elems, Gpu, Graph, Grid, Ops};
 use crate::compute::ComputeError;
 
 /// Device copies of this many adapters are kept (least recently used dropped first).
@@ -122,8 +122,11 @@ impl GpuForward {
         let ops = Ops::new(&gpu)?;
         let vec = |label: &str, v: &[f32]| gpu.upload(label, floats(v));
         let mat = |w: &Weight| -> Result<DeviceWeight, ComputeError> {
-            if !Ops::supports(w.t) || w.n_in % 32 != 0 {
-                return Err(ComputeError::Shape(format!("{} ({}, {} wide): no GPU kernel for it (GPU forward: Q4_0, Q4_1, Q8_0, F16, F32 rows of a multiple of 32)", w.name, w.t, w.n_in)));
+            if !Ops::supports(w.t) {
+                return Err(ComputeError::Unsupported(w.t, "gpu forward"));
+            }
+            if w.n_in as u64 % block_elems(w.t) != 0 {
+                return Err(ComputeError::Shape(format!("{} ({}): rows of {} values, the GPU kernels read {} at a time", w.name, w.t, w.n_in, block_elems(w.t))));
             }
             let row_bytes = w.bytes.len() / w.n_out;
             let per_chunk = (gpu.max_binding() as usize / row_bytes).max(1);

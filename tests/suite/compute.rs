@@ -32,13 +32,46 @@ fn within_budget(gpu: &[f32], reference: &[f32]) -> Result<(), String> {
     Ok(())
 }
 
+/// The formats with a GPU dequantize/matmul kernel: every type the CPU dequantizes but F32.
+const GPU_TYPES: [GgmlType; 12] = [
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Byte offsets of the f16 scales (d, and m/dmin) inside one block of `t`.
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    match t {
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[0],
+    }
+}
+
+/// `n_blocks` blocks of random bits with finite scales in [−1, 1) (plain float formats:
+/// random finite values).
 fn random_blocks(t: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+    match t {
+        GgmlType::F16 => return (0..n_blocks).flat_map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
+        GgmlType::BF16 => return (0..n_blocks).flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
+        _ => {}
+    }
     let ts = t.type_size() as usize;
     let mut v = vec![0u8; n_blocks * ts];
     rng.fill(&mut v[..]);
-    let halves: &[usize] = if t == GgmlType::Q4_1 { &[0, 2] } else { &[0] };
     for b in v.chunks_exact_mut(ts) {
-        for &o in halves {
+        for &o in f16_fields(t) {
             b[o..o + 2].copy_from_slice(&f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes());
         }
     }
@@ -51,9 +84,10 @@ fn gpu_dequantize_matches_the_reference() {
     for limit in [u64::MAX, 4096] {
         let g = gpu(limit);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let bytes = random_blocks(t, 777, &mut rng);
-            let n = 777 * 32;
+        for t in GPU_TYPES {
+            let n_blocks = 777 * 32 / t.block_size() as usize + 1;
+            let bytes = random_blocks(t, n_blocks, &mut rng);
+            let n = n_blocks * t.block_size() as usize;
             let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
             g.dequantize(t, &bytes, &mut a).unwrap();
             dequantize_reference(t, &bytes, &mut b).unwrap();
@@ -102,8 +136,8 @@ fn gpu_lora_delta_matches_the_cpu() {
 #[test]
 fn gpu_rejects_types_without_a_kernel() {
     let mut out = vec![0f32; 256];
-    let e = gpu(u64::MAX).dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out).unwrap_err();
-    assert!(e.to_string().contains("q4_K"), "{e}");
+    let e = gpu(u64::MAX).dequantize(GgmlType::IQ4_NL, &[0u8; 144], &mut out).unwrap_err();
+    assert!(e.to_string().contains("iq4_nl"), "{e}");
 }
 
 #[test]
@@ -135,6 +169,28 @@ fn matmul_on_cpu_and_gpu_matches_an_f64_reference() {
         }
     }
     assert!(Cpu.matmul(GgmlType::Q4_1, &[0u8; 20], 2, 32, &[0.0; 32], 1).is_err(), "shape mismatch accepted");
+}
+
+#[test]
+fn gpu_matmul_reads_every_block_format() {
+    // Random blocks of each format as W [5, 512]; y = x·Wᵀ against an f64 sum over the
+    // reference dequantization, error bounded relative to Σ|x·w|.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+    let g = gpu(u64::MAX);
+    let (n_out, n_in, n_x) = (5, 512, 2);
+    for t in GPU_TYPES {
+        let bytes = random_blocks(t, n_out * n_in / t.block_size() as usize, &mut rng);
+        let mut w = vec![0f32; n_out * n_in];
+        dequantize_reference(t, &bytes, &mut w).unwrap();
+        let x: Vec<f32> = (0..n_x * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let y = g.matmul(t, &bytes, n_out, n_in, &x, n_x).unwrap();
+        for (k, got) in y.iter().enumerate() {
+            let (r, o) = (k / n_out, k % n_out);
+            let terms = (0..n_in).map(|i| f64::from(x[r * n_in + i]) * f64::from(w[o * n_in + i]));
+            let (want, mag): (f64, f64) = terms.fold((0.0, 0.0), |(s, m), v| (s + v, m + v.abs()));
+            assert!((f64::from(*got) - want).abs() <= 1e-5 * mag.max(1e-30), "{t} y[{r}, {o}]: gpu {got} vs {want}");
+        }
+    }
 }
 
 #[test]

@@ -26,27 +26,63 @@ pub use ops::Ops;
 /// Shared byte/f16 helpers prepended to the block-format shaders.
 const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");
 
-/// The block formats the block shaders are specialized for.
-const BLOCK_TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+/// The formats the block shaders (dequantize, matmul) are specialized for: every type
+/// the CPU dequantizes but F32 (which needs no kernel).
+const BLOCK_TYPES: [GgmlType; 12] = [
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 /// The formats the native engine's forward reads on the device (matmul, embedding rows):
-/// the block formats plus F16/F32 rows taken as 32-value "blocks".
-const FORWARD_TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::F32];
+/// the block formats plus F32.
+const FORWARD_TYPES: [GgmlType; 13] = {
+    let mut all = [GgmlType::F32; 13];
+    let mut i = 0;
+    while i < BLOCK_TYPES.len() {
+        all[i + 1] = BLOCK_TYPES[i];
+        i += 1;
+    }
+    all
+};
+
+/// Values per block of `t` as the shaders read it (1 for the plain float formats).
+pub fn block_elems(t: GgmlType) -> u64 {
+    t.block_size()
+}
 
 /// `kernel` (a block shader's source) specialized for `t`: the helpers plus
-/// `BLOCK_BYTES` (bytes per 32 values) and `block_value` for that format.
+/// `BLOCK_ELEMS`, `BLOCK_BYTES` and `block_value` for that format.
 fn block_shader(kernel: &str, t: GgmlType) -> String {
     let value = match t {
+        GgmlType::F32 => "f32_value",
+        GgmlType::F16 => "f16_value",
+        GgmlType::BF16 => "bf16_value",
         GgmlType::Q4_0 => "q4_0_value",
         GgmlType::Q4_1 => "q4_1_value",
+        GgmlType::Q5_0 => "q5_0_value",
+        GgmlType::Q5_1 => "q5_1_value",
         GgmlType::Q8_0 => "q8_0_value",
-        GgmlType::F16 => "f16_value",
-        GgmlType::F32 => "f32_value",
+        GgmlType::Q2_K => "q2_k_value",
+        GgmlType::Q3_K => "q3_k_value",
+        GgmlType::Q4_K => "q4_k_value",
+        GgmlType::Q5_K => "q5_k_value",
+        GgmlType::Q6_K => "q6_k_value",
         _ => unreachable!("BLOCK_TYPES and FORWARD_TYPES list the formats with a value function"),
     };
+    let elems = block_elems(t);
     format!(
-        "{COMMON_BYTES}\nconst BLOCK_BYTES: u32 = {}u;\nfn block_value(base: u32, j: u32) -> f32 {{ return {value}(base, j); }}\n{kernel}",
-        t.type_size() * 32 / t.block_size()
+        "{COMMON_BYTES}\nconst BLOCK_ELEMS: u32 = {elems}u;\nconst BLOCK_BYTES: u32 = {}u;\nfn block_value(base: u32, j: u32) -> f32 {{ return {value}(base, j); }}\n{kernel}",
+        t.type_size() * elems / t.block_size()
     )
 }
 
