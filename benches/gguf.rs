@@ -1,11 +1,13 @@
 //! GGUF parsing and dequantization throughput on the default model (scalar reference vs
-//! the SIMD kernel the CPU dispatches to). `cargo bench --bench gguf` (needs models/fetch).
+//! the SIMD kernel the CPU dispatches to), and per block format on a quantized random
+//! matrix. `cargo bench --bench gguf` (needs models/fetch).
 
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edgelora::gguf::GgufFile;
-use edgelora::quant::{dequantize, dequantize_reference, simd};
+use edgelora::gguf::GgmlType;
+use edgelora::quant::{dequantize, dequantize_reference, quantize_ggml, simd};
 
 fn model() -> std::path::PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -38,5 +40,21 @@ fn dequantize_tensors(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, open_header, dequantize_tensors);
+/// Every format with a SIMD kernel: a 256 × 1536 matrix (values in ±1) quantized by
+/// ggml's quantizer, dequantized by the reference and by the dispatched kernel.
+fn dequantize_formats(c: &mut Criterion) {
+    let (rows, cols) = (256, 1536);
+    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut g = c.benchmark_group("dequantize_formats");
+    g.throughput(Throughput::Elements((rows * cols) as u64));
+    for t in GgmlType::ALL.into_iter().filter(|t| simd::kernel(*t).is_some()) {
+        let bytes = quantize_ggml(t, &x, cols).unwrap();
+        let mut out = vec![0f32; rows * cols];
+        g.bench_function(format!("reference/{t}"), |b| b.iter(|| dequantize_reference(t, &bytes, &mut out).unwrap()));
+        g.bench_function(format!("{}/{t}", simd::selected()), |b| b.iter(|| dequantize(t, &bytes, &mut out).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, open_header, dequantize_tensors, dequantize_formats);
 criterion_main!(benches);

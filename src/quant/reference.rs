@@ -73,7 +73,7 @@ pub fn dequantize_bf16(x: &[bf16], out: &mut [f32]) {
 }
 
 /// Q4_K/Q5_K: the 6-bit scale and min of sub-block `j` from the packed 12 bytes.
-fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -103,21 +103,30 @@ pub fn dequantize_q2_k(blocks: &[BlockQ2K], out: &mut [f32]) {
     }
 }
 
-pub fn dequantize_q3_k(blocks: &[BlockQ3K], out: &mut [f32]) {
+/// Q3_K: the 16 6-bit scales (as stored, before the −32) unpacked from 12 bytes.
+pub(crate) fn q3_k_scales(packed: &[u8; 12]) -> [i8; 16] {
     const KMASK1: u32 = 0x0303_0303;
     const KMASK2: u32 = 0x0f0f_0f0f;
+    let mut aux = [0u32; 4];
+    for (i, a) in aux.iter_mut().take(3).enumerate() {
+        *a = u32::from_le_bytes(packed[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    }
+    let tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
+    aux[3] = ((aux[1] >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
+    aux[0] = (aux[0] & KMASK2) | ((tmp & KMASK1) << 4);
+    aux[1] = (aux[1] & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
+    let mut out = [0i8; 16];
+    for (o, b) in out.iter_mut().zip(aux.iter().flat_map(|a| a.to_le_bytes())) {
+        *o = b as i8;
+    }
+    out
+}
+
+pub fn dequantize_q3_k(blocks: &[BlockQ3K], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
         let d_all = b.d.to_f32();
-        let mut aux = [0u32; 4];
-        for (i, a) in aux.iter_mut().take(3).enumerate() {
-            *a = u32::from_le_bytes(b.scales[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-        }
-        let tmp = aux[2];
-        aux[2] = ((aux[0] >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4);
-        aux[3] = ((aux[1] >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4);
-        aux[0] = (aux[0] & KMASK2) | ((tmp & KMASK1) << 4);
-        aux[1] = (aux[1] & KMASK2) | (((tmp >> 2) & KMASK1) << 4);
-        let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|x| x as i8).collect();
+        let scales = q3_k_scales(&b.scales);
         let mut k = 0;
         let mut is = 0;
         let mut m = 1u8;

@@ -2,11 +2,11 @@
 //! scalar reference (`reference.rs`) as its twin: same signature, bit-identical output
 //! (the SIMD code multiplies and adds in the same order, without FMA contraction).
 //!
-//! x86_64: AVX2 and AVX-512 (F+BW) kernels for Q4_0, Q4_1 and Q8_0 (the default model's
-//! types). AVX2 is preferred: on this project's machines the AVX-512 ones measured no
-//! faster (these kernels are memory-bound; `cargo bench --bench gguf` compares them);
-//! `EDGELORA_SIMD=avx512|avx2|scalar` overrides the choice. Other types and other CPUs
-//! use the scalar path. NEON kernels for aarch64 are not written yet.
+//! x86_64: AVX2 kernels for every type but F32 (F16 with F16C), AVX-512 (F+BW) ones for
+//! Q4_0, Q4_1 and Q8_0 (the default model's types). AVX2 is preferred: on this project's
+//! machines the AVX-512 ones measured no faster (these kernels are memory-bound; `cargo
+//! bench --bench gguf` compares them); `EDGELORA_SIMD=avx512|avx2|scalar` overrides the
+//! choice. Other CPUs use the scalar path. NEON kernels for aarch64 are not written yet.
 
 use std::sync::OnceLock;
 
@@ -22,19 +22,47 @@ pub type DotKernel = fn(&[u8], &[f32]) -> f32;
 
 struct Kernels {
     name: &'static str,
-    q4_0: Option<Kernel>,
-    q4_1: Option<Kernel>,
-    q8_0: Option<Kernel>,
+    /// Dequantizers by type (the types without one use the scalar path).
+    dequant: Vec<(GgmlType, Kernel)>,
     dot_q4_1: Option<DotKernel>,
     dot_q8_0: Option<DotKernel>,
+}
+
+/// The AVX2 dequantizers (F16 also needs F16C).
+#[cfg(target_arch = "x86_64")]
+fn avx2_set() -> Vec<(GgmlType, Kernel)> {
+    let mut v: Vec<(GgmlType, Kernel)> = vec![
+        (GgmlType::BF16, x86::bf16),
+        (GgmlType::Q4_0, x86::q4_0),
+        (GgmlType::Q4_1, x86::q4_1),
+        (GgmlType::Q5_0, x86::q5_0),
+        (GgmlType::Q5_1, x86::q5_1),
+        (GgmlType::Q8_0, x86::q8_0),
+        (GgmlType::Q2_K, x86::q2_k),
+        (GgmlType::Q3_K, x86::q3_k),
+        (GgmlType::Q4_K, x86::q4_k),
+        (GgmlType::Q5_K, x86::q5_k),
+        (GgmlType::Q6_K, x86::q6_k),
+    ];
+    if std::arch::is_x86_feature_detected!("f16c") {
+        v.push((GgmlType::F16, x86::f16));
+    }
+    v
+}
+
+/// The AVX-512 dequantizers (where written; the AVX2 set fills the other types).
+#[cfg(target_arch = "x86_64")]
+fn avx512_set() -> Vec<(GgmlType, Kernel)> {
+    vec![(GgmlType::Q4_0, x86::q4_0_512), (GgmlType::Q4_1, x86::q4_1_512), (GgmlType::Q8_0, x86::q8_0_512)]
 }
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None };
         if wanted.as_deref() == Some("scalar") {
-            return Kernels { name: "scalar", q4_0: None, q4_1: None, q8_0: None, dot_q4_1: None, dot_q8_0: None };
+            return scalar;
         }
         #[cfg(target_arch = "x86_64")]
         {
@@ -43,27 +71,17 @@ fn kernels() -> &'static Kernels {
                 && std::arch::is_x86_feature_detected!("avx512bw");
             if std::arch::is_x86_feature_detected!("avx2") {
                 let fma = std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
+                let dot_q4_1 = fma.then_some(x86::dot_q4_1 as DotKernel);
+                let dot_q8_0 = fma.then_some(x86::dot_q8_0 as DotKernel);
                 if avx512 {
-                    return Kernels {
-                        name: "avx512",
-                        q4_0: Some(x86::q4_0_512),
-                        q4_1: Some(x86::q4_1_512),
-                        q8_0: Some(x86::q8_0_512),
-                        dot_q4_1: fma.then_some(x86::dot_q4_1 as DotKernel),
-                        dot_q8_0: fma.then_some(x86::dot_q8_0 as DotKernel),
-                    };
+                    let mut dequant = avx512_set();
+                    dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0 };
                 }
-                return Kernels {
-                    name: "avx2",
-                    q4_0: Some(x86::q4_0),
-                    q4_1: Some(x86::q4_1),
-                    q8_0: Some(x86::q8_0),
-                    dot_q4_1: fma.then_some(x86::dot_q4_1 as DotKernel),
-                    dot_q8_0: fma.then_some(x86::dot_q8_0 as DotKernel),
-                };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0 };
             }
         }
-        Kernels { name: "scalar", q4_0: None, q4_1: None, q8_0: None, dot_q4_1: None, dot_q8_0: None }
+        scalar
     })
 }
 
@@ -74,13 +92,7 @@ pub fn selected() -> &'static str {
 
 /// The SIMD kernel for `t`, if this CPU has one.
 pub fn kernel(t: GgmlType) -> Option<Kernel> {
-    let k = kernels();
-    match t {
-        GgmlType::Q4_0 => k.q4_0,
-        GgmlType::Q4_1 => k.q4_1,
-        GgmlType::Q8_0 => k.q8_0,
-        _ => None,
-    }
+    kernels().dequant.iter().find(|(u, _)| *u == t).map(|(_, k)| *k)
 }
 
 /// Every SIMD dequantizer for `t` this CPU can run (the dispatcher uses the first), so
@@ -90,19 +102,12 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
     let mut v: Vec<(&'static str, Kernel)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
-        let avx2 = std::arch::is_x86_feature_detected!("avx2");
-        let pick = |a: Kernel, b: Kernel, c: Kernel| match t {
-            GgmlType::Q4_0 => Some(a),
-            GgmlType::Q4_1 => Some(b),
-            GgmlType::Q8_0 => Some(c),
-            _ => None,
-        };
-        if avx512 {
-            v.extend(pick(x86::q4_0_512, x86::q4_1_512, x86::q8_0_512).map(|k| ("avx512", k)));
+        let find = |set: Vec<(GgmlType, Kernel)>| set.into_iter().find(|(u, _)| *u == t).map(|(_, k)| k);
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            v.extend(find(avx512_set()).map(|k| ("avx512", k)));
         }
-        if avx2 {
-            v.extend(pick(x86::q4_0, x86::q4_1, x86::q8_0).map(|k| ("avx2", k)));
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.extend(find(avx2_set()).map(|k| ("avx2", k)));
         }
     }
     v
@@ -320,6 +325,276 @@ mod x86 {
     pub fn q8_0_512(bytes: &[u8], out: &mut [f32]) {
         // SAFETY: as above.
         unsafe { q8_0_avx512(bytes, out) }
+    }
+
+    // ---- the other formats (AVX2), each the scalar reference's operations in its order ----
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load32(b: &[u8]) -> __m256i {
+        assert!(b.len() >= 32);
+        // SAFETY: 32 readable bytes (asserted); unaligned load.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store8(out: &mut [f32], i: usize, v: __m256) {
+        assert!(i + 8 <= out.len());
+        // SAFETY: 8 writable floats at i (asserted); unaligned store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), v) };
+    }
+
+    /// 32 unsigned bytes → 32 floats, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn u8x32(v: __m256i) -> [__m256; 4] {
+        let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let cvt = |x: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x));
+        [cvt(lo), cvt(_mm_srli_si128::<8>(lo)), cvt(hi), cvt(_mm_srli_si128::<8>(hi))]
+    }
+
+    /// 32 signed bytes → 32 floats, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn i8x32(v: __m256i) -> [__m256; 4] {
+        let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let cvt = |x: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+        [cvt(lo), cvt(_mm_srli_si128::<8>(lo)), cvt(hi), cvt(_mm_srli_si128::<8>(hi))]
+    }
+
+    /// Bytes of `v` shifted right by `shift` bits, masked with `mask` (per byte).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn bits(v: __m256i, shift: i32, mask: i8) -> __m256i {
+        _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(mask))
+    }
+
+    /// Per byte: `add` where `v & bit` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn where_set(v: __m256i, bit: u8, add: i8) -> __m256i {
+        let clear = _mm256_cmpeq_epi8(_mm256_and_si256(v, _mm256_set1_epi8(bit as i8)), _mm256_setzero_si256());
+        _mm256_andnot_si256(clear, _mm256_set1_epi8(add))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_f16c(bytes: &[u8], out: &mut [f32]) {
+        let mut done = 0;
+        for (b, y) in bytes.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
+            // SAFETY: 16 readable bytes (the chunk); unaligned load.
+            let h = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+            store8(y, 0, _mm256_cvtph_ps(h));
+            done += 8;
+        }
+        for (i, y) in out.iter_mut().enumerate().skip(done) {
+            *y = f16_at(bytes, 2 * i);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn bf16_avx2(bytes: &[u8], out: &mut [f32]) {
+        let mut done = 0;
+        for (b, y) in bytes.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
+            // SAFETY: 16 readable bytes (the chunk); unaligned load.
+            let h = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+            store8(y, 0, _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))));
+            done += 8;
+        }
+        for (i, y) in out.iter_mut().enumerate().skip(done) {
+            *y = half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+        }
+    }
+
+    /// Q5_0/Q5_1: the 32 five-bit values of a block as i32 lanes (low nibbles from `qs`,
+    /// bit j of `qh` as bit 4 of value j).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn five_bits(qs: &[u8], qh: u32) -> [__m256i; 4] {
+        assert!(qs.len() >= 16);
+        // SAFETY: 16 readable bytes (asserted); unaligned load.
+        let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+        let mask = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(v, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+        let nib = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+        let qh = _mm256_set1_epi32(qh as i32);
+        let one = _mm256_set1_epi32(1);
+        let mut out = [_mm256_setzero_si256(); 4];
+        for (k, o) in out.iter_mut().enumerate() {
+            let j = 8 * k as i32;
+            let shifts = _mm256_setr_epi32(j, j + 1, j + 2, j + 3, j + 4, j + 5, j + 6, j + 7);
+            let h = _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srlv_epi32(qh, shifts), one));
+            *o = _mm256_or_si256(_mm256_cvtepu8_epi32(nib[k]), h);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q5_0_avx2(bytes: &[u8], out: &mut [f32]) {
+        let sixteen = _mm256_set1_epi32(16);
+        for (b, y) in bytes.chunks_exact(22).zip(out.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for (k, q) in five_bits(&b[6..22], qh).into_iter().enumerate() {
+                store8(y, 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen)), d));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q5_1_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(24).zip(out.chunks_exact_mut(32)) {
+            let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_set1_ps(f16_at(b, 2)));
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            for (k, q) in five_bits(&b[8..24], qh).into_iter().enumerate() {
+                store8(y, 8 * k, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q2_k_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(84).zip(out.chunks_exact_mut(256)) {
+            let (d, min) = (f16_at(b, 80), f16_at(b, 82));
+            for n in 0..2 {
+                let q = load32(&b[16 + 32 * n..]);
+                for s in 0..4 {
+                    let v = u8x32(bits(q, 2 * s as i32, 3));
+                    for half in 0..2 {
+                        let sc = b[n * 8 + s * 2 + half];
+                        let dl = _mm256_set1_ps(d * f32::from(sc & 0x0f));
+                        let ml = _mm256_set1_ps(min * f32::from(sc >> 4));
+                        let at = n * 128 + s * 32 + half * 16;
+                        store8(y, at, _mm256_sub_ps(_mm256_mul_ps(v[2 * half], dl), ml));
+                        store8(y, at + 8, _mm256_sub_ps(_mm256_mul_ps(v[2 * half + 1], dl), ml));
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q3_k_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(110).zip(out.chunks_exact_mut(256)) {
+            let d_all = f16_at(b, 108);
+            let scales = crate::quant::reference::q3_k_scales(b[96..108].try_into().expect("12 bytes"));
+            let hmask = load32(&b[0..32]);
+            for n in 0..2 {
+                let q = load32(&b[32 + 32 * n..]);
+                for s in 0..4 {
+                    // value − 4 where the high bit is clear
+                    let four = _mm256_sub_epi8(_mm256_set1_epi8(4), where_set(hmask, 1 << (4 * n + s), 4));
+                    let v = i8x32(_mm256_sub_epi8(bits(q, 2 * s as i32, 3), four));
+                    for half in 0..2 {
+                        let dl = _mm256_set1_ps(d_all * f32::from(scales[n * 8 + s * 2 + half] as i32 as i16 - 32));
+                        let at = n * 128 + s * 32 + half * 16;
+                        store8(y, at, _mm256_mul_ps(dl, v[2 * half]));
+                        store8(y, at + 8, _mm256_mul_ps(dl, v[2 * half + 1]));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q4_K and Q5_K share the layout of scales and nibbles; Q5_K adds a fifth bit from
+    /// `qh` (bit 2n of qh[l] for the low nibbles of group n, bit 2n+1 for the high ones).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn k4_block(d: f32, min: f32, scales: &[u8; 12], qs: &[u8], qh: Option<__m256i>, y: &mut [f32]) {
+        use crate::quant::reference::scale_min_k4;
+        for n in 0..4 {
+            let q = load32(&qs[32 * n..]);
+            let mut halves = [bits(q, 0, 0x0f), bits(q, 4, 0x0f)];
+            if let Some(h) = qh {
+                halves[0] = _mm256_add_epi8(halves[0], where_set(h, 1 << (2 * n), 16));
+                halves[1] = _mm256_add_epi8(halves[1], where_set(h, 2 << (2 * n), 16));
+            }
+            for (i, half) in halves.into_iter().enumerate() {
+                let (sc, m) = scale_min_k4(2 * n + i, scales);
+                let dl = _mm256_set1_ps(d * f32::from(sc));
+                let ml = _mm256_set1_ps(min * f32::from(m));
+                for (k, v) in u8x32(half).into_iter().enumerate() {
+                    store8(y, 64 * n + 32 * i + 8 * k, _mm256_sub_ps(_mm256_mul_ps(dl, v), ml));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q4_k_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
+            k4_block(f16_at(b, 0), f16_at(b, 2), b[4..16].try_into().expect("12 bytes"), &b[16..144], None, y);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q5_k_avx2(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(176).zip(out.chunks_exact_mut(256)) {
+            k4_block(f16_at(b, 0), f16_at(b, 2), b[4..16].try_into().expect("12 bytes"), &b[48..176], Some(load32(&b[16..48])), y);
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn q6_k_avx2(bytes: &[u8], out: &mut [f32]) {
+        let thirty_two = _mm256_set1_epi8(32);
+        for (b, y) in bytes.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+            let d = f16_at(b, 208);
+            for n in 0..2 {
+                let (ql0, ql1) = (load32(&b[64 * n..]), load32(&b[64 * n + 32..]));
+                let qh = load32(&b[128 + 32 * n..]);
+                // quarter k: low 4 bits from ql (low or high nibbles), high 2 from qh bits 2k..2k+2
+                let lows = [bits(ql0, 0, 0x0f), bits(ql1, 0, 0x0f), bits(ql0, 4, 0x0f), bits(ql1, 4, 0x0f)];
+                for (k, low) in lows.into_iter().enumerate() {
+                    let high = _mm256_slli_epi16::<4>(bits(qh, 2 * k as i32, 3));
+                    let v = i8x32(_mm256_sub_epi8(_mm256_or_si256(low, high), thirty_two));
+                    for half in 0..2 {
+                        let sc = b[192 + 8 * n + 2 * k + half] as i8;
+                        let ds = _mm256_set1_ps(d * f32::from(sc));
+                        let at = 128 * n + 32 * k + 16 * half;
+                        store8(y, at, _mm256_mul_ps(ds, v[2 * half]));
+                        store8(y, at + 8, _mm256_mul_ps(ds, v[2 * half + 1]));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn f16(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: selected only when AVX2 and F16C are available.
+        unsafe { f16_f16c(bytes, out) }
+    }
+    pub fn bf16(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: selected only when AVX2 is available (as every entry point below).
+        unsafe { bf16_avx2(bytes, out) }
+    }
+    pub fn q5_0(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q5_0_avx2(bytes, out) }
+    }
+    pub fn q5_1(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q5_1_avx2(bytes, out) }
+    }
+    pub fn q2_k(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q2_k_avx2(bytes, out) }
+    }
+    pub fn q3_k(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q3_k_avx2(bytes, out) }
+    }
+    pub fn q4_k(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q4_k_avx2(bytes, out) }
+    }
+    pub fn q5_k(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q5_k_avx2(bytes, out) }
+    }
+    pub fn q6_k(bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { q6_k_avx2(bytes, out) }
     }
 
     // Safe entry points: only handed out by the dispatcher after detecting AVX2.
