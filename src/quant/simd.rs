@@ -6,7 +6,9 @@
 //! Q4_0, Q4_1 and Q8_0 (the default model's types). AVX2 is preferred: on this project's
 //! machines the AVX-512 ones measured no faster (these kernels are memory-bound; `cargo
 //! bench --bench gguf` compares them); `EDGELORA_SIMD=avx512|avx2|scalar` overrides the
-//! choice. Other CPUs use the scalar path. NEON kernels for aarch64 are not written yet.
+//! choice. aarch64: NEON kernels for F16 (half's hardware conversion), BF16, Q4_0, Q4_1,
+//! Q8_0, Q4_K and Q6_K (the formats of Q4_0/Q8_0/Q4_K_M models); the other types use the
+//! scalar path there. Other CPUs use the scalar path.
 
 use std::sync::OnceLock;
 
@@ -81,8 +83,26 @@ fn kernels() -> &'static Kernels {
                 return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0 };
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None };
+        }
         scalar
     })
+}
+
+/// The NEON dequantizers (aarch64).
+#[cfg(target_arch = "aarch64")]
+fn neon_set() -> Vec<(GgmlType, Kernel)> {
+    vec![
+        (GgmlType::F16, neon::f16),
+        (GgmlType::BF16, neon::bf16),
+        (GgmlType::Q4_0, neon::q4_0),
+        (GgmlType::Q4_1, neon::q4_1),
+        (GgmlType::Q8_0, neon::q8_0),
+        (GgmlType::Q4_K, neon::q4_k),
+        (GgmlType::Q6_K, neon::q6_k),
+    ]
 }
 
 /// The instruction set the dispatcher picked ("avx512", "avx2" or "scalar").
@@ -109,6 +129,10 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
         if std::arch::is_x86_feature_detected!("avx2") {
             v.extend(find(avx2_set()).map(|k| ("avx2", k)));
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        v.extend(neon_set().into_iter().find(|(u, _)| *u == t).map(|(_, k)| ("neon", k)));
     }
     v
 }
@@ -609,5 +633,167 @@ mod x86 {
     pub fn q8_0(bytes: &[u8], out: &mut [f32]) {
         // SAFETY: as above.
         unsafe { q8_0_avx2(bytes, out) }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use half::f16;
+
+    fn f16_at(b: &[u8], i: usize) -> f32 {
+        f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    }
+
+    fn load16(b: &[u8]) -> uint8x16_t {
+        assert!(b.len() >= 16);
+        // SAFETY: 16 readable bytes (asserted); NEON loads need no alignment.
+        unsafe { vld1q_u8(b.as_ptr()) }
+    }
+
+    fn store4(out: &mut [f32], i: usize, v: float32x4_t) {
+        assert!(i + 4 <= out.len());
+        // SAFETY: 4 writable floats at i (asserted).
+        unsafe { vst1q_f32(out.as_mut_ptr().add(i), v) }
+    }
+
+    /// 16 unsigned bytes → 16 floats, in order.
+    fn u8x16(v: uint8x16_t) -> [float32x4_t; 4] {
+        // SAFETY: register-only NEON arithmetic (NEON is part of aarch64's baseline).
+        unsafe {
+            let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_high_u8(v));
+            let cvt = |x: uint32x4_t| vcvtq_f32_u32(x);
+            [cvt(vmovl_u16(vget_low_u16(lo))), cvt(vmovl_high_u16(lo)), cvt(vmovl_u16(vget_low_u16(hi))), cvt(vmovl_high_u16(hi))]
+        }
+    }
+
+    /// 16 signed bytes → 16 floats, in order.
+    fn i8x16(v: int8x16_t) -> [float32x4_t; 4] {
+        // SAFETY: as above.
+        unsafe {
+            let (lo, hi) = (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v));
+            let cvt = |x: int32x4_t| vcvtq_f32_s32(x);
+            [cvt(vmovl_s16(vget_low_s16(lo))), cvt(vmovl_high_s16(lo)), cvt(vmovl_s16(vget_low_s16(hi))), cvt(vmovl_high_s16(hi))]
+        }
+    }
+
+    /// Stores 16 values at `i`, each mapped by `f`.
+    fn put16(out: &mut [f32], i: usize, v: [float32x4_t; 4], f: impl Fn(float32x4_t) -> float32x4_t) {
+        for (k, x) in v.into_iter().enumerate() {
+            store4(out, i + 4 * k, f(x));
+        }
+    }
+
+    /// Low and high nibbles of 16 bytes.
+    fn nibbles(q: uint8x16_t) -> (uint8x16_t, uint8x16_t) {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe { (vandq_u8(q, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(q)) }
+    }
+
+    pub fn f16(bytes: &[u8], out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        // half converts with the hardware instruction where the CPU has it (exact either way).
+        let halves: Vec<f16> = bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect();
+        halves.convert_to_f32_slice(&mut out[..halves.len()]);
+    }
+
+    pub fn bf16(bytes: &[u8], out: &mut [f32]) {
+        let mut done = 0;
+        for (b, y) in bytes.chunks_exact(16).zip(out.chunks_exact_mut(8)) {
+            // SAFETY: 16 readable bytes (the chunk); register-only arithmetic after the load.
+            unsafe {
+                let h = vld1q_u16(b.as_ptr().cast());
+                store4(y, 0, vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))));
+                store4(y, 4, vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)));
+            }
+            done += 8;
+        }
+        for (i, y) in out.iter_mut().enumerate().skip(done) {
+            *y = half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+        }
+    }
+
+    pub fn q4_0(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+            // SAFETY: register-only NEON arithmetic.
+            let (d, eight) = unsafe { (vdupq_n_f32(f16_at(b, 0)), vdupq_n_f32(8.0)) };
+            let (lo, hi) = nibbles(load16(&b[2..18]));
+            // (q − 8) is exact in f32: the same value as the scalar integer subtraction.
+            let f = |x| unsafe { vmulq_f32(vsubq_f32(x, eight), d) };
+            put16(y, 0, u8x16(lo), f);
+            put16(y, 16, u8x16(hi), f);
+        }
+    }
+
+    pub fn q4_1(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+            // SAFETY: register-only NEON arithmetic.
+            let (d, m) = unsafe { (vdupq_n_f32(f16_at(b, 0)), vdupq_n_f32(f16_at(b, 2))) };
+            let (lo, hi) = nibbles(load16(&b[4..20]));
+            let f = |x| unsafe { vaddq_f32(vmulq_f32(x, d), m) };
+            put16(y, 0, u8x16(lo), f);
+            put16(y, 16, u8x16(hi), f);
+        }
+    }
+
+    pub fn q8_0(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+            // SAFETY: register-only NEON arithmetic.
+            let d = unsafe { vdupq_n_f32(f16_at(b, 0)) };
+            let f = |x| unsafe { vmulq_f32(x, d) };
+            for h in 0..2 {
+                // SAFETY: the cast reinterprets 16 loaded bytes as signed.
+                let q = unsafe { vreinterpretq_s8_u8(load16(&b[2 + 16 * h..])) };
+                put16(y, 16 * h, i8x16(q), f);
+            }
+        }
+    }
+
+    pub fn q4_k(bytes: &[u8], out: &mut [f32]) {
+        use crate::quant::reference::scale_min_k4;
+        for (b, y) in bytes.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
+            let (d, min) = (f16_at(b, 0), f16_at(b, 2));
+            let scales: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
+            for n in 0..4 {
+                for i in 0..2 {
+                    let (sc, m) = scale_min_k4(2 * n + i, scales);
+                    // SAFETY: register-only NEON arithmetic.
+                    let (dl, ml) = unsafe { (vdupq_n_f32(d * f32::from(sc)), vdupq_n_f32(min * f32::from(m))) };
+                    let f = |x| unsafe { vsubq_f32(vmulq_f32(dl, x), ml) };
+                    for h in 0..2 {
+                        let (lo, hi) = nibbles(load16(&b[16 + 32 * n + 16 * h..]));
+                        put16(y, 64 * n + 32 * i + 16 * h, u8x16(if i == 0 { lo } else { hi }), f);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn q6_k(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+            let d = f16_at(b, 208);
+            for n in 0..2 {
+                for h in 0..2 {
+                    // 16 of the 32 positions l of this half: ql[l], ql[l + 32], qh[l]
+                    let ql0 = load16(&b[64 * n + 16 * h..]);
+                    let ql1 = load16(&b[64 * n + 32 + 16 * h..]);
+                    let qh = load16(&b[128 + 32 * n + 16 * h..]);
+                    let (l0, h0) = nibbles(ql0);
+                    let (l1, h1) = nibbles(ql1);
+                    for (k, low) in [l0, l1, h0, h1].into_iter().enumerate() {
+                        // SAFETY: register-only NEON arithmetic.
+                        let q = unsafe {
+                            let high = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(qh, vdupq_n_s8(-2 * k as i8)), vdupq_n_u8(3)));
+                            vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32))
+                        };
+                        let sc = b[192 + 8 * n + 2 * k + h] as i8;
+                        // SAFETY: as above.
+                        let ds = unsafe { vdupq_n_f32(d * f32::from(sc)) };
+                        put16(y, 128 * n + 32 * k + 16 * h, i8x16(q), |x| unsafe { vmulq_f32(ds, x) });
+                    }
+                }
+            }
+        }
     }
 }

@@ -135,6 +135,10 @@ fn simd_kernels_equal_the_scalar_reference() {
     if std::arch::is_x86_feature_detected!("avx2") && std::env::var_os("EDGELORA_SIMD").is_none() {
         assert_eq!((simd::selected(), checked), ("avx2", 12));
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::env::var_os("EDGELORA_SIMD").is_none() {
+        assert_eq!((simd::selected(), checked), ("neon", 7));
+    }
 }
 
 #[test]
