@@ -203,7 +203,7 @@ pub fn merge(
     ));
 
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
-    let mut w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
+    let w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
     let total = base.tensors().len();
     // f32 work buffers reused across tensors (fresh ones would page-fault in every
     // tensor); freed when the merge ends.
@@ -217,7 +217,7 @@ pub fn merge(
         let bad = |reason: String| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason };
         let n_in = t.shape[0] as usize;
         let mut values = buffers.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-        values.clear();
+        // Every value is overwritten by the dequantization below: no need to clear.
         values.resize(t.n_elements() as usize, 0.0);
         if merge && t.ggml_type != GgmlType::F32 {
             backend.dequantize(t.ggml_type, data, &mut values).map_err(|e| bad(e.to_string()))?;
@@ -234,29 +234,62 @@ pub fn merge(
         Ok(Cow::Owned(bytes))
     };
     // Tensors are re-encoded a window at a time in parallel (on the CPU; one at a time on
-    // a GPU), then written in file order: memory stays bounded by the window.
-    const WINDOW_BYTES: u64 = 256 << 20;
+    // a GPU) and written in file order by a writer thread one window behind, so the file
+    // I/O overlaps the next window's work. Memory stays bounded by two windows.
+    const WINDOW_BYTES: u64 = 16 << 20;
     let items: Vec<(&TensorInfo, GgmlType, bool)> = base.tensors().iter().zip(&plan).map(|(t, (ty, m))| (t, *ty, *m)).collect();
-    let mut k = 0;
-    while k < items.len() {
-        let mut end = k + 1;
-        let mut budget = items[k].0.n_elements() * 4;
-        while opts.device == Device::Cpu && end < items.len() && budget + items[end].0.n_elements() * 4 <= WINDOW_BYTES {
-            budget += items[end].0.n_elements() * 4;
-            end += 1;
-        }
-        let outs: Vec<Result<Cow<'_, [u8]>, Error>> = items[k..end].par_iter().map(|(t, ty, m)| encode(t, *ty, *m)).collect();
-        for ((t, ty, m), out) in items[k..end].iter().zip(outs) {
-            w.write_tensor(&t.name, &out?)?;
-            match (m, *ty == t.ggml_type) {
-                (true, _) => stats.merged += 1,
-                (false, true) => stats.copied += 1,
-                (false, false) => stats.converted += 1,
+    type Window<'a> = Vec<(&'a TensorInfo, Cow<'a, [u8]>)>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Window<'_>>(1);
+    let w = std::thread::scope(|scope| -> Result<GgufWriter, Error> {
+        let writer = scope.spawn(move || -> Result<GgufWriter, Error> {
+            let mut w = w;
+            for window in rx {
+                for (t, bytes) in window {
+                    w.write_tensor(&t.name, &bytes)?;
+                }
             }
-            progress(stats.merged + stats.copied + stats.converted, total, &t.name);
+            Ok(w)
+        });
+        let mut failed = None;
+        let mut k = 0;
+        while k < items.len() {
+            let mut end = k + 1;
+            let mut budget = items[k].0.n_elements() * 4;
+            while opts.device == Device::Cpu && end < items.len() && budget + items[end].0.n_elements() * 4 <= WINDOW_BYTES {
+                budget += items[end].0.n_elements() * 4;
+                end += 1;
+            }
+            let outs: Result<Vec<Cow<'_, [u8]>>, Error> = items[k..end].par_iter().map(|(t, ty, m)| encode(t, *ty, *m)).collect();
+            let outs = match outs {
+                Ok(o) => o,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let mut window = Vec::with_capacity(outs.len());
+            for ((t, ty, m), out) in items[k..end].iter().zip(outs) {
+                match (m, *ty == t.ggml_type) {
+                    (true, _) => stats.merged += 1,
+                    (false, true) => stats.copied += 1,
+                    (false, false) => stats.converted += 1,
+                }
+                progress(stats.merged + stats.copied + stats.converted, total, &t.name);
+                window.push((*t, out));
+            }
+            if tx.send(window).is_err() {
+                break; // the writer failed: its error is returned below
+            }
+            k = end;
         }
-        k = end;
-    }
+        drop(tx);
+        let w = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        match failed {
+            // Dropping the unfinished writer removes its temporary file.
+            Some(e) => Err(e),
+            None => Ok(w),
+        }
+    })?;
     w.finish()?;
     stats.bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     stats.secs = t0.elapsed().as_secs_f64();
