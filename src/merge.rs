@@ -192,7 +192,9 @@ pub fn merge(
     metadata.retain(|(k, _)| !k.starts_with("edgelora.merge."));
     metadata.push(("edgelora.merge.adapters".into(), strs(&|i| i.label.clone())));
     metadata.push(("edgelora.merge.names".into(), strs(&|i| i.adapter.manifest.name.clone().unwrap_or_default())));
-    metadata.push(("edgelora.merge.fingerprints".into(), strs(&|i| i.adapter.fingerprint())));
+    // The fingerprints (hashes of every factor) are filled in on the writer thread, while
+    // the first tensors are re-encoded.
+    let fingerprints_at = metadata.len();
     metadata.push(("edgelora.merge.weights".into(), MetaValue::Array(ValueType::F32, inputs.iter().map(|i| MetaValue::F32(i.weight)).collect())));
     metadata.push((
         "edgelora.merge.quantizer".into(),
@@ -203,7 +205,6 @@ pub fn merge(
     ));
 
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
-    let w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
     let total = base.tensors().len();
     // f32 work buffers reused across tensors (fresh ones would page-fault in every
     // tensor); freed when the merge ends.
@@ -242,7 +243,9 @@ pub fn merge(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Window<'_>>(1);
     let w = std::thread::scope(|scope| -> Result<GgufWriter, Error> {
         let writer = scope.spawn(move || -> Result<GgufWriter, Error> {
-            let mut w = w;
+            let fingerprints = inputs.iter().map(|i| MetaValue::String(i.adapter.fingerprint())).collect();
+            metadata.insert(fingerprints_at, ("edgelora.merge.fingerprints".into(), MetaValue::Array(ValueType::String, fingerprints)));
+            let mut w = GgufWriter::create_with_version(out, base.version(), &metadata, &specs)?;
             for window in rx {
                 for (t, bytes) in window {
                     w.write_tensor(&t.name, &bytes)?;

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use edgelora::compute::Device;
 use edgelora::engine::parse_adapter_arg;
-use edgelora::gguf::{GgmlType, GgufFile};
+use edgelora::gguf::GgmlType;
 use edgelora::merge::{merge_files, MergeOptions, MergeStats, Quantizer};
 
 #[derive(Args)]
@@ -48,15 +48,15 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
 /// Loads the adapters named by `args` and merges them into `model`, writing `out`.
 pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, device: Device, show: bool) -> Result<MergeStats> {
     let adapters = args.iter().map(|a| parse_adapter_arg(a)).collect::<Result<Vec<_>, _>>()?;
-    let n_tensors = GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))?.tensors().len();
     let bar = if show {
-        let b = ProgressBar::new(n_tensors as u64);
+        let b = ProgressBar::new(0);
         b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}").expect("valid template"));
         b
     } else {
         ProgressBar::hidden()
     };
-    let stats = merge_files(model, &adapters, out, &MergeOptions { out_type, quantizer, device }, &mut |done, _, name| {
+    let stats = merge_files(model, &adapters, out, &MergeOptions { out_type, quantizer, device }, &mut |done, total, name| {
+        bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     })
