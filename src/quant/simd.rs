@@ -6,9 +6,8 @@
 //! Q4_0, Q4_1 and Q8_0 (the default model's types). AVX2 is preferred: on this project's
 //! machines the AVX-512 ones measured no faster (these kernels are memory-bound; `cargo
 //! bench --bench gguf` compares them); `EDGELORA_SIMD=avx512|avx2|scalar` overrides the
-//! choice. aarch64: NEON kernels for F16 (half's hardware conversion), BF16, Q4_0, Q4_1,
-//! Q8_0, Q4_K and Q6_K (the formats of Q4_0/Q8_0/Q4_K_M models); the other types use the
-//! scalar path there. Other CPUs use the scalar path.
+//! choice. aarch64: NEON kernels for every type but F32 (F16 through half's hardware
+//! conversion). Other CPUs use the scalar path.
 
 use std::sync::OnceLock;
 
@@ -99,8 +98,13 @@ fn neon_set() -> Vec<(GgmlType, Kernel)> {
         (GgmlType::BF16, neon::bf16),
         (GgmlType::Q4_0, neon::q4_0),
         (GgmlType::Q4_1, neon::q4_1),
+        (GgmlType::Q5_0, neon::q5_0),
+        (GgmlType::Q5_1, neon::q5_1),
         (GgmlType::Q8_0, neon::q8_0),
+        (GgmlType::Q2_K, neon::q2_k),
+        (GgmlType::Q3_K, neon::q3_k),
         (GgmlType::Q4_K, neon::q4_k),
+        (GgmlType::Q5_K, neon::q5_k),
         (GgmlType::Q6_K, neon::q6_k),
     ]
 }
@@ -750,9 +754,107 @@ mod neon {
         }
     }
 
-    pub fn q4_k(bytes: &[u8], out: &mut [f32]) {
+    /// Per byte of `v`: 0x10 where `v & bit` is set, else 0.
+    fn bit16(v: uint8x16_t, bit: u8) -> uint8x16_t {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe { vandq_u8(vtstq_u8(v, vdupq_n_u8(bit)), vdupq_n_u8(0x10)) }
+    }
+
+    /// Q5_0/Q5_1: the fifth bits of values 16·h .. 16·h + 16 (bit j of `qh` for value j),
+    /// as 0x10 or 0 per byte.
+    fn qh_bits(qh: u32, h: usize) -> uint8x16_t {
+        let b = qh.to_le_bytes();
+        // SAFETY: register-only NEON arithmetic.
+        unsafe {
+            let bytes = vcombine_u8(vdup_n_u8(b[2 * h]), vdup_n_u8(b[2 * h + 1]));
+            const BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+            vandq_u8(vtstq_u8(bytes, vld1q_u8(BITS.as_ptr())), vdupq_n_u8(0x10))
+        }
+    }
+
+    pub fn q5_0(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(22).zip(out.chunks_exact_mut(32)) {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let (lo, hi) = nibbles(load16(&b[6..22]));
+            // SAFETY: register-only NEON arithmetic.
+            let (d, sixteen) = unsafe { (vdupq_n_f32(f16_at(b, 0)), vdupq_n_f32(16.0)) };
+            // (q − 16) is exact in f32, as the scalar integer subtraction.
+            let f = |x| unsafe { vmulq_f32(vsubq_f32(x, sixteen), d) };
+            for (h, nib) in [lo, hi].into_iter().enumerate() {
+                // SAFETY: register-only NEON arithmetic.
+                let q = unsafe { vorrq_u8(nib, qh_bits(qh, h)) };
+                put16(y, 16 * h, u8x16(q), f);
+            }
+        }
+    }
+
+    pub fn q5_1(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(24).zip(out.chunks_exact_mut(32)) {
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let (lo, hi) = nibbles(load16(&b[8..24]));
+            // SAFETY: register-only NEON arithmetic.
+            let (d, m) = unsafe { (vdupq_n_f32(f16_at(b, 0)), vdupq_n_f32(f16_at(b, 2))) };
+            let f = |x| unsafe { vaddq_f32(vmulq_f32(x, d), m) };
+            for (h, nib) in [lo, hi].into_iter().enumerate() {
+                // SAFETY: register-only NEON arithmetic.
+                let q = unsafe { vorrq_u8(nib, qh_bits(qh, h)) };
+                put16(y, 16 * h, u8x16(q), f);
+            }
+        }
+    }
+
+    /// 2-bit values (bytes >> shift) & 3.
+    fn two_bits(v: uint8x16_t, shift: usize) -> uint8x16_t {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe { vandq_u8(vshlq_u8(v, vdupq_n_s8(-(shift as i8))), vdupq_n_u8(3)) }
+    }
+
+    pub fn q2_k(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(84).zip(out.chunks_exact_mut(256)) {
+            let (d, min) = (f16_at(b, 80), f16_at(b, 82));
+            for n in 0..2 {
+                for s in 0..4 {
+                    for half in 0..2 {
+                        let sc = b[n * 8 + s * 2 + half];
+                        // SAFETY: register-only NEON arithmetic.
+                        let (dl, ml) = unsafe { (vdupq_n_f32(d * f32::from(sc & 0x0f)), vdupq_n_f32(min * f32::from(sc >> 4))) };
+                        let q = two_bits(load16(&b[16 + 32 * n + 16 * half..]), 2 * s);
+                        put16(y, n * 128 + s * 32 + half * 16, u8x16(q), |x| unsafe { vsubq_f32(vmulq_f32(x, dl), ml) });
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn q3_k(bytes: &[u8], out: &mut [f32]) {
+        for (b, y) in bytes.chunks_exact(110).zip(out.chunks_exact_mut(256)) {
+            let d_all = f16_at(b, 108);
+            let scales = crate::quant::reference::q3_k_scales(b[96..108].try_into().expect("12 bytes"));
+            for n in 0..2 {
+                for s in 0..4 {
+                    for half in 0..2 {
+                        let hm = load16(&b[16 * half..]);
+                        let q = two_bits(load16(&b[32 + 32 * n + 16 * half..]), 2 * s);
+                        // SAFETY: register-only NEON arithmetic.
+                        let v = unsafe {
+                            // 4 where the high bit is clear, else 0
+                            let four = vandq_u8(vceqq_u8(vandq_u8(hm, vdupq_n_u8(1 << (4 * n + s))), vdupq_n_u8(0)), vdupq_n_u8(4));
+                            vsubq_s8(vreinterpretq_s8_u8(q), vreinterpretq_s8_u8(four))
+                        };
+                        // SAFETY: as above.
+                        let dl = unsafe { vdupq_n_f32(d_all * f32::from(scales[n * 8 + s * 2 + half] as i32 as i16 - 32)) };
+                        put16(y, n * 128 + s * 32 + half * 16, i8x16(v), |x| unsafe { vmulq_f32(dl, x) });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins; Q5_K adds bit 2n (low
+    /// nibbles of group n) or 2n + 1 (high nibbles) of qh[l] as 16.
+    fn k4(bytes: &[u8], out: &mut [f32], block: usize, qs_at: usize, qh_at: Option<usize>) {
         use crate::quant::reference::scale_min_k4;
-        for (b, y) in bytes.chunks_exact(144).zip(out.chunks_exact_mut(256)) {
+        for (b, y) in bytes.chunks_exact(block).zip(out.chunks_exact_mut(256)) {
             let (d, min) = (f16_at(b, 0), f16_at(b, 2));
             let scales: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
             for n in 0..4 {
@@ -762,12 +864,25 @@ mod neon {
                     let (dl, ml) = unsafe { (vdupq_n_f32(d * f32::from(sc)), vdupq_n_f32(min * f32::from(m))) };
                     let f = |x| unsafe { vsubq_f32(vmulq_f32(dl, x), ml) };
                     for h in 0..2 {
-                        let (lo, hi) = nibbles(load16(&b[16 + 32 * n + 16 * h..]));
-                        put16(y, 64 * n + 32 * i + 16 * h, u8x16(if i == 0 { lo } else { hi }), f);
+                        let (lo, hi) = nibbles(load16(&b[qs_at + 32 * n + 16 * h..]));
+                        let mut q = if i == 0 { lo } else { hi };
+                        if let Some(at) = qh_at {
+                            // SAFETY: register-only NEON arithmetic.
+                            q = unsafe { vaddq_u8(q, bit16(load16(&b[at + 16 * h..]), 1 << (2 * n + i))) };
+                        }
+                        put16(y, 64 * n + 32 * i + 16 * h, u8x16(q), f);
                     }
                 }
             }
         }
+    }
+
+    pub fn q4_k(bytes: &[u8], out: &mut [f32]) {
+        k4(bytes, out, 144, 16, None)
+    }
+
+    pub fn q5_k(bytes: &[u8], out: &mut [f32]) {
+        k4(bytes, out, 176, 48, Some(16))
     }
 
     pub fn q6_k(bytes: &[u8], out: &mut [f32]) {

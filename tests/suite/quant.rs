@@ -137,7 +137,7 @@ fn simd_kernels_equal_the_scalar_reference() {
     }
     #[cfg(target_arch = "aarch64")]
     if std::env::var_os("EDGELORA_SIMD").is_none() {
-        assert_eq!((simd::selected(), checked), ("neon", 7));
+        assert_eq!((simd::selected(), checked), ("neon", 12));
     }
 }
 
