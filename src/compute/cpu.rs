@@ -97,6 +97,16 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
+        // y [n_x, n_out] from per-output columns [n_out][n_x].
+        fn transpose(cols: &[Vec<f32>], n_x: usize, n_out: usize) -> Vec<f32> {
+            let mut y = vec![0f32; n_x * n_out];
+            for (o, col) in cols.iter().enumerate() {
+                for (r, v) in col.iter().enumerate() {
+                    y[r * n_out + o] = *v;
+                }
+            }
+            y
+        }
         let row_bytes = t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {t} blocks")))? as usize;
         if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
             return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
@@ -105,19 +115,22 @@ impl Backend for Cpu {
         // each row is dequantized once (SIMD) into a reused buffer and dotted with every
         // input row.
         const ROWS: usize = 32;
-        // Few input rows (decoding): the fused kernels never write the row out.
+        // Few input rows (decoding): the fused kernels never write the row out. Where the
+        // CPU has AVX512-VNNI, Q4_1 rows meet x rounded to 16 bits per block (prepared once).
+        if let Some(split) = quant::simd::split_dot_kernel(t).filter(|_| n_x <= 4 && n_in % 32 == 0) {
+            let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
+            if n_x == 1 {
+                return Ok(w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| split(row, &xs[0]))).collect());
+            }
+            let cols: Vec<Vec<f32>> = w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| xs.iter().map(|xr| split(row, xr)).collect::<Vec<f32>>())).collect();
+            return Ok(transpose(&cols, n_x, n_out));
+        }
         if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x == 1) {
             return Ok(w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| fused(row, x))).collect());
         }
         if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x <= 4) {
             let cols: Vec<Vec<f32>> = w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| x.chunks_exact(n_in).map(|xr| fused(row, xr)).collect::<Vec<f32>>())).collect();
-            let mut y = vec![0f32; n_x * n_out];
-            for (o, col) in cols.iter().enumerate() {
-                for (r, v) in col.iter().enumerate() {
-                    y[r * n_out + o] = *v;
-                }
-            }
-            return Ok(y);
+            return Ok(transpose(&cols, n_x, n_out));
         }
         // Several input rows (prompts): dequantize W a block of rows at a time (SIMD,
         // rows in parallel) and multiply with the dense GEMM, so each weight is decoded

@@ -21,12 +21,59 @@ pub type Kernel = fn(&[u8], &mut [f32]);
 /// dequantize-then-dot, so results agree up to float rounding.
 pub type DotKernel = fn(&[u8], &[f32]) -> f32;
 
+/// An input row quantized to 16 bits per 32-value block for the integer dot kernels:
+/// x ≈ d·q with |q| ≤ 32639, q = 256·hi + lo split into two signed bytes (so that byte
+/// dot products can take it), plus the exact f32 sum of each block (for Q4_1's min).
+/// The rounding error is at most d/2 = max|x_block| / 65278 per value.
+pub struct SplitX {
+    hi: Vec<i8>,
+    lo: Vec<i8>,
+    /// hi + 128 and lo + 128 as unsigned bytes (for signed weight codes).
+    hi_u: Vec<u8>,
+    lo_u: Vec<u8>,
+    d: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl SplitX {
+    /// `x`: a whole number of 32-value blocks.
+    pub fn new(x: &[f32]) -> SplitX {
+        const QMAX: f32 = 32639.0;
+        let n = x.len();
+        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), hi_u: Vec::new(), lo_u: Vec::new(), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32) };
+        for b in x.chunks(32) {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / QMAX;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for &v in b {
+                // Round to nearest (even) by the 1.5·2²³ trick: |v·inv| ≤ QMAX < 2²².
+                const MAGIC: f32 = 12_582_912.0;
+                let q = ((v * inv + MAGIC) - MAGIC).clamp(-QMAX, QMAX) as i32;
+                let hi = (q + 128) >> 8;
+                sx.hi.push(hi as i8);
+                sx.lo.push((q - 256 * hi) as i8);
+            }
+            sx.d.push(d);
+            sx.sums.push(b.iter().sum());
+        }
+        sx.hi_u = sx.hi.iter().map(|&v| (v as u8) ^ 0x80).collect();
+        sx.lo_u = sx.lo.iter().map(|&v| (v as u8) ^ 0x80).collect();
+        sx
+    }
+}
+
+/// A dot product of one quantized row with a [`SplitX`] input.
+pub type SplitDotKernel = fn(&[u8], &SplitX) -> f32;
+
 struct Kernels {
     name: &'static str,
     /// Dequantizers by type (the types without one use the scalar path).
     dequant: Vec<(GgmlType, Kernel)>,
     dot_q4_1: Option<DotKernel>,
     dot_q8_0: Option<DotKernel>,
+    /// Q4_1 and Q8_0 · x with AVX512-VNNI byte dot products on the 16-bit split input.
+    split_dot_q4_1: Option<SplitDotKernel>,
+    split_dot_q8_0: Option<SplitDotKernel>,
 }
 
 /// The AVX2 dequantizers (F16 also needs F16C).
@@ -61,7 +108,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -74,17 +121,25 @@ fn kernels() -> &'static Kernels {
                 let fma = std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c");
                 let dot_q4_1 = fma.then_some(x86::dot_q4_1 as DotKernel);
                 let dot_q8_0 = fma.then_some(x86::dot_q8_0 as DotKernel);
+                // The VNNI kernel unless the f32 ones were asked for (EDGELORA_SIMD=avx2).
+                let vnni = wanted.as_deref() != Some("avx2")
+                    && fma
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                let split_dot_q4_1 = vnni.then_some(x86::split_dot_q4_1 as SplitDotKernel);
+                let split_dot_q8_0 = vnni.then_some(x86::split_dot_q8_0 as SplitDotKernel);
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0 };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0 };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0 };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0 };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None };
         }
         scalar
     })
@@ -139,6 +194,17 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
         v.extend(neon_set().into_iter().find(|(u, _)| *u == t).map(|(_, k)| ("neon", k)));
     }
     v
+}
+
+/// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0): exact
+/// integer products of the weight codes with the 16-bit input, so the result differs from
+/// the f32 dot only by the input's rounding (≤ max|x_block| / 65278 per value).
+pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
+    match t {
+        GgmlType::Q4_1 => kernels().split_dot_q4_1,
+        GgmlType::Q8_0 => kernels().split_dot_q8_0,
+        _ => None,
+    }
 }
 
 /// The fused dot kernel for `t`, if this CPU has one (AVX2+FMA+F16C: Q4_1, Q8_0).
@@ -280,6 +346,100 @@ mod x86 {
             qx = _mm256_fmadd_ps(acc, d, qx);
         }
         hsum(qx)
+    }
+
+    /// Q4_1 row · 16-bit split x: per block, the 32 nibbles (unsigned bytes) meet the
+    /// input's high and low signed bytes in two `vpdpbusd`, 256·hi + lo gives Σq·x_q in
+    /// exact int32, scaled by d_w·d_x; the min's share m·Σx uses the exact block sums.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn split_dot_q4_1_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        let n_blocks = bytes.len() / 20;
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        let mask = _mm256_set1_epi8(0x0f);
+        // Low nibbles stay in the lower 128 bits, the upper copy is shifted by 4.
+        let shifts = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+        // One block: (Σq·x_q as 8 float lanes, [d, m] of the block).
+        let block = |blk: &[u8], b: usize| -> (__m256, __m128) {
+            // SAFETY: 20 readable bytes in the block (16 at 4, 4 at 0); 32 bytes at 32·b of
+            // hi and lo (asserted above); unaligned loads.
+            let (v, dm, xh, xl) = unsafe {
+                (
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.as_ptr().add(4).cast())),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]))),
+                    _mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()),
+                    _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast()),
+                )
+            };
+            let q = _mm256_and_si256(_mm256_srlv_epi16(v, shifts), mask);
+            let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
+            let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
+            (_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl)), dm)
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut m0, mut m1) = (0f32, 0f32);
+        let step = |acc: &mut __m256, msum: &mut f32, blk: &[u8], b: usize| {
+            let (t, dm) = block(blk, b);
+            *acc = _mm256_fmadd_ps(t, _mm256_set1_ps(_mm_cvtss_f32(dm) * x.d[b]), *acc);
+            *msum += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x.sums[b];
+        };
+        let mut pairs = bytes.chunks_exact(40);
+        for (p, two) in pairs.by_ref().enumerate() {
+            step(&mut acc0, &mut m0, &two[..20], 2 * p);
+            step(&mut acc1, &mut m1, &two[20..], 2 * p + 1);
+        }
+        let rest = pairs.remainder();
+        if rest.len() == 20 {
+            step(&mut acc0, &mut m0, rest, n_blocks - 1);
+        }
+        // Horizontal sum of the 8 lanes.
+        let v = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+        _mm_cvtss_f32(s1) + (m0 + m1)
+    }
+
+    /// Q8_0 row · 16-bit split x: `vpdpbusd` wants unsigned × signed bytes, so the input's
+    /// bytes come offset by 128 (hu = hi + 128, lu = lo + 128) and the offset is taken back
+    /// with Σq (a third `vpdpbusd` against ones): Σq·x_q = 256·Σq·hu + Σq·lu − 32896·Σq.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    fn split_dot_q8_0_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        let n_blocks = bytes.len() / 34;
+        assert!(x.hi_u.len() >= 32 * n_blocks && x.lo_u.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
+        let ones = _mm256_set1_epi8(1);
+        let offset = _mm256_set1_epi32(32896);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (b, blk) in bytes.chunks_exact(34).enumerate() {
+            // SAFETY: 32 readable bytes at 2 in the 34-byte block and at 32·b of hu, lu
+            // (asserted above); unaligned loads.
+            let (q, xh, xl) = unsafe {
+                (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(x.hi_u.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo_u.as_ptr().add(32 * b).cast()))
+            };
+            let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), xh, q);
+            let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), xl, q);
+            let ts = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
+            let t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl), _mm256_mullo_epi32(ts, offset));
+            let scale = _mm256_set1_ps(f16c_at(blk, 0) * x.d[b]);
+            if b % 2 == 0 {
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc0);
+            } else {
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc1);
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, VNNI and VL are available.
+        unsafe { split_dot_q8_0_impl(bytes, x) }
+    }
+
+    pub fn split_dot_q4_1(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
+        unsafe { split_dot_q4_1_impl(bytes, x) }
     }
 
     pub fn dot_q4_1(bytes: &[u8], x: &[f32]) -> f32 {

@@ -99,8 +99,12 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// GPU vs CPU budget: the device sums each dot product in another order (f32) and
-/// computes exp/sqrt with its own rounding; nothing else differs.
+/// computes exp/sqrt with its own rounding; nothing else differs for prompts (the CPU
+/// multiplies dequantized blocks in f32).
 const GPU_LOGIT_BUDGET: f32 = 1e-3;
+/// The same for calls of ≤ 4 tokens (decoding): where the CPU has AVX512-VNNI, its
+/// Q4_1/Q8_0 dot products take the input rounded to 16 bits per 32-value block.
+const GPU_DECODE_BUDGET: f32 = 1e-2;
 
 #[test]
 fn native_gpu_whole_forward_equals_cpu_forward() {
@@ -135,7 +139,7 @@ fn native_gpu_whole_forward_equals_cpu_forward() {
             let y = on_cpu.forward(&mut sc, &[next], &adapters, false).unwrap().pop().unwrap();
             let d = max_diff(&x, &y);
             eprintln!("{label} decode step {step}: max |Δlogit| {d:.2e}");
-            assert!(d < GPU_LOGIT_BUDGET, "{label} step {step}: {d}");
+            assert!(d < GPU_DECODE_BUDGET, "{label} step {step}: {d}");
             assert_eq!(argmax(&x), argmax(&y));
             next = argmax(&x);
         }
@@ -143,7 +147,7 @@ fn native_gpu_whole_forward_equals_cpu_forward() {
         sc.truncate(4);
         let x = on_gpu.forward(&mut sg, &[2683, 198], &adapters, false).unwrap().pop().unwrap();
         let y = on_cpu.forward(&mut sc, &[2683, 198], &adapters, false).unwrap().pop().unwrap();
-        assert!(max_diff(&x, &y) < GPU_LOGIT_BUDGET, "{label} after truncate");
+        assert!(max_diff(&x, &y) < GPU_DECODE_BUDGET, "{label} after truncate");
         assert_eq!(sg.n_past(), 6);
     }
     // Switching adapter sets per request on one model: the device copies do not leak

@@ -159,6 +159,32 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
         checked += 1;
     }
     eprintln!("fused dot kernels checked: {checked}");
+    // The split-input (16-bit x) kernels: the error is the input's rounding, at most
+    // max|x_block| / 65278 per value, times |w|, plus float rounding.
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let Some(k) = simd::split_dot_kernel(t) else { continue };
+        for n_blocks in [1, 7, 18, 48] {
+            let bytes = random_blocks(t, n_blocks, &mut rng);
+            let n = n_blocks * 32;
+            // Blocks of very different magnitudes, as activations have.
+            let x: Vec<f32> = (0..n).map(|i| rng.random_range(-1.0f32..1.0) * [1.0, 30.0, 0.01][(i / 32) % 3]).collect();
+            let mut w = vec![0f32; n];
+            dequantize_reference(t, &bytes, &mut w).unwrap();
+            let exact: f64 = w.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+            let bound: f64 = w
+                .chunks(32)
+                .zip(x.chunks(32))
+                .map(|(wb, xb)| {
+                    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    wb.iter().zip(xb).map(|(a, b)| f64::from(a.abs()) * (f64::from(amax) / 65278.0 + 1e-6 * f64::from(b.abs()))).sum::<f64>()
+                })
+                .sum();
+            let got = f64::from(k(&bytes, &simd::SplitX::new(&x)));
+            assert!((got - exact).abs() <= bound + 1e-6, "{t} ({n_blocks} blocks): {got} vs {exact} (bound {bound})");
+            checked += 1;
+        }
+    }
+    eprintln!("dot kernels checked: {checked}");
 }
 
 #[test]
