@@ -32,9 +32,66 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// y[o] += Σ_k m[o·r + k]·v[k] for every output o, with r = v.len() short (a LoRA rank):
+/// M [y.len(), r] times a short vector. AVX2+FMA where r is a multiple of 8 up to 64 (eight
+/// outputs at a time, their sums reduced together), else a dot product per row.
+pub fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
+    let r = v.len();
+    assert_eq!(m.len(), r * y.len(), "gemv_short: M holds {} values for [{}, {r}]", m.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        if r % 8 == 0 && (8..=64).contains(&r) && *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            // SAFETY: AVX2 and FMA detected above.
+            return unsafe { x86::gemv_short(m, v, y) };
+        }
+    }
+    for (o, row) in y.iter_mut().zip(m.chunks_exact(r.max(1))) {
+        *o += dot(row, v);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// See [`super::gemv_short`]; r = v.len() is a multiple of 8, at most 64.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
+        let r = v.len();
+        let k = r / 8;
+        let mut vv = [_mm256_setzero_ps(); 8];
+        for (j, x) in vv.iter_mut().take(k).enumerate() {
+            // SAFETY: 8 readable floats at 8j < r.
+            *x = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
+        }
+        let row = |o: usize| -> __m256 {
+            let mut acc = _mm256_setzero_ps();
+            for (j, x) in vv.iter().take(k).enumerate() {
+                // SAFETY: row o of M holds r floats (length asserted by the caller).
+                acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(m.as_ptr().add(o * r + 8 * j)) }, *x, acc);
+            }
+            acc
+        };
+        let n = y.len();
+        let mut o = 0;
+        while o + 8 <= n {
+            let s: [__m256; 8] = std::array::from_fn(|i| row(o + i));
+            // Eight lane vectors → their eight sums in one vector.
+            let u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+            let u1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+            let sums = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1));
+            // SAFETY: 8 writable floats at o (o + 8 ≤ n).
+            unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(o), _mm256_add_ps(_mm256_loadu_ps(y.as_ptr().add(o)), sums)) };
+            o += 8;
+        }
+        for (i, yo) in y.iter_mut().enumerate().skip(o) {
+            let mut lanes = [0f32; 8];
+            // SAFETY: 8 writable floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), row(i)) };
+            *yo += lanes.iter().sum::<f32>();
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {

@@ -194,6 +194,21 @@ fn gpu_matmul_reads_every_block_format() {
 }
 
 #[test]
+fn gemv_short_equals_row_dot_products() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+    for (n_out, r) in [(1, 8), (7, 16), (576, 16), (1537, 32), (19, 64), (5, 12), (9, 72), (3, 0)] {
+        let m: Vec<f32> = (0..n_out * r).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let v: Vec<f32> = (0..r).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut y: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let want: Vec<f64> = y.iter().enumerate().map(|(o, y0)| f64::from(*y0) + (0..r).map(|k| f64::from(m[o * r + k]) * f64::from(v[k])).sum::<f64>()).collect();
+        edgelora::compute::cpu::gemv_short(&m, &v, &mut y);
+        for (o, (a, b)) in y.iter().zip(&want).enumerate() {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "[{n_out}, {r}] output {o}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn simd_dot_equals_the_scalar_twin_up_to_rounding() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     for n in [0, 1, 7, 31, 32, 33, 576, 1537] {

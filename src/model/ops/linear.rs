@@ -20,6 +20,18 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
         let s = weight * t.scale;
         // ax [n, r] = x · Aᵀ;  y += s · ax · Bᵀ
         let mut ax = vec![0f32; n * t.rank];
+        if n <= 4 {
+            // Decoding: a few rows of dot products (a GEMM call costs more to set up here).
+            for (axr, xr) in ax.chunks_exact_mut(t.rank).zip(x.chunks_exact(w.n_in)) {
+                for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
+                    *v = s * f32::dot(ar, xr);
+                }
+            }
+            for (yr, axr) in y.chunks_exact_mut(w.n_out).zip(ax.chunks_exact(t.rank)) {
+                crate::compute::cpu::gemv_short(&t.b, axr, yr);
+            }
+            continue;
+        }
         matmul(&mut ax, x, Layout::N, &t.a, Layout::T, n, t.rank, w.n_in, false);
         ax.iter_mut().for_each(|v| *v *= s);
         matmul(&mut y, &ax, Layout::N, &t.b, Layout::T, n, w.n_out, t.rank, true);
