@@ -50,26 +50,37 @@ fn merged_f32_model_equals_adapters_on_the_fly() {
 
 #[test]
 fn merged_q4_1_stays_close_and_beats_plain_requantization() {
+    // Both fixture adapters merged into the Q4_1 model (types kept): refit closer to the
+    // adapter on the fly than ggml's quantizer. (Top-1 agreement is printed, not asserted:
+    // at Q4_1 the merge loses part of these random adapters' effect and flips the top-1 on
+    // some prompts — as llama.cpp's own route does; benches/merge_kl.sh reports both.)
     let base = model_gguf();
-    let r = read_peft(&fixture("rslora_r8_all"), base).unwrap();
     let dir = tmpdir();
     let fly = runtime();
-    fly.load_adapter("r", fixture("rslora_r8_all")).unwrap();
-    let mut mean = Vec::new();
-    for q in [Quantizer::Refit, Quantizer::Ggml] {
-        let out = dir.path().join(format!("{q:?}.gguf"));
-        merge(base, &[MergeInput { adapter: &r, weight: 1.0, label: "rs".into() }], &out, &MergeOptions { quantizer: q, ..Default::default() }, &mut |_, _, _| {}).unwrap();
-        // Same types, same tensor bytes: only the metadata grew by the merge record.
-        let g = GgufFile::open(&out).unwrap();
-        assert_eq!(g.tensor_bytes_total(), base.tensor_bytes_total());
-        assert!(g.tensors().iter().zip(base.tensors()).all(|(a, b)| a.ggml_type == b.ggml_type));
-        let m = Runtime::load(&out, RuntimeOptions { threads: 1, n_ctx: 512, ..Default::default() }).unwrap();
-        let kls: Vec<f64> = prompts().iter().map(|ids| kl(&fly.logits(ids, &[("r".into(), 1.0)]).unwrap(), &m.logits(ids, &[]).unwrap())).collect();
-        eprintln!("{q:?}: KL to on-the-fly {kls:.4?}");
-        mean.push(kls.iter().sum::<f64>() / kls.len() as f64);
+    for name in ["seed_r16_qv", "rslora_r8_all"] {
+        let r = read_peft(&fixture(name), base).unwrap();
+        fly.load_adapter(name, fixture(name)).unwrap();
+        let mut mean = Vec::new();
+        for q in [Quantizer::Refit, Quantizer::Ggml] {
+            let out = dir.path().join(format!("{name}-{q:?}.gguf"));
+            merge(base, &[MergeInput { adapter: &r, weight: 1.0, label: name.into() }], &out, &MergeOptions { quantizer: q, ..Default::default() }, &mut |_, _, _| {}).unwrap();
+            // Same types, same tensor bytes: only the metadata grew by the merge record.
+            let g = GgufFile::open(&out).unwrap();
+            assert_eq!(g.tensor_bytes_total(), base.tensor_bytes_total());
+            assert!(g.tensors().iter().zip(base.tensors()).all(|(a, b)| a.ggml_type == b.ggml_type));
+            let m = Runtime::load(&out, RuntimeOptions { threads: 1, n_ctx: 512, ..Default::default() }).unwrap();
+            let mut kls = Vec::new();
+            for ids in prompts() {
+                let (a, b) = (fly.logits(&ids, &[(name.into(), 1.0)]).unwrap(), m.logits(&ids, &[]).unwrap());
+                eprintln!("{name} {q:?}: top-1 on the fly {} / merged {}, KL {:.4}", argmax(&a), argmax(&b), kl(&a, &b));
+                kls.push(kl(&a, &b));
+            }
+            eprintln!("{name} {q:?}: KL to on-the-fly {kls:.4?}");
+            mean.push(kls.iter().sum::<f64>() / kls.len() as f64);
+        }
+        assert!(mean[0] < 0.1, "{name}: refit KL {}", mean[0]);
+        assert!(mean[0] < mean[1], "{name}: refit ({}) is not closer than ggml's requantization ({})", mean[0], mean[1]);
     }
-    assert!(mean[0] < 0.1, "refit KL {}", mean[0]);
-    assert!(mean[0] < mean[1], "refit ({}) is not closer than ggml's requantization ({})", mean[0], mean[1]);
 }
 
 #[test]
