@@ -32,6 +32,9 @@ pub struct ModelConfig {
     pub rope_style: RopeStyle,
     /// No `output.weight`: the output projection is `token_embd`.
     pub tied_embeddings: bool,
+    /// `rope_freqs.weight` (rope_dim/2 divisors of the RoPE angles; Llama 3.1-style
+    /// long-context scaling), when the file has it.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl ModelConfig {
@@ -90,16 +93,41 @@ impl ModelConfig {
             rope_linear_factor,
             rope_style,
             tied_embeddings: f.tensor("output.weight").is_none(),
+            rope_freq_factors: rope_freq_factors(f, rope_dim)?,
             arch,
         })
     }
 
     /// RoPE parameters for `n_heads` heads (q: n_head, k: n_head_kv).
-    pub fn rope(&self, n_heads: usize) -> crate::model::ops::rope::Rope {
-        crate::model::ops::rope::Rope { n_heads, head_dim: self.head_dim, rope_dim: self.rope_dim, base: self.rope_base, factor: self.rope_linear_factor, style: self.rope_style }
+    pub fn rope(&self, n_heads: usize) -> crate::model::ops::rope::Rope<'_> {
+        crate::model::ops::rope::Rope {
+            n_heads,
+            head_dim: self.head_dim,
+            rope_dim: self.rope_dim,
+            base: self.rope_base,
+            factor: self.rope_linear_factor,
+            style: self.rope_style,
+            freq_factors: self.rope_freq_factors.as_deref(),
+        }
     }
 
     pub fn heads(&self) -> crate::model::ops::attention::Heads {
         crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim }
     }
+}
+
+/// The optional `rope_freqs.weight` tensor: rope_dim/2 positive finite f32 divisors.
+fn rope_freq_factors(f: &GgufFile, rope_dim: usize) -> Result<Option<Vec<f32>>, Error> {
+    let Some(info) = f.tensor("rope_freqs.weight") else { return Ok(None) };
+    let bad = |reason: String| -> Error { GgufError::BadTensor { path: f.path().to_path_buf(), name: "rope_freqs.weight".into(), reason }.into() };
+    if info.n_elements() as usize != rope_dim / 2 {
+        return Err(bad(format!("{} elements, expected rope_dim / 2 = {}", info.n_elements(), rope_dim / 2)));
+    }
+    let (_, bytes) = f.tensor_bytes("rope_freqs.weight")?;
+    let mut v = vec![0f32; rope_dim / 2];
+    crate::quant::dequantize(info.ggml_type, bytes, &mut v).map_err(|e| bad(e.to_string()))?;
+    if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        return Err(bad(format!("factor {x} is not a positive finite number")));
+    }
+    Ok(Some(v))
 }

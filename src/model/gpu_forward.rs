@@ -352,12 +352,12 @@ impl GpuForward {
 /// (cos, sin) [n, rope_dim/2, 2] for positions `pos0..pos0+n`, computed in f64 as the
 /// CPU path does.
 fn rope_table(c: &ModelConfig, pos0: usize, n: usize) -> Vec<f32> {
-    let half = c.rope_dim / 2;
-    let mut t = Vec::with_capacity(n * half * 2);
+    let inv_freq = c.rope(1).inv_freq();
+    let mut t = Vec::with_capacity(n * inv_freq.len() * 2);
     for p in pos0..pos0 + n {
         let pos = p as f64 / f64::from(c.rope_linear_factor);
-        for i in 0..half {
-            let theta = pos * f64::from(c.rope_base).powf(-2.0 * i as f64 / c.rope_dim as f64);
+        for f in &inv_freq {
+            let theta = pos * f;
             t.push(theta.cos() as f32);
             t.push(theta.sin() as f32);
         }

@@ -68,6 +68,12 @@ pub fn kl(p: &[f32], q: &[f32]) -> f64 {
 
 /// A tiny random `llama` (or `qwen2`, with q/k/v biases) model as F32 GGUF.
 pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
+    tiny_model_with_rope(path, arch, seed, None, None)
+}
+
+/// As [`tiny_model`], with RoPE scaling: a `rope_freqs.weight` tensor (head_dim/2 = 2
+/// divisors) and/or linear scaling metadata.
+pub fn tiny_model_with_rope(path: &std::path::Path, arch: &str, seed: u64, freqs: Option<[f32; 2]>, linear: Option<f32>) -> GgufFile {
     let (n_layer, d, n_head, n_kv, ff, vocab) = (2usize, 16usize, 4usize, 2usize, 24usize, 40usize);
     let kv = d / n_head * n_kv;
     let key = |k: &str| format!("{arch}.{k}");
@@ -83,6 +89,11 @@ pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
         (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5)),
         (key("rope.freq_base"), MetaValue::F32(1000.0)),
     ];
+    let mut meta = meta;
+    if let Some(f) = linear {
+        meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
+        meta.push((key("rope.scaling.factor"), MetaValue::F32(f)));
+    }
     let mut tensors: Vec<(String, Vec<u64>)> = vec![("token_embd.weight".into(), vec![d as u64, vocab as u64]), ("output_norm.weight".into(), vec![d as u64])];
     for i in 0..n_layer {
         let m = |s: &str, a: usize, b: usize| (format!("blk.{i}.{s}"), vec![a as u64, b as u64]);
@@ -95,10 +106,17 @@ pub fn tiny_model(path: &std::path::Path, arch: &str, seed: u64) -> GgufFile {
             tensors.push((format!("blk.{i}.attn_v.bias"), vec![kv as u64]));
         }
     }
+    if freqs.is_some() {
+        tensors.push(("rope_freqs.weight".into(), vec![(d / n_head / 2) as u64]));
+    }
     let specs: Vec<TensorSpec> = tensors.iter().map(|(n, s)| TensorSpec::new(n, s, GgmlType::F32)).collect();
     let mut w = GgufWriter::create(path, &meta, &specs).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     for (name, shape) in &tensors {
+        if name == "rope_freqs.weight" {
+            w.write_tensor(name, bytemuck::cast_slice(&freqs.unwrap())).unwrap();
+            continue;
+        }
         let n: u64 = shape.iter().product();
         let vals: Vec<f32> = (0..n).map(|_| if name.contains("norm") { r.random_range(0.8..1.2) } else { r.random_range(-0.5..0.5) }).collect();
         w.write_tensor(name, bytemuck::cast_slice(&vals)).unwrap();

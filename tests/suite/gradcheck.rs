@@ -64,7 +64,8 @@ fn rmsnorm_backward_matches_finite_differences() {
 #[test]
 fn rope_backward_matches_finite_differences() {
     for style in [RopeStyle::Adjacent, RopeStyle::NeoX] {
-        let rope = Rope { n_heads: 2, head_dim: 8, rope_dim: 6, base: 100.0, factor: 2.0, style };
+        let factors = [1.0, 2.5, 8.0];
+        let rope = Rope { n_heads: 2, head_dim: 8, rope_dim: 6, base: 100.0, factor: 2.0, style, freq_factors: Some(&factors) };
         let pos = [0, 3, 7];
         let (x, r) = (rnd(3 * 16, 4), rnd(3 * 16, 5));
         let f = |x: &[f64]| {

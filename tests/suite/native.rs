@@ -187,3 +187,33 @@ fn native_gpu_forward_runs_qwen2_and_float_weights() {
         assert!(max_diff(&plain, &rows[5]) > 1e-2, "{arch}: adapter had no effect");
     }
 }
+
+#[test]
+fn rope_frequency_factors_scale_the_angles() {
+    // rope_freqs.weight divides each pair's angle (as ggml does): all factors 2 must equal
+    // linear scaling by 2; uneven factors must change the result, and the GPU forward must
+    // apply them like the CPU one.
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, freqs, linear| {
+        let p = dir.path().join(name);
+        crate::common::tiny_model_with_rope(&p, "llama", 5, freqs, linear);
+        p
+    };
+    let uniform = open("uniform.gguf", Some([2.0, 2.0]), None);
+    let linear = open("linear.gguf", None, Some(2.0));
+    let uneven = open("uneven.gguf", Some([1.0, 8.0]), None);
+    let plain = open("plain.gguf", None, None);
+    let cpu = |p: &std::path::Path| NativeModel::new(edgelora::gguf::GgufFile::open(p).unwrap(), Box::new(Cpu)).unwrap();
+    let ids = [3, 17, 5, 39, 0, 22, 8, 8, 1, 30, 11, 2];
+    let run = |m: &NativeModel| m.forward(&mut Session::default(), &ids, &[], true).unwrap().concat();
+    assert!(max_diff(&run(&cpu(&uniform)), &run(&cpu(&linear))) < 1e-5, "factors of 2 differ from linear scaling by 2");
+    let (a, b) = (run(&cpu(&uneven)), run(&cpu(&plain)));
+    assert!(max_diff(&a, &b) > 1e-3, "the factors had no effect");
+    let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
+    let on_gpu = NativeModel::on_gpu(edgelora::gguf::GgufFile::open(&uneven).unwrap(), gpu).unwrap();
+    assert!(max_diff(&run(&on_gpu), &a) < 1e-4, "GPU forward ignores rope_freqs");
+    // A factor that is not a positive number is refused, naming the tensor.
+    let bad = open("bad.gguf", Some([1.0, 0.0]), None);
+    let e = NativeModel::new(edgelora::gguf::GgufFile::open(&bad).unwrap(), Box::new(Cpu)).err().expect("zero factor accepted").to_string();
+    assert!(e.contains("rope_freqs.weight"), "{e}");
+}

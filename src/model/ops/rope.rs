@@ -7,7 +7,7 @@ use crate::model::config::RopeStyle;
 
 /// The RoPE parameters of a model.
 #[derive(Debug, Clone, Copy)]
-pub struct Rope {
+pub struct Rope<'a> {
     pub n_heads: usize,
     pub head_dim: usize,
     /// Dimensions rotated per head (≤ head_dim).
@@ -16,6 +16,18 @@ pub struct Rope {
     /// Positions are divided by this (linear scaling).
     pub factor: f32,
     pub style: RopeStyle,
+    /// Per-pair divisors of the angle (`rope_freqs.weight`, Llama 3.1-style scaling), as
+    /// ggml applies them; None = all 1.
+    pub freq_factors: Option<&'a [f32]>,
+}
+
+impl Rope<'_> {
+    /// The angle per position of each rotated pair: base^(−2i/rope_dim) / factor_i, in f64.
+    pub fn inv_freq(&self) -> Vec<f64> {
+        (0..self.rope_dim / 2)
+            .map(|i| f64::from(self.base).powf(-2.0 * i as f64 / self.rope_dim as f64) / self.freq_factors.map_or(1.0, |f| f64::from(f[i])))
+            .collect()
+    }
 }
 
 /// x [n_tok, n_heads, head_dim]: rotates the first `rope_dim` dims of every head of token
@@ -32,7 +44,7 @@ pub fn rope_backward<T: Real>(dy: &mut [T], r: &Rope, positions: &[usize]) {
 
 fn rotate<T: Real>(x: &mut [T], r: &Rope, positions: &[usize], sign: f64) {
     let half = r.rope_dim / 2;
-    let inv_freq: Vec<f64> = (0..half).map(|i| f64::from(r.base).powf(-2.0 * i as f64 / r.rope_dim as f64)).collect();
+    let inv_freq = r.inv_freq();
     let width = r.n_heads * r.head_dim;
     x.par_chunks_mut(width).zip(positions.par_iter()).with_min_len(16).for_each(|(tok, &p)| {
         let pos = p as f64 / f64::from(r.factor);
