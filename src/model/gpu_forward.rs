@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use super::config::{ModelConfig, RopeStyle};
 use super::weights::{Weight, Weights};
 use crate::adapter::LoraAdapter;
-use crate::compute::gpu::{bits, block_elems, Gpu, Graph, Grid, Ops};
+use crate::compute::gpu::{bits, block_elems, Gpu, Graph, Grid, Ops, MATVEC_ROWS};
 use crate::compute::ComputeError;
 
 /// Device copies of this many adapters are kept (least recently used dropped first).
@@ -246,10 +246,13 @@ impl GpuForward {
     /// out = x·Wᵀ (+ bias) + Σ s·(x·Aᵀ)·Bᵀ over the active adapters targeting W.
     #[allow(clippy::too_many_arguments)]
     fn linear<'a>(&'a self, g: &mut Graph<'a>, active: &[(&'a DeviceAdapter, f32)], tmp: &'a wgpu::Buffer, x: &'a wgpu::Buffer, n: usize, w: &'a DeviceWeight, bias: Option<&'a wgpu::Buffer>, out: Out<'a>) -> Result<(), ComputeError> {
-        let kernel = self.ops.matmul(w.t)?;
+        // Decoding (few rows): a workgroup per output; prompts: a thread per output.
+        let vec = n <= MATVEC_ROWS;
+        let kernel = if vec { self.ops.matvec(w.t)? } else { self.ops.matmul(w.t)? };
         for (buf, row0, rows) in &w.chunks {
             let p = [*rows as u32, w.n_in as u32, n as u32, w.row_bytes as u32, out.stride as u32, (out.base + row0) as u32, u32::from(out.accumulate)];
-            g.dispatch(kernel, &[buf, x, out.buf], &p, Grid::Threads((n * rows) as u64));
+            let grid = if vec { Grid::Groups(*rows as u64) } else { Grid::Threads((n * rows) as u64) };
+            g.dispatch(kernel, &[buf, x, out.buf], &p, grid);
         }
         if let Some(b) = bias {
             debug_assert_eq!(out.stride, w.n_out);

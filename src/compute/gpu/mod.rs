@@ -21,7 +21,7 @@ pub use dequantize::DequantizeKernel;
 pub use graph::{bits, Graph, Grid, Kernel};
 pub use lora_delta::LoraDeltaKernel;
 pub use matmul::MatmulKernel;
-pub use ops::Ops;
+pub use ops::{Ops, MATVEC_ROWS};
 
 /// Shared byte/f16 helpers prepended to the block-format shaders.
 const COMMON_BYTES: &str = include_str!("../../../shaders/common_bytes.wgsl");

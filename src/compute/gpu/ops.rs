@@ -6,11 +6,15 @@ use super::{block_shader, Gpu, Kernel, FORWARD_TYPES, WORKGROUP};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
-/// Workgroup size of the one-workgroup-per-row shaders (rmsnorm, attention).
+/// Workgroup size of the one-workgroup-per-row shaders (rmsnorm, attention, matvec).
 const ROW_WORKGROUP: u32 = 64;
+
+/// Most input rows the matvec kernel takes (it keeps one vec4 of sums per thread).
+pub const MATVEC_ROWS: usize = 4;
 
 pub struct Ops {
     matmul: Vec<(GgmlType, Kernel)>,
+    matvec: Vec<(GgmlType, Kernel)>,
     get_rows: Vec<(GgmlType, Kernel)>,
     pub rmsnorm: Kernel,
     pub add: Kernel,
@@ -29,6 +33,7 @@ impl Ops {
         let plain = |label: &str, src: &str, wg: u32| Kernel::new(d, label, src.to_string(), wg);
         let ops = Ops {
             matmul: per_type("matmul", include_str!("../../../shaders/matmul.wgsl")),
+            matvec: FORWARD_TYPES.into_iter().map(|t| (t, Kernel::new(d, "matvec", block_shader(include_str!("../../../shaders/matvec.wgsl"), t), ROW_WORKGROUP))).collect(),
             get_rows: per_type("get_rows", include_str!("../../../shaders/get_rows.wgsl")),
             rmsnorm: plain("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl"), ROW_WORKGROUP),
             add: plain("add", include_str!("../../../shaders/add.wgsl"), WORKGROUP),
@@ -55,6 +60,11 @@ impl Ops {
     /// y = x·Wᵀ with W of type `t`.
     pub fn matmul(&self, t: GgmlType) -> Result<&Kernel, ComputeError> {
         Self::find(&self.matmul, t)
+    }
+
+    /// y = x·Wᵀ for at most [`MATVEC_ROWS`] input rows, one workgroup per output.
+    pub fn matvec(&self, t: GgmlType) -> Result<&Kernel, ComputeError> {
+        Self::find(&self.matvec, t)
     }
 
     /// Embedding rows of a table of type `t`.
