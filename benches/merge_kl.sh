@@ -4,18 +4,20 @@
 # quantizers) and by llama.cpp's route (llama-export-lora to F16, then llama-quantize to
 # Q4_1); for each fixture prompt, the KL of the merged model's last-position distribution
 # to the adapter applied on the fly, and whether the top-1 token is the same. All logits
-# come from the llama.cpp backend. Needs python3 (standard library only).
+# come from one backend: BACKEND=llama (default; llama.cpp) or native (edgelora's f32
+# engine). Needs python3 (standard library only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgelora-target}"
 E="$CARGO_TARGET_DIR/release/edgelora"
+BACKEND="${BACKEND:-llama}"
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 source benches/llamacpp_tools.sh
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 prompts=$(python3 -c 'import json; [print(p["name"], ",".join(map(str, p["input_ids"]))) for p in json.load(open("tests/fixtures/reference.json"))["prompts"]]')
 logits() { # model out [adapter]
   local model=$1 out=$2; shift 2
-  while read -r name ids; do "$E" logits -m "$model" "$@" --tokens "$ids" --top 1 --out "$out.$name" >/dev/null 2>&1; done <<< "$prompts"
+  while read -r name ids; do "$E" logits -m "$model" "$@" --backend "$BACKEND" --tokens "$ids" --top 1 --out "$out.$name" >/dev/null 2>&1; done <<< "$prompts"
 }
 for a in seed_r16_qv rslora_r8_all; do
   "$E" adapter convert "tests/fixtures/$a" "$work/$a.gguf" -m "$M" --dtype f16 >/dev/null 2>&1
