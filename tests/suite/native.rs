@@ -102,7 +102,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// computes exp/sqrt with its own rounding; nothing else differs for prompts (the CPU
 /// multiplies dequantized blocks in f32).
 const GPU_LOGIT_BUDGET: f32 = 1e-3;
-/// The same for calls of ≤ 4 tokens (decoding): where the CPU has AVX512-VNNI, its
+/// The same for calls of ≤ 8 tokens (`FEW_ROWS`: decoding): where the CPU has AVX512-VNNI, its
 /// Q4_1/Q8_0 dot products take the input rounded to 16 bits per 32-value block.
 const GPU_DECODE_BUDGET: f32 = 1e-2;
 
@@ -119,7 +119,9 @@ fn native_gpu_whole_forward_equals_cpu_forward() {
     let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
     let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
     let mix: Vec<(&LoraAdapter, f32)> = vec![(&seed, 0.5), (&rs, 0.7)];
-    let ids = [1, 9690, 198, 2683, 359, 253, 3458];
+    // More than FEW_ROWS tokens: the CPU prompt path is f32 throughout.
+    let ids = [1, 9690, 198, 2683, 359, 253, 3458, 314, 2115, 28];
+    assert!(ids.len() > edgelora::compute::cpu::FEW_ROWS);
     for (label, adapters) in [("base", vec![]), ("mix", mix.clone())] {
         // Prompt: every row's logits.
         let (mut sg, mut sc) = (Session::default(), Session::default());

@@ -20,8 +20,9 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
         let s = weight * t.scale;
         // ax [n, r] = x · Aᵀ;  y += s · ax · Bᵀ
         let mut ax = vec![0f32; n * t.rank];
-        if n <= 4 {
-            // Decoding: a few rows of dot products (a GEMM call costs more to set up here).
+        if n <= crate::compute::cpu::FEW_ROWS {
+            // Decoding, short prompts: rows of dot products (a GEMM call costs more to set
+            // up here).
             for (axr, xr) in ax.chunks_exact_mut(t.rank).zip(x.chunks_exact(w.n_in)) {
                 for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
                     *v = s * f32::dot(ar, xr);
