@@ -56,5 +56,22 @@ fn dequantize_formats(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, open_header, dequantize_tensors, dequantize_formats);
+/// One decoding step's product y = x·Wᵀ (one input row) through the CPU backend for a
+/// 1536 × 2048 matrix in each format with a fused/split dot kernel (compare runs with
+/// `EDGELORA_SIMD=avx2`, which keeps the f32 kernels and decodes Q4_K by dequantize + GEMM).
+fn matvec_formats(c: &mut Criterion) {
+    use edgelora::compute::{cpu::Cpu, Backend};
+    let (rows, cols) = (1536, 2048);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut g = c.benchmark_group("matvec_formats");
+    g.throughput(Throughput::Elements((rows * cols) as u64));
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        let bytes = quantize_ggml(t, &w, cols).unwrap();
+        g.bench_function(format!("{}/{t}", simd::selected()), |b| b.iter(|| Cpu.matmul(t, &bytes, rows, cols, &x, 1).unwrap()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, open_header, dequantize_tensors, dequantize_formats, matvec_formats);
 criterion_main!(benches);

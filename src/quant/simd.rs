@@ -74,6 +74,7 @@ struct Kernels {
     /// Q4_1 and Q8_0 · x with AVX512-VNNI byte dot products on the 16-bit split input.
     split_dot_q4_1: Option<SplitDotKernel>,
     split_dot_q8_0: Option<SplitDotKernel>,
+    split_dot_q4_k: Option<SplitDotKernel>,
 }
 
 /// The AVX2 dequantizers (F16 also needs F16C).
@@ -108,7 +109,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -129,17 +130,18 @@ fn kernels() -> &'static Kernels {
                     && std::arch::is_x86_feature_detected!("avx512vl");
                 let split_dot_q4_1 = vnni.then_some(x86::split_dot_q4_1 as SplitDotKernel);
                 let split_dot_q8_0 = vnni.then_some(x86::split_dot_q8_0 as SplitDotKernel);
+                let split_dot_q4_k = vnni.then_some(x86::split_dot_q4_k as SplitDotKernel);
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0 };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0 };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None };
         }
         scalar
     })
@@ -196,13 +198,14 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
     v
 }
 
-/// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0): exact
+/// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0, Q4_K): exact
 /// integer products of the weight codes with the 16-bit input, so the result differs from
 /// the f32 dot only by the input's rounding (≤ max|x_block| / 65278 per value).
 pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
     match t {
         GgmlType::Q4_1 => kernels().split_dot_q4_1,
         GgmlType::Q8_0 => kernels().split_dot_q8_0,
+        GgmlType::Q4_K => kernels().split_dot_q4_k,
         _ => None,
     }
 }
@@ -430,6 +433,52 @@ mod x86 {
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    /// Q4_K row · 16-bit split x: each 32-value sub-block (6-bit scale sc, min m) is one
+    /// 32-block of x: Σ = d·sc·d_x·Σq·x_q − dmin·m·Σx, the integer part by two `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn split_dot_q4_k_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        use crate::quant::reference::scale_min_k4;
+        let n_super = bytes.len() / 144;
+        assert!(x.hi.len() >= 256 * n_super && x.lo.len() >= 256 * n_super && x.d.len() >= 8 * n_super && x.sums.len() >= 8 * n_super);
+        let mask = _mm256_set1_epi8(0x0f);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut msum = 0f32;
+        for (sb, blk) in bytes.chunks_exact(144).enumerate() {
+            let (d, dmin) = (f16c_at(blk, 0), f16c_at(blk, 2));
+            let scales: &[u8; 12] = blk[4..16].try_into().expect("12 bytes");
+            for n in 0..4 {
+                // SAFETY: 32 readable bytes at 16 + 32n in the 144-byte block; unaligned load.
+                let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * n).cast()) };
+                let halves = [_mm256_and_si256(q, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask)];
+                for (i, qi) in halves.into_iter().enumerate() {
+                    let b = 8 * sb + 2 * n + i;
+                    let (sc, m) = scale_min_k4(2 * n + i, scales);
+                    // SAFETY: 32 bytes at 32·b of hi and lo (asserted above); unaligned loads.
+                    let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
+                    let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qi, xh);
+                    let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qi, xl);
+                    let t = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl));
+                    let scale = _mm256_set1_ps(d * f32::from(sc) * x.d[b]);
+                    if i == 0 {
+                        acc0 = _mm256_fmadd_ps(t, scale, acc0);
+                    } else {
+                        acc1 = _mm256_fmadd_ps(t, scale, acc1);
+                    }
+                    msum += dmin * f32::from(m) * x.sums[b];
+                }
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) - msum
+    }
+
+    pub fn split_dot_q4_k(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
+        unsafe { split_dot_q4_k_impl(bytes, x) }
     }
 
     pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {

@@ -161,11 +161,11 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
     eprintln!("fused dot kernels checked: {checked}");
     // The split-input (16-bit x) kernels: the error is the input's rounding, at most
     // max|x_block| / 65278 per value, times |w|, plus float rounding.
-    for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
         let Some(k) = simd::split_dot_kernel(t) else { continue };
         for n_blocks in [1, 7, 18, 48] {
             let bytes = random_blocks(t, n_blocks, &mut rng);
-            let n = n_blocks * 32;
+            let n = n_blocks * t.block_size() as usize;
             // Blocks of very different magnitudes, as activations have.
             let x: Vec<f32> = (0..n).map(|i| rng.random_range(-1.0f32..1.0) * [1.0, 30.0, 0.01][(i / 32) % 3]).collect();
             let mut w = vec![0f32; n];
