@@ -66,7 +66,7 @@ fn matvec_formats(c: &mut Criterion) {
     let x: Vec<f32> = (0..cols).map(|i| ((i * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut g = c.benchmark_group("matvec_formats");
     g.throughput(Throughput::Elements((rows * cols) as u64));
-    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let bytes = quantize_ggml(t, &w, cols).unwrap();
         g.bench_function(format!("{}/{t}", simd::selected()), |b| b.iter(|| Cpu.matmul(t, &bytes, rows, cols, &x, 1).unwrap()));
     }

@@ -33,6 +33,8 @@ pub struct SplitX {
     lo_u: Vec<u8>,
     d: Vec<f32>,
     sums: Vec<f32>,
+    /// Exact sums of x per 16 values (Q6_K's scale groups).
+    sums16: Vec<f32>,
 }
 
 impl SplitX {
@@ -40,7 +42,7 @@ impl SplitX {
     pub fn new(x: &[f32]) -> SplitX {
         const QMAX: f32 = 32639.0;
         let n = x.len();
-        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), hi_u: Vec::new(), lo_u: Vec::new(), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32) };
+        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), hi_u: Vec::new(), lo_u: Vec::new(), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32), sums16: x.chunks(16).map(|c| c.iter().sum()).collect() };
         for b in x.chunks(32) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / QMAX;
@@ -75,6 +77,7 @@ struct Kernels {
     split_dot_q4_1: Option<SplitDotKernel>,
     split_dot_q8_0: Option<SplitDotKernel>,
     split_dot_q4_k: Option<SplitDotKernel>,
+    split_dot_q6_k: Option<SplitDotKernel>,
 }
 
 /// The AVX2 dequantizers (F16 also needs F16C).
@@ -109,7 +112,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -131,17 +134,18 @@ fn kernels() -> &'static Kernels {
                 let split_dot_q4_1 = vnni.then_some(x86::split_dot_q4_1 as SplitDotKernel);
                 let split_dot_q8_0 = vnni.then_some(x86::split_dot_q8_0 as SplitDotKernel);
                 let split_dot_q4_k = vnni.then_some(x86::split_dot_q4_k as SplitDotKernel);
+                let split_dot_q6_k = vnni.then_some(x86::split_dot_q6_k as SplitDotKernel);
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None };
         }
         scalar
     })
@@ -198,7 +202,8 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
     v
 }
 
-/// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0, Q4_K): exact
+/// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0, Q4_K,
+/// Q6_K): exact
 /// integer products of the weight codes with the 16-bit input, so the result differs from
 /// the f32 dot only by the input's rounding (≤ max|x_block| / 65278 per value).
 pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
@@ -206,6 +211,7 @@ pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
         GgmlType::Q4_1 => kernels().split_dot_q4_1,
         GgmlType::Q8_0 => kernels().split_dot_q8_0,
         GgmlType::Q4_K => kernels().split_dot_q4_k,
+        GgmlType::Q6_K => kernels().split_dot_q6_k,
         _ => None,
     }
 }
@@ -479,6 +485,60 @@ mod x86 {
     pub fn split_dot_q4_k(bytes: &[u8], x: &super::SplitX) -> f32 {
         // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
         unsafe { split_dot_q4_k_impl(bytes, x) }
+    }
+
+    /// Q6_K row · 16-bit split x: each 32-value quarter is one 32-block of x; the 6-bit
+    /// codes enter `vpdpbusd` unsigned (q + 32) and the offset comes back as 32·Σx per
+    /// 16-value scale group; lanes 0–3 / 4–7 of the int32 sums are the two groups.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn split_dot_q6_k_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        let n_super = bytes.len() / 210;
+        assert!(x.hi.len() >= 256 * n_super && x.lo.len() >= 256 * n_super && x.d.len() >= 8 * n_super && x.sums16.len() >= 16 * n_super);
+        let (mask4, mask2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut off = 0f32;
+        for (sb, blk) in bytes.chunks_exact(210).enumerate() {
+            let d = f16c_at(blk, 208);
+            for n in 0..2 {
+                // SAFETY: 32 readable bytes at 64n, 64n + 32 and 128 + 32n in the 210-byte
+                // block; unaligned loads.
+                let (ql0, ql1, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(blk.as_ptr().add(64 * n).cast()),
+                        _mm256_loadu_si256(blk.as_ptr().add(64 * n + 32).cast()),
+                        _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * n).cast()),
+                    )
+                };
+                let lows = [_mm256_and_si256(ql0, mask4), _mm256_and_si256(ql1, mask4), _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), mask4), _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), mask4)];
+                for (k, low) in lows.into_iter().enumerate() {
+                    let high = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), mask2));
+                    let q = _mm256_or_si256(low, high);
+                    let b = 8 * sb + 4 * n + k;
+                    // SAFETY: 32 bytes at 32·b of hi and lo (asserted above); unaligned loads.
+                    let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
+                    let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
+                    let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
+                    let t = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl));
+                    let (s0, s1) = (f32::from(blk[192 + 8 * n + 2 * k] as i8), f32::from(blk[192 + 8 * n + 2 * k + 1] as i8));
+                    let scale = _mm256_set_m128(_mm_set1_ps(d * s1 * x.d[b]), _mm_set1_ps(d * s0 * x.d[b]));
+                    if k % 2 == 0 {
+                        acc0 = _mm256_fmadd_ps(t, scale, acc0);
+                    } else {
+                        acc1 = _mm256_fmadd_ps(t, scale, acc1);
+                    }
+                    off += 32.0 * d * (s0 * x.sums16[2 * b] + s1 * x.sums16[2 * b + 1]);
+                }
+            }
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) - off
+    }
+
+    pub fn split_dot_q6_k(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
+        unsafe { split_dot_q6_k_impl(bytes, x) }
     }
 
     pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {

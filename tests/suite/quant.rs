@@ -161,7 +161,7 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
     eprintln!("fused dot kernels checked: {checked}");
     // The split-input (16-bit x) kernels: the error is the input's rounding, at most
     // max|x_block| / 65278 per value, times |w|, plus float rounding.
-    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let Some(k) = simd::split_dot_kernel(t) else { continue };
         for n_blocks in [1, 7, 18, 48] {
             let bytes = random_blocks(t, n_blocks, &mut rng);
