@@ -294,6 +294,15 @@ mod x86 {
         }
     }
 
+    /// Sum of the 8 lanes by shuffles (no round trip through memory).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum_shuffle(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
     #[inline]
     fn hsum(v: __m256) -> f32 {
         let mut lanes = [0f32; 8];
@@ -400,12 +409,7 @@ mod x86 {
         if rest.len() == 20 {
             step(&mut acc0, &mut m0, rest, n_blocks - 1);
         }
-        // Horizontal sum of the 8 lanes.
-        let v = _mm256_add_ps(acc0, acc1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
-        _mm_cvtss_f32(s1) + (m0 + m1)
+        hsum_shuffle(_mm256_add_ps(acc0, acc1)) + (m0 + m1)
     }
 
     /// Q8_0 row · 16-bit split x: `vpdpbusd` wants unsigned × signed bytes, so the input's
@@ -435,10 +439,7 @@ mod x86 {
                 acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), scale, acc1);
             }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+        hsum_shuffle(_mm256_add_ps(acc0, acc1))
     }
 
     /// Q4_K row · 16-bit split x: each 32-value sub-block (6-bit scale sc, min m) is one
@@ -476,10 +477,7 @@ mod x86 {
                 }
             }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) - msum
+        hsum_shuffle(_mm256_add_ps(acc0, acc1)) - msum
     }
 
     pub fn split_dot_q4_k(bytes: &[u8], x: &super::SplitX) -> f32 {
@@ -530,10 +528,7 @@ mod x86 {
                 }
             }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) - off
+        hsum_shuffle(_mm256_add_ps(acc0, acc1)) - off
     }
 
     pub fn split_dot_q6_k(bytes: &[u8], x: &super::SplitX) -> f32 {
