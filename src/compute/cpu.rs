@@ -140,6 +140,25 @@ pub fn dequantize_rows(t: GgmlType, bytes: &[u8], n_in: usize, out: &mut [f32]) 
     out.par_chunks_mut(ROWS * n_in).zip(bytes.par_chunks(ROWS * row_bytes)).try_for_each(|(o, b)| quant::dequantize(t, b, o))
 }
 
+/// y [n_x, n_out] with y[r, o] = `f(row o of W, r)`: groups of output rows in parallel (a
+/// task per row would drown in scheduling).
+fn per_row(w: &[u8], row_bytes: usize, n_x: usize, n_out: usize, f: impl Fn(&[u8], usize) -> f32 + Sync) -> Vec<f32> {
+    const ROWS: usize = 32;
+    let groups = w.par_chunks(row_bytes * ROWS);
+    if n_x == 1 {
+        return groups.flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| f(row, 0))).collect();
+    }
+    // Per output, its n_x values; then transposed to [n_x, n_out].
+    let cols: Vec<f32> = groups.flat_map_iter(|rows| rows.chunks_exact(row_bytes).flat_map(|row| (0..n_x).map(|r| f(row, r)).collect::<Vec<f32>>())).collect();
+    let mut y = vec![0f32; n_x * n_out];
+    for (o, col) in cols.chunks_exact(n_x).enumerate() {
+        for (r, v) in col.iter().enumerate() {
+            y[r * n_out + o] = *v;
+        }
+    }
+    y
+}
+
 impl Backend for Cpu {
     fn name(&self) -> String {
         format!("cpu ({})", quant::simd::selected())
@@ -160,41 +179,21 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
-        // y [n_x, n_out] from per-output columns [n_out][n_x].
-        fn transpose(cols: &[Vec<f32>], n_x: usize, n_out: usize) -> Vec<f32> {
-            let mut y = vec![0f32; n_x * n_out];
-            for (o, col) in cols.iter().enumerate() {
-                for (r, v) in col.iter().enumerate() {
-                    y[r * n_out + o] = *v;
-                }
-            }
-            y
-        }
         let row_bytes = t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {t} blocks")))? as usize;
         if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
             return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
         }
-        // Groups of output rows in parallel (a task per row would drown in scheduling):
-        // each row is dequantized once (SIMD) into a reused buffer and dotted with every
-        // input row.
-        const ROWS: usize = 32;
-        // Few input rows (decoding, short prompts): the fused kernels never write the row
-        // out. Where the CPU has AVX512-VNNI, Q4_1/Q8_0 rows meet x rounded to 16 bits per
-        // block (prepared once).
-        if let Some(split) = quant::simd::split_dot_kernel(t).filter(|_| n_x <= FEW_ROWS && n_in % 32 == 0) {
-            let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
-            if n_x == 1 {
-                return Ok(w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| split(row, &xs[0]))).collect());
+        // Few input rows (decoding, short prompts): fused kernels over each row of W, which
+        // is never written out as floats. Where the CPU has AVX512-VNNI, the rows meet x
+        // rounded to 16 bits per block (prepared once per input row).
+        if n_x <= FEW_ROWS {
+            if let Some(split) = quant::simd::split_dot_kernel(t) {
+                let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
+                return Ok(per_row(w, row_bytes, n_x, n_out, |row, r| split(row, &xs[r])));
             }
-            let cols: Vec<Vec<f32>> = w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| xs.iter().map(|xr| split(row, xr)).collect::<Vec<f32>>())).collect();
-            return Ok(transpose(&cols, n_x, n_out));
-        }
-        if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x == 1) {
-            return Ok(w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| fused(row, x))).collect());
-        }
-        if let Some(fused) = quant::simd::dot_kernel(t).filter(|_| n_x <= FEW_ROWS) {
-            let cols: Vec<Vec<f32>> = w.par_chunks(row_bytes * ROWS).flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| x.chunks_exact(n_in).map(|xr| fused(row, xr)).collect::<Vec<f32>>())).collect();
-            return Ok(transpose(&cols, n_x, n_out));
+            if let Some(fused) = quant::simd::dot_kernel(t) {
+                return Ok(per_row(w, row_bytes, n_x, n_out, |row, r| fused(row, &x[r * n_in..(r + 1) * n_in])));
+            }
         }
         // Several input rows (prompts): dequantize W a block of rows at a time (SIMD,
         // rows in parallel) and multiply with the dense GEMM, so each weight is decoded

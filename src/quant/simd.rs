@@ -28,9 +28,6 @@ pub type DotKernel = fn(&[u8], &[f32]) -> f32;
 pub struct SplitX {
     hi: Vec<i8>,
     lo: Vec<i8>,
-    /// hi + 128 and lo + 128 as unsigned bytes (for signed weight codes).
-    hi_u: Vec<u8>,
-    lo_u: Vec<u8>,
     d: Vec<f32>,
     sums: Vec<f32>,
     /// Exact sums of x per 16 values (Q6_K's scale groups).
@@ -42,7 +39,7 @@ impl SplitX {
     pub fn new(x: &[f32]) -> SplitX {
         const QMAX: f32 = 32639.0;
         let n = x.len();
-        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), hi_u: Vec::new(), lo_u: Vec::new(), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32), sums16: x.chunks(16).map(|c| c.iter().sum()).collect() };
+        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32), sums16: x.chunks(16).map(|c| c.iter().sum()).collect() };
         for b in x.chunks(32) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / QMAX;
@@ -58,10 +55,14 @@ impl SplitX {
             sx.d.push(d);
             sx.sums.push(b.iter().sum());
         }
-        sx.hi_u = sx.hi.iter().map(|&v| (v as u8) ^ 0x80).collect();
-        sx.lo_u = sx.lo.iter().map(|&v| (v as u8) ^ 0x80).collect();
         sx
     }
+}
+
+/// The little-endian f16 at byte `i` of `b`, as f32 (block scales in the kernels).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// A dot product of one quantized row with a [`SplitX`] input.
@@ -230,11 +231,8 @@ pub fn dot_kernel(t: GgmlType) -> Option<DotKernel> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::f16;
+    use super::f16_at;
 
-    fn f16_at(b: &[u8], i: usize) -> f32 {
-        f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-    }
 
     /// Nibbles of 16 bytes → 32 floats: low nibbles are elements 0..16, high 16..32.
     #[target_feature(enable = "avx2")]
@@ -366,6 +364,22 @@ mod x86 {
         hsum(qx)
     }
 
+    /// Σ q·x_q of 32 unsigned codes `q` with block `b` of the split input, as 8 float lanes
+    /// (lane i: values 4i..4i+4): two `vpdpbusd` on the input's high and low signed bytes,
+    /// 256·hi + lo exact in int32 before the conversion.
+    ///
+    /// # Safety
+    /// `x.hi` and `x.lo` hold at least 32·(b + 1) values; the CPU has the enabled features.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vnni,avx512vl")]
+    unsafe fn split_sum(q: __m256i, x: &super::SplitX, b: usize) -> __m256 {
+        // SAFETY: 32 readable bytes at 32·b of hi and lo (the caller's contract).
+        let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
+        let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
+        let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
+        _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl))
+    }
+
     /// Q4_1 row · 16-bit split x: per block, the 32 nibbles (unsigned bytes) meet the
     /// input's high and low signed bytes in two `vpdpbusd`, 256·hi + lo gives Σq·x_q in
     /// exact int32, scaled by d_w·d_x; the min's share m·Σx uses the exact block sums.
@@ -378,20 +392,12 @@ mod x86 {
         let shifts = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
         // One block: (Σq·x_q as 8 float lanes, [d, m] of the block).
         let block = |blk: &[u8], b: usize| -> (__m256, __m128) {
-            // SAFETY: 20 readable bytes in the block (16 at 4, 4 at 0); 32 bytes at 32·b of
-            // hi and lo (asserted above); unaligned loads.
-            let (v, dm, xh, xl) = unsafe {
-                (
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.as_ptr().add(4).cast())),
-                    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]))),
-                    _mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()),
-                    _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast()),
-                )
-            };
+            // SAFETY: 16 readable bytes at 4 in the 20-byte block; unaligned load.
+            let v = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.as_ptr().add(4).cast())) };
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]])));
             let q = _mm256_and_si256(_mm256_srlv_epi16(v, shifts), mask);
-            let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
-            let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
-            (_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl)), dm)
+            // SAFETY: b < n_blocks, so 32·(b + 1) values of hi and lo (asserted above).
+            (unsafe { split_sum(q, x, b) }, dm)
         };
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let (mut m0, mut m1) = (0f32, 0f32);
@@ -413,21 +419,23 @@ mod x86 {
     }
 
     /// Q8_0 row · 16-bit split x: `vpdpbusd` wants unsigned × signed bytes, so the input's
-    /// bytes come offset by 128 (hu = hi + 128, lu = lo + 128) and the offset is taken back
+    /// bytes are offset by 128 here (hu = hi ^ 0x80 = hi + 128, likewise lu) and the offset is taken back
     /// with Σq (a third `vpdpbusd` against ones): Σq·x_q = 256·Σq·hu + Σq·lu − 32896·Σq.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
     fn split_dot_q8_0_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
         let n_blocks = bytes.len() / 34;
-        assert!(x.hi_u.len() >= 32 * n_blocks && x.lo_u.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
         let ones = _mm256_set1_epi8(1);
+        let flip = _mm256_set1_epi8(-128);
         let offset = _mm256_set1_epi32(32896);
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (b, blk) in bytes.chunks_exact(34).enumerate() {
-            // SAFETY: 32 readable bytes at 2 in the 34-byte block and at 32·b of hu, lu
+            // SAFETY: 32 readable bytes at 2 in the 34-byte block and at 32·b of hi, lo
             // (asserted above); unaligned loads.
             let (q, xh, xl) = unsafe {
-                (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(x.hi_u.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo_u.as_ptr().add(32 * b).cast()))
+                (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast()))
             };
+            let (xh, xl) = (_mm256_xor_si256(xh, flip), _mm256_xor_si256(xl, flip));
             let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), xh, q);
             let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), xl, q);
             let ts = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
@@ -462,11 +470,8 @@ mod x86 {
                 for (i, qi) in halves.into_iter().enumerate() {
                     let b = 8 * sb + 2 * n + i;
                     let (sc, m) = scale_min_k4(2 * n + i, scales);
-                    // SAFETY: 32 bytes at 32·b of hi and lo (asserted above); unaligned loads.
-                    let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
-                    let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qi, xh);
-                    let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qi, xl);
-                    let t = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl));
+                    // SAFETY: b < 8·n_super, so 32·(b + 1) values of hi and lo (asserted above).
+                    let t = unsafe { split_sum(qi, x, b) };
                     let scale = _mm256_set1_ps(d * f32::from(sc) * x.d[b]);
                     if i == 0 {
                         acc0 = _mm256_fmadd_ps(t, scale, acc0);
@@ -512,11 +517,8 @@ mod x86 {
                     let high = _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), mask2));
                     let q = _mm256_or_si256(low, high);
                     let b = 8 * sb + 4 * n + k;
-                    // SAFETY: 32 bytes at 32·b of hi and lo (asserted above); unaligned loads.
-                    let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
-                    let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
-                    let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
-                    let t = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl));
+                    // SAFETY: b < 8·n_super, so 32·(b + 1) values of hi and lo (asserted above).
+                    let t = unsafe { split_sum(q, x, b) };
                     let (s0, s1) = (f32::from(blk[192 + 8 * n + 2 * k] as i8), f32::from(blk[192 + 8 * n + 2 * k + 1] as i8));
                     let scale = _mm256_set_m128(_mm_set1_ps(d * s1 * x.d[b]), _mm_set1_ps(d * s0 * x.d[b]));
                     if k % 2 == 0 {
@@ -910,9 +912,8 @@ mod neon {
 
     use half::f16;
 
-    fn f16_at(b: &[u8], i: usize) -> f32 {
-        f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-    }
+    use super::f16_at;
+
 
     fn load16(b: &[u8]) -> uint8x16_t {
         assert!(b.len() >= 16);

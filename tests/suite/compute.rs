@@ -32,21 +32,11 @@ fn within_budget(gpu: &[f32], reference: &[f32]) -> Result<(), String> {
     Ok(())
 }
 
-/// The formats with a GPU dequantize/matmul kernel: every type the CPU dequantizes but F32.
-const GPU_TYPES: [GgmlType; 12] = [
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// The formats that must have a GPU dequantize/matmul kernel: every type the CPU
+/// dequantizes but F32 (which needs none).
+fn gpu_types() -> Vec<GgmlType> {
+    GgmlType::ALL.into_iter().filter(|t| edgelora::quant::can_dequantize(*t) && *t != GgmlType::F32).collect()
+}
 
 /// Byte offsets of the f16 scales (d, and m/dmin) inside one block of `t`.
 fn f16_fields(t: GgmlType) -> &'static [usize] {
@@ -84,7 +74,7 @@ fn gpu_dequantize_matches_the_reference() {
     for limit in [u64::MAX, 4096] {
         let g = gpu(limit);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for t in GPU_TYPES {
+        for t in gpu_types() {
             let n_blocks = 777 * 32 / t.block_size() as usize + 1;
             let bytes = random_blocks(t, n_blocks, &mut rng);
             let n = n_blocks * t.block_size() as usize;
@@ -178,7 +168,7 @@ fn gpu_matmul_reads_every_block_format() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
     let g = gpu(u64::MAX);
     let (n_out, n_in, n_x) = (5, 512, 2);
-    for t in GPU_TYPES {
+    for t in gpu_types() {
         let bytes = random_blocks(t, n_out * n_in / t.block_size() as usize, &mut rng);
         let mut w = vec![0f32; n_out * n_in];
         dequantize_reference(t, &bytes, &mut w).unwrap();

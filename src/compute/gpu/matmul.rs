@@ -1,7 +1,7 @@
 //! `shaders/matmul.wgsl` per block format: y = x·Wᵀ with W quantized, blocks decoded
 //! on the fly (the weight is never expanded to f32 on the device).
 
-use super::{block_elems, block_shader, pipeline, Gpu};
+use super::{block_shader, pipeline, Gpu};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -23,9 +23,6 @@ impl MatmulKernel {
     /// y [n_x, n_out] = x [n_x, n_in] · Wᵀ, in chunks of output rows under the binding limit.
     pub fn run(&self, gpu: &Gpu, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
         let row_bytes = self.t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {} blocks", self.t)))? as usize;
-        if n_in as u64 % block_elems(self.t) != 0 {
-            return Err(ComputeError::Shape(format!("rows of {n_in} {} values: the kernel reads {} at a time", self.t, block_elems(self.t))));
-        }
         if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
             return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {}, x {} for [{n_x}, {n_in}]", w.len(), self.t, x.len())));
         }

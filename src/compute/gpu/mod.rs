@@ -43,21 +43,10 @@ const BLOCK_TYPES: [GgmlType; 12] = [
     GgmlType::Q6_K,
 ];
 
-/// The formats the native engine's forward reads on the device (matmul, embedding rows):
-/// the block formats plus F32.
-const FORWARD_TYPES: [GgmlType; 13] = {
-    let mut all = [GgmlType::F32; 13];
-    let mut i = 0;
-    while i < BLOCK_TYPES.len() {
-        all[i + 1] = BLOCK_TYPES[i];
-        i += 1;
-    }
-    all
-};
-
-/// Values per block of `t` as the shaders read it (1 for the plain float formats).
-pub fn block_elems(t: GgmlType) -> u64 {
-    t.block_size()
+/// The formats the native engine's forward reads on the device (matmul, matvec,
+/// embedding rows): the block formats plus F32.
+fn forward_types() -> impl Iterator<Item = GgmlType> {
+    std::iter::once(GgmlType::F32).chain(BLOCK_TYPES)
 }
 
 /// `kernel` (a block shader's source) specialized for `t`: the helpers plus
@@ -77,9 +66,9 @@ fn block_shader(kernel: &str, t: GgmlType) -> String {
         GgmlType::Q4_K => "q4_k_value",
         GgmlType::Q5_K => "q5_k_value",
         GgmlType::Q6_K => "q6_k_value",
-        _ => unreachable!("BLOCK_TYPES and FORWARD_TYPES list the formats with a value function"),
+        _ => unreachable!("forward_types() lists the formats with a value function"),
     };
-    let elems = block_elems(t);
+    let elems = t.block_size();
     format!(
         "{COMMON_BYTES}\nconst BLOCK_ELEMS: u32 = {elems}u;\nconst BLOCK_BYTES: u32 = {}u;\nfn block_value(base: u32, j: u32) -> f32 {{ return {value}(base, j); }}\n{kernel}",
         t.type_size() * elems / t.block_size()

@@ -2,7 +2,7 @@
 //! and embedding rows per weight format, RMSNorm, bias add, RoPE, attention, SwiGLU and
 //! the dense product the LoRA factors go through. Each is one WGSL file in `shaders/`.
 
-use super::{block_shader, Gpu, Kernel, FORWARD_TYPES, WORKGROUP};
+use super::{block_shader, forward_types, Gpu, Kernel, WORKGROUP};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -29,12 +29,12 @@ impl Ops {
     pub fn new(gpu: &Gpu) -> Result<Ops, ComputeError> {
         let d = gpu.device();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let per_type = |label: &str, src: &str| -> Vec<(GgmlType, Kernel)> { FORWARD_TYPES.into_iter().map(|t| (t, Kernel::new(d, label, block_shader(src, t), WORKGROUP))).collect() };
+        let per_type = |label: &str, src: &str, wg: u32| -> Vec<(GgmlType, Kernel)> { forward_types().map(|t| (t, Kernel::new(d, label, block_shader(src, t), wg))).collect() };
         let plain = |label: &str, src: &str, wg: u32| Kernel::new(d, label, src.to_string(), wg);
         let ops = Ops {
-            matmul: per_type("matmul", include_str!("../../../shaders/matmul.wgsl")),
-            matvec: FORWARD_TYPES.into_iter().map(|t| (t, Kernel::new(d, "matvec", block_shader(include_str!("../../../shaders/matvec.wgsl"), t), ROW_WORKGROUP))).collect(),
-            get_rows: per_type("get_rows", include_str!("../../../shaders/get_rows.wgsl")),
+            matmul: per_type("matmul", include_str!("../../../shaders/matmul.wgsl"), WORKGROUP),
+            matvec: per_type("matvec", include_str!("../../../shaders/matvec.wgsl"), ROW_WORKGROUP),
+            get_rows: per_type("get_rows", include_str!("../../../shaders/get_rows.wgsl"), WORKGROUP),
             rmsnorm: plain("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl"), ROW_WORKGROUP),
             add: plain("add", include_str!("../../../shaders/add.wgsl"), WORKGROUP),
             rope: plain("rope", include_str!("../../../shaders/rope.wgsl"), WORKGROUP),
@@ -48,9 +48,9 @@ impl Ops {
         Ok(ops)
     }
 
-    /// Whether weights of type `t` can be used on the device (n_in a multiple of 32).
+    /// Whether weights of type `t` can be used on the device.
     pub fn supports(t: GgmlType) -> bool {
-        FORWARD_TYPES.contains(&t)
+        forward_types().any(|u| u == t)
     }
 
     fn find(list: &[(GgmlType, Kernel)], t: GgmlType) -> Result<&Kernel, ComputeError> {
