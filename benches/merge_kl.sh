@@ -22,7 +22,7 @@ logits() { # model out [adapter]
 for a in seed_r16_qv rslora_r8_all; do
   "$E" adapter convert "tests/fixtures/$a" "$work/$a.gguf" -m "$M" --dtype f16 >/dev/null 2>&1
   logits "$M" "$work/fly" -a "$work/$a.gguf"
-  for q in refit ggml; do
+  for q in gptq refit ggml; do
     "$E" merge -m "$M" -a "tests/fixtures/$a" --out "$work/$q.gguf" --quantizer "$q" 2>/dev/null
     logits "$work/$q.gguf" "$work/$q"
   done
@@ -39,7 +39,7 @@ def read(path):
 def logsoftmax(v):
     m = max(v); s = math.log(sum(math.exp(x - m) for x in v)) + m
     return [x - s for x in v]
-for q in ["refit", "ggml", "llamacpp"]:
+for q in ["gptq", "refit", "ggml", "llamacpp"]:
     kls, same = [], 0
     for n in names:
         p, r = logsoftmax(read(f"{work}/fly.{n}")), logsoftmax(read(f"{work}/{q}.{n}"))

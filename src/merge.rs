@@ -5,7 +5,9 @@
 //! compute backend (CPU: SIMD + rows in parallel; GPU: wgpu kernels),
 //! and are quantized to the base's own type by default — with the error-minimizing
 //! block quantizer (`quant::requant`) for Q4_0/Q4_1/Q8_0, which also tries each block's
-//! pre-merge grid, or with ggml's quantizer for the other types. Untouched tensors are
+//! pre-merge grid, or with ggml's quantizer for the other types; or, with
+//! [`Quantizer::Gptq`], into the base's own Q4_0/Q4_1/Q8_0 grids with codes chosen by GPTQ
+//! on calibration inputs ([`calibration`], `quant::gptq`). Untouched tensors are
 //! copied byte for byte from the map (or converted when `--type` asks for another type).
 //! The output's metadata is the base's, plus `edgelora.merge.*` recording the adapters,
 //! their fingerprints and weights. The file is written atomically.
@@ -20,7 +22,10 @@ use crate::adapter::{validate, LoraAdapter};
 use crate::compute::{self, Backend, Delta, Device};
 use crate::error::{Error, GgufError};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo, TensorSpec, ValueType};
-use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, requant};
+use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, gptq, requant};
+
+pub mod calibration;
+pub use calibration::Calibration;
 
 /// How quantized tensors are written back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +34,32 @@ pub enum Quantizer {
     Ggml,
     /// Per-block search for the smallest squared error (Q4_0/Q4_1/Q8_0; ggml's otherwise).
     Refit,
+    /// Merged Q4_0/Q4_1/Q8_0 tensors keep their blocks' grids and get the codes GPTQ
+    /// chooses for the smallest output error on calibration inputs (refit's path for the
+    /// rest). Slower: the calibration runs the model.
+    Gptq,
 }
+
+impl Quantizer {
+    pub const ALL: [Quantizer; 3] = [Quantizer::Refit, Quantizer::Ggml, Quantizer::Gptq];
+
+    /// `refit`, `ggml` or `gptq` (the CLI's names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantizer::Ggml => "ggml",
+            Quantizer::Refit => "refit",
+            Quantizer::Gptq => "gptq",
+        }
+    }
+}
+
+/// GPTQ's damping: this fraction of the mean diagonal of XᵀX is added to its diagonal.
+pub const GPTQ_DAMP: f64 = 0.01;
+
+/// GPTQ re-codes a tensor only when its input was seen in at least this many calibration
+/// rows per input column (fewer: XᵀX is too poorly known, and the codes would fit the
+/// calibration rows rather than the model); such tensors take refit's path.
+pub const GPTQ_MIN_ROWS_PER_INPUT: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct MergeOptions {
@@ -38,11 +68,13 @@ pub struct MergeOptions {
     pub quantizer: Quantizer,
     /// Where dequantize + delta run (requantization runs on the CPU).
     pub device: Device,
+    /// GPTQ's calibration (read by [`Quantizer::Gptq`] only).
+    pub calibration: Calibration,
 }
 
 impl Default for MergeOptions {
     fn default() -> Self {
-        MergeOptions { out_type: None, quantizer: Quantizer::Refit, device: Device::Cpu }
+        MergeOptions { out_type: None, quantizer: Quantizer::Refit, device: Device::Cpu, calibration: Calibration::default() }
     }
 }
 
@@ -61,6 +93,9 @@ pub struct MergeStats {
     pub converted: usize,
     /// Tensors left in their type because `out_type` does not fit their row length.
     pub kept_type: Vec<String>,
+    /// With GPTQ: merged tensors written by refit instead (too few calibration rows for
+    /// their input, or a type GPTQ does not re-code).
+    pub gptq_refit: Vec<String>,
     pub bytes: u64,
     pub secs: f64,
 }
@@ -103,7 +138,7 @@ fn deltas<'a>(name: &str, inputs: &'a [MergeInput]) -> Vec<Delta<'a>> {
 fn requantize(t: GgmlType, values: &[f32], n_in: usize, original: Option<&[u8]>, quantizer: Quantizer) -> Result<Vec<u8>, quant::QuantError> {
     match (quantizer, t) {
         // Rows in parallel (a block per task would drown in scheduling), blocks in order.
-        (Quantizer::Refit, GgmlType::Q4_1) => {
+        (Quantizer::Refit | Quantizer::Gptq, GgmlType::Q4_1) => {
             let hints: Option<Vec<BlockQ4_1>> = original.map(bytemuck::pod_collect_to_vec);
             let per_row = n_in / QK;
             let rows: Vec<Vec<BlockQ4_1>> = values
@@ -118,7 +153,7 @@ fn requantize(t: GgmlType, values: &[f32], n_in: usize, original: Option<&[u8]>,
                 .collect();
             Ok(rows.iter().flat_map(|r| bytemuck::cast_slice::<BlockQ4_1, u8>(r).iter().copied()).collect())
         }
-        (Quantizer::Refit, GgmlType::Q4_0) => {
+        (Quantizer::Refit | Quantizer::Gptq, GgmlType::Q4_0) => {
             let hints: Option<Vec<BlockQ4_0>> = original.map(bytemuck::pod_collect_to_vec);
             let per_row = n_in / QK;
             let rows: Vec<Vec<BlockQ4_0>> = values
@@ -130,7 +165,7 @@ fn requantize(t: GgmlType, values: &[f32], n_in: usize, original: Option<&[u8]>,
                 .collect();
             Ok(rows.iter().flat_map(|r| bytemuck::cast_slice::<BlockQ4_0, u8>(r).iter().copied()).collect())
         }
-        (Quantizer::Refit, GgmlType::Q8_0) => {
+        (Quantizer::Refit | Quantizer::Gptq, GgmlType::Q8_0) => {
             let rows: Vec<Vec<_>> = values.par_chunks(n_in).map(|row| row.chunks(QK).map(requant::quantize_block_q8_0).collect()).collect();
             Ok(rows.iter().flat_map(|r: &Vec<quant::blocks::BlockQ8_0>| bytemuck::cast_slice::<_, u8>(r).iter().copied()).collect())
         }
@@ -196,13 +231,25 @@ pub fn merge(
     // the first tensors are re-encoded.
     let fingerprints_at = metadata.len();
     metadata.push(("edgelora.merge.weights".into(), MetaValue::Array(ValueType::F32, inputs.iter().map(|i| MetaValue::F32(i.weight)).collect())));
-    metadata.push((
-        "edgelora.merge.quantizer".into(),
-        MetaValue::String(match opts.quantizer {
-            Quantizer::Ggml => "ggml".into(),
-            Quantizer::Refit => "refit".into(),
-        }),
-    ));
+    metadata.push(("edgelora.merge.quantizer".into(), MetaValue::String(opts.quantizer.name().into())));
+
+    // GPTQ: XᵀX of the inputs of the merged tensors that keep a type it re-codes; the
+    // other merged tensors go refit's path (and are listed).
+    let mut input_stats = std::collections::HashMap::new();
+    if opts.quantizer == Quantizer::Gptq {
+        let recoded: std::collections::HashSet<&str> =
+            base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect();
+        if !recoded.is_empty() {
+            input_stats = calibration::input_stats(base, inputs, &opts.calibration, &|name| recoded.contains(name))?;
+        }
+        for (t, (_, m)) in base.tensors().iter().zip(&plan) {
+            let enough = input_stats.get(&calibration::input_site(&t.name)).is_some_and(|s| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n());
+            if *m && !(recoded.contains(t.name.as_str()) && enough) {
+                stats.gptq_refit.push(t.name.clone());
+            }
+        }
+        input_stats.retain(|_, s| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n());
+    }
 
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
     let total = base.tensors().len();
@@ -230,7 +277,14 @@ pub fn merge(
             backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
         }
         let hint = if ty == t.ggml_type { Some(data) } else { None };
-        let bytes = requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?;
+        let gptq_stats = input_stats.get(&calibration::input_site(&t.name)).filter(|_| merge && hint.is_some() && gptq::supports(ty));
+        let bytes = match gptq_stats {
+            Some(s) => {
+                let f = gptq::Factor::new(s, GPTQ_DAMP).map_err(|e| bad(e.to_string()))?;
+                gptq::recode(ty, data, &values, n_in, &f).map_err(|e| bad(e.to_string()))?
+            }
+            None => requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?,
+        };
         buffers.lock().unwrap_or_else(|e| e.into_inner()).push(values);
         Ok(Cow::Owned(bytes))
     };

@@ -54,7 +54,8 @@ pub struct MergeBench {
     adapters: Vec<String>,
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
+    /// refit, ggml or gptq (calibration sampled from the adapted model, as `merge` does)
+    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
     quantizer: String,
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     device: String,
@@ -74,14 +75,15 @@ fn bench_merge(b: MergeBench) -> Result<()> {
         edgelora::adapter::write_gguf_lora(&a, &p, edgelora::adapter::GgufLoraDtype::F16)?;
         adapters.push(p.display().to_string());
     }
-    let q = if b.quantizer == "ggml" { Quantizer::Ggml } else { Quantizer::Refit };
+    let q = Quantizer::ALL.into_iter().find(|q| q.name() == b.quantizer).context("clap checked --quantizer")?;
     let out = dir.path().join("merged.gguf");
     let mut secs = Vec::new();
     let mut bytes = 0;
     for _ in 0..b.reps.max(1) {
         let t = Instant::now();
         let device = if b.device == "gpu" { edgelora::compute::Device::Gpu } else { edgelora::compute::Device::Cpu };
-        let s = super::merge::merge_args_into(&b.model, &adapters, &out, None, q, device, false)?;
+        let opts = edgelora::merge::MergeOptions { quantizer: q, device, ..Default::default() };
+        let s = super::merge::merge_args_into(&b.model, &adapters, &out, &opts, false)?;
         secs.push(t.elapsed().as_secs_f64());
         bytes = s.bytes;
     }

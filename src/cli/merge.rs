@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use edgelora::compute::Device;
 use edgelora::engine::parse_adapter_arg;
 use edgelora::gguf::GgmlType;
-use edgelora::merge::{merge_files, MergeOptions, MergeStats, Quantizer};
+use edgelora::merge::{merge_files, Calibration, MergeOptions, MergeStats, Quantizer};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -25,9 +25,12 @@ pub struct MergeArgs {
     /// Weight type: same (each tensor keeps its type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k
     #[arg(long = "type", default_value = "same")]
     out_type: String,
-    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0) or ggml (llama.cpp's reference)
-    #[arg(long, value_parser = ["refit", "ggml"], default_value = "refit")]
+    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (keeps the base's Q4_0/Q4_1/Q8_0 grids, codes for the smallest output error on calibration inputs; slower)
+    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
     quantizer: String,
+    /// Calibration text for gptq, paragraphs separated by blank lines (default: 32 × 256 tokens sampled from the adapted model)
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
     /// Where dequantize + delta run: cpu, or gpu (wgpu; fails if no adapter)
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     device: String,
@@ -45,8 +48,30 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
         .ok_or_else(|| anyhow::anyhow!("--type {s:?}: expected same, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k"))
 }
 
+/// Longest calibration sequence, in tokens.
+const MAX_CALIBRATION_TOKENS: usize = 512;
+
+/// GPTQ's calibration sequences: `file` split at blank lines, each paragraph tokenized
+/// with the model's vocabulary (special tokens such as chat markers parsed) and cut at
+/// 512 tokens.
+pub fn calibration_tokens(model: &Path, file: &Path) -> Result<Vec<Vec<i32>>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading calibration text {}", file.display()))?;
+    let vocab = edgelora::engine::Runtime::load(model, edgelora::engine::RuntimeOptions { n_ctx: 64, n_batch: 64, ..Default::default() })
+        .with_context(|| format!("loading {}'s vocabulary to tokenize the calibration text", model.display()))?;
+    let mut seqs = Vec::new();
+    for para in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let mut ids = vocab.tokenize_text(para, false)?;
+        ids.truncate(MAX_CALIBRATION_TOKENS);
+        seqs.push(ids);
+    }
+    if seqs.is_empty() {
+        bail!("the calibration text {} holds no text", file.display());
+    }
+    Ok(seqs)
+}
+
 /// Loads the adapters named by `args` and merges them into `model`, writing `out`.
-pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Option<GgmlType>, quantizer: Quantizer, device: Device, show: bool) -> Result<MergeStats> {
+pub fn merge_args_into(model: &Path, args: &[String], out: &Path, opts: &MergeOptions, show: bool) -> Result<MergeStats> {
     let adapters = args.iter().map(|a| parse_adapter_arg(a)).collect::<Result<Vec<_>, _>>()?;
     let bar = if show {
         let b = ProgressBar::new(0);
@@ -55,7 +80,7 @@ pub fn merge_args_into(model: &Path, args: &[String], out: &Path, out_type: Opti
     } else {
         ProgressBar::hidden()
     };
-    let stats = merge_files(model, &adapters, out, &MergeOptions { out_type, quantizer, device }, &mut |done, total, name| {
+    let stats = merge_files(model, &adapters, out, opts, &mut |done, total, name| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
@@ -70,9 +95,14 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if a.adapters.is_empty() && out_type.is_none() {
         bail!("nothing to do: give --adapter, or --type to re-encode");
     }
-    let quantizer = if a.quantizer == "ggml" { Quantizer::Ggml } else { Quantizer::Refit };
+    let quantizer = Quantizer::ALL.into_iter().find(|q| q.name() == a.quantizer).context("clap checked --quantizer")?;
+    let calibration = match (&a.calibration, quantizer) {
+        (Some(f), Quantizer::Gptq) => Calibration::Tokens(calibration_tokens(&a.model, f)?),
+        (Some(_), _) => bail!("--calibration is only read by --quantizer gptq"),
+        (None, _) => Calibration::default(),
+    };
     let device = if a.device == "gpu" { Device::Gpu } else { Device::Cpu };
-    let s = merge_args_into(&a.model, &a.adapters, &a.out, out_type, quantizer, device, true)?;
+    let s = merge_args_into(&a.model, &a.adapters, &a.out, &MergeOptions { out_type, quantizer, device, calibration }, true)?;
     eprintln!(
         "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}",
         a.out.display(),
@@ -83,5 +113,8 @@ pub fn run(a: MergeArgs) -> Result<()> {
         s.copied,
         if s.kept_type.is_empty() { String::new() } else { format!(", {} kept their type (row length does not fit {})", s.kept_type.len(), a.out_type) }
     );
+    if !s.gptq_refit.is_empty() {
+        eprintln!("gptq: {} merged tensor(s) written by refit (too few calibration rows for their input, or not Q4_0/Q4_1/Q8_0): {}", s.gptq_refit.len(), s.gptq_refit.join(", "));
+    }
     Ok(())
 }

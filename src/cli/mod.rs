@@ -167,7 +167,7 @@ impl ModelArgs {
         if self.merge && !self.adapters.is_empty() {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
-            merge::merge_args_into(&self.model, &self.adapters, &out, None, edgelora::merge::Quantizer::Refit, Device::Cpu, false)?;
+            merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions::default(), false)?;
             let loaded = self.open(&out).context("loading the merged model")?;
             return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });
         }

@@ -43,6 +43,10 @@ enum Exec {
     Device(Box<GpuForward>),
 }
 
+/// Receives (weight name, input rows [n, n_in]) from
+/// [`NativeModel::capture_linear_inputs`].
+pub type InputSink<'s> = dyn FnMut(&str, &[f32]) + 's;
+
 /// Per-sequence state: the KV cache, f32, per layer [n_past, n_head_kv·head_dim] — on the
 /// host, or on the device for a model [`on_gpu`](NativeModel::on_gpu).
 #[derive(Default)]
@@ -119,7 +123,7 @@ impl NativeModel {
             // On a pool worker: the kernels' parallel loops then start without a
             // cross-thread hand-off per call (hundreds per token), and run inline on a
             // 1-thread pool.
-            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), session, tokens, adapters, all_logits)),
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), session, tokens, adapters, all_logits, None)),
             Exec::Device(f) => {
                 let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
                 session.n_past += tokens.len();
@@ -128,7 +132,33 @@ impl NativeModel {
         }
     }
 
-    fn forward_on_host(&self, backend: &dyn Backend, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
+    /// Runs `tokens` as a fresh sequence on the host with `adapters` on the fly and hands
+    /// each linear layer's input to `sink(weight name, x [n, n_in])` before the product
+    /// (q/k/v, and gate/up, each get the same rows). Merge's GPTQ quantizer calibrates on it.
+    pub fn capture_linear_inputs(&self, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: &mut InputSink) -> Result<(), Error> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
+            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
+        }
+        let Exec::Host(backend) = &self.exec else {
+            return Err(EngineError::Backend("capturing layer inputs needs a host backend".into()).into());
+        };
+        let sink = std::cell::RefCell::new(sink);
+        self.forward_on_host(backend.as_ref(), &mut Session::default(), tokens, adapters, false, Some(&sink)).map(|_| ())
+    }
+
+    fn forward_on_host(
+        &self,
+        backend: &dyn Backend,
+        session: &mut Session,
+        tokens: &[i32],
+        adapters: &[(&LoraAdapter, f32)],
+        all_logits: bool,
+        sink: Option<&std::cell::RefCell<&mut InputSink>>,
+    ) -> Result<Vec<Vec<f32>>, Error> {
         let c = &self.config;
         if session.k.is_empty() {
             session.k = vec![Vec::new(); c.n_layer];
@@ -139,7 +169,12 @@ impl NativeModel {
         let pos0 = session.n_past;
         let positions: Vec<usize> = (pos0..pos0 + n).collect();
         let loras = |w: &Weight| -> Vec<(&LoraTensor, f32)> { adapters.iter().filter_map(|(a, s)| a.tensors.get(w.name).map(|t| (t, *s))).collect() };
-        let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err);
+        let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
+            if let Some(s) = sink {
+                (s.borrow_mut())(w.name, x);
+            }
+            linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err)
+        };
 
         // x [n, n_embd]
         let mut x = embedding_forward(tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;

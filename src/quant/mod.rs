@@ -7,6 +7,7 @@
 //! error-minimizing quantizer for the 32-wide formats used by merge.
 
 pub mod blocks;
+pub mod gptq;
 pub mod quantize;
 pub mod reference;
 pub mod requant;

@@ -220,3 +220,72 @@ fn q4_1_quantizer_matches_ggmls_reference_byte_for_byte() {
         assert_eq!(edgelora::quant::quantize_ggml(GgmlType::Q4_1, data, row).unwrap(), theirs, "{label}");
     }
 }
+
+#[test]
+fn gptq_recode_keeps_the_grids_and_lowers_the_output_error() {
+    use edgelora::quant::gptq::{output_error, recode, Factor, InputStats};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let (n_in, n_out, rows) = (128, 24, 2048);
+    // Correlated, anisotropic inputs: x = z·M, M random with column scales from 4 to 0.04.
+    let m: Vec<f32> = (0..n_in * n_in).map(|i| rng.random_range(-1.0f32..1.0) * 4.0 * 0.01f32.powf((i % n_in) as f32 / n_in as f32)).collect();
+    let mut inputs = |rows: usize| -> Vec<f32> {
+        let z: Vec<f32> = (0..rows * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut x = vec![0f32; rows * n_in];
+        edgelora::compute::dense::matmul(&mut x, &z, edgelora::compute::dense::Layout::N, &m, edgelora::compute::dense::Layout::N, rows, n_in, n_in, false);
+        x
+    };
+    let (calib, held_out) = (inputs(rows), inputs(rows));
+    let w0: Vec<f32> = (0..n_out * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // A low-rank delta smaller than the grid steps (as a LoRA delta is).
+    let (a, b): (Vec<f32>, Vec<f32>) = ((0..4 * n_in).map(|_| rng.random_range(-0.25f32..0.25)).collect(), (0..n_out * 4).map(|_| rng.random_range(-0.25f32..0.25)).collect());
+    let mut stats = InputStats::new(n_in);
+    stats.add(&calib[..rows / 2 * n_in]);
+    stats.add(&calib[rows / 2 * n_in..]);
+    assert_eq!(stats.rows(), rows);
+    let f = Factor::new(&stats, 0.01).unwrap();
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let base = edgelora::quant::quantize_ggml(t, &w0, n_in).unwrap();
+        let mut target = vec![0f32; w0.len()];
+        dequantize(t, &base, &mut target).unwrap();
+        let base_values = target.clone();
+        for r in 0..n_out {
+            for c in 0..n_in {
+                let d: f32 = (0..4).map(|k| b[r * 4 + k] * a[k * n_in + c]).sum();
+                target[r * n_in + c] += if t == GgmlType::Q8_0 { d * 0.02 } else { d };
+            }
+        }
+        let ours = recode(t, &base, &target, n_in, &f).unwrap();
+        // Same grids: every block's header (d, and m for Q4_1) is the base's.
+        let (bs, head) = (t.type_size() as usize, if t == GgmlType::Q4_1 { 4 } else { 2 });
+        assert!(ours.chunks(bs).zip(base.chunks(bs)).all(|(o, b)| o[..head] == b[..head]), "{t}: a grid changed");
+        // Round-to-nearest on the same grids: what recode does without error feedback.
+        let mut nearest = base.clone();
+        for (blk, vals) in nearest.chunks_mut(bs).zip(target.chunks(32)) {
+            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let (lo, top) = match t {
+                GgmlType::Q4_1 => (f16::from_le_bytes([blk[2], blk[3]]).to_f32(), 15.0),
+                GgmlType::Q4_0 => (-8.0 * d, 15.0),
+                _ => (-128.0 * d, 255.0),
+            };
+            let q: Vec<u8> = vals.iter().map(|&v| if d == 0.0 { 0 } else { ((v - lo) / d).round().clamp(0.0, top) as u8 }).collect();
+            if t == GgmlType::Q8_0 {
+                blk[2..].iter_mut().zip(&q).for_each(|(o, &c)| *o = (i16::from(c) - 128) as i8 as u8);
+            } else {
+                (0..16).for_each(|k| blk[head + k] = q[k] | (q[k + 16] << 4));
+            }
+        }
+        let err = |bytes: &[u8]| {
+            let mut v = vec![0f32; target.len()];
+            dequantize(t, bytes, &mut v).unwrap();
+            output_error(&target, &v, &held_out, n_in)
+        };
+        let (e_gptq, e_nearest, e_base) = (err(&ours), err(&nearest), err(&base));
+        eprintln!("{t}: held-out output error: gptq {e_gptq:.4e}, nearest code {e_nearest:.4e}, base (delta dropped) {e_base:.4e}");
+        assert!(e_gptq < 0.75 * e_nearest.min(e_base), "{t}: gptq {e_gptq} vs nearest {e_nearest} / base {e_base}");
+        assert!(output_error(&target, &base_values, &held_out, n_in) == e_base);
+    }
+    // A Hessian of the wrong width is refused.
+    let q = edgelora::quant::quantize_ggml(GgmlType::Q4_1, &w0[..64 * 4], 64).unwrap();
+    assert!(recode(GgmlType::Q4_1, &q, &w0[..64 * 4], 64, &f).is_err());
+    assert!(recode(GgmlType::Q4_K, &q, &w0[..64 * 4], 64, &f).is_err());
+}
