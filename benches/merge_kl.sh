@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Merge quality side by side: each fixture adapter (tests/fixtures/seed_r16_qv,
-# rslora_r8_all) merged into the default Q4_1 model by edgelora (refit and ggml
-# quantizers) and by llama.cpp's route (llama-export-lora to F16, then llama-quantize to
+# rslora_r8_all) merged into the default Q4_1 model by edgelora (gptq with its default
+# sampled calibration, refit and ggml quantizers) and by llama.cpp's route (llama-export-lora to F16, then llama-quantize to
 # Q4_1); for each fixture prompt, the KL of the merged model's last-position distribution
 # to the adapter applied on the fly, and whether the top-1 token is the same. All logits
 # come from one backend: BACKEND=llama (default; llama.cpp) or native (edgelora's f32

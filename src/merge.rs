@@ -233,22 +233,29 @@ pub fn merge(
     metadata.push(("edgelora.merge.weights".into(), MetaValue::Array(ValueType::F32, inputs.iter().map(|i| MetaValue::F32(i.weight)).collect())));
     metadata.push(("edgelora.merge.quantizer".into(), MetaValue::String(opts.quantizer.name().into())));
 
-    // GPTQ: XᵀX of the inputs of the merged tensors that keep a type it re-codes; the
-    // other merged tensors go refit's path (and are listed).
-    let mut input_stats = std::collections::HashMap::new();
+    // GPTQ: one factor of XᵀX per input read by merged tensors that keep a type it
+    // re-codes (q/k/v share one, gate/up another), computed before any tensor is written;
+    // the other merged tensors go refit's path (and are listed).
+    let mut factors: std::collections::HashMap<String, gptq::Factor> = std::collections::HashMap::new();
     if opts.quantizer == Quantizer::Gptq {
         let recoded: std::collections::HashSet<&str> =
             base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect();
         if !recoded.is_empty() {
-            input_stats = calibration::input_stats(base, inputs, &opts.calibration, &|name| recoded.contains(name))?;
+            let sites = calibration::input_stats(base, inputs, &opts.calibration, &|name| recoded.contains(name))?;
+            factors = sites
+                .into_par_iter()
+                .filter(|(_, s)| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n())
+                .map(|(site, s)| {
+                    let f = gptq::Factor::new(&s, GPTQ_DAMP).map_err(|e| GgufError::BadTensor { path: base.path().to_path_buf(), name: site.clone(), reason: e.to_string() })?;
+                    Ok((site, f))
+                })
+                .collect::<Result<_, Error>>()?;
         }
         for (t, (_, m)) in base.tensors().iter().zip(&plan) {
-            let enough = input_stats.get(&calibration::input_site(&t.name)).is_some_and(|s| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n());
-            if *m && !(recoded.contains(t.name.as_str()) && enough) {
+            if *m && !(recoded.contains(t.name.as_str()) && factors.contains_key(&calibration::input_site(&t.name))) {
                 stats.gptq_refit.push(t.name.clone());
             }
         }
-        input_stats.retain(|_, s| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n());
     }
 
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
@@ -277,12 +284,9 @@ pub fn merge(
             backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
         }
         let hint = if ty == t.ggml_type { Some(data) } else { None };
-        let gptq_stats = input_stats.get(&calibration::input_site(&t.name)).filter(|_| merge && hint.is_some() && gptq::supports(ty));
-        let bytes = match gptq_stats {
-            Some(s) => {
-                let f = gptq::Factor::new(s, GPTQ_DAMP).map_err(|e| bad(e.to_string()))?;
-                gptq::recode(ty, data, &values, n_in, &f).map_err(|e| bad(e.to_string()))?
-            }
+        let factor = factors.get(&calibration::input_site(&t.name)).filter(|_| merge && hint.is_some() && gptq::supports(ty));
+        let bytes = match factor {
+            Some(f) => gptq::recode(ty, data, &values, n_in, f).map_err(|e| bad(e.to_string()))?,
             None => requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?,
         };
         buffers.lock().unwrap_or_else(|e| e.into_inner()).push(values);

@@ -89,20 +89,35 @@ impl Factor {
         let mean = diag.iter().sum::<f64>() / n as f64;
         let mut perm: Vec<usize> = (0..n).collect();
         perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-        let mut h = DMatrix::<f64>::from_fn(n, n, |i, j| f64::from(stats.xtx[perm[i] * n + perm[j]]));
+        // With J the order reversal: J·H·J = L·Lᵀ (Cholesky), so H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J)
+        // and U = J·L⁻¹·J is upper triangular — one factorization and one triangular
+        // inverse, no full inverse.
+        let at = |i: usize| perm[n - 1 - i];
+        let mut h = DMatrix::<f64>::from_fn(n, n, |i, j| f64::from(stats.xtx[at(i) * n + at(j)]));
         for i in 0..n {
             if h[(i, i)] <= 0.0 {
                 h[(i, i)] = 1.0;
             }
             h[(i, i)] += damp * mean.max(1e-12);
         }
-        let inv = h.cholesky().ok_or_else(|| GptqError::Inputs("XᵀX + λI is not positive definite".into()))?.inverse();
-        let l = inv.cholesky().ok_or_else(|| GptqError::Inputs("H⁻¹ is not positive definite".into()))?.unpack();
-        // U = Lᵀ: H⁻¹ = L·Lᵀ = Uᵀ·U.
+        let l = h.cholesky().ok_or_else(|| GptqError::Inputs("XᵀX + λI is not positive definite".into()))?.unpack();
+        // m = L⁻¹ (lower), row by row: m[i] = (e_i − Σ_{k<i} L[i,k]·m[k]) / L[i,i]
+        let mut m = vec![0f64; n * n];
+        for i in 0..n {
+            let (done, rest) = m.split_at_mut(i * n);
+            let row = &mut rest[..n];
+            row[i] = 1.0;
+            for k in 0..i {
+                let c = l[(i, k)];
+                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, v)| *r -= c * v);
+            }
+            let inv = 1.0 / l[(i, i)];
+            row[..=i].iter_mut().for_each(|r| *r *= inv);
+        }
         let mut u = vec![0f32; n * n];
         for i in 0..n {
             for j in i..n {
-                u[i * n + j] = l[(j, i)] as f32;
+                u[i * n + j] = m[(n - 1 - i) * n + (n - 1 - j)] as f32;
             }
         }
         Ok(Factor { n, perm, u })
