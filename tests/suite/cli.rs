@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use edgelora::gguf::GgufFile;
+
 use crate::common::{model_path, tmpdir};
 
 fn edgelora(args: &[&str]) -> std::process::Output {
@@ -177,6 +179,43 @@ fn merge_command_and_merge_at_load() {
     assert_eq!(r.status.code(), Some(1));
     let r = edgelora(&["merge", "-m", m, "--type", "q9_9", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--type"));
+}
+
+#[test]
+fn merge_with_gptq_on_a_calibration_text() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
+    let dir = tmpdir();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    // The README as calibration text: ~9k tokens in ~100 paragraphs, enough rows for every
+    // q/v input (576 wide).
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "gptq", "--calibration", readme, "--out", &out("g.gguf")]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("60 tensors merged") && !err.contains("written by refit"), "{err}");
+    // Two short paragraphs: too few rows, so every tensor takes refit's path — and says so.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "<|im_start|>user\nHello there!<|im_end|>\n\nThe weather is mild today.").unwrap();
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "gptq", "--calibration", short.to_str().unwrap(), "--out", &out("s.gguf")]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("gptq: 60 merged tensor(s) written by refit"), "{err}");
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--out", &out("r.gguf")]);
+    assert!(r.status.success());
+    let (g, s, refit) = (GgufFile::open(out("g.gguf")).unwrap(), GgufFile::open(out("s.gguf")).unwrap(), GgufFile::open(out("r.gguf")).unwrap());
+    let t = "blk.3.attn_q.weight";
+    let data = |f: &GgufFile| f.tensor_bytes(t).unwrap().1.to_vec();
+    assert_eq!(data(&s), data(&refit));
+    assert_ne!(data(&g), data(&refit));
+    // --calibration belongs to gptq; a missing text is named.
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--calibration", readme, "--out", &out("x.gguf")]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--quantizer gptq"));
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "gptq", "--calibration", "/nonexistent.txt", "--out", &out("x.gguf")]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("/nonexistent.txt"));
 }
 
 #[test]
