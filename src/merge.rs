@@ -246,7 +246,7 @@ pub fn merge(
                 .into_par_iter()
                 .filter(|(_, s)| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n())
                 .map(|(site, s)| {
-                    let f = gptq::Factor::new(&s, GPTQ_DAMP).map_err(|e| GgufError::BadTensor { path: base.path().to_path_buf(), name: site.clone(), reason: e.to_string() })?;
+                    let f = gptq::Factor::new(s, GPTQ_DAMP).map_err(|e| GgufError::BadTensor { path: base.path().to_path_buf(), name: site.clone(), reason: e.to_string() })?;
                     Ok((site, f))
                 })
                 .collect::<Result<_, Error>>()?;

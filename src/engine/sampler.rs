@@ -118,6 +118,12 @@ impl Sampler {
     fn draw(&mut self) -> i32 {
         let p = self.params.clone();
         let c = &mut self.scratch;
+        if (p.top_k == 0 || p.top_k >= c.len()) && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Nothing is cut: draw from the whole softmax in id order (no sort).
+            let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+            let weights = softmax(c.iter().map(|x| f64::from((x.1 - max) / p.temperature)));
+            return pick(&mut self.rng, c, &weights);
+        }
         // Highest first; ties by id for determinism.
         c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < c.len() {
@@ -143,15 +149,20 @@ impl Sampler {
         }
         c.truncate(keep);
         let weights = softmax(c.iter().map(|x| f64::from((x.1 - max) / p.temperature)));
-        let mut u: f64 = self.rng.random::<f64>();
-        for (i, w) in weights.iter().enumerate() {
-            if u < *w {
-                return c[i].0;
-            }
-            u -= w;
-        }
-        c[c.len() - 1].0
+        pick(&mut self.rng, c, &weights)
     }
+}
+
+/// The candidate a uniform draw lands on, with `weights` (summing to 1) in candidate order.
+fn pick(rng: &mut ChaCha8Rng, c: &[(i32, f32)], weights: &[f64]) -> i32 {
+    let mut u: f64 = rng.random::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return c[i].0;
+        }
+        u -= w;
+    }
+    c[c.len() - 1].0
 }
 
 fn softmax(xs: impl Iterator<Item = f64>) -> Vec<f64> {

@@ -7,8 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rayon::prelude::*;
-
 use super::MergeInput;
 use crate::adapter::LoraAdapter;
 use crate::compute::cpu::Cpu;
@@ -49,51 +47,67 @@ pub fn input_site(name: &str) -> String {
 }
 
 /// XᵀX of every input read by a tensor in `wanted` (keyed by [`input_site`]), over the
-/// calibration sequences run through the native engine on the CPU with `inputs` on the fly.
+/// calibration sequences run through the native engine on the CPU with `inputs` on the fly
+/// (sampled sequences are captured while they are sampled).
 pub fn input_stats(base: &GgufFile, inputs: &[MergeInput], calibration: &Calibration, wanted: &dyn Fn(&str) -> bool) -> Result<HashMap<String, InputStats>, Error> {
     let model = NativeModel::new(GgufFile::open(base.path())?, Box::new(Cpu))?;
     let adapters: Vec<(&LoraAdapter, f32)> = inputs.iter().map(|i| (i.adapter, i.weight)).collect();
-    let sampled;
-    let sequences = match calibration {
-        Calibration::Tokens(t) => t,
-        Calibration::Sampled { sequences, len, seed } => {
-            sampled = sample(&model, base, &adapters, *sequences, *len, *seed)?;
-            &sampled
-        }
-    };
-    if sequences.iter().all(Vec::is_empty) {
-        return Err(EngineError::BadOption("GPTQ calibration: no tokens".into()).into());
-    }
-    let mut stats: HashMap<String, InputStats> = HashMap::new();
-    for seq in sequences.iter().filter(|s| !s.is_empty()) {
-        let mut seen = HashSet::new();
-        model.capture_linear_inputs(seq, &adapters, &mut |name, x| {
-            let site = input_site(name);
-            if wanted(name) && seen.insert(site.clone()) {
-                stats.entry(site).or_insert_with(|| InputStats::new(x.len() / seq.len())).add(x);
+    let mut sums = Sums { wanted, stats: HashMap::new(), seen: HashSet::new() };
+    match calibration {
+        Calibration::Tokens(sequences) => {
+            if sequences.iter().all(Vec::is_empty) {
+                return Err(EngineError::BadOption("GPTQ calibration: no tokens".into()).into());
             }
-        })?;
+            for seq in sequences.iter().filter(|s| !s.is_empty()) {
+                model.capture_linear_inputs(seq, &adapters, &mut |name, x| sums.add(name, x, seq.len()))?;
+                sums.seen.clear();
+            }
+        }
+        &Calibration::Sampled { sequences, len, seed } => {
+            if sequences == 0 || len == 0 {
+                return Err(EngineError::BadOption(format!("GPTQ calibration: {sequences} sequences of {len} tokens")).into());
+            }
+            let bos = base.get("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).and_then(|v| i32::try_from(v).ok()).ok_or_else(|| {
+                EngineError::BadOption(format!("{}: no tokenizer.ggml.bos_token_id to start sampled GPTQ calibration from; give calibration text instead", base.path().display()))
+            })?;
+            // In groups of SAMPLE_GROUP sequences stepped together (bounds the KV caches).
+            for group in (0..sequences).collect::<Vec<_>>().chunks(SAMPLE_GROUP) {
+                let mut samplers = group
+                    .iter()
+                    .map(|&i| Sampler::new(SamplingParams { temperature: 1.0, seed: seed.wrapping_add(i as u64), ..Default::default() }))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut sessions: Vec<Session> = group.iter().map(|_| Session::default()).collect();
+                let mut tokens = vec![bos; group.len()];
+                for _ in 0..len {
+                    let logits = model.forward_lockstep(&mut sessions, &tokens, &adapters, Some(&mut |name: &str, x: &[f32]| sums.add(name, x, group.len())))?;
+                    sums.seen.clear();
+                    for ((t, s), l) in tokens.iter_mut().zip(&mut samplers).zip(&logits) {
+                        *t = s.sample(l);
+                    }
+                }
+            }
+        }
     }
-    Ok(stats)
+    Ok(sums.stats)
 }
 
-/// `n` sequences of `len` tokens sampled from `model` with `adapters`, each from the BOS
-/// token with its own seed (in parallel).
-fn sample(model: &NativeModel, base: &GgufFile, adapters: &[(&LoraAdapter, f32)], n: usize, len: usize, seed: u64) -> Result<Vec<Vec<i32>>, Error> {
-    let bos = base.get("tokenizer.ggml.bos_token_id").and_then(MetaValue::as_u64).and_then(|v| i32::try_from(v).ok()).ok_or_else(|| {
-        EngineError::BadOption(format!("{}: no tokenizer.ggml.bos_token_id to start sampled GPTQ calibration from; give calibration text instead", base.path().display()))
-    })?;
-    (0..n as u64)
-        .into_par_iter()
-        .map(|i| {
-            let mut sampler = Sampler::new(SamplingParams { temperature: 1.0, seed: seed.wrapping_add(i), ..Default::default() })?;
-            let mut session = Session::default();
-            let mut seq = vec![bos];
-            while seq.len() < len {
-                let logits = model.forward(&mut session, &seq[seq.len() - 1..], adapters, false)?;
-                seq.push(sampler.sample(&logits[0]));
-            }
-            Ok(seq)
-        })
-        .collect()
+/// XᵀX per input site, from the rows each forward hands over.
+struct Sums<'w> {
+    wanted: &'w dyn Fn(&str) -> bool,
+    stats: HashMap<String, InputStats>,
+    /// Sites already summed in this forward call: q/k/v (and gate/up) hand over the same
+    /// rows, which count once.
+    seen: HashSet<String>,
 }
+
+impl Sums<'_> {
+    fn add(&mut self, name: &str, x: &[f32], n_rows: usize) {
+        let site = input_site(name);
+        if (self.wanted)(name) && self.seen.insert(site.clone()) {
+            self.stats.entry(site).or_insert_with(|| InputStats::new(x.len() / n_rows)).add(x);
+        }
+    }
+}
+
+/// Sampled calibration sequences stepped together.
+const SAMPLE_GROUP: usize = 64;

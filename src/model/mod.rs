@@ -123,7 +123,7 @@ impl NativeModel {
             // On a pool worker: the kernels' parallel loops then start without a
             // cross-thread hand-off per call (hundreds per token), and run inline on a
             // 1-thread pool.
-            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), session, tokens, adapters, all_logits, None)),
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut [session], tokens, adapters, all_logits, None)),
             Exec::Device(f) => {
                 let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
                 session.n_past += tokens.len();
@@ -147,27 +147,50 @@ impl NativeModel {
             return Err(EngineError::Backend("capturing layer inputs needs a host backend".into()).into());
         };
         let sink = std::cell::RefCell::new(sink);
-        self.forward_on_host(backend.as_ref(), &mut Session::default(), tokens, adapters, false, Some(&sink)).map(|_| ())
+        self.forward_on_host(backend.as_ref(), &mut [&mut Session::default()], tokens, adapters, false, Some(&sink)).map(|_| ())
     }
 
+    /// Steps `sessions.len()` sequences at once: one token each (`tokens[i]` continues
+    /// `sessions[i]`), on the host, with `adapters` on the fly; every linear layer's input
+    /// rows [n_seq, n_in] go to `sink` when given. Returns each sequence's logits. The
+    /// products take all sequences' rows together (a matrix product per weight instead of
+    /// one vector product per sequence): how merge samples its GPTQ calibration.
+    pub fn forward_lockstep(&self, sessions: &mut [Session], tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: Option<&mut InputSink>) -> Result<Vec<Vec<f32>>, Error> {
+        let c = &self.config;
+        if tokens.is_empty() || tokens.len() != sessions.len() {
+            return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each, at least one)", tokens.len(), sessions.len())).into());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
+            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
+        }
+        let Exec::Host(backend) = &self.exec else {
+            return Err(EngineError::Backend("the lockstep forward needs a host backend".into()).into());
+        };
+        let sink = sink.map(std::cell::RefCell::new);
+        let mut refs: Vec<&mut Session> = sessions.iter_mut().collect();
+        self.forward_on_host(backend.as_ref(), &mut refs, tokens, adapters, false, sink.as_ref())
+    }
+
+    /// The host forward of `tokens` split evenly over `sessions` (each continues its own
+    /// sequence with `tokens.len() / sessions.len()` tokens); logits of each sequence's
+    /// last token, or of every token when `all_logits`, in token order.
     fn forward_on_host(
         &self,
         backend: &dyn Backend,
-        session: &mut Session,
+        sessions: &mut [&mut Session],
         tokens: &[i32],
         adapters: &[(&LoraAdapter, f32)],
         all_logits: bool,
         sink: Option<&std::cell::RefCell<&mut InputSink>>,
     ) -> Result<Vec<Vec<f32>>, Error> {
         let c = &self.config;
-        if session.k.is_empty() {
-            session.k = vec![Vec::new(); c.n_layer];
-            session.v = vec![Vec::new(); c.n_layer];
+        let per = tokens.len() / sessions.len();
+        for s in sessions.iter_mut().filter(|s| s.k.is_empty()) {
+            s.k = vec![Vec::new(); c.n_layer];
+            s.v = vec![Vec::new(); c.n_layer];
         }
         let weights = Weights::from_gguf(&self.gguf, c)?;
-        let n = tokens.len();
-        let pos0 = session.n_past;
-        let positions: Vec<usize> = (pos0..pos0 + n).collect();
+        let positions: Vec<usize> = sessions.iter().flat_map(|s| s.n_past..s.n_past + per).collect();
         let loras = |w: &Weight| -> Vec<(&LoraTensor, f32)> { adapters.iter().filter_map(|(a, s)| a.tensors.get(w.name).map(|t| (t, *s))).collect() };
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
             if let Some(s) = sink {
@@ -175,6 +198,7 @@ impl NativeModel {
             }
             linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err)
         };
+        let (q_w, kv_w) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
         // x [n, n_embd]
         let mut x = embedding_forward(tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;
@@ -186,9 +210,13 @@ impl NativeModel {
             let v = lin(&h, &layer.wv, layer.bv.as_ref())?; // [n, n_kv·hd]
             rope_forward(&mut q, &c.rope(c.n_head), &positions);
             rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
-            session.k[l].extend_from_slice(&k);
-            session.v[l].extend_from_slice(&v);
-            let att = attention_forward(&q, &session.k[l], &session.v[l], pos0, c.heads(), None);
+            // each sequence attends over its own cache
+            let mut att = Vec::with_capacity(q.len());
+            for (i, s) in sessions.iter_mut().enumerate() {
+                s.k[l].extend_from_slice(&k[i * per * kv_w..(i + 1) * per * kv_w]);
+                s.v[l].extend_from_slice(&v[i * per * kv_w..(i + 1) * per * kv_w]);
+                att.extend(attention_forward(&q[i * per * q_w..(i + 1) * per * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
+            }
             let o = lin(&att, &layer.wo, None)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block
@@ -198,9 +226,8 @@ impl NativeModel {
             let d = lin(&swiglu_forward(&g, &u), &layer.w_down, None)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
-        session.n_past += n;
-        let rows: Vec<&[f32]> = if all_logits { x.chunks_exact(c.n_embd).collect() } else { vec![&x[(n - 1) * c.n_embd..]] };
-        let last: Vec<f32> = rows.concat();
+        sessions.iter_mut().for_each(|s| s.n_past += per);
+        let last: Vec<f32> = x.chunks_exact(c.n_embd).enumerate().filter(|(i, _)| all_logits || i % per == per - 1).flat_map(|(_, r)| r.iter().copied()).collect();
         let h = rmsnorm_forward(&last, &weights.output_norm, c.rms_eps);
         let logits = lin(&h, &weights.output, None)?;
         Ok(logits.chunks_exact(c.n_vocab).map(<[f32]>::to_vec).collect())

@@ -36,25 +36,39 @@ pub fn supports(t: GgmlType) -> bool {
     matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
 }
 
-/// XᵀX of one layer input, summed over calibration sequences.
+/// XᵀX of one layer input, summed over calibration rows.
 pub struct InputStats {
     n: usize,
     rows: usize,
-    /// [n, n] row-major, f32 sums.
+    /// [n, n] row-major, f32 sums of the rows flushed so far.
     xtx: Vec<f32>,
+    /// Rows not yet summed: added in batches of at least [`FLUSH_ROWS`] (a product per
+    /// handful of rows would be memory-bound on the n × n sums).
+    pending: Vec<f32>,
 }
+
+/// Rows [`InputStats`] gathers before adding them to XᵀX.
+const FLUSH_ROWS: usize = 256;
 
 impl InputStats {
     pub fn new(n: usize) -> InputStats {
-        InputStats { n, rows: 0, xtx: vec![0.0; n * n] }
+        InputStats { n, rows: 0, xtx: vec![0.0; n * n], pending: Vec::new() }
     }
 
     /// Adds the rows of `x` [rows, n].
     pub fn add(&mut self, x: &[f32]) {
-        let rows = x.len() / self.n;
+        self.rows += x.len() / self.n;
+        self.pending.extend_from_slice(&x[..x.len() / self.n * self.n]);
+        if self.pending.len() >= FLUSH_ROWS * self.n {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let rows = self.pending.len() / self.n;
         // xtx [n, n] += xᵀ [n, rows] · x [rows, n]
-        matmul(&mut self.xtx, x, Layout::T, x, Layout::N, self.n, self.n, rows, true);
-        self.rows += rows;
+        matmul(&mut self.xtx, &self.pending, Layout::T, &self.pending, Layout::N, self.n, self.n, rows, true);
+        self.pending.clear();
     }
 
     /// Input rows seen.
@@ -80,7 +94,8 @@ pub struct Factor {
 impl Factor {
     /// From the inputs' XᵀX, with `damp` times the mean of its diagonal added to the
     /// diagonal. Inputs that were always zero get H_jj = 1 (their columns round plainly).
-    pub fn new(stats: &InputStats, damp: f64) -> Result<Factor, GptqError> {
+    pub fn new(mut stats: InputStats, damp: f64) -> Result<Factor, GptqError> {
+        stats.flush();
         let n = stats.n;
         if stats.rows == 0 {
             return Err(GptqError::Inputs("no calibration rows".into()));

@@ -242,7 +242,7 @@ fn gptq_recode_keeps_the_grids_and_lowers_the_output_error() {
     stats.add(&calib[..rows / 2 * n_in]);
     stats.add(&calib[rows / 2 * n_in..]);
     assert_eq!(stats.rows(), rows);
-    let f = Factor::new(&stats, 0.01).unwrap();
+    let f = Factor::new(stats, 0.01).unwrap();
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
         let base = edgelora::quant::quantize_ggml(t, &w0, n_in).unwrap();
         let mut target = vec![0f32; w0.len()];
