@@ -219,3 +219,29 @@ fn rope_frequency_factors_scale_the_angles() {
     let e = NativeModel::new(edgelora::gguf::GgufFile::open(&bad).unwrap(), Box::new(Cpu)).err().expect("zero factor accepted").to_string();
     assert!(e.contains("rope_freqs.weight"), "{e}");
 }
+
+#[test]
+fn lockstep_forward_equals_each_sequence_on_its_own() {
+    // Three sequences stepped together (one product per weight for their rows, each
+    // attending over its own cache) against each run alone, with an adapter on the fly.
+    let model = NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
+    let a = read_peft(&fixtures().join("rslora_r8_all"), model_gguf()).unwrap();
+    let seqs = [[1, 9690, 198, 2683, 359], [504, 3947, 9656, 327, 13759], [1, 4093, 198, 19556, 905]];
+    let mut together: Vec<Session> = (0..3).map(|_| Session::default()).collect();
+    let mut alone: Vec<Session> = (0..3).map(|_| Session::default()).collect();
+    let mut rows = 0;
+    for step in 0..seqs[0].len() {
+        let tokens: Vec<i32> = seqs.iter().map(|s| s[step]).collect();
+        let got = model.forward_lockstep(&mut together, &tokens, &[(&a, 1.0)], Some(&mut |_: &str, x: &[f32]| rows += x.len())).unwrap();
+        for (i, s) in alone.iter_mut().enumerate() {
+            let want = model.forward(s, &tokens[i..i + 1], &[(&a, 1.0)], false).unwrap();
+            // Alone, a one-row step rounds its input to 16 bits per block (≤ 8 rows);
+            // together the rows take the f32 kernels.
+            assert!(max_diff(&got[i], &want[0]) < 1e-2, "sequence {i} step {step}: {}", max_diff(&got[i], &want[0]));
+            assert_eq!(argmax(&got[i]), argmax(&want[0]));
+        }
+        assert!(together.iter().all(|s| s.n_past() == step + 1));
+    }
+    assert!(rows > 0);
+    assert!(model.forward_lockstep(&mut together, &[1, 2], &[], None).is_err(), "two tokens for three sequences");
+}
