@@ -28,7 +28,7 @@ pub struct MergeArgs {
     /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (keeps the base's Q4_0/Q4_1/Q8_0 grids, codes for the smallest output error on calibration inputs; slower)
     #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
     quantizer: String,
-    /// Calibration text for gptq, paragraphs separated by blank lines (default: 128 × 64 tokens sampled from the adapted model)
+    /// Calibration text for gptq, paragraphs separated by blank lines (default: 256 × 64 tokens sampled from the adapted model)
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// Where dequantize + delta run: cpu, or gpu (wgpu; fails if no adapter)
