@@ -30,7 +30,8 @@ pub struct SplitX {
     lo: Vec<i8>,
     d: Vec<f32>,
     sums: Vec<f32>,
-    /// Exact sums of x per 16 values (Q6_K's scale groups).
+    /// Exact sums of x per 16 values (Q6_K's scale groups; read by the x86 kernel only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums16: Vec<f32>,
 }
 
