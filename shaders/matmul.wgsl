@@ -3,21 +3,7 @@
 // `block_value`, from the prelude the backend prepends). One thread per output.
 // `y_stride`/`y_base` let the native engine write into a wider buffer (a chunk of output
 // columns, or its KV cache); `accumulate` adds to y instead (the residual stream).
-struct Params {
-    n_out: u32,
-    n_in: u32,
-    n_x: u32,
-    row_bytes: u32,
-    y_stride: u32,
-    y_base: u32,
-    accumulate: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<storage, read> src: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+// Params and bindings: weight_product.wgsl.
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

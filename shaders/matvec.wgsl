@@ -1,23 +1,8 @@
 // y[y_base + r·y_stride + o] (+)= Σ_i x[r, i] · W[o, i] for up to 4 input rows (decoding):
 // one workgroup per output row o, its 64 threads striding over the row's values (adjacent
 // threads read adjacent bytes), partial sums reduced in workgroup memory. W in a block
-// format decoded by `block_value` (prelude: `BLOCK_ELEMS`, `BLOCK_BYTES`). Params as
-// matmul.wgsl.
-struct Params {
-    n_out: u32,
-    n_in: u32,
-    n_x: u32,
-    row_bytes: u32,
-    y_stride: u32,
-    y_base: u32,
-    accumulate: u32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<storage, read> src: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> params: Params;
+// format decoded by `block_value` (prelude: `BLOCK_ELEMS`, `BLOCK_BYTES`).
+// Params and bindings: weight_product.wgsl.
 
 var<workgroup> part: array<vec4<f32>, 64>;
 

@@ -108,17 +108,22 @@ impl NativeModel {
         }
     }
 
+    /// At least one token, every one in the vocabulary.
+    fn check_tokens(&self, tokens: &[i32]) -> Result<(), Error> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        match tokens.iter().find(|&&t| t < 0 || t as usize >= self.config.n_vocab) {
+            Some(&bad) => Err(EngineError::BadToken { id: bad.into(), n_vocab: self.config.n_vocab }.into()),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `tokens` (positions `session.n_past..`) through the model, appending to the
     /// KV cache, with `adapters` (adapter, weight) applied on the fly. Returns the logits
     /// of the last token, or of every token when `all_logits`.
     pub fn forward(&self, session: &mut Session, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], all_logits: bool) -> Result<Vec<Vec<f32>>, Error> {
-        let c = &self.config;
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt.into());
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
-            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
-        }
+        self.check_tokens(tokens)?;
         match &self.exec {
             // On a pool worker: the kernels' parallel loops then start without a
             // cross-thread hand-off per call (hundreds per token), and run inline on a
@@ -136,13 +141,7 @@ impl NativeModel {
     /// each linear layer's input to `sink(weight name, x [n, n_in])` before the product
     /// (q/k/v, and gate/up, each get the same rows). Merge's GPTQ quantizer calibrates on it.
     pub fn capture_linear_inputs(&self, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: &mut InputSink) -> Result<(), Error> {
-        let c = &self.config;
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt.into());
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
-            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
-        }
+        self.check_tokens(tokens)?;
         let Exec::Host(backend) = &self.exec else {
             return Err(EngineError::Backend("capturing layer inputs needs a host backend".into()).into());
         };
@@ -156,13 +155,10 @@ impl NativeModel {
     /// products take all sequences' rows together (a matrix product per weight instead of
     /// one vector product per sequence): how merge samples its GPTQ calibration.
     pub fn forward_lockstep(&self, sessions: &mut [Session], tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: Option<&mut InputSink>) -> Result<Vec<Vec<f32>>, Error> {
-        let c = &self.config;
-        if tokens.is_empty() || tokens.len() != sessions.len() {
-            return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each, at least one)", tokens.len(), sessions.len())).into());
+        if tokens.len() != sessions.len() {
+            return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each)", tokens.len(), sessions.len())).into());
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
-            return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
-        }
+        self.check_tokens(tokens)?;
         let Exec::Host(backend) = &self.exec else {
             return Err(EngineError::Backend("the lockstep forward needs a host backend".into()).into());
         };

@@ -1,7 +1,7 @@
 //! `shaders/matmul.wgsl` per block format: y = x·Wᵀ with W quantized, blocks decoded
 //! on the fly (the weight is never expanded to f32 on the device).
 
-use super::{block_shader, pipeline, Gpu};
+use super::{pipeline, product_shader, Gpu};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -12,7 +12,7 @@ pub struct MatmulKernel {
 
 impl MatmulKernel {
     pub fn new(device: &wgpu::Device, t: GgmlType) -> Self {
-        let source = block_shader(include_str!("../../../shaders/matmul.wgsl"), t);
+        let source = product_shader(include_str!("../../../shaders/matmul.wgsl"), t);
         MatmulKernel { t, pipeline: pipeline(device, "matmul", source) }
     }
 

@@ -75,6 +75,12 @@ fn block_shader(kernel: &str, t: GgmlType) -> String {
     )
 }
 
+/// A weight-product kernel (matmul.wgsl, matvec.wgsl) for format `t`: its shared
+/// parameters and bindings (weight_product.wgsl) and the block prelude prepended.
+fn product_shader(kernel: &str, t: GgmlType) -> String {
+    block_shader(&format!("{}\n{kernel}", include_str!("../../../shaders/weight_product.wgsl")), t)
+}
+
 /// A compute pipeline (entry point `main`, layout from the shader) for WGSL `source`.
 fn pipeline(device: &wgpu::Device, label: &str, source: String) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) });

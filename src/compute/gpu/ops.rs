@@ -2,7 +2,7 @@
 //! and embedding rows per weight format, RMSNorm, bias add, RoPE, attention, SwiGLU and
 //! the dense product the LoRA factors go through. Each is one WGSL file in `shaders/`.
 
-use super::{block_shader, forward_types, Gpu, Kernel, WORKGROUP};
+use super::{block_shader, forward_types, product_shader, Gpu, Kernel, WORKGROUP};
 use crate::compute::ComputeError;
 use crate::gguf::GgmlType;
 
@@ -29,12 +29,12 @@ impl Ops {
     pub fn new(gpu: &Gpu) -> Result<Ops, ComputeError> {
         let d = gpu.device();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let per_type = |label: &str, src: &str, wg: u32| -> Vec<(GgmlType, Kernel)> { forward_types().map(|t| (t, Kernel::new(d, label, block_shader(src, t), wg))).collect() };
+        let per_type = |label: &str, shader: &dyn Fn(GgmlType) -> String, wg: u32| -> Vec<(GgmlType, Kernel)> { forward_types().map(|t| (t, Kernel::new(d, label, shader(t), wg))).collect() };
         let plain = |label: &str, src: &str, wg: u32| Kernel::new(d, label, src.to_string(), wg);
         let ops = Ops {
-            matmul: per_type("matmul", include_str!("../../../shaders/matmul.wgsl"), WORKGROUP),
-            matvec: per_type("matvec", include_str!("../../../shaders/matvec.wgsl"), ROW_WORKGROUP),
-            get_rows: per_type("get_rows", include_str!("../../../shaders/get_rows.wgsl"), WORKGROUP),
+            matmul: per_type("matmul", &|t| product_shader(include_str!("../../../shaders/matmul.wgsl"), t), WORKGROUP),
+            matvec: per_type("matvec", &|t| product_shader(include_str!("../../../shaders/matvec.wgsl"), t), ROW_WORKGROUP),
+            get_rows: per_type("get_rows", &|t| block_shader(include_str!("../../../shaders/get_rows.wgsl"), t), WORKGROUP),
             rmsnorm: plain("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl"), ROW_WORKGROUP),
             add: plain("add", include_str!("../../../shaders/add.wgsl"), WORKGROUP),
             rope: plain("rope", include_str!("../../../shaders/rope.wgsl"), WORKGROUP),
