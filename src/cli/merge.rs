@@ -25,7 +25,7 @@ pub struct MergeArgs {
     /// Weight type: same (each tensor keeps its type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k
     #[arg(long = "type", default_value = "same")]
     out_type: String,
-    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (keeps the base's Q4_0/Q4_1/Q8_0 grids, codes for the smallest output error on calibration inputs; slower)
+    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on calibration inputs, from the base's grids; slower)
     #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
     quantizer: String,
     /// Calibration text for gptq, paragraphs separated by blank lines (default: 256 × 64 tokens sampled from the adapted model)

@@ -84,10 +84,11 @@ fn merged_q4_1_stays_close_and_beats_plain_requantization() {
 }
 
 #[test]
-fn gptq_merge_keeps_the_grids_and_tracks_the_adapter_closer_than_refit() {
+fn gptq_merge_keeps_the_types_and_tracks_the_adapter_closer_than_refit() {
     // GPTQ with its default, data-free calibration (sequences sampled from the adapted
-    // model; none of the fixture prompts): every Q4_1 block keeps its grid, and the merged
-    // model is closer to the adapter on the fly than refit's — on seed_r16_qv within the
+    // model; none of the fixture prompts): every merged tensor keeps its type and size,
+    // with new codes and refit grids, and the merged model is closer to the adapter on the
+    // fly than refit's — on seed_r16_qv within the
     // issue's KL target at the last position of the fixture prompts (llama.cpp both sides,
     // as above); on rslora_r8_all (every layer, where the target is not met) over every
     // position of the fixture prompts (native engine: 101 positions, steadier than 3).
@@ -115,8 +116,8 @@ fn gptq_merge_keeps_the_grids_and_tracks_the_adapter_closer_than_refit() {
                     assert_eq!(t.ggml_type, b.ggml_type);
                     let (new, old) = (g.tensor_data(t), base.tensor_data(b));
                     if r.tensors.contains_key(&t.name) && t.ggml_type == GgmlType::Q4_1 {
-                        assert!(new.chunks(20).zip(old.chunks(20)).all(|(n, o)| n[..4] == o[..4]), "{}: a block's grid changed", t.name);
-                        assert!(new != old, "{}: no code changed", t.name);
+                        assert!(new.chunks(20).zip(old.chunks(20)).any(|(n, o)| n[4..] != o[4..]), "{}: no code changed", t.name);
+                        assert!(new.chunks(20).zip(old.chunks(20)).any(|(n, o)| n[..4] != o[..4]), "{}: no grid refit", t.name);
                         recoded += 1;
                     } else {
                         assert!(new == old, "{}: untouched tensor changed", t.name);
@@ -153,7 +154,7 @@ fn gptq_merge_keeps_the_grids_and_tracks_the_adapter_closer_than_refit() {
             every_position.push(sum / n as f64);
         }
         eprintln!("{name}: KL to on-the-fly over every fixture position: gptq {:.4}, refit {:.4}", every_position[0], every_position[1]);
-        assert!(every_position[0] < 0.8 * every_position[1], "{name}: gptq {every_position:?}");
+        assert!(every_position[0] < 0.5 * every_position[1], "{name}: gptq {every_position:?}");
     }
 }
 

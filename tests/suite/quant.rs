@@ -222,7 +222,7 @@ fn q4_1_quantizer_matches_ggmls_reference_byte_for_byte() {
 }
 
 #[test]
-fn gptq_recode_keeps_the_grids_and_lowers_the_output_error() {
+fn gptq_recode_lowers_the_output_error_and_grid_refits_lower_it_further() {
     use edgelora::quant::gptq::{output_error, recode, Factor, InputStats};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
     let (n_in, n_out, rows) = (128, 24, 2048);
@@ -254,10 +254,12 @@ fn gptq_recode_keeps_the_grids_and_lowers_the_output_error() {
                 target[r * n_in + c] += if t == GgmlType::Q8_0 { d * 0.02 } else { d };
             }
         }
-        let ours = recode(t, &base, &target, n_in, &f).unwrap();
-        // Same grids: every block's header (d, and m for Q4_1) is the base's.
+        let ours = recode(t, &base, &target, n_in, &f, 0).unwrap();
+        // No refit rounds: same grids, every block's header (d, and m for Q4_1) is the base's.
         let (bs, head) = (t.type_size() as usize, if t == GgmlType::Q4_1 { 4 } else { 2 });
         assert!(ours.chunks(bs).zip(base.chunks(bs)).all(|(o, b)| o[..head] == b[..head]), "{t}: a grid changed");
+        let refit = recode(t, &base, &target, n_in, &f, 3).unwrap();
+        assert_eq!(refit.len(), base.len());
         // Round-to-nearest on the same grids: what recode does without error feedback.
         let mut nearest = base.clone();
         for (blk, vals) in nearest.chunks_mut(bs).zip(target.chunks(32)) {
@@ -279,13 +281,14 @@ fn gptq_recode_keeps_the_grids_and_lowers_the_output_error() {
             dequantize(t, bytes, &mut v).unwrap();
             output_error(&target, &v, &held_out, n_in)
         };
-        let (e_gptq, e_nearest, e_base) = (err(&ours), err(&nearest), err(&base));
-        eprintln!("{t}: held-out output error: gptq {e_gptq:.4e}, nearest code {e_nearest:.4e}, base (delta dropped) {e_base:.4e}");
+        let (e_gptq, e_refit, e_nearest, e_base) = (err(&ours), err(&refit), err(&nearest), err(&base));
+        eprintln!("{t}: held-out output error: gptq {e_gptq:.4e}, with grid refits {e_refit:.4e}, nearest code {e_nearest:.4e}, base (delta dropped) {e_base:.4e}");
         assert!(e_gptq < 0.75 * e_nearest.min(e_base), "{t}: gptq {e_gptq} vs nearest {e_nearest} / base {e_base}");
+        assert!(e_refit < 0.97 * e_gptq, "{t}: grid refits {e_refit} vs gptq on the base's grids {e_gptq}");
         assert!(output_error(&target, &base_values, &held_out, n_in) == e_base);
     }
     // A Hessian of the wrong width is refused.
     let q = edgelora::quant::quantize_ggml(GgmlType::Q4_1, &w0[..64 * 4], 64).unwrap();
-    assert!(recode(GgmlType::Q4_1, &q, &w0[..64 * 4], 64, &f).is_err());
-    assert!(recode(GgmlType::Q4_K, &q, &w0[..64 * 4], 64, &f).is_err());
+    assert!(recode(GgmlType::Q4_1, &q, &w0[..64 * 4], 64, &f, 0).is_err());
+    assert!(recode(GgmlType::Q4_K, &q, &w0[..64 * 4], 64, &f, 0).is_err());
 }
