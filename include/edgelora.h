@@ -39,6 +39,18 @@ typedef enum EdgeloraStopReason {
   EDGELORA_STOP_REASON_CONTEXT_FULL = 4,
 } EdgeloraStopReason;
 
+// How `edgelora_merge_with` writes merged quantized tensors (the CLI's `--quantizer`).
+typedef enum EdgeloraQuantizer {
+  // Per-block search for the smallest squared error (what `edgelora_merge` uses).
+  EDGELORA_QUANTIZER_REFIT = 0,
+  // ggml's reference quantizer (what llama-quantize writes).
+  EDGELORA_QUANTIZER_GGML = 1,
+  // GPTQ codes and refit grids for the smallest output error on calibration tokens
+  // sampled from the adapted model (Q4_0/Q4_1/Q8_0; the closest to the adapter on the
+  // fly, but it runs the model: about a minute for a 135M model on two cores).
+  EDGELORA_QUANTIZER_GPTQ = 2,
+} EdgeloraQuantizer;
+
 // A cancellation flag shared between a running request and other threads. Opaque.
 typedef struct EdgeloraCancel EdgeloraCancel;
 
@@ -179,7 +191,7 @@ enum EdgeloraStatus edgelora_runtime_generate(const struct EdgeloraRuntime *rt,
 // Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
 // `model_path`, requantized to its own types, and writes the result to `out_path`
 // atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
-// any runtime.
+// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_REFIT)`.
 //
 // # Safety
 // Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
@@ -188,6 +200,18 @@ enum EdgeloraStatus edgelora_merge(const char *model_path,
                                    const float *weights,
                                    size_t n,
                                    const char *out_path);
+
+// `edgelora_merge` with the quantizer chosen: `quantizer` is an `EdgeloraQuantizer`
+// value (any other is an invalid argument).
+//
+// # Safety
+// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
+enum EdgeloraStatus edgelora_merge_with(const char *model_path,
+                                        const char *const *adapter_paths,
+                                        const float *weights,
+                                        size_t n,
+                                        const char *out_path,
+                                        uint32_t quantizer);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -89,6 +89,9 @@ pub struct ModelArgs {
     /// to the base's types) instead of applying them on the fly
     #[arg(long)]
     pub merge: bool,
+    /// Quantizer of --merge: refit, ggml or gptq (as `merge --quantizer`; gptq takes about a minute on the default model)
+    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit", requires = "merge")]
+    pub merge_quantizer: String,
     /// Generation backend: llama (llama.cpp) or native (edgelora's own engine)
     #[arg(long, value_parser = ["llama", "native"], default_value = "llama")]
     pub backend: String,
@@ -167,7 +170,8 @@ impl ModelArgs {
         if self.merge && !self.adapters.is_empty() {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
-            merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions::default(), false)?;
+            let quantizer = edgelora::merge::Quantizer::ALL.into_iter().find(|q| q.name() == self.merge_quantizer).context("clap checked --merge-quantizer")?;
+            merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions { quantizer, ..Default::default() }, false)?;
             let loaded = self.open(&out).context("loading the merged model")?;
             return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });
         }

@@ -452,10 +452,24 @@ pub unsafe extern "C" fn edgelora_runtime_generate(
     })
 }
 
+/// How `edgelora_merge_with` writes merged quantized tensors (the CLI's `--quantizer`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeloraQuantizer {
+    /// Per-block search for the smallest squared error (what `edgelora_merge` uses).
+    Refit = 0,
+    /// ggml's reference quantizer (what llama-quantize writes).
+    Ggml = 1,
+    /// GPTQ codes and refit grids for the smallest output error on calibration tokens
+    /// sampled from the adapted model (Q4_0/Q4_1/Q8_0; the closest to the adapter on the
+    /// fly, but it runs the model: about a minute for a 135M model on two cores).
+    Gptq = 2,
+}
+
 /// Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
 /// `model_path`, requantized to its own types, and writes the result to `out_path`
 /// atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
-/// any runtime.
+/// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_REFIT)`.
 ///
 /// # Safety
 /// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
@@ -467,19 +481,44 @@ pub unsafe extern "C" fn edgelora_merge(
     n: usize,
     out_path: *const c_char,
 ) -> EdgeloraStatus {
+    // SAFETY: forwarded caller contract.
+    unsafe { edgelora_merge_with(model_path, adapter_paths, weights, n, out_path, EdgeloraQuantizer::Refit as u32) }
+}
+
+/// `edgelora_merge` with the quantizer chosen: `quantizer` is an `EdgeloraQuantizer`
+/// value (any other is an invalid argument).
+///
+/// # Safety
+/// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
+#[no_mangle]
+pub unsafe extern "C" fn edgelora_merge_with(
+    model_path: *const c_char,
+    adapter_paths: *const *const c_char,
+    weights: *const f32,
+    n: usize,
+    out_path: *const c_char,
+    quantizer: u32,
+) -> EdgeloraStatus {
     guard(|| {
         // SAFETY: caller contract.
         let (model, out) = unsafe { (str_arg(model_path, "model_path")?, str_arg(out_path, "out_path")?) };
         if n > 0 && (adapter_paths.is_null() || weights.is_null()) {
             return Err(arg_err("adapter_paths/weights are NULL but n > 0"));
         }
+        let quantizer = match quantizer {
+            0 => crate::merge::Quantizer::Refit,
+            1 => crate::merge::Quantizer::Ggml,
+            2 => crate::merge::Quantizer::Gptq,
+            q => return Err(arg_err(format!("quantizer {q}: expected 0 (refit), 1 (ggml) or 2 (gptq)"))),
+        };
         let mut adapters = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: arrays of n entries by contract; each path a C string.
             let (p, w) = unsafe { (str_arg(*adapter_paths.add(i), "adapter_paths[i]")?, *weights.add(i)) };
             adapters.push((std::path::PathBuf::from(p), w));
         }
-        crate::merge::merge_files(model.as_ref(), &adapters, out.as_ref(), &crate::merge::MergeOptions::default(), &mut |_, _, _| {}).map_err(lib_err)?;
+        let opts = crate::merge::MergeOptions { quantizer, ..Default::default() };
+        crate::merge::merge_files(model.as_ref(), &adapters, out.as_ref(), &opts, &mut |_, _, _| {}).map_err(lib_err)?;
         Ok(())
     })
 }

@@ -256,9 +256,15 @@ pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
     adapters: JObjectArray<'l>,
     weights: JFloatArray<'l>,
     out: JString<'l>,
+    quantizer: JString<'l>,
 ) {
     guarded(&mut env, (), |env| {
         let (model, out) = (jstr(env, &model, "model")?, jstr(env, &out, "out")?);
+        let name = jstr(env, &quantizer, "quantizer")?;
+        let Some(quantizer) = crate::merge::Quantizer::ALL.into_iter().find(|q| q.name() == name) else {
+            throw(env, EdgeloraStatus::InvalidArgument, &format!("quantizer \"{name}\": expected refit, ggml or gptq"));
+            return Err(());
+        };
         let n = if adapters.is_null() { 0 } else { env.get_array_length(&adapters).map_err(|_| ())? as usize };
         let mut w = vec![0f32; n];
         if n > 0 {
@@ -269,7 +275,8 @@ pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
             let o = env.get_object_array_element(&adapters, i as i32).map_err(|_| ())?;
             paths.push((std::path::PathBuf::from(jstr(env, &JString::from(o), "adapter path")?), *weight));
         }
-        crate::merge::merge_files(model.as_ref(), &paths, out.as_ref(), &crate::merge::MergeOptions::default(), &mut |_, _, _| {})
+        let opts = crate::merge::MergeOptions { quantizer, ..Default::default() };
+        crate::merge::merge_files(model.as_ref(), &paths, out.as_ref(), &opts, &mut |_, _, _| {})
             .map(|_| ())
             .map_err(|e| lib_error(env, &e))
     })

@@ -147,6 +147,35 @@ int main(int argc, char **argv) {
   CHECK(strlen(m) > 0, "merged model generated nothing");
   edgelora_string_free(m);
   edgelora_runtime_close(mrt);
+  /* The same merge with GPTQ (weight 1): another file of the same size, other bytes. */
+  char gptq[4096];
+  snprintf(gptq, sizeof gptq, "%s.gptq.gguf", argv[4]);
+  weights[0] = 1.0f;
+  st = edgelora_merge_with(argv[1], paths, weights, 1, gptq, EDGELORA_QUANTIZER_GPTQ);
+  CHECK(st == EDGELORA_STATUS_OK, "gptq merge: status %d (%s)", st, edgelora_last_error());
+  st = edgelora_merge_with(argv[1], paths, weights, 1, merged, EDGELORA_QUANTIZER_REFIT);
+  CHECK(st == EDGELORA_STATUS_OK, "refit merge: status %d", st);
+  FILE *fa = fopen(gptq, "rb"), *fb = fopen(merged, "rb");
+  CHECK(fa && fb, "open the merged files");
+  long differ = 0, size_a = 0, size_b = 0;
+  for (;;) {
+    int ca = fgetc(fa), cb = fgetc(fb);
+    if (ca != EOF) size_a++;
+    if (cb != EOF) size_b++;
+    if (ca == EOF && cb == EOF) break;
+    if (ca != cb) differ++;
+  }
+  fclose(fa);
+  fclose(fb);
+  CHECK(size_a > 0 && size_a == size_b && differ > 0, "gptq vs refit merge: sizes %ld/%ld, %ld bytes differ", size_a, size_b, differ);
+  CHECK(edgelora_runtime_open(gptq, &o, &mrt) == EDGELORA_STATUS_OK, "open the gptq-merged model");
+  m = run(mrt, NULL, 0, NULL, NULL, NULL);
+  printf("gptq-merged a: %s\n", m);
+  CHECK(strlen(m) > 0, "gptq-merged model generated nothing");
+  edgelora_string_free(m);
+  edgelora_runtime_close(mrt);
+  st = edgelora_merge_with(argv[1], paths, weights, 1, merged, 7);
+  CHECK(st == EDGELORA_STATUS_INVALID_ARGUMENT && strstr(edgelora_last_error(), "quantizer 7"), "unknown quantizer: %d", st);
   const char *bad[1] = {"/nonexistent/adapter"};
   st = edgelora_merge(argv[1], bad, weights, 1, merged);
   CHECK(st != EDGELORA_STATUS_OK && strstr(edgelora_last_error(), "/nonexistent/adapter"), "merge of a missing adapter: %d", st);

@@ -73,6 +73,16 @@ public class JvmTest {
             Generation g = m.generate(new GenerateRequest("What is the capital of France?").chat(true).maxTokens(8), null);
             check(!g.text.isEmpty(), "merged model generated nothing");
         }
+        EdgeLora.merge(args[0], new String[] {args[1]}, new float[] {2f}, merged + ".ggml", "ggml");
+        try (Model m = Model.open(merged + ".ggml", 1, 512)) {
+            check(!m.generate(new GenerateRequest("Hi").maxTokens(4), null).text.isEmpty(), "ggml-merged model generated nothing");
+        }
+        try {
+            EdgeLora.merge(args[0], new String[] {args[1]}, new float[] {1f}, merged + "3", "best");
+            check(false, "merge with an unknown quantizer succeeded");
+        } catch (EdgeLoraException e) {
+            check(e.status() == EdgeLoraException.INVALID_ARGUMENT && e.getMessage().contains("best"), "quantizer error: " + e);
+        }
         try {
             EdgeLora.merge(args[0], new String[] {"/nonexistent/adapter"}, new float[] {1f}, merged + "2");
             check(false, "merge of a missing adapter succeeded");

@@ -175,6 +175,16 @@ fn merge_command_and_merge_at_load() {
     let at_load = logits(&["-m", m, "--merge", "-a", &format!("{seed}:0.5")]);
     let from_file = logits(&["-m", out.to_str().unwrap()]);
     assert_eq!(at_load["top"], from_file["top"]);
+    // --merge-quantizer picks the quantizer of the merge at load.
+    let ggml = dir.path().join("ggml.gguf");
+    let r = edgelora(&["merge", "-m", m, "-a", &format!("{seed}:0.5"), "--quantizer", "ggml", "--out", ggml.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let at_load = logits(&["-m", m, "--merge", "--merge-quantizer", "ggml", "-a", &format!("{seed}:0.5")]);
+    let from_file = logits(&["-m", ggml.to_str().unwrap()]);
+    assert_eq!(at_load["top"], from_file["top"]);
+    assert_ne!(at_load["top"], logits(&["-m", out.to_str().unwrap()])["top"], "ggml's and refit's merges gave the same top-5 logits");
+    let r = edgelora(&["logits", "-m", m, "--merge-quantizer", "ggml", "-a", seed, "-p", "Hi"]);
+    assert_eq!(r.status.code(), Some(2), "--merge-quantizer without --merge");
     let r = edgelora(&["merge", "-m", m, "--out", out.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1));
     let r = edgelora(&["merge", "-m", m, "--type", "q9_9", "--out", out.to_str().unwrap()]);
