@@ -18,16 +18,27 @@ public enum EdgeLora {
     /// The native library's version.
     public static var version: String { String(cString: edgelora_version()) }
 
+    /// How `merge` writes merged quantized tensors (the C API's `EdgeloraQuantizer`).
+    public enum Quantizer: UInt32 {
+        /// Per-block smallest error (fast; the default).
+        case refit = 0
+        /// llama.cpp's reference quantizer.
+        case ggml = 1
+        /// GPTQ codes and refit grids on tokens sampled from the adapted model: the closest
+        /// to the adapter on the fly, but it runs the model (about a minute for 135M).
+        case gptq = 2
+    }
+
     /// Merges adapters (GGUF-LoRA files or PEFT folders) with weights into the model's
     /// quantized weights, writing a new GGUF to `out` (atomically).
-    public static func merge(model: String, adapters: [(path: String, weight: Float)], out: String) throws {
+    public static func merge(model: String, adapters: [(path: String, weight: Float)], out: String, quantizer: Quantizer = .refit) throws {
         let paths = adapters.map { strdup($0.path) }
         defer { paths.forEach { free($0) } }
         var cPaths: [UnsafePointer<CChar>?] = paths.map { UnsafePointer($0) }
         var weights = adapters.map { $0.weight }
         let status = cPaths.withUnsafeMutableBufferPointer { p in
             weights.withUnsafeMutableBufferPointer { w in
-                edgelora_merge(model, UnsafePointer(p.baseAddress), UnsafePointer(w.baseAddress), adapters.count, out)
+                edgelora_merge_with(model, UnsafePointer(p.baseAddress), UnsafePointer(w.baseAddress), adapters.count, out, quantizer.rawValue)
             }
         }
         try EdgeLoraError.check(status)
