@@ -177,6 +177,8 @@ pub fn recode(t: GgmlType, original: &[u8], w: &[f32], n_in: usize, f: &Factor, 
         return Err(GptqError::Inputs(format!("H of {} inputs, rows of {n_in}, {} values, {} bytes of {t}", f.n, w.len(), original.len())));
     }
     let free_min = t == GgmlType::Q4_1;
+    // Q4_0 and Q8_0 store no min: value = d·(q − zero).
+    let zero = if t == GgmlType::Q8_0 { 128.0 } else { 8.0 };
     let grid = |b: &[u8]| -> Grid {
         match t {
             GgmlType::Q4_1 => {
@@ -196,11 +198,11 @@ pub fn recode(t: GgmlType, original: &[u8], w: &[f32], n_in: usize, f: &Factor, 
     let mut grids: Vec<Grid> = original.chunks(bs).map(grid).collect();
     let mut codes = gptq_codes(&grids, w, f);
     for _ in 0..rounds {
-        grids = refine_grids(&grids, &codes, w, f, free_min);
+        grids = refine_grids(&grids, &codes, w, f, (!free_min).then_some(zero));
         codes = gptq_codes(&grids, w, f);
     }
     if rounds > 0 {
-        grids = refine_grids(&grids, &codes, w, f, free_min);
+        grids = refine_grids(&grids, &codes, w, f, (!free_min).then_some(zero));
     }
     let mut out = original.to_vec();
     for ((blk, c), g) in out.chunks_mut(bs).zip(codes.chunks(QK)).zip(&grids) {
@@ -272,21 +274,22 @@ fn block_sums<'a>(v: &'a [f32], wt: Option<&'a [f32]>) -> impl Iterator<Item = f
     })
 }
 
-/// The grids — scale d per block, and min m where `free_min` (else m stays the type's
-/// fixed multiple of d) — that minimize each row's output error (v − w)ᵀ·H·(v − w) with
+/// The grids — scale d per block, and min m unless `tied` (Q4_0/Q8_0: m = −tied·d, the
+/// type's fixed zero point) — that minimize each row's output error (v − w)ᵀ·H·(v − w) with
 /// v_j = d_b·q_j + m_b for the fixed `codes`: linear least squares in the grid
 /// parameters (one [blocks·2]² system per row), rounded to f16 as the blocks store them.
 /// A row whose system is singular, or a block whose new scale would vanish or change
 /// sign, keeps its grid.
-fn refine_grids(grids: &[Grid], codes: &[u8], w: &[f32], f: &Factor, free_min: bool) -> Vec<Grid> {
+fn refine_grids(grids: &[Grid], codes: &[u8], w: &[f32], f: &Factor, tied: Option<f32>) -> Vec<Grid> {
+    let free_min = tied.is_none();
     let n = f.n;
     let rows = w.len() / n;
     let nb = n / QK;
     let per = if free_min { 2 } else { 1 };
     let np = nb * per;
     // Parameters of a row ordered (d_0, m_0, d_1, m_1, …) or (d_0, d_1, …).
-    // g [rows, n]: ∂v_j/∂d of j's block — q_j, or q_j + m/d when m is tied to d.
-    let g: Vec<f32> = codes.iter().zip(grids.iter().flat_map(|gr| std::iter::repeat_n(gr, QK))).map(|(&q, gr)| f32::from(q) + if free_min { 0.0 } else { gr.m / gr.d }).collect();
+    // g [rows, n]: ∂v_j/∂d of j's block — q_j, or q_j − zero when m is tied to d.
+    let g: Vec<f32> = codes.iter().map(|&q| f32::from(q) - tied.unwrap_or(0.0)).collect();
     // r [rows, n]: the current error v − w.
     let r: Vec<f32> = codes.iter().zip(grids.iter().flat_map(|gr| std::iter::repeat_n(gr, QK))).zip(w).map(|((&q, gr), &x)| gr.d * f32::from(q) + gr.m - x).collect();
     // hr [rows, n] = r · H (H is symmetric): the gradient, ½·∂/∂p = Σ_{j∈b} ∂v_j/∂p · hr_j.
@@ -341,7 +344,10 @@ fn refine_grids(grids: &[Grid], codes: &[u8], w: &[f32], f: &Factor, free_min: b
             if !d.is_finite() || d == 0.0 || d.signum() != gr.d.signum() {
                 continue;
             }
-            let m = if free_min { f16::from_f64(f64::from(gr.m) + delta[b * per + 1]).to_f32() } else { gr.m / gr.d * d };
+            let m = match tied {
+                None => f16::from_f64(f64::from(gr.m) + delta[b * per + 1]).to_f32(),
+                Some(zero) => -zero * d,
+            };
             if m.is_finite() {
                 *gr = Grid { d, m, top: gr.top };
             }

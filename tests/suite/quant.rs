@@ -235,7 +235,9 @@ fn gptq_recode_lowers_the_output_error_and_grid_refits_lower_it_further() {
         x
     };
     let (calib, held_out) = (inputs(rows), inputs(rows));
-    let w0: Vec<f32> = (0..n_out * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut w0: Vec<f32> = (0..n_out * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // One all-zero block: its scale is 0 (no grid to refit; must stay finite).
+    w0[..32].iter_mut().for_each(|v| *v = 0.0);
     // A low-rank delta smaller than the grid steps (as a LoRA delta is).
     let (a, b): (Vec<f32>, Vec<f32>) = ((0..4 * n_in).map(|_| rng.random_range(-0.25f32..0.25)).collect(), (0..n_out * 4).map(|_| rng.random_range(-0.25f32..0.25)).collect());
     let mut stats = InputStats::new(n_in);
@@ -281,6 +283,9 @@ fn gptq_recode_lowers_the_output_error_and_grid_refits_lower_it_further() {
             dequantize(t, bytes, &mut v).unwrap();
             output_error(&target, &v, &held_out, n_in)
         };
+        let mut decoded = vec![0f32; target.len()];
+        dequantize(t, &refit, &mut decoded).unwrap();
+        assert!(decoded.iter().all(|v| v.is_finite()), "{t}: non-finite value after the grid refits");
         let (e_gptq, e_refit, e_nearest, e_base) = (err(&ours), err(&refit), err(&nearest), err(&base));
         eprintln!("{t}: held-out output error: gptq {e_gptq:.4e}, with grid refits {e_refit:.4e}, nearest code {e_nearest:.4e}, base (delta dropped) {e_base:.4e}");
         assert!(e_gptq < 0.75 * e_nearest.min(e_base), "{t}: gptq {e_gptq} vs nearest {e_nearest} / base {e_base}");
