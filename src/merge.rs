@@ -45,6 +45,11 @@ pub enum Quantizer {
 impl Quantizer {
     pub const ALL: [Quantizer; 3] = [Quantizer::Refit, Quantizer::Ggml, Quantizer::Gptq];
 
+    /// The quantizer called `name` ([`Quantizer::name`]).
+    pub fn from_name(name: &str) -> Option<Quantizer> {
+        Quantizer::ALL.into_iter().find(|q| q.name() == name)
+    }
+
     /// `refit`, `ggml` or `gptq` (the CLI's names).
     pub fn name(self) -> &'static str {
         match self {

@@ -75,7 +75,7 @@ fn bench_merge(b: MergeBench) -> Result<()> {
         edgelora::adapter::write_gguf_lora(&a, &p, edgelora::adapter::GgufLoraDtype::F16)?;
         adapters.push(p.display().to_string());
     }
-    let q = Quantizer::ALL.into_iter().find(|q| q.name() == b.quantizer).context("clap checked --quantizer")?;
+    let q = Quantizer::from_name(&b.quantizer).context("clap checked --quantizer")?;
     let out = dir.path().join("merged.gguf");
     let mut secs = Vec::new();
     let mut bytes = 0;

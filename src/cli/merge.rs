@@ -95,7 +95,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if a.adapters.is_empty() && out_type.is_none() {
         bail!("nothing to do: give --adapter, or --type to re-encode");
     }
-    let quantizer = Quantizer::ALL.into_iter().find(|q| q.name() == a.quantizer).context("clap checked --quantizer")?;
+    let quantizer = Quantizer::from_name(&a.quantizer).context("clap checked --quantizer")?;
     let calibration = match (&a.calibration, quantizer) {
         (Some(f), Quantizer::Gptq) => Calibration::Tokens(calibration_tokens(&a.model, f)?),
         (Some(_), _) => bail!("--calibration is only read by --quantizer gptq"),

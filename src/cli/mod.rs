@@ -170,7 +170,7 @@ impl ModelArgs {
         if self.merge && !self.adapters.is_empty() {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
-            let quantizer = edgelora::merge::Quantizer::ALL.into_iter().find(|q| q.name() == self.merge_quantizer).context("clap checked --merge-quantizer")?;
+            let quantizer = edgelora::merge::Quantizer::from_name(&self.merge_quantizer).context("clap checked --merge-quantizer")?;
             merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions { quantizer, ..Default::default() }, false)?;
             let loaded = self.open(&out).context("loading the merged model")?;
             return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });

@@ -261,7 +261,7 @@ pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
     guarded(&mut env, (), |env| {
         let (model, out) = (jstr(env, &model, "model")?, jstr(env, &out, "out")?);
         let name = jstr(env, &quantizer, "quantizer")?;
-        let Some(quantizer) = crate::merge::Quantizer::ALL.into_iter().find(|q| q.name() == name) else {
+        let Some(quantizer) = crate::merge::Quantizer::from_name(&name) else {
             throw(env, EdgeloraStatus::InvalidArgument, &format!("quantizer \"{name}\": expected refit, ggml or gptq"));
             return Err(());
         };
