@@ -80,6 +80,11 @@ pub fn merge_args_into(model: &Path, args: &[String], out: &Path, opts: &MergeOp
     } else {
         ProgressBar::hidden()
     };
+    if opts.quantizer == Quantizer::Gptq {
+        // Before the first tensor: the calibration runs the model (most of gptq's time).
+        bar.set_message("gptq: running the model on calibration tokens");
+        bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    }
     let stats = merge_files(model, &adapters, out, opts, &mut |done, total, name| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
