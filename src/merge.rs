@@ -249,9 +249,11 @@ pub fn merge(
     // re-codes (q/k/v share one, gate/up another), computed before any tensor is written;
     // the other merged tensors go refit's path (and are listed).
     let mut factors: std::collections::HashMap<String, gptq::Factor> = std::collections::HashMap::new();
+    let recoded: std::collections::HashSet<&str> = match opts.quantizer {
+        Quantizer::Gptq => base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect(),
+        _ => Default::default(),
+    };
     if opts.quantizer == Quantizer::Gptq {
-        let recoded: std::collections::HashSet<&str> =
-            base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect();
         if !recoded.is_empty() {
             let sites = calibration::input_stats(base, inputs, &opts.calibration, &|name| recoded.contains(name))?;
             factors = sites
@@ -296,7 +298,7 @@ pub fn merge(
             backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
         }
         let hint = if ty == t.ggml_type { Some(data) } else { None };
-        let factor = factors.get(&calibration::input_site(&t.name)).filter(|_| merge && hint.is_some() && gptq::supports(ty));
+        let factor = if recoded.contains(t.name.as_str()) { factors.get(&calibration::input_site(&t.name)) } else { None };
         let bytes = match factor {
             Some(f) => gptq::recode(ty, data, &values, n_in, f, GPTQ_GRID_ROUNDS).map_err(|e| bad(e.to_string()))?,
             None => requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?,

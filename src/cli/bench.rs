@@ -55,7 +55,7 @@ pub struct MergeBench {
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// refit, ggml or gptq (calibration sampled from the adapted model, as `merge` does)
-    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
+    #[arg(long, value_parser = super::merge::quantizer_names(), default_value = "refit")]
     quantizer: String,
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     device: String,

@@ -26,7 +26,7 @@ pub struct MergeArgs {
     #[arg(long = "type", default_value = "same")]
     out_type: String,
     /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on calibration inputs, from the base's grids; slower)
-    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit")]
+    #[arg(long, value_parser = quantizer_names(), default_value = "refit")]
     quantizer: String,
     /// Calibration text for gptq, paragraphs separated by blank lines (default: 256 × 64 tokens sampled from the adapted model)
     #[arg(long, value_name = "FILE")]
@@ -46,6 +46,11 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
         .filter(|t| edgelora::quant::can_quantize(*t))
         .map(Some)
         .ok_or_else(|| anyhow::anyhow!("--type {s:?}: expected same, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k or q6_k"))
+}
+
+/// The `--quantizer` values: [`Quantizer::name`] of each.
+pub fn quantizer_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Quantizer::ALL.map(Quantizer::name))
 }
 
 /// Longest calibration sequence, in tokens.

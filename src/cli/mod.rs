@@ -90,7 +90,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub merge: bool,
     /// Quantizer of --merge: refit, ggml or gptq (as `merge --quantizer`; gptq takes about a minute on the default model)
-    #[arg(long, value_parser = ["refit", "ggml", "gptq"], default_value = "refit", requires = "merge")]
+    #[arg(long, value_parser = merge::quantizer_names(), default_value = "refit", requires = "merge")]
     pub merge_quantizer: String,
     /// Generation backend: llama (llama.cpp) or native (edgelora's own engine)
     #[arg(long, value_parser = ["llama", "native"], default_value = "llama")]

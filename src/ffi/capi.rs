@@ -466,6 +466,13 @@ pub enum EdgeloraQuantizer {
     Gptq = 2,
 }
 
+/// Each C quantizer value and the library's quantizer it names.
+const QUANTIZERS: [(EdgeloraQuantizer, crate::merge::Quantizer); 3] = [
+    (EdgeloraQuantizer::Refit, crate::merge::Quantizer::Refit),
+    (EdgeloraQuantizer::Ggml, crate::merge::Quantizer::Ggml),
+    (EdgeloraQuantizer::Gptq, crate::merge::Quantizer::Gptq),
+];
+
 /// Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
 /// `model_path`, requantized to its own types, and writes the result to `out_path`
 /// atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
@@ -505,12 +512,10 @@ pub unsafe extern "C" fn edgelora_merge_with(
         if n > 0 && (adapter_paths.is_null() || weights.is_null()) {
             return Err(arg_err("adapter_paths/weights are NULL but n > 0"));
         }
-        let quantizer = match quantizer {
-            0 => crate::merge::Quantizer::Refit,
-            1 => crate::merge::Quantizer::Ggml,
-            2 => crate::merge::Quantizer::Gptq,
-            q => return Err(arg_err(format!("quantizer {q}: expected 0 (refit), 1 (ggml) or 2 (gptq)"))),
-        };
+        let quantizer = QUANTIZERS.iter().find(|(c, _)| *c as u32 == quantizer).map(|&(_, q)| q).ok_or_else(|| {
+            let known: Vec<String> = QUANTIZERS.iter().map(|(c, q)| format!("{} ({})", *c as u32, q.name())).collect();
+            arg_err(format!("quantizer {quantizer}: expected {}", known.join(", ")))
+        })?;
         let mut adapters = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: arrays of n entries by contract; each path a C string.

@@ -86,8 +86,8 @@ impl InputStats {
     }
 }
 
-/// What the column loop needs from H: the order columns are rounded in and U
-/// (H⁻¹ = UᵀU) in that order.
+/// What the column loop needs from H — the order columns are rounded in and U
+/// (H⁻¹ = UᵀU) in that order — and H itself, for the grid refit.
 pub struct Factor {
     n: usize,
     /// perm[i]: the column rounded i-th.
