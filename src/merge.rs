@@ -7,8 +7,8 @@
 //! block quantizer (`quant::requant`) for Q4_0/Q4_1/Q8_0, which also tries each block's
 //! pre-merge grid, or with ggml's quantizer for the other types; or, with
 //! [`Quantizer::Gptq`], into the base's own Q4_0/Q4_1/Q8_0 types with codes chosen by GPTQ
-//! and grids refit, both for the smallest output error on calibration inputs
-//! ([`calibration`], `quant::gptq`). Untouched tensors are
+//! and grids refit, both for the smallest output error on calibration inputs, layer by
+//! layer ([`calibration`], [`sequential`], `quant::gptq`). Untouched tensors are
 //! copied byte for byte from the map (or converted when `--type` asks for another type).
 //! The output's metadata is the base's, plus `edgelora.merge.*` recording the adapters,
 //! their fingerprints and weights. The file is written atomically.
@@ -26,6 +26,7 @@ use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo, TensorS
 use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, gptq, requant};
 
 pub mod calibration;
+pub mod sequential;
 pub use calibration::Calibration;
 
 /// How quantized tensors are written back.
@@ -138,7 +139,7 @@ fn is_weight(t: &TensorInfo) -> bool {
 }
 
 /// The deltas of every input targeting `name`, weighted.
-fn deltas<'a>(name: &str, inputs: &'a [MergeInput]) -> Vec<Delta<'a>> {
+pub(crate) fn deltas<'a>(name: &str, inputs: &'a [MergeInput]) -> Vec<Delta<'a>> {
     inputs
         .iter()
         .filter_map(|inp| inp.adapter.tensors.get(name).map(|t| Delta { rank: t.rank, a: &t.a, b: &t.b, scale: inp.weight * t.scale }))
@@ -186,7 +187,8 @@ fn requantize(t: GgmlType, values: &[f32], n_in: usize, original: Option<&[u8]>,
 }
 
 /// Merges `inputs` into `base` and writes the result to `out`. `progress(done, total,
-/// tensor)` is called after each tensor.
+/// tensor)` is called after each tensor (and, with GPTQ, with done = 0 and a
+/// `gptq: …` step before the first).
 pub fn merge(
     base: &GgufFile,
     inputs: &[MergeInput],
@@ -203,6 +205,7 @@ pub fn merge(
         }
     }
     let targeted = |name: &str| inputs.iter().any(|i| i.adapter.tensors.contains_key(name));
+    let total = base.tensors().len();
     let mut stats = MergeStats::default();
 
     // Decide every tensor's output type first: the header is written before the data.
@@ -245,35 +248,28 @@ pub fn merge(
     metadata.push(("edgelora.merge.weights".into(), MetaValue::Array(ValueType::F32, inputs.iter().map(|i| MetaValue::F32(i.weight)).collect())));
     metadata.push(("edgelora.merge.quantizer".into(), MetaValue::String(opts.quantizer.name().into())));
 
-    // GPTQ: one factor of XᵀX per input read by merged tensors that keep a type it
-    // re-codes (q/k/v share one, gate/up another), computed before any tensor is written;
-    // the other merged tensors go refit's path (and are listed).
-    let mut factors: std::collections::HashMap<String, gptq::Factor> = std::collections::HashMap::new();
-    let recoded: std::collections::HashSet<&str> = match opts.quantizer {
-        Quantizer::Gptq => base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect(),
-        _ => Default::default(),
-    };
+    // GPTQ: merged tensors that keep a type it re-codes get their blocks from the
+    // layer-by-layer pass before any tensor is written; the other merged tensors go
+    // refit's path (and are listed).
+    let mut recoded_bytes: std::collections::HashMap<String, Vec<u8>> = Default::default();
     if opts.quantizer == Quantizer::Gptq {
+        let recoded: std::collections::HashSet<&str> =
+            base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && *ty == t.ggml_type && gptq::supports(*ty)).map(|(t, _)| t.name.as_str()).collect();
         if !recoded.is_empty() {
-            let sites = calibration::input_stats(base, inputs, &opts.calibration, &|name| recoded.contains(name))?;
-            factors = sites
-                .into_par_iter()
-                .filter(|(_, s)| s.rows() >= GPTQ_MIN_ROWS_PER_INPUT * s.n())
-                .map(|(site, s)| {
-                    let f = gptq::Factor::new(s, GPTQ_DAMP).map_err(|e| GgufError::BadTensor { path: base.path().to_path_buf(), name: site.clone(), reason: e.to_string() })?;
-                    Ok((site, f))
-                })
-                .collect::<Result<_, Error>>()?;
+            progress(0, total, "gptq: sampling calibration tokens");
+            let sequences = calibration::sequences(base, inputs, &opts.calibration)?;
+            let wanted = |name: &str| recoded.contains(name);
+            let recoder = sequential::Recoder { wanted: &wanted, damp: GPTQ_DAMP, rounds: GPTQ_GRID_ROUNDS, min_rows_per_input: GPTQ_MIN_ROWS_PER_INPUT, drift_ridge: Some(sequential::DRIFT_RIDGE) };
+            recoded_bytes = sequential::recode_layers(base, inputs, &sequences, &recoder, &mut |l, n| progress(0, total, &format!("gptq: layer {l}/{n}")))?;
         }
         for (t, (_, m)) in base.tensors().iter().zip(&plan) {
-            if *m && !(recoded.contains(t.name.as_str()) && factors.contains_key(&calibration::input_site(&t.name))) {
+            if *m && !recoded_bytes.contains_key(&t.name) {
                 stats.gptq_refit.push(t.name.clone());
             }
         }
     }
 
     let specs: Vec<TensorSpec> = base.tensors().iter().zip(&plan).map(|(t, (ty, _))| TensorSpec::new(t.name.clone(), &t.shape, *ty)).collect();
-    let total = base.tensors().len();
     // f32 work buffers reused across tensors (fresh ones would page-fault in every
     // tensor); freed when the merge ends.
     let buffers: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
@@ -282,6 +278,9 @@ pub fn merge(
         let data = base.tensor_data(t);
         if !merge && ty == t.ggml_type {
             return Ok(Cow::Borrowed(data));
+        }
+        if let Some(bytes) = recoded_bytes.get(&t.name) {
+            return Ok(Cow::Borrowed(bytes.as_slice()));
         }
         let bad = |reason: String| GgufError::BadTensor { path: base.path().to_path_buf(), name: t.name.clone(), reason };
         let n_in = t.shape[0] as usize;
@@ -298,11 +297,7 @@ pub fn merge(
             backend.lora_delta(&mut values, n_out, n_in, &deltas(&t.name, inputs)).map_err(|e| bad(e.to_string()))?;
         }
         let hint = if ty == t.ggml_type { Some(data) } else { None };
-        let factor = if recoded.contains(t.name.as_str()) { factors.get(&calibration::input_site(&t.name)) } else { None };
-        let bytes = match factor {
-            Some(f) => gptq::recode(ty, data, &values, n_in, f, GPTQ_GRID_ROUNDS).map_err(|e| bad(e.to_string()))?,
-            None => requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?,
-        };
+        let bytes = requantize(ty, &values, n_in, hint, opts.quantizer).map_err(|e| bad(e.to_string()))?;
         buffers.lock().unwrap_or_else(|e| e.into_inner()).push(values);
         Ok(Cow::Owned(bytes))
     };

@@ -86,8 +86,8 @@ pub fn merge_args_into(model: &Path, args: &[String], out: &Path, opts: &MergeOp
         ProgressBar::hidden()
     };
     if opts.quantizer == Quantizer::Gptq {
-        // Before the first tensor: the calibration runs the model (most of gptq's time).
-        bar.set_message("gptq: running the model on calibration tokens");
+        // Before the first tensor: calibration (most of gptq's time); merge reports its steps.
+        bar.set_message("gptq: calibration");
         bar.enable_steady_tick(std::time::Duration::from_millis(500));
     }
     let stats = merge_files(model, &adapters, out, opts, &mut |done, total, name| {

@@ -43,8 +43,7 @@ enum Exec {
     Device(Box<GpuForward>),
 }
 
-/// Receives (weight name, input rows [n, n_in]) from
-/// [`NativeModel::capture_linear_inputs`].
+/// Receives (weight name, input rows [n, n_in]) from [`NativeModel::forward_lockstep`].
 pub type InputSink<'s> = dyn FnMut(&str, &[f32]) + 's;
 
 /// Per-sequence state: the KV cache, f32, per layer [n_past, n_head_kv·head_dim] — on the
@@ -137,23 +136,11 @@ impl NativeModel {
         }
     }
 
-    /// Runs `tokens` as a fresh sequence on the host with `adapters` on the fly and hands
-    /// each linear layer's input to `sink(weight name, x [n, n_in])` before the product
-    /// (q/k/v, and gate/up, each get the same rows). Merge's GPTQ quantizer calibrates on it.
-    pub fn capture_linear_inputs(&self, tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: &mut InputSink) -> Result<(), Error> {
-        self.check_tokens(tokens)?;
-        let Exec::Host(backend) = &self.exec else {
-            return Err(EngineError::Backend("capturing layer inputs needs a host backend".into()).into());
-        };
-        let sink = std::cell::RefCell::new(sink);
-        self.forward_on_host(backend.as_ref(), &mut [&mut Session::default()], tokens, adapters, false, Some(&sink)).map(|_| ())
-    }
-
     /// Steps `sessions.len()` sequences at once: one token each (`tokens[i]` continues
     /// `sessions[i]`), on the host, with `adapters` on the fly; every linear layer's input
     /// rows [n_seq, n_in] go to `sink` when given. Returns each sequence's logits. The
     /// products take all sequences' rows together (a matrix product per weight instead of
-    /// one vector product per sequence): how merge samples its GPTQ calibration.
+    /// one vector product per sequence): how merge samples its GPTQ calibration tokens.
     pub fn forward_lockstep(&self, sessions: &mut [Session], tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: Option<&mut InputSink>) -> Result<Vec<Vec<f32>>, Error> {
         if tokens.len() != sessions.len() {
             return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each)", tokens.len(), sessions.len())).into());

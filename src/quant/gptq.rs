@@ -71,9 +71,18 @@ impl InputStats {
 
     fn flush(&mut self) {
         let rows = self.pending.len() / self.n;
+        if rows == 0 {
+            return;
+        }
         // xtx [n, n] += xᵀ [n, rows] · x [rows, n]
         matmul(&mut self.xtx, &self.pending, Layout::T, &self.pending, Layout::N, self.n, self.n, rows, true);
         self.pending.clear();
+    }
+
+    /// XᵀX [n, n] row-major, over every row added so far.
+    pub fn gram(&mut self) -> &[f32] {
+        self.flush();
+        &self.xtx
     }
 
     /// Input rows seen.
