@@ -176,6 +176,11 @@ fn gptq_drift_target_tracks_the_adapter_closer_than_plain_targets() {
     assert_eq!(sequences.len(), 64);
     assert!(sequences.iter().all(|s| s.len() == 64));
     let on_the_fly = NativeModel::new(GgufFile::open(model_path()).unwrap(), Box::new(edgelora::compute::cpu::Cpu)).unwrap();
+    let every = |_: &str| true;
+    let all = sequential::Recoder { wanted: &every, damp: 0.01, rounds: 3, min_rows_per_input: 2, drift_ridge: None };
+    let err = sequential::recode_layers(base, &input, &[vec![1, 49152]], &all, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("49152"), "{err}");
+    assert!(sequential::recode_layers(base, &input, &[vec![]], &all, &mut |_, _| {}).is_err());
     let mut kls = Vec::new();
     for ridge in [Some(sequential::DRIFT_RIDGE), None] {
         let wanted = |name: &str| r.tensors.contains_key(name);
