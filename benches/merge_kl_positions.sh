@@ -2,7 +2,7 @@
 # Merge quality over every position: each fixture adapter (tests/fixtures/seed_r16_qv,
 # rslora_r8_all) merged into the default Q4_1 model with the gptq and refit quantizers,
 # then the mean KL of the merged model's next-token distributions to the adapter on the fly
-# over every position of (a) benches/data/heldout_tokens.txt (666 tokens in 14 sequences of
+# over every position of (a) benches/data/heldout_tokens.txt (667 tokens in 15 sequences of
 # chat turns and text paragraphs, none of them calibration or fixture text) and (b) the
 # three fixture prompts (tests/fixtures/reference.json, 101 positions) — steadier than
 # benches/merge_kl.sh's three last positions. Native f32 engine on the CPU both sides.
