@@ -19,6 +19,22 @@ fn prompts() -> Vec<Vec<i32>> {
     v["prompts"].as_array().unwrap().iter().map(|p| p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()).collect()
 }
 
+/// KL of `merged`'s next-token distributions to the default model with `adapter` on the
+/// fly, mean over every position of the fixture prompts (native engine, CPU).
+fn every_position_kl(adapter: &edgelora::adapter::LoraAdapter, merged: &Path) -> f64 {
+    use edgelora::model::{NativeModel, Session};
+    let native = |path: &Path| NativeModel::new(GgufFile::open(path).unwrap(), Box::new(edgelora::compute::cpu::Cpu)).unwrap();
+    let (on_the_fly, merged) = (native(&model_path()), native(merged));
+    let (mut sum, mut n) = (0.0, 0);
+    for ids in prompts() {
+        let a = on_the_fly.forward(&mut Session::default(), &ids, &[(adapter, 1.0)], true).unwrap();
+        let b = merged.forward(&mut Session::default(), &ids, &[], true).unwrap();
+        sum += a.iter().zip(&b).map(|(a, b)| kl(a, b)).sum::<f64>();
+        n += ids.len();
+    }
+    sum / n as f64
+}
+
 #[test]
 fn merged_f32_model_equals_adapters_on_the_fly() {
     let base = GgufFile::open(f32_model_path()).unwrap();
@@ -92,11 +108,9 @@ fn gptq_merge_keeps_the_types_and_tracks_the_adapter_closer_than_refit() {
     // issue's KL target at the last position of the fixture prompts (llama.cpp both sides,
     // as above); on rslora_r8_all (every layer, where the target is not met) over every
     // position of the fixture prompts (native engine: 101 positions, steadier than 3).
-    use edgelora::model::{NativeModel, Session};
     let base = model_gguf();
     let dir = tmpdir();
     let fly = runtime();
-    let native = |path: &Path| NativeModel::new(GgufFile::open(path).unwrap(), Box::new(edgelora::compute::cpu::Cpu)).unwrap();
     for name in ["seed_r16_qv", "rslora_r8_all"] {
         let r = read_peft(&fixture(name), base).unwrap();
         let input = [MergeInput { adapter: &r, weight: 1.0, label: name.into() }];
@@ -143,15 +157,7 @@ fn gptq_merge_keeps_the_types_and_tracks_the_adapter_closer_than_refit() {
                     assert!(mean <= 0.02, "{name}: gptq KL {mean}");
                 }
             }
-            let (on_the_fly, merged) = (native(&model_path()), native(&out));
-            let (mut sum, mut n) = (0.0, 0);
-            for ids in prompts() {
-                let a = on_the_fly.forward(&mut Session::default(), &ids, &[(&r, 1.0)], true).unwrap();
-                let b = merged.forward(&mut Session::default(), &ids, &[], true).unwrap();
-                sum += a.iter().zip(&b).map(|(a, b)| kl(a, b)).sum::<f64>();
-                n += ids.len();
-            }
-            every_position.push(sum / n as f64);
+            every_position.push(every_position_kl(&r, &out));
         }
         eprintln!("{name}: KL to on-the-fly over every fixture position: gptq {:.4}, refit {:.4}", every_position[0], every_position[1]);
         assert!(every_position[0] < 0.5 * every_position[1], "{name}: gptq {every_position:?}");
@@ -167,7 +173,6 @@ fn gptq_drift_target_tracks_the_adapter_closer_than_plain_targets() {
     // the fixture prompts than with W + ΔW as every projection's target.
     use edgelora::gguf::{GgufWriter, TensorSpec};
     use edgelora::merge::{calibration, sequential};
-    use edgelora::model::{NativeModel, Session};
     let base = model_gguf();
     let dir = tmpdir();
     let r = read_peft(&fixture("rslora_r8_all"), base).unwrap();
@@ -175,7 +180,6 @@ fn gptq_drift_target_tracks_the_adapter_closer_than_plain_targets() {
     let sequences = calibration::sequences(base, &input, &calibration::Calibration::Sampled { sequences: 64, len: 64, seed: 0 }).unwrap();
     assert_eq!(sequences.len(), 64);
     assert!(sequences.iter().all(|s| s.len() == 64));
-    let on_the_fly = NativeModel::new(GgufFile::open(model_path()).unwrap(), Box::new(edgelora::compute::cpu::Cpu)).unwrap();
     let every = |_: &str| true;
     let all = sequential::Recoder { wanted: &every, damp: 0.01, rounds: 3, min_rows_per_input: 2, drift_ridge: None };
     let err = sequential::recode_layers(base, &input, &[vec![1, 49152]], &all, &mut |_, _| {}).unwrap_err().to_string();
@@ -204,15 +208,7 @@ fn gptq_drift_target_tracks_the_adapter_closer_than_plain_targets() {
             w.write_tensor(&t.name, data).unwrap();
         }
         w.finish().unwrap();
-        let merged = NativeModel::new(GgufFile::open(&out).unwrap(), Box::new(edgelora::compute::cpu::Cpu)).unwrap();
-        let (mut sum, mut n) = (0.0, 0);
-        for ids in prompts() {
-            let a = on_the_fly.forward(&mut Session::default(), &ids, &[(&r, 1.0)], true).unwrap();
-            let b = merged.forward(&mut Session::default(), &ids, &[], true).unwrap();
-            sum += a.iter().zip(&b).map(|(a, b)| kl(a, b)).sum::<f64>();
-            n += ids.len();
-        }
-        kls.push(sum / n as f64);
+        kls.push(every_position_kl(&r, &out));
     }
     eprintln!("rslora_r8_all, 64 × 64 calibration: every-position KL to on-the-fly: drift target {:.4}, plain targets {:.4}", kls[0], kls[1]);
     assert!(kls[0] < 0.95 * kls[1], "{kls:?}");
