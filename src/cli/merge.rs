@@ -114,13 +114,14 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let device = if a.device == "gpu" { Device::Gpu } else { Device::Cpu };
     let s = merge_args_into(&a.model, &a.adapters, &a.out, &MergeOptions { out_type, quantizer, device, calibration }, true)?;
     eprintln!(
-        "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}",
+        "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}{}",
         a.out.display(),
         s.bytes,
         s.secs,
         s.merged,
         s.converted,
         s.copied,
+        if s.gptq_compensated.is_empty() { String::new() } else { format!(", {} re-coded by gptq to compensate (attn_output/ffn_down)", s.gptq_compensated.len()) },
         if s.kept_type.is_empty() { String::new() } else { format!(", {} kept their type (row length does not fit {})", s.kept_type.len(), a.out_type) }
     );
     if !s.gptq_refit.is_empty() {

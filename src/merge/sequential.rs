@@ -11,7 +11,8 @@
 //!   min_V ‖X̃·Vᵀ − (X*·(W + ΔW)ᵀ + R* − R̃)‖² + λ·‖V − (W + ΔW)‖²
 //!
 //! (X* the reference's inputs, R* − R̃ the residual drift accumulated so far), which GPTQ
-//! then re-codes. λ (a multiple of XᵀX's mean diagonal, [`DRIFT_RIDGE`]) keeps V near
+//! then re-codes. Merge asks for them in every layer, targeted by an adapter or not (for
+//! an untargeted one W + ΔW is W): they take up the other projections' errors. λ (a multiple of XᵀX's mean diagonal, [`DRIFT_RIDGE`]) keeps V near
 //! W + ΔW: unregularized, V fits the calibration rows' drift and does worse on other text.
 //!
 //! Measured on the default model with rslora_r8_all (every-position KL to the adapter on
