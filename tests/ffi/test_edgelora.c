@@ -147,7 +147,9 @@ int main(int argc, char **argv) {
   CHECK(strlen(m) > 0, "merged model generated nothing");
   edgelora_string_free(m);
   edgelora_runtime_close(mrt);
-  /* The same merge with GPTQ (weight 1): another file of the same size, other bytes. */
+  /* The same merge with GPTQ (weight 1): other bytes, the same tensors' size; the file is
+     larger only by its metadata record of the untargeted attn_output/ffn_down tensors
+     GPTQ re-coded too (edgelora.merge.gptq_compensated, a few KiB at most). */
   char gptq[4096];
   snprintf(gptq, sizeof gptq, "%s.gptq.gguf", argv[4]);
   weights[0] = 1.0f;
@@ -167,7 +169,7 @@ int main(int argc, char **argv) {
   }
   fclose(fa);
   fclose(fb);
-  CHECK(size_a > 0 && size_a == size_b && differ > 0, "gptq vs refit merge: sizes %ld/%ld, %ld bytes differ", size_a, size_b, differ);
+  CHECK(size_b > 0 && size_a >= size_b && size_a - size_b < 8192 && differ > 0, "gptq vs refit merge: sizes %ld/%ld, %ld bytes differ", size_a, size_b, differ);
   CHECK(edgelora_runtime_open(gptq, &o, &mrt) == EDGELORA_STATUS_OK, "open the gptq-merged model");
   m = run(mrt, NULL, 0, NULL, NULL, NULL);
   printf("gptq-merged a: %s\n", m);
