@@ -38,7 +38,7 @@ use crate::error::{EngineError, Error, GgufError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::grad::dense;
-use crate::model::ops::{attention::attention_forward, embedding::embedding_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use crate::model::ops::{attention::attention_forward, embedding::embedding_forward, linear::lora_linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use crate::model::weights::{Layer, Weight, Weights};
 use crate::quant::gptq::{self, Factor, InputStats};
 
@@ -69,13 +69,7 @@ struct Proj<'w, 'a> {
 
 /// x [rows, n_in] · Wᵀ (+ bias) for W [n_out, n_in] row-major.
 fn product(x: &[f32], w: &[f32], n_in: usize, n_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let rows = x.len() / n_in;
-    let mut y = vec![0f32; rows * n_out];
-    matmul(&mut y, x, Layout::N, w, Layout::T, rows, n_out, n_in, false);
-    if let Some(b) = bias {
-        y.par_chunks_mut(n_out).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-    }
-    y
+    lora_linear_forward(x, w, n_in, n_out, bias, None).0
 }
 
 fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
