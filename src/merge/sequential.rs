@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 
 use nalgebra::DMatrix;
-use rayon::prelude::*;
 
 use super::MergeInput;
 use crate::compute::cpu::Cpu;
@@ -38,7 +37,7 @@ use crate::error::{EngineError, Error, GgufError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::grad::dense;
-use crate::model::ops::{attention::attention_forward, embedding::embedding_forward, linear::lora_linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use crate::model::ops::{attention::{packed_attention_forward, packed_ranges}, embedding::embedding_forward, linear::lora_linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use crate::model::weights::{Layer, Weight, Weights};
 use crate::quant::gptq::{self, Factor, InputStats};
 
@@ -100,8 +99,7 @@ impl Rows<'_> {
         let v = product(h, qkv[2], c.n_embd, kw, layer.bv.as_deref());
         rope_forward(&mut q, &c.rope(c.n_head), &self.positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), &self.positions);
-        let per_seq: Vec<Vec<f32>> = self.ranges.par_iter().map(|&(s, e)| attention_forward(&q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], 0, c.heads(), None)).collect();
-        per_seq.concat()
+        packed_attention_forward(&q, &k, &v, &self.ranges, c.heads(), false).0
     }
 }
 
@@ -120,12 +118,7 @@ pub fn recode_layers(base: &GgufFile, inputs: &[MergeInput], sequences: &[Vec<i3
     if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= c.n_vocab) {
         return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
     }
-    let mut ranges = Vec::with_capacity(seqs.len());
-    let mut at = 0;
-    for s in &seqs {
-        ranges.push((at, at + s.len()));
-        at += s.len();
-    }
+    let ranges = packed_ranges(seqs.iter().map(|s| s.len()));
     let positions = seqs.iter().flat_map(|s| 0..s.len()).collect();
     let rows = Rows { tokens, ranges, positions, config: &c };
     let n_rows = rows.tokens.len();

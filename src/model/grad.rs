@@ -10,10 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use rayon::prelude::*;
 
 use super::config::ModelConfig;
-use super::ops::attention::{attention_backward, attention_forward};
+use super::ops::attention::{packed_attention_backward, packed_attention_forward, packed_ranges};
 use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 use super::ops::embedding::embedding_forward;
 use super::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
@@ -210,21 +209,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let v = lin(V, &h1, bv.as_deref()); // [n, n_kv·hd]
         rope_forward(&mut q, &c.rope(c.n_head), positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), positions);
-        let (qw, kw) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let per_seq: Vec<(Vec<T>, Vec<T>)> = seq_ranges(batch)
-            .into_par_iter()
-            .map(|(s, e)| {
-                let mut probs = Vec::new();
-                let o = attention_forward(&q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], 0, c.heads(), Some(&mut probs));
-                (o, probs)
-            })
-            .collect();
-        let mut att = Vec::with_capacity(q.len());
-        let mut probs = Vec::with_capacity(per_seq.len());
-        for (o, p) in per_seq {
-            att.extend_from_slice(&o);
-            probs.push(p);
-        }
+        let (att, probs) = packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads(), true);
         let o = lin(O, &att, None);
         let x_mid: Vec<T> = x.iter().zip(&o).map(|(a, b)| *a + *b).collect();
         let h2 = rmsnorm_forward(&x_mid, ffn_norm, c.rms_eps);
@@ -267,18 +252,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         rmsnorm_backward(&mut dx_mid, &dh2, &a.x_mid, ffn_norm, c.rms_eps);
         let mut datt = vec![T::zero(); a.att.len()];
         lin_back(O, Some(&mut datt), &dx_mid, &a.att);
-        let (qw, kw) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let per_seq: Vec<(Vec<T>, Vec<T>, Vec<T>)> = seq_ranges(batch)
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, (s, e))| attention_backward(&datt[s * qw..e * qw], &a.q[s * qw..e * qw], &a.k[s * kw..e * kw], &a.v[s * kw..e * kw], &a.probs[i], c.heads()))
-            .collect();
-        let (mut dq, mut dk, mut dv) = (Vec::with_capacity(a.q.len()), Vec::with_capacity(a.k.len()), Vec::with_capacity(a.v.len()));
-        for (q, k, v) in per_seq {
-            dq.extend_from_slice(&q);
-            dk.extend_from_slice(&k);
-            dv.extend_from_slice(&v);
-        }
+        let (mut dq, mut dk, dv) = packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads());
         rope_backward(&mut dq, &c.rope(c.n_head), positions);
         rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
         let h1 = rmsnorm_forward(&a.x, attn_norm, c.rms_eps);
@@ -370,13 +344,5 @@ impl<'a, T: Real> TrainModel<'a, T> {
 
 /// [start, end) token ranges of the batch's sequences.
 fn seq_ranges(batch: &Batch) -> Vec<(usize, usize)> {
-    let mut s = 0;
-    batch
-        .seq_lens
-        .iter()
-        .map(|&n| {
-            s += n;
-            (s - n, s)
-        })
-        .collect()
+    packed_ranges(batch.seq_lens.iter().copied())
 }

@@ -1,6 +1,8 @@
 //! Causal self-attention with grouped-query heads: o = softmax(q·kᵀ/√hd) · v, head h
 //! reading kv head h / (n_head / n_head_kv).
 
+use rayon::prelude::*;
+
 use crate::compute::dense::Real;
 
 /// Head counts of the attention.
@@ -96,6 +98,60 @@ pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs:
                 dk[off..off + hd].iter_mut().zip(q_h).for_each(|(a, b)| *a += g * *b);
             }
         }
+    }
+    (dq, dk, dv)
+}
+
+/// [start, end) rows of sequences of `lens` rows packed end to end.
+pub fn packed_ranges(lens: impl IntoIterator<Item = usize>) -> Vec<(usize, usize)> {
+    let mut at = 0;
+    lens.into_iter()
+        .map(|n| {
+            at += n;
+            (at - n, at)
+        })
+        .collect()
+}
+
+/// Attention of sequences packed end to end, each over itself (positions from 0, no
+/// cache): q [rows, n_head·hd], k, v [rows, n_head_kv·hd], `ranges` each sequence's rows
+/// ([`packed_ranges`]). Returns o [rows, n_head·hd] and, with `keep_probs`, each
+/// sequence's attention weights (for [`packed_attention_backward`]); sequences in parallel.
+pub fn packed_attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], ranges: &[(usize, usize)], hs: Heads, keep_probs: bool) -> (Vec<T>, Vec<Vec<T>>) {
+    let (qw, kw) = (hs.n_head * hs.head_dim, hs.n_head_kv * hs.head_dim);
+    let per_seq: Vec<(Vec<T>, Vec<T>)> = ranges
+        .par_iter()
+        .map(|&(s, e)| {
+            let mut probs = Vec::new();
+            let o = attention_forward(&q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], 0, hs, keep_probs.then_some(&mut probs));
+            (o, probs)
+        })
+        .collect();
+    let mut o = Vec::with_capacity(q.len());
+    let mut probs = Vec::with_capacity(if keep_probs { ranges.len() } else { 0 });
+    for (seq_o, p) in per_seq {
+        o.extend_from_slice(&seq_o);
+        if keep_probs {
+            probs.push(p);
+        }
+    }
+    (o, probs)
+}
+
+/// Backward of [`packed_attention_forward`]: given do [rows, n_head·hd] and the forward's
+/// q, k, v and per-sequence probs, returns (dq, dk, dv) packed as q, k, v.
+pub fn packed_attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[Vec<T>], ranges: &[(usize, usize)], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (qw, kw) = (hs.n_head * hs.head_dim, hs.n_head_kv * hs.head_dim);
+    let per_seq: Vec<(Vec<T>, Vec<T>, Vec<T>)> = ranges
+        .par_iter()
+        .zip(probs)
+        .map(|(&(s, e), p)| attention_backward(&dout[s * qw..e * qw], &q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], p, hs))
+        .collect();
+    let (mut dq, mut dk, mut dv) = (Vec::with_capacity(q.len()), Vec::with_capacity(k.len()), Vec::with_capacity(v.len()));
+    for (q, k, v) in per_seq {
+        dq.extend_from_slice(&q);
+        dk.extend_from_slice(&k);
+        dv.extend_from_slice(&v);
     }
     (dq, dk, dv)
 }
