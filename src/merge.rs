@@ -27,6 +27,7 @@ use crate::quant::{self, blocks::{BlockQ4_0, BlockQ4_1, QK}, gptq, requant};
 
 pub mod calibration;
 pub mod sequential;
+mod spill;
 pub use calibration::Calibration;
 
 /// How quantized tensors are written back.
@@ -259,21 +260,29 @@ pub fn merge(
     // attn_output and ffn_down are re-coded even where no adapter targets them: their
     // drift target takes up the errors of the merged projections before them (seed_r16_qv,
     // q/v only, every-position KL on held-out text 0.0084 → 0.0044).
-    let mut recoded_bytes: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut recoded_bytes = spill::Spilled::default();
     if opts.quantizer == Quantizer::Gptq {
         let keeps = |t: &TensorInfo, ty: GgmlType| ty == t.ggml_type && gptq::supports(ty);
         let mut recoded: std::collections::HashSet<&str> = base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && keeps(t, *ty)).map(|(t, _)| t.name.as_str()).collect();
         if !recoded.is_empty() {
             let residual_writer = |name: &str| name.ends_with(".attn_output.weight") || name.ends_with(".ffn_down.weight");
             recoded.extend(base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| !*m && keeps(t, *ty) && residual_writer(&t.name)).map(|(t, _)| t.name.as_str()));
+            // The re-coded blocks wait in a temporary file beside the output (made first:
+            // an unwritable directory fails before the calibration's minutes).
+            let dir = match out.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let mut spill = spill::Spill::new(dir)?;
             progress(0, total, "gptq: sampling calibration tokens");
             let sequences = calibration::sequences(base, inputs, &opts.calibration)?;
             let wanted = |name: &str| recoded.contains(name);
             let recoder = sequential::Recoder { wanted: &wanted, damp: GPTQ_DAMP, rounds: GPTQ_GRID_ROUNDS, min_rows_per_input: GPTQ_MIN_ROWS_PER_INPUT, drift_ridge: Some(sequential::DRIFT_RIDGE) };
-            recoded_bytes = sequential::recode_layers(base, inputs, &sequences, &recoder, &mut |l, n| progress(0, total, &format!("gptq: layer {l}/{n}")))?;
+            sequential::recode_layers(base, inputs, &sequences, &recoder, &mut |name, bytes| spill.push(name, &bytes), &mut |l, n| progress(0, total, &format!("gptq: layer {l}/{n}")))?;
+            recoded_bytes = spill.finish()?;
         }
         for (t, (_, m)) in base.tensors().iter().zip(&plan) {
-            match (*m, recoded_bytes.contains_key(&t.name)) {
+            match (*m, recoded_bytes.contains(&t.name)) {
                 (true, false) => stats.gptq_refit.push(t.name.clone()),
                 (false, true) => stats.gptq_compensated.push(t.name.clone()),
                 _ => {}
@@ -291,7 +300,7 @@ pub fn merge(
     let encode = |t: &TensorInfo, ty: GgmlType, merge: bool| -> Result<Cow<'_, [u8]>, Error> {
         let data = base.tensor_data(t);
         if let Some(bytes) = recoded_bytes.get(&t.name) {
-            return Ok(Cow::Borrowed(bytes.as_slice()));
+            return Ok(Cow::Borrowed(bytes));
         }
         if !merge && ty == t.ggml_type {
             return Ok(Cow::Borrowed(data));
@@ -356,7 +365,7 @@ pub fn merge(
                 match (m, *ty == t.ggml_type) {
                     (true, _) => stats.merged += 1,
                     // listed in gptq_compensated
-                    (false, true) if recoded_bytes.contains_key(&t.name) => {}
+                    (false, true) if recoded_bytes.contains(&t.name) => {}
                     (false, true) => stats.copied += 1,
                     (false, false) => stats.converted += 1,
                 }

@@ -25,8 +25,6 @@
 //! [rows, n_embd] f32) and one layer's activations and XᵀX, where the earlier pass held an
 //! n_in² factor for every merged input of the model at once.
 
-use std::collections::HashMap;
-
 use nalgebra::DMatrix;
 
 use super::MergeInput;
@@ -104,10 +102,17 @@ impl Rows<'_> {
 }
 
 /// Runs `sequences` through the model layer by layer and re-codes every projection
-/// `recoder.wanted` names; returns their new blocks by tensor name (projections it does
-/// not name, or with too few rows, are absent). `progress(layers done, layers)` after each
-/// layer.
-pub fn recode_layers(base: &GgufFile, inputs: &[MergeInput], sequences: &[Vec<i32>], recoder: &Recoder, progress: &mut dyn FnMut(usize, usize)) -> Result<HashMap<String, Vec<u8>>, Error> {
+/// `recoder.wanted` names; hands each one's new blocks to `store(name, bytes)` as soon as
+/// its layer has it (projections it does not name, or with too few rows, are not
+/// stored). `progress(layers done, layers)` after each layer.
+pub fn recode_layers(
+    base: &GgufFile,
+    inputs: &[MergeInput],
+    sequences: &[Vec<i32>],
+    recoder: &Recoder,
+    store: &mut dyn FnMut(&str, Vec<u8>) -> Result<(), Error>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), Error> {
     let c = ModelConfig::from_gguf(base)?;
     let weights = Weights::from_gguf(base, &c)?;
     let seqs: Vec<&Vec<i32>> = sequences.iter().filter(|s| !s.is_empty()).collect();
@@ -127,7 +132,6 @@ pub fn recode_layers(base: &GgufFile, inputs: &[MergeInput], sequences: &[Vec<i3
     // x* (reference) and x̃ (merged so far), [rows, n_embd]
     let emb = embedding_forward(&rows.tokens, &weights.token_embd).map_err(|e| bad(weights.token_embd.name, e.to_string()))?;
     let (mut xs, mut xm) = (emb.clone(), emb);
-    let mut out = HashMap::new();
     // Re-codes the projections `ps` reading one input, `x_m` in the merged model (`x_s`
     // in the reference; with `drift`, the drift target): one XᵀX and factor for all of
     // them. Returns the f32 values the merged stream goes on with (the reference's for a
@@ -160,7 +164,7 @@ pub fn recode_layers(base: &GgufFile, inputs: &[MergeInput], sequences: &[Vec<i3
             let bytes = gptq::recode(w.t, w.bytes, &goal, w.n_in, &f, recoder.rounds).map_err(|e| bad(w.name, e.to_string()))?;
             let mut v = vec![0f32; w.n_in * w.n_out];
             Cpu.dequantize(w.t, &bytes, &mut v).map_err(|e| bad(w.name, e.to_string()))?;
-            out.insert(w.name.to_string(), bytes);
+            store(w.name, bytes)?;
             values.push(v);
         }
         Ok(values)
@@ -198,7 +202,7 @@ pub fn recode_layers(base: &GgufFile, inputs: &[MergeInput], sequences: &[Vec<i3
         xm = add(&mid_m, &product(&act_m, &d_m, d.w.n_in, d.w.n_out, None));
         progress(l + 1, c.n_layer);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The drift target V [n_out, n_in] of the module doc: (X̃ᵀX̃ + λI)·Vᵀ = X̃ᵀ·Y + λ·Tᵀ with

@@ -121,6 +121,11 @@ fn gptq_merge_keeps_the_types_and_tracks_the_adapter_closer_than_refit() {
             let t0 = std::time::Instant::now();
             let stats = merge(base, &input, &out, &MergeOptions { quantizer: q, ..Default::default() }, &mut |_, _, _| {}).unwrap();
             eprintln!("{name} {q:?}: merged in {:.1} s", t0.elapsed().as_secs_f64());
+            // Nothing besides the outputs (GPTQ's temporary file is anonymous, the writer's renamed).
+            for e in std::fs::read_dir(dir.path()).unwrap() {
+                let n = e.unwrap().file_name().into_string().unwrap();
+                assert!(n.ends_with(".gguf") && !n.starts_with('.'), "{n} left in the output directory");
+            }
             assert!(stats.gptq_refit.is_empty(), "{:?}", stats.gptq_refit);
             let g = GgufFile::open(&out).unwrap();
             assert_eq!(g.tensor_bytes_total(), base.tensor_bytes_total());
@@ -198,15 +203,21 @@ fn gptq_drift_target_tracks_the_adapter_closer_than_plain_targets() {
     assert!(sequences.iter().all(|s| s.len() == 64));
     let every = |_: &str| true;
     let all = sequential::Recoder { wanted: &every, damp: 0.01, rounds: 3, min_rows_per_input: 2, drift_ridge: None };
-    let err = sequential::recode_layers(base, &input, &[vec![1, 49152]], &all, &mut |_, _| {}).unwrap_err().to_string();
+    let mut ignore = |_: &str, _: Vec<u8>| Ok(());
+    let err = sequential::recode_layers(base, &input, &[vec![1, 49152]], &all, &mut ignore, &mut |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("49152"), "{err}");
-    assert!(sequential::recode_layers(base, &input, &[vec![]], &all, &mut |_, _| {}).is_err());
+    assert!(sequential::recode_layers(base, &input, &[vec![]], &all, &mut ignore, &mut |_, _| {}).is_err());
     let mut kls = Vec::new();
     for ridge in [Some(sequential::DRIFT_RIDGE), None] {
         let wanted = |name: &str| r.tensors.contains_key(name);
         let recoder = sequential::Recoder { wanted: &wanted, damp: 0.01, rounds: 3, min_rows_per_input: 2, drift_ridge: ridge };
         let mut layers = Vec::new();
-        let bytes = sequential::recode_layers(base, &input, &sequences, &recoder, &mut |l, n| layers.push((l, n))).unwrap();
+        let mut bytes = std::collections::HashMap::new();
+        let mut store = |name: &str, b: Vec<u8>| {
+            assert!(bytes.insert(name.to_string(), b).is_none(), "{name} stored twice");
+            Ok(())
+        };
+        sequential::recode_layers(base, &input, &sequences, &recoder, &mut store, &mut |l, n| layers.push((l, n))).unwrap();
         assert_eq!(layers, (1..=30).map(|l| (l, 30)).collect::<Vec<_>>());
         assert_eq!(bytes.len(), r.tensors.len());
         let out = dir.path().join(format!("{ridge:?}.gguf"));
@@ -279,6 +290,12 @@ fn merge_rejects_bad_requests() {
     let e = merge(model_gguf(), &[MergeInput { adapter: &s, weight: f32::NAN, label: "s".into() }], &out, &MergeOptions::default(), &mut |_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("not a finite"), "{e}");
     assert!(!out.exists());
+    // GPTQ keeps its re-coded tensors in a temporary file beside the output until the
+    // writer reaches them: a missing directory is an error naming it, before calibration.
+    let missing = dir.path().join("missing");
+    let opts = MergeOptions { quantizer: Quantizer::Gptq, ..Default::default() };
+    let e = merge(model_gguf(), &[MergeInput { adapter: &s, weight: 1.0, label: "s".into() }], &missing.join("x.gguf"), &opts, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains(&*missing.to_string_lossy()) && e.to_string().contains("temporary file"), "{e}");
 }
 
 #[test]

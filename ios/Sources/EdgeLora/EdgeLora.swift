@@ -25,7 +25,10 @@ public enum EdgeLora {
         /// llama.cpp's reference quantizer.
         case ggml = 1
         /// GPTQ codes and refit grids on tokens sampled from the adapted model: the closest
-        /// to the adapter on the fly, but it runs the model (about a minute for 135M).
+        /// to the adapter on the fly, but it runs the model (about two minutes for 135M on
+        /// two cores). Also re-codes the attn_output/ffn_down tensors no adapter targets
+        /// (same type and size) to take up the merged layers' errors; needs temporary disk
+        /// beside the output up to the merged tensors' size.
         case gptq = 2
     }
 

@@ -30,7 +30,10 @@ public final class EdgeLora {
      * "refit" (per-block smallest error, fast), "ggml" (llama.cpp's reference) or "gptq"
      * (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on tokens sampled
      * from the adapted model: the closest to the adapter on the fly, but it runs the
-     * model — about a minute for a 135M model on two cores).
+     * model — about two minutes for a 135M model on two cores; it also re-codes the
+     * attn_output/ffn_down tensors no adapter targets, same type and size, to take up the
+     * merged layers' errors, and needs temporary disk beside {@code out} up to the merged
+     * tensors' size).
      */
     public static void merge(String model, String[] adapters, float[] weights, String out, String quantizer) {
         nativeMerge(model, adapters, weights, out, quantizer);
