@@ -65,7 +65,7 @@ pub fn sequences(base: &GgufFile, inputs: &[MergeInput], calibration: &Calibrati
                 // never be an input).
                 for _ in 1..len {
                     let last: Vec<i32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
-                    let logits = model.forward_lockstep(&mut sessions, &last, &adapters, None)?;
+                    let logits = model.forward_lockstep(&mut sessions, &last, &adapters)?;
                     for ((s, sampler), l) in seqs.iter_mut().zip(&mut samplers).zip(&logits) {
                         s.push(sampler.sample(l));
                     }

@@ -43,9 +43,6 @@ enum Exec {
     Device(Box<GpuForward>),
 }
 
-/// Receives (weight name, input rows [n, n_in]) from [`NativeModel::forward_lockstep`].
-pub type InputSink<'s> = dyn FnMut(&str, &[f32]) + 's;
-
 /// Per-sequence state: the KV cache, f32, per layer [n_past, n_head_kv·head_dim] — on the
 /// host, or on the device for a model [`on_gpu`](NativeModel::on_gpu).
 #[derive(Default)]
@@ -127,7 +124,7 @@ impl NativeModel {
             // On a pool worker: the kernels' parallel loops then start without a
             // cross-thread hand-off per call (hundreds per token), and run inline on a
             // 1-thread pool.
-            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut [session], tokens, adapters, all_logits, None)),
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut [session], tokens, adapters, all_logits)),
             Exec::Device(f) => {
                 let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
                 session.n_past += tokens.len();
@@ -137,11 +134,10 @@ impl NativeModel {
     }
 
     /// Steps `sessions.len()` sequences at once: one token each (`tokens[i]` continues
-    /// `sessions[i]`), on the host, with `adapters` on the fly; every linear layer's input
-    /// rows [n_seq, n_in] go to `sink` when given. Returns each sequence's logits. The
+    /// `sessions[i]`), on the host, with `adapters` on the fly. Returns each sequence's logits. The
     /// products take all sequences' rows together (a matrix product per weight instead of
     /// one vector product per sequence): how merge samples its GPTQ calibration tokens.
-    pub fn forward_lockstep(&self, sessions: &mut [Session], tokens: &[i32], adapters: &[(&LoraAdapter, f32)], sink: Option<&mut InputSink>) -> Result<Vec<Vec<f32>>, Error> {
+    pub fn forward_lockstep(&self, sessions: &mut [Session], tokens: &[i32], adapters: &[(&LoraAdapter, f32)]) -> Result<Vec<Vec<f32>>, Error> {
         if tokens.len() != sessions.len() {
             return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each)", tokens.len(), sessions.len())).into());
         }
@@ -149,9 +145,8 @@ impl NativeModel {
         let Exec::Host(backend) = &self.exec else {
             return Err(EngineError::Backend("the lockstep forward needs a host backend".into()).into());
         };
-        let sink = sink.map(std::cell::RefCell::new);
         let mut refs: Vec<&mut Session> = sessions.iter_mut().collect();
-        self.forward_on_host(backend.as_ref(), &mut refs, tokens, adapters, false, sink.as_ref())
+        self.forward_on_host(backend.as_ref(), &mut refs, tokens, adapters, false)
     }
 
     /// The host forward of `tokens` split evenly over `sessions` (each continues its own
@@ -164,7 +159,6 @@ impl NativeModel {
         tokens: &[i32],
         adapters: &[(&LoraAdapter, f32)],
         all_logits: bool,
-        sink: Option<&std::cell::RefCell<&mut InputSink>>,
     ) -> Result<Vec<Vec<f32>>, Error> {
         let c = &self.config;
         let per = tokens.len() / sessions.len();
@@ -176,9 +170,6 @@ impl NativeModel {
         let positions: Vec<usize> = sessions.iter().flat_map(|s| s.n_past..s.n_past + per).collect();
         let loras = |w: &Weight| -> Vec<(&LoraTensor, f32)> { adapters.iter().filter_map(|(a, s)| a.tensors.get(w.name).map(|t| (t, *s))).collect() };
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
-            if let Some(s) = sink {
-                (s.borrow_mut())(w.name, x);
-            }
             linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err)
         };
         let (q_w, kv_w) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
