@@ -114,7 +114,7 @@ pub fn short_module(hf: &str) -> &str {
 /// permutes q/k weights: within each of `n_head` heads, rows `[half 0 | half 1]` become
 /// interleaved pairs. `inverse` undoes it. `Err` when `n_out` is not heads × even size.
 pub fn permute_qk_rows(m: &[f32], n_out: usize, cols: usize, n_head: usize, inverse: bool) -> Result<Vec<f32>, String> {
-    if n_head == 0 || n_out % n_head != 0 || (n_out / n_head) % 2 != 0 || m.len() != n_out * cols {
+    if n_head == 0 || !n_out.is_multiple_of(n_head) || !(n_out / n_head).is_multiple_of(2) || m.len() != n_out * cols {
         return Err(format!("{n_out} rows cannot be split into {n_head} heads of an even size"));
     }
     let head_dim = n_out / n_head;

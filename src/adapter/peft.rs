@@ -292,7 +292,7 @@ pub fn read_peft(dir: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
                 return Err(bad(format!("layer {l} is not in layers_to_transform {layers:?}")));
             }
         }
-        let gguf = names.hf_to_gguf(&module).map_err(|e| bad(e))?;
+        let gguf = names.hf_to_gguf(&module).map_err(&bad)?;
         let mut bv = b.2;
         if let Some(h) = names.qk_heads(&gguf, n_head, n_head_kv) {
             bv = permute_qk_rows(&bv, n_out, rank, h, false).map_err(|e| bad(format!("q/k permutation: {e}")))?;

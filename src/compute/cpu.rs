@@ -47,7 +47,7 @@ pub fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: OnceLock<bool> = OnceLock::new();
-        if r % 8 == 0 && (8..=64).contains(&r) && *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+        if r.is_multiple_of(8) && (8..=64).contains(&r) && *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
             // SAFETY: AVX2 and FMA detected above.
             return unsafe { x86::gemv_short(m, v, y) };
         }

@@ -101,6 +101,9 @@ impl Rows<'_> {
     }
 }
 
+/// Receives (tensor name, re-coded blocks) from [`recode_layers`].
+pub type TensorSink<'s> = dyn FnMut(&str, Vec<u8>) -> Result<(), Error> + 's;
+
 /// Runs `sequences` through the model layer by layer and re-codes every projection
 /// `recoder.wanted` names; hands each one's new blocks to `store(name, bytes)` as soon as
 /// its layer has it (projections it does not name, or with too few rows, are not
@@ -110,7 +113,7 @@ pub fn recode_layers(
     inputs: &[MergeInput],
     sequences: &[Vec<i32>],
     recoder: &Recoder,
-    store: &mut dyn FnMut(&str, Vec<u8>) -> Result<(), Error>,
+    store: &mut TensorSink,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(), Error> {
     let c = ModelConfig::from_gguf(base)?;

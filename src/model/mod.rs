@@ -63,7 +63,7 @@ impl Session {
         if n >= self.n_past {
             return;
         }
-        let per_pos = |c: &Vec<f32>| if self.n_past == 0 { 0 } else { c.len() / self.n_past };
+        let per_pos = |c: &Vec<f32>| c.len().checked_div(self.n_past).unwrap_or(0);
         for c in self.k.iter_mut().chain(self.v.iter_mut()) {
             let w = per_pos(c);
             c.truncate(n * w);

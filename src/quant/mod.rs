@@ -40,7 +40,7 @@ pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u
         return Err(QuantError::Unsupported(t));
     }
     let size_err = || QuantError::Size { ggml_type: t, bytes: 0, n: src.len(), expected: 0 };
-    if n_per_row == 0 || src.len() % n_per_row != 0 {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
         return Err(size_err());
     }
     let row_bytes = t.bytes_for(n_per_row as u64).ok_or_else(size_err)? as usize;

@@ -54,9 +54,7 @@ pub fn dequantize_q5_1(blocks: &[BlockQ5_1], out: &mut [f32]) {
 pub fn dequantize_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
         let d = b.d.to_f32();
-        for j in 0..QK {
-            y[j] = f32::from(b.qs[j]) * d;
-        }
+        y.iter_mut().zip(&b.qs).for_each(|(y, &q)| *y = f32::from(q) * d);
     }
 }
 

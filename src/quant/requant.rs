@@ -81,10 +81,7 @@ pub fn quantize_block_q4_1(x: &[f32], hint: Option<(f16, f16)>) -> BlockQ4_1 {
             consider(d, m, &mut best);
         }
     }
-    let mut qs = [0u8; QK / 2];
-    for j in 0..QK / 2 {
-        qs[j] = best.3[j] | (best.3[j + QK / 2] << 4);
-    }
+    let qs = std::array::from_fn(|j| best.3[j] | (best.3[j + QK / 2] << 4));
     BlockQ4_1 { d: best.1, m: best.2, qs }
 }
 
@@ -138,10 +135,7 @@ pub fn quantize_block_q4_0(x: &[f32], hint: Option<f16>) -> BlockQ4_0 {
             best = (e, dh, q);
         }
     }
-    let mut qs = [0u8; QK / 2];
-    for j in 0..QK / 2 {
-        qs[j] = best.2[j] | (best.2[j + QK / 2] << 4);
-    }
+    let qs = std::array::from_fn(|j| best.2[j] | (best.2[j + QK / 2] << 4));
     BlockQ4_0 { d: best.1, qs }
 }
 

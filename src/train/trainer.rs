@@ -336,7 +336,7 @@ impl<'a> Trainer<'a> {
             let m = self.train_step()?;
             on_step(&m);
             if let Some(d) = ckpt_dir {
-                if (save_every > 0 && self.step % save_every == 0) || self.step == self.config.steps {
+                if (save_every > 0 && self.step.is_multiple_of(save_every)) || self.step == self.config.steps {
                     self.save_checkpoint(d)?;
                 }
             }

@@ -64,7 +64,7 @@ impl Img {
         for t in &self.tensors {
             b.extend_from_slice(t);
         }
-        while b.len() as u64 % self.alignment != 0 {
+        while !(b.len() as u64).is_multiple_of(self.alignment) {
             b.push(0);
         }
         b.extend_from_slice(&self.data);

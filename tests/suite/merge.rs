@@ -315,9 +315,9 @@ fn gpu_merge_equals_cpu_merge() {
         let (_, v) = f.tensor_bytes("blk.17.attn_v.weight").unwrap();
         values.push([q.to_vec(), v.to_vec()]);
     }
-    for k in 0..2 {
-        let a: &[f32] = bytemuck::cast_slice(&values[0][k]);
-        let b: &[f32] = bytemuck::cast_slice(&values[1][k]);
+    for (k, (cpu, gpu)) in values[0].iter().zip(&values[1]).enumerate() {
+        let a: &[f32] = bytemuck::cast_slice(cpu);
+        let b: &[f32] = bytemuck::cast_slice(gpu);
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         // The GPU reads A/B as f16 (these fixtures are f32): relative error ~1e-3 of the delta.

@@ -147,7 +147,7 @@ impl Gpu {
         // Validation errors are collected by error scopes around each call; anything that
         // escapes them is logged instead of wgpu's default panic.
         device.on_uncaptured_error(Arc::new(|e| eprintln!("edgelora: uncaptured wgpu error: {e}")));
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size).min(limit).max(1 << 10);
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(limit).max(1 << 10);
         // Compile every shader now, inside an error scope: a shader the driver rejects is
         // an error here, not a panic later.
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -174,7 +174,7 @@ impl Gpu {
     fn storage(&self, label: &str, bytes: &[u8], writable: bool) -> wgpu::Buffer {
         // Bindings of array<u32> need a whole number of words.
         let mut padded;
-        let contents = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
             bytes
         } else {
             padded = bytes.to_vec();
