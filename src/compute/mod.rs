@@ -5,6 +5,7 @@
 //! Kernels: `dequantize` (block bytes → f32), `lora_delta` (acc += s·B·A) and `matmul`
 //! (y = x·Wᵀ with W in its block format) — the last one for the native engine.
 
+pub mod cholesky;
 pub mod cpu;
 pub mod dense;
 pub mod gpu;

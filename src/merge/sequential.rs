@@ -25,9 +25,9 @@
 //! [rows, n_embd] f32) and one layer's activations and XᵀX, where the earlier pass held an
 //! n_in² factor for every merged input of the model at once.
 
-use nalgebra::DMatrix;
 
 use super::MergeInput;
+use crate::compute::cholesky;
 use crate::compute::cpu::Cpu;
 use crate::compute::dense::{matmul, Layout};
 use crate::compute::Backend;
@@ -221,12 +221,15 @@ fn drift_target(p: &Proj, x_m: &[f32], x_s: &[f32], drift: &[f32], gram: &[f32],
     let mut rhs = vec![0f32; n * n_out];
     matmul(&mut rhs, x_m, Layout::T, &y, Layout::N, n, n_out, rows, false);
     let lambda = ridge * (0..n).map(|j| f64::from(gram[j * n + j])).sum::<f64>() / n as f64;
-    let a = DMatrix::<f64>::from_fn(n, n, |i, j| f64::from(gram[i * n + j]) + if i == j { lambda.max(1e-12) } else { 0.0 });
-    let b = DMatrix::<f64>::from_fn(n, n_out, |i, o| f64::from(rhs[i * n_out + o]) + lambda * f64::from(p.target[o * n + i]));
-    let v = a.cholesky().ok_or("X̃ᵀX̃ + λI of the drift target is not positive definite")?.solve(&b); // [n, n_out]
+    // (X̃ᵀX̃ + λI) · Vᵀ = rhs + λ·Tᵀ, Vᵀ [n, n_out]
+    let mut a: Vec<f64> = gram.iter().map(|&v| f64::from(v)).collect();
+    (0..n).for_each(|i| a[i * n + i] += lambda.max(1e-12));
+    let mut b: Vec<f64> = (0..n * n_out).map(|k| f64::from(rhs[k]) + lambda * f64::from(p.target[(k % n_out) * n + k / n_out])).collect();
+    cholesky::cholesky(&mut a, n).map_err(|_| "X̃ᵀX̃ + λI of the drift target is not positive definite")?;
+    cholesky::solve(&a, n, &mut b, n_out);
     let mut out = vec![0f32; n_out * n];
     for (o, row) in out.chunks_mut(n).enumerate() {
-        row.iter_mut().enumerate().for_each(|(i, x)| *x = v[(i, o)] as f32);
+        row.iter_mut().enumerate().for_each(|(i, x)| *x = b[i * n_out + o] as f32);
     }
     if out.iter().any(|x| !x.is_finite()) {
         return Err("the drift target is not finite".into());

@@ -24,6 +24,7 @@ use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::compute::cholesky;
 use crate::compute::dense::{matmul, Layout};
 use crate::gguf::GgmlType;
 
@@ -131,21 +132,12 @@ impl Factor {
             }
             hd[j * n + j] += (damp * mean.max(1e-12)) as f32;
         }
-        let h = DMatrix::<f64>::from_fn(n, n, |i, j| f64::from(hd[at(i) * n + at(j)]));
-        let l = h.cholesky().ok_or_else(|| GptqError::Inputs("XᵀX + λI is not positive definite".into()))?.unpack();
-        // m = L⁻¹ (lower), row by row: m[i] = (e_i − Σ_{k<i} L[i,k]·m[k]) / L[i,i]
+        let mut l: Vec<f64> = (0..n * n).map(|k| f64::from(hd[at(k / n) * n + at(k % n)])).collect();
+        cholesky::cholesky(&mut l, n).map_err(|_| GptqError::Inputs("XᵀX + λI is not positive definite".into()))?;
+        // m = L⁻¹: L·m = I
         let mut m = vec![0f64; n * n];
-        for i in 0..n {
-            let (done, rest) = m.split_at_mut(i * n);
-            let row = &mut rest[..n];
-            row[i] = 1.0;
-            for k in 0..i {
-                let c = l[(i, k)];
-                row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]).for_each(|(r, v)| *r -= c * v);
-            }
-            let inv = 1.0 / l[(i, i)];
-            row[..=i].iter_mut().for_each(|r| *r *= inv);
-        }
+        (0..n).for_each(|i| m[i * n + i] = 1.0);
+        cholesky::solve_lower(&l, n, &mut m, n);
         let mut u = vec![0f32; n * n];
         for i in 0..n {
             for j in i..n {
