@@ -89,7 +89,7 @@ pub struct ModelArgs {
     /// to the base's types) instead of applying them on the fly
     #[arg(long)]
     pub merge: bool,
-    /// Quantizer of --merge: refit, ggml or gptq (as `merge --quantizer`; gptq takes about a minute on the default model)
+    /// Quantizer of --merge: refit, ggml or gptq (as `merge --quantizer`; gptq takes about two minutes on the default model)
     #[arg(long, value_parser = merge::quantizer_names(), default_value = "refit", requires = "merge")]
     pub merge_quantizer: String,
     /// Generation backend: llama (llama.cpp) or native (edgelora's own engine)

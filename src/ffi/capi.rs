@@ -462,7 +462,10 @@ pub enum EdgeloraQuantizer {
     Ggml = 1,
     /// GPTQ codes and refit grids for the smallest output error on calibration tokens
     /// sampled from the adapted model (Q4_0/Q4_1/Q8_0; the closest to the adapter on the
-    /// fly, but it runs the model: about a minute for a 135M model on two cores).
+    /// fly, but it runs the model: about two minutes for a 135M model on two cores). Also
+    /// re-codes the attn_output/ffn_down tensors no adapter targets (same type and size) to
+    /// take up the merged layers' errors; needs temporary disk beside the output up to the
+    /// merged tensors' size.
     Gptq = 2,
 }
 

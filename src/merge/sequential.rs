@@ -23,8 +23,8 @@
 //!
 //! Memory: per layer, not per model — the calibration rows' residual streams (two
 //! [rows, n_embd] f32) and one layer's activations and XᵀX, where the earlier pass held an
-//! n_in² factor for every merged input of the model at once.
-
+//! n_in² factor for every merged input of the model at once. Each layer's re-coded blocks
+//! leave at once through the caller's sink (merge spills them to a temporary file).
 
 use super::MergeInput;
 use crate::compute::cholesky;
