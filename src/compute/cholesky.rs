@@ -6,7 +6,7 @@
 //! sides; this takes ≈ 0.1 s.
 //!
 //! Matrices are row-major; L is written over the lower triangle of A (the strict upper
-//! triangle is left as it was).
+//! triangle is left holding partial updates: the solves read only the lower one).
 
 use rayon::prelude::*;
 
