@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::config::ModelConfig;
 use super::ops::attention::{packed_attention_backward, packed_attention_forward, packed_ranges};
 use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
