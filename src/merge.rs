@@ -61,6 +61,25 @@ impl Quantizer {
             Quantizer::Gptq => "gptq",
         }
     }
+
+    /// The most faithful quantizer for merging `n_adapters` adapters into `base` written
+    /// as `out_type` (`None`: each tensor keeps its type): GPTQ when any weight matrix
+    /// comes out as Q4_0/Q4_1/Q8_0 (the types it re-codes), refit otherwise (the other
+    /// types' merges are as close as their block format allows). The default of the
+    /// offline merge in the CLI and the SDKs; `--merge` at load keeps refit, the fast one.
+    pub fn most_faithful(base: &GgufFile, out_type: Option<GgmlType>, n_adapters: usize) -> Quantizer {
+        let recodes = |t: GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        let gptq = n_adapters > 0
+            && match out_type {
+                Some(t) => recodes(t),
+                None => base.tensors().iter().any(|t| t.shape.len() == 2 && recodes(t.ggml_type)),
+            };
+        if gptq {
+            Quantizer::Gptq
+        } else {
+            Quantizer::Refit
+        }
+    }
 }
 
 /// GPTQ's damping: this fraction of the mean diagonal of XᵀX is added to its diagonal.
@@ -85,11 +104,14 @@ pub struct MergeOptions {
     pub device: Device,
     /// GPTQ's calibration (read by [`Quantizer::Gptq`] only).
     pub calibration: Calibration,
+    /// How [`merge_files`] reads the adapters (lenient PEFT targets: warnings in
+    /// [`MergeStats::warnings`]).
+    pub read: crate::adapter::ReadOptions,
 }
 
 impl Default for MergeOptions {
     fn default() -> Self {
-        MergeOptions { out_type: None, quantizer: Quantizer::Refit, device: Device::Cpu, calibration: Calibration::default() }
+        MergeOptions { out_type: None, quantizer: Quantizer::Refit, device: Device::Cpu, calibration: Calibration::default(), read: Default::default() }
     }
 }
 
@@ -117,6 +139,8 @@ pub struct MergeStats {
     pub gptq_compensated: Vec<String>,
     pub bytes: u64,
     pub secs: f64,
+    /// What a lenient read of the adapters let through.
+    pub warnings: Vec<String>,
 }
 
 /// `general.file_type` for an all-`t` model (llama.cpp's `llama_ftype`).
@@ -203,6 +227,8 @@ pub fn merge(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<MergeStats, Error> {
     let t0 = Instant::now();
+    // The output is a model llama.cpp will load: its base must pass the same checks.
+    crate::model::validate::check_model(base)?;
     let backend: Box<dyn Backend> = compute::backend(opts.device).map_err(|e| crate::error::EngineError::Backend(e.to_string()))?;
     for inp in inputs {
         validate(inp.adapter, base, Path::new(&inp.label))?;
@@ -403,10 +429,15 @@ pub fn merge_files(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<MergeStats, Error> {
     let base = GgufFile::open(model)?;
-    let loaded = adapters
-        .iter()
-        .map(|(path, w)| Ok((crate::adapter::load(path, &base)?, *w, path.display().to_string())))
-        .collect::<Result<Vec<_>, Error>>()?;
+    let mut warnings = Vec::new();
+    let mut loaded = Vec::new();
+    for (path, w) in adapters {
+        let (a, warned) = crate::adapter::load_with(path, &base, opts.read)?;
+        warnings.extend(warned);
+        loaded.push((a, *w, path.display().to_string()));
+    }
     let inputs: Vec<MergeInput> = loaded.iter().map(|(a, w, l)| MergeInput { adapter: a, weight: *w, label: l.clone() }).collect();
-    merge(&base, &inputs, out, opts, progress)
+    let mut stats = merge(&base, &inputs, out, opts, progress)?;
+    stats.warnings = warnings;
+    Ok(stats)
 }

@@ -51,14 +51,27 @@ pub fn read_gguf_lora(f: &GgufFile) -> Result<LoraAdapter, Error> {
         other => return Err(invalid(format!("adapter.type is {other:?}, expected \"lora\"")).into()),
     }
     let architecture = f.architecture()?.to_string();
+    // llama.cpp reads the alpha with gguf_get_val_f32, which aborts the process on any
+    // other type: only a single f32 passes. 0 means "no alpha" to llama.cpp (scale 1) but
+    // a zero update to PEFT, and a negative alpha silently flips the update's sign.
     let alpha = match f.get("adapter.lora.alpha") {
         None => None,
-        Some(v) => Some(
-            v.as_f64()
-                .filter(|a| a.is_finite())
-                .ok_or_else(|| invalid(format!("adapter.lora.alpha is {}, expected a finite number", v.summary())))?,
-        ),
+        Some(MetaValue::F32(a)) if a.is_finite() && *a > 0.0 => Some(f64::from(*a)),
+        Some(v) => {
+            return Err(invalid(format!(
+                "adapter.lora.alpha is {} {}, expected a finite f32 > 0 (omit the key for scale 1)",
+                v.value_type().name(),
+                v.summary()
+            ))
+            .into())
+        }
     };
+    // The keys llama.cpp reads with gguf_get_val_str (aborting on another type).
+    for key in ["general.type", "general.architecture", "adapter.type"] {
+        if let Some(v) = f.get(key).filter(|v| !matches!(v, MetaValue::String(_))) {
+            return Err(invalid(format!("{key} is {} {}, expected a string", v.value_type().name(), v.summary())).into());
+        }
+    }
     let folds = read_folds(f)?;
 
     let mut pairs: BTreeMap<&str, [Option<&crate::gguf::TensorInfo>; 2]> = BTreeMap::new();
@@ -100,10 +113,7 @@ pub fn read_gguf_lora(f: &GgufFile) -> Result<LoraAdapter, Error> {
         let mut bv = load(b)?;
         let av = load(a)?;
         // llama.cpp: scale = user_scale · alpha / rank, or user_scale when alpha is 0/absent.
-        let mut scale = match alpha {
-            Some(al) if al != 0.0 => (al / rank as f64) as f32,
-            _ => 1.0,
-        };
+        let mut scale = alpha.map_or(1.0, |al| (al / rank as f64) as f32);
         if let Some(&fold) = folds.get(stem) {
             match f.get(&format!("{FOLD_ORIGINAL_B}{stem}")) {
                 Some(MetaValue::Array(ValueType::U32, bits)) if bits.len() == bv.len() => {
@@ -159,7 +169,13 @@ fn encode(adapter: &LoraAdapter, dtype: GgufLoraDtype) -> (Vec<(String, MetaValu
     for t in adapter.tensors.values() {
         *counts.entry((t.scale * t.rank as f32).to_bits()).or_default() += 1;
     }
-    let alpha = counts.iter().max_by_key(|(_, n)| **n).map_or(1.0, |(bits, _)| f32::from_bits(*bits));
+    // Readers (ours and llama.cpp) take only a positive alpha: a tensor whose s·r is not
+    // positive (a negative scale) is written with its sign folded into B.
+    let alpha = counts
+        .iter()
+        .filter(|(bits, _)| f32::from_bits(**bits).is_finite() && f32::from_bits(**bits) > 0.0)
+        .max_by_key(|(_, n)| **n)
+        .map_or(1.0, |(bits, _)| f32::from_bits(*bits));
 
     let mut metadata = vec![
         ("general.architecture".to_string(), MetaValue::String(adapter.architecture.clone())),

@@ -22,7 +22,7 @@ pub use gguf_lora::{gguf_lora_bytes, natural_dtype, read_gguf_lora, write_gguf_l
 pub use manifest::{now_rfc3339, Manifest};
 pub use model::{FactorDtype, LoraAdapter, LoraTensor};
 pub use names::{permute_qk_rows, ArchNames};
-pub use peft::{is_peft_dir, read_peft, write_peft};
+pub use peft::{is_peft_dir, read_peft, read_peft_bytes, read_peft_with, write_peft, ReadOptions};
 pub use synthetic::{random_lora, ALL_LINEAR};
 
 use crate::error::{AdapterError, Error};
@@ -38,17 +38,23 @@ pub struct LoraSummary {
 
 /// Reads an adapter from a GGUF-LoRA file or a PEFT folder, for the model `base`, and
 /// validates it against that model.
+/// Strict: see [`ReadOptions`].
 pub fn load(path: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
+    load_with(path, base, ReadOptions::default()).map(|(a, _)| a)
+}
+
+/// [`load`] with options; also returns the warnings a lenient read let through.
+pub fn load_with(path: &Path, base: &GgufFile, options: ReadOptions) -> Result<(LoraAdapter, Vec<String>), Error> {
     if path.is_dir() {
         if !is_peft_dir(path) {
             return Err(AdapterError::Invalid { path: path.to_path_buf(), reason: format!("a folder without {} (not a PEFT adapter)", "adapter_config.json") }.into());
         }
-        return read_peft(path, base);
+        return read_peft_with(path, base, options);
     }
     let f = GgufFile::open(path)?;
     let adapter = read_gguf_lora(&f)?;
     validate(&adapter, base, path)?;
-    Ok(adapter)
+    Ok((adapter, Vec::new()))
 }
 
 /// Checks `adapter` against the base model: architecture, every target present with the

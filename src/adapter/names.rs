@@ -77,6 +77,46 @@ impl ArchNames {
         Ok(format!("blk.{layer}.{gguf}.weight"))
     }
 
+    /// The short names (`q_proj`, …, `lm_head`) PEFT's `target_modules` can use.
+    pub fn short_modules(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.modules.iter().map(|(h, _)| short_module(h)).collect();
+        v.push("lm_head");
+        v
+    }
+
+    /// Whether PEFT's `target_modules` entry `target` (a module name or a dotted suffix
+    /// of one, as PEFT matches them) names a linear module of a model of this
+    /// architecture with `n_layer` layers.
+    pub fn names_module(&self, target: &str, n_layer: usize) -> bool {
+        let dotted_suffix = |full: &str, t: &str| full == t || full.ends_with(&format!(".{t}"));
+        if dotted_suffix("lm_head", target) {
+            return true;
+        }
+        self.modules.iter().any(|(h, _)| {
+            if n_layer > 0 && dotted_suffix(h, target) {
+                return true;
+            }
+            // `<…layer prefix>.<N>.<module>`: the part before the module ends in a layer
+            // number below n_layer, after a dotted suffix of one of the layer prefixes.
+            let Some(rest) = target.strip_suffix(h).and_then(|r| r.strip_suffix('.')) else { return false };
+            let (head, layer) = rest.rsplit_once('.').map_or(("", rest), |(a, b)| (a, b));
+            let in_range = layer.parse::<usize>().is_ok_and(|l| l < n_layer) && !layer.starts_with('+');
+            in_range && (head.is_empty() || LAYER_PREFIXES.iter().any(|p| dotted_suffix(p.trim_end_matches('.'), head)))
+        })
+    }
+
+    /// Every linear module path of a model with `n_layer` layers, under each known layer
+    /// prefix, and `lm_head` (for matching a `target_modules` regex).
+    pub fn module_paths(&self, n_layer: usize) -> Vec<String> {
+        let mut v = vec!["lm_head".to_string()];
+        for p in LAYER_PREFIXES {
+            for l in 0..n_layer {
+                v.extend(self.modules.iter().map(|(h, _)| format!("{p}{l}.{h}")));
+            }
+        }
+        v
+    }
+
     /// `blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj`.
     pub fn gguf_to_hf(&self, gguf: &str) -> Option<String> {
         if gguf == "output.weight" {
@@ -154,6 +194,19 @@ mod tests {
         assert!(phi3.hf_to_gguf("model.layers.0.self_attn.q_proj").unwrap_err().contains("qkv_proj"));
         assert!(llama.hf_to_gguf("model.embed_tokens").is_err());
         assert!(ArchNames::for_arch("mamba").is_none());
+    }
+
+    #[test]
+    fn target_names_are_checked_against_the_architecture() {
+        let llama = ArchNames::for_arch("llama").unwrap();
+        for t in ["q_proj", "self_attn.q_proj", "down_proj", "lm_head", "model.layers.3.mlp.up_proj", "layers.3.mlp.up_proj", "3.mlp.up_proj"] {
+            assert!(llama.names_module(t, 4), "{t}");
+        }
+        for t in ["qkv_proj", "proj", "self_attn", "model.layers.4.mlp.up_proj", "model.layers.x.mlp.up_proj", "foo.3.mlp.up_proj", "embed_tokens"] {
+            assert!(!llama.names_module(t, 4), "{t}");
+        }
+        assert!(ArchNames::for_arch("phi3").unwrap().names_module("qkv_proj", 2));
+        assert_eq!(llama.module_paths(2).len(), 1 + 3 * 2 * 7);
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn parse_config(path: &Path, cfg: &Value) -> Result<ScaleRules, Error> {
         .ok_or_else(|| invalid(path, format!("r: expected an integer ≥ 1, found {}", cfg.get("r").unwrap_or(&Value::Null))))? as usize;
     let alpha = match field("lora_alpha") {
         None => 8.0, // PEFT's default
-        Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| invalid(path, format!("lora_alpha: expected a number, found {v}")))?,
+        Some(v) => v.as_f64().filter(|a| a.is_finite() && *a > 0.0).ok_or_else(|| invalid(path, format!("lora_alpha: expected a finite number > 0, found {v}")))?,
     };
     let rslora = field("use_rslora").map(|v| v.as_bool().ok_or_else(|| invalid(path, format!("use_rslora: expected true or false, found {v}")))).transpose()?.unwrap_or(false);
     let mut rank_pattern = Vec::new();
@@ -120,7 +120,7 @@ fn parse_config(path: &Path, cfg: &Value) -> Result<ScaleRules, Error> {
     if let Some(v) = field("alpha_pattern") {
         let o = v.as_object().ok_or_else(|| invalid(path, format!("alpha_pattern: expected an object, found {v}")))?;
         for (k, x) in o {
-            let a = x.as_f64().filter(|a| a.is_finite()).ok_or_else(|| invalid(path, format!("alpha_pattern[{k:?}]: expected a number, found {x}")))?;
+            let a = x.as_f64().filter(|a| a.is_finite() && *a > 0.0).ok_or_else(|| invalid(path, format!("alpha_pattern[{k:?}]: expected a finite number > 0, found {x}")))?;
             alpha_pattern.push((pattern(path, "alpha_pattern", k)?, a, k.clone()));
         }
     }
@@ -204,17 +204,27 @@ fn to_f32(path: &Path, key: &str, dtype: Dtype, data: &[u8]) -> Result<(Vec<f32>
     Ok((v, fd))
 }
 
-/// Reads a PEFT adapter folder for the model `base` (its architecture names the tensors;
-/// its head counts drive the llama q/k permutation). Nothing is written.
-pub fn read_peft(dir: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
-    let cfg_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| invalid(&cfg_path, format!("cannot read: {e}")))?;
-    let cfg: Value = serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, format!("malformed JSON: {e}")))?;
-    if !cfg.is_object() {
-        return Err(invalid(&cfg_path, "expected a JSON object"));
-    }
-    let rules = parse_config(&cfg_path, &cfg)?;
+/// How strictly a PEFT config is held to its base model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// A `target_modules` entry (or regex) naming no module of the base architecture,
+    /// or a `layers_to_transform` index past its last layer, is a warning returned with
+    /// the adapter instead of an error.
+    pub lenient: bool,
+}
 
+/// Reads a PEFT adapter folder for the model `base` (its architecture names the tensors;
+/// its head counts drive the llama q/k permutation). Nothing is written. Strict: see
+/// [`ReadOptions`].
+pub fn read_peft(dir: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
+    read_peft_with(dir, base, ReadOptions::default()).map(|(a, _)| a)
+}
+
+/// [`read_peft`] with options; returns the adapter and the warnings a lenient read let
+/// through (each a full sentence naming the config file and field).
+pub fn read_peft_with(dir: &Path, base: &GgufFile, options: ReadOptions) -> Result<(LoraAdapter, Vec<String>), Error> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read(&cfg_path).map_err(|e| invalid(&cfg_path, format!("cannot read: {e}")))?;
     let w_path = dir.join(WEIGHTS_FILE);
     if !w_path.exists() {
         let hint = if dir.join("adapter_model.bin").exists() {
@@ -225,13 +235,36 @@ pub fn read_peft(dir: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
         return Err(invalid(&w_path, format!("missing{hint}")));
     }
     let bytes = std::fs::read(&w_path).map_err(|e| invalid(&w_path, format!("cannot read: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(&w_path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-    let (_, st_meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(&w_path, format!("bad safetensors header: {e}")))?;
+    read_peft_bytes(dir, &text, &bytes, base, options)
+}
+
+/// A PEFT adapter from its two files' contents (`adapter_config.json`,
+/// `adapter_model.safetensors`), e.g. held by an app or a fuzzer; `dir` names the
+/// folder in errors.
+pub fn read_peft_bytes(dir: &Path, config: &[u8], weights: &[u8], base: &GgufFile, options: ReadOptions) -> Result<(LoraAdapter, Vec<String>), Error> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let w_path = dir.join(WEIGHTS_FILE);
+    let cfg: Value = serde_json::from_slice(config).map_err(|e| invalid(&cfg_path, format!("malformed JSON: {e}")))?;
+    if !cfg.is_object() {
+        return Err(invalid(&cfg_path, "expected a JSON object"));
+    }
+    let rules = parse_config(&cfg_path, &cfg)?;
+    let st = SafeTensors::deserialize(weights).map_err(|e| invalid(&w_path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let (_, st_meta) = SafeTensors::read_metadata(weights).map_err(|e| invalid(&w_path, format!("bad safetensors header: {e}")))?;
 
     let arch = base.architecture()?.to_string();
     let names = ArchNames::for_arch(&arch)
         .ok_or_else(|| invalid(dir, format!("base architecture {arch:?} has no HF name map (known: {})", ArchNames::known().join(", "))))?;
     let (n_head, n_head_kv) = head_counts(base)?;
+    let n_layer = base.require_u64(&format!("{arch}.block_count"))? as usize;
+    let mut warnings = Vec::new();
+    for problem in target_problems(&rules, &names, n_layer) {
+        let msg = format!("{}: {problem}", cfg_path.display());
+        if !options.lenient {
+            return Err(invalid(&cfg_path, format!("{problem} (pass --lenient to load it anyway)")));
+        }
+        warnings.push(format!("warning: {msg}; loaded anyway (lenient)"));
+    }
 
     // module → [A, B]
     let mut found: HashMap<String, [Option<(String, Vec<usize>, Vec<f32>, FactorDtype)>; 2]> = HashMap::new();
@@ -314,7 +347,35 @@ pub fn read_peft(dir: &Path, base: &GgufFile) -> Result<LoraAdapter, Error> {
     }
     adapter.peft_config = Some(cfg);
     super::validate(&adapter, base, dir)?;
-    Ok(adapter)
+    Ok((adapter, warnings))
+}
+
+/// What in the config's targets does not fit the base: each `target_modules` entry that
+/// names no linear module of the architecture, a regex that matches none, a
+/// `layers_to_transform` index past the last layer.
+fn target_problems(rules: &ScaleRules, names: &ArchNames, n_layer: usize) -> Vec<String> {
+    let known = || format!("{} has {}", names.arch, names.short_modules().join(", "));
+    let mut out = Vec::new();
+    match &rules.targets {
+        Targets::AllLinear => {}
+        Targets::List(list) => {
+            for t in list.iter().filter(|t| !names.names_module(t, n_layer)) {
+                out.push(format!("target_modules: {t:?} is not a linear module of this {}-layer model ({})", n_layer, known()));
+            }
+        }
+        Targets::Regex(re) => {
+            // A validated model has at most 512 layers; the bound keeps a bad header cheap.
+            if !names.module_paths(n_layer.min(512)).iter().any(|m| re.is_match(m)) {
+                out.push(format!("target_modules: the regex {:?} matches no module of this model ({})", re.as_str(), known()));
+            }
+        }
+    }
+    if let Some(layers) = &rules.layers {
+        for l in layers.iter().filter(|&&l| l >= n_layer) {
+            out.push(format!("layers_to_transform: layer {l} does not exist (the model has {n_layer} layers)"));
+        }
+    }
+    out
 }
 
 /// Whether `cfg` (a PEFT config) gives exactly the adapter's ranks and scales.
@@ -332,8 +393,10 @@ fn config_fits(cfg: &Value, adapter: &LoraAdapter, names: &ArchNames) -> bool {
 fn synthesize_config(adapter: &LoraAdapter, names: &ArchNames) -> Value {
     let r = adapter.nominal_rank();
     let mut alphas: HashMap<u32, usize> = HashMap::new();
+    // Written with |s|: a negative scale's sign goes into B (PEFT and edgelora refuse a
+    // lora_alpha ≤ 0).
     for t in adapter.tensors.values() {
-        *alphas.entry((t.scale * t.rank as f32).to_bits()).or_default() += 1;
+        *alphas.entry((t.scale.abs() * t.rank as f32).to_bits()).or_default() += 1;
     }
     let alpha = alphas.iter().max_by_key(|(bits, n)| (**n, std::cmp::Reverse(**bits))).map_or(1.0, |(b, _)| f32::from_bits(*b));
     let mut rank_pattern = serde_json::Map::new();
@@ -345,7 +408,7 @@ fn synthesize_config(adapter: &LoraAdapter, names: &ArchNames) -> Value {
         if t.rank != r {
             rank_pattern.insert(hf.clone(), json!(t.rank));
         }
-        let a = t.scale * t.rank as f32;
+        let a = t.scale.abs() * t.rank as f32;
         if a.to_bits() != alpha.to_bits() {
             alpha_pattern.insert(hf, json!(a));
         }
@@ -386,6 +449,9 @@ pub fn write_peft(adapter: &LoraAdapter, dir: &Path, base: &GgufFile, dtype: Opt
     for (g, t) in &adapter.tensors {
         let hf = names.gguf_to_hf(g).ok_or_else(|| invalid(dir, format!("tensor {g:?} has no HF name for {}", adapter.architecture)))?;
         let mut b = t.b.clone();
+        if t.scale < 0.0 {
+            b.iter_mut().for_each(|x| *x = -*x);
+        }
         if let Some(h) = names.qk_heads(g, n_head, n_head_kv) {
             b = permute_qk_rows(&b, t.n_out, t.rank, h, true).map_err(|e| invalid(dir, format!("{g}: q/k permutation: {e}")))?;
         }

@@ -45,6 +45,10 @@ pub struct ConvertArgs {
     /// Manifest version
     #[arg(long = "adapter-version")]
     version: Option<String>,
+    /// Accept a PEFT config whose target_modules name modules the model does not have
+    /// (a warning on stderr instead of an error)
+    #[arg(long)]
+    lenient: bool,
 }
 
 #[derive(Args)]
@@ -67,6 +71,10 @@ pub struct ComposeArgs {
     to: String,
     #[arg(long, value_parser = ["f16", "f32"], default_value = "f16")]
     dtype: String,
+    /// Accept a PEFT config whose target_modules name modules the model does not have
+    /// (a warning on stderr instead of an error)
+    #[arg(long)]
+    lenient: bool,
 }
 
 #[derive(Args)]
@@ -76,6 +84,10 @@ pub struct VerifyArgs {
     model: PathBuf,
     /// A GGUF-LoRA file or a PEFT folder
     adapter: PathBuf,
+    /// Accept a PEFT config whose target_modules name modules the model does not have
+    /// (a warning on stderr instead of an error)
+    #[arg(long)]
+    lenient: bool,
 }
 
 #[derive(Args)]
@@ -120,6 +132,15 @@ fn open_base(model: &Path) -> Result<GgufFile> {
     GgufFile::open(model).with_context(|| format!("reading base model {}", model.display()))
 }
 
+/// Reads an adapter for `base`, printing a lenient read's warnings on stderr.
+fn read(path: &Path, base: &GgufFile, lenient: bool) -> Result<LoraAdapter> {
+    let (adapter, warnings) = adapter::load_with(path, base, adapter::ReadOptions { lenient }).with_context(|| format!("reading adapter {}", path.display()))?;
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    Ok(adapter)
+}
+
 fn gguf_dtype(s: &str) -> GgufLoraDtype {
     if s == "f32" {
         GgufLoraDtype::F32
@@ -140,7 +161,7 @@ fn write_out(adapter: &LoraAdapter, out: &Path, to: &str, dtype: Option<&str>, b
 fn convert(a: ConvertArgs) -> Result<()> {
     let base = open_base(&a.model)?;
     let from_peft = a.input.is_dir();
-    let mut adapter = adapter::load(&a.input, &base).with_context(|| format!("reading adapter {}", a.input.display()))?;
+    let mut adapter = read(&a.input, &base, a.lenient)?;
     if a.name.is_some() {
         adapter.manifest.name = a.name.clone();
     }
@@ -166,7 +187,7 @@ fn compose_cmd(a: ComposeArgs) -> Result<()> {
     let mut loaded = Vec::new();
     for arg in &a.inputs {
         let (path, w) = parse_adapter_arg(arg)?;
-        let ad = adapter::load(&path, &base).with_context(|| format!("reading adapter {}", path.display()))?;
+        let ad = read(&path, &base, a.lenient)?;
         loaded.push((ad, w));
     }
     let refs: Vec<(&LoraAdapter, f32)> = loaded.iter().map(|(a, w)| (a, *w)).collect();
@@ -181,7 +202,7 @@ fn compose_cmd(a: ComposeArgs) -> Result<()> {
 
 fn verify(a: VerifyArgs) -> Result<()> {
     let base = open_base(&a.model)?;
-    let adapter = adapter::load(&a.adapter, &base).with_context(|| format!("verifying {} against {}", a.adapter.display(), a.model.display()))?;
+    let adapter = read(&a.adapter, &base, a.lenient).with_context(|| format!("verifying {} against {}", a.adapter.display(), a.model.display()))?;
     let summary = validate(&adapter, &base, &a.adapter)?;
     let mut scales: Vec<String> = summary.targets.values().map(|(r, s)| format!("r{r}·s{s}")).collect();
     scales.sort();

@@ -150,7 +150,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for (i, arg) in user.iter().enumerate() {
         let (path, scale) = parse_adapter_arg(arg)?;
         let name = format!("u{i}");
-        rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+        super::load_adapter(rt, &name, &path, margs.lenient)?;
         rows_sets.push((format!("{} @{scale}", path.display()), vec![(name.clone(), scale)]));
         names.push(name);
     }
@@ -164,7 +164,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let path = tmp.path().join(format!("synthetic-{synth_k}.gguf"));
         edgelora::adapter::write_gguf_lora(&synth, &path, edgelora::adapter::GgufLoraDtype::F16)?;
         let name = format!("s{synth_k}");
-        rt.load_adapter(&name, &path)?;
+        rt.load_adapter(&name, &path, Default::default())?;
         if user.is_empty() && synth_k == 0 {
             rows_sets.push((format!("synthetic r{} all-linear (f16)", a.synthetic_rank), vec![(name.clone(), 1.0)]));
         }

@@ -45,7 +45,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             continue;
         }
         if let Some(cmd) = line.strip_prefix('/') {
-            match command(rt, cmd, &mut active, &mut history) {
+            match command(rt, cmd, &mut active, &mut history, a.model.lenient) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => eprintln!("error: {e:#}"),
@@ -84,7 +84,7 @@ fn describe(rt: &dyn Engine, active: &[(String, f32)]) {
 }
 
 /// Runs one slash command; true means quit.
-fn command(rt: &dyn Engine, cmd: &str, active: &mut Vec<(String, f32)>, history: &mut Vec<ChatMessage>) -> Result<bool> {
+fn command(rt: &dyn Engine, cmd: &str, active: &mut Vec<(String, f32)>, history: &mut Vec<ChatMessage>, lenient: bool) -> Result<bool> {
     let mut words = cmd.split_whitespace();
     match words.next().unwrap_or("") {
         "quit" | "exit" => return Ok(true),
@@ -119,7 +119,7 @@ fn command(rt: &dyn Engine, cmd: &str, active: &mut Vec<(String, f32)>, history:
                 Some(n) => n.to_string(),
                 None => std::path::Path::new(path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string()),
             };
-            rt.load_adapter(&name, std::path::Path::new(path))?;
+            super::load_adapter(rt, &name, std::path::Path::new(path), lenient)?;
             eprintln!("loaded {path} as {name:?}; activate it with /adapter {name}");
         }
         other => bail!("unknown command /{other}"),

@@ -44,7 +44,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut adapters = Vec::new();
         for arg in &a.model.adapters {
             let (path, scale) = parse_adapter_arg(arg)?;
-            adapters.push((adapter::load(&path, &base).with_context(|| format!("loading adapter {}", path.display()))?, scale));
+            let (ad, warnings) = adapter::load_with(&path, &base, adapter::ReadOptions { lenient: a.model.lenient }).with_context(|| format!("loading adapter {}", path.display()))?;
+            warnings.iter().for_each(|w| eprintln!("{w}"));
+            adapters.push((ad, scale));
         }
         let refs: Vec<_> = adapters.iter().map(|(a, s)| (a, *s)).collect();
         serde_json::to_value(loss(&base, &refs, &data.examples, 8)?)?

@@ -25,9 +25,13 @@ pub struct MergeArgs {
     /// Weight type: same (each tensor keeps its type), f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k
     #[arg(long = "type", default_value = "same")]
     out_type: String,
-    /// Block quantizer: refit (smallest block error, Q4_0/Q4_1/Q8_0), ggml (llama.cpp's reference) or gptq (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on calibration inputs, from the base's grids; slower)
-    #[arg(long, value_parser = quantizer_names(), default_value = "refit")]
+    /// Block quantizer: auto (the most faithful the output type allows: gptq for Q4_0/Q4_1/Q8_0, refit otherwise), refit (smallest block error, Q4_0/Q4_1/Q8_0; fast), ggml (llama.cpp's reference) or gptq (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on calibration inputs, from the base's grids; minutes)
+    #[arg(long, value_parser = auto_quantizer_names(), default_value = "auto")]
     quantizer: String,
+    /// Load PEFT adapters whose target_modules name modules the model does not have
+    /// (a warning on stderr instead of an error)
+    #[arg(long)]
+    lenient: bool,
     /// Calibration text for gptq, paragraphs separated by blank lines (default: 256 × 64 tokens sampled from the adapted model)
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
@@ -51,6 +55,13 @@ fn parse_type(s: &str) -> Result<Option<GgmlType>> {
 /// The `--quantizer` values: [`Quantizer::name`] of each.
 pub fn quantizer_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Quantizer::ALL.map(Quantizer::name))
+}
+
+/// The offline merge's `--quantizer` values: `auto` and [`Quantizer::name`] of each.
+fn auto_quantizer_names() -> clap::builder::PossibleValuesParser {
+    let mut v = vec!["auto"];
+    v.extend(Quantizer::ALL.map(Quantizer::name));
+    clap::builder::PossibleValuesParser::new(v)
 }
 
 /// Longest calibration sequence, in tokens.
@@ -97,6 +108,9 @@ pub fn merge_args_into(model: &Path, args: &[String], out: &Path, opts: &MergeOp
     })
     .with_context(|| format!("merging into {}", out.display()))?;
     bar.finish_and_clear();
+    for w in &stats.warnings {
+        eprintln!("{w}");
+    }
     Ok(stats)
 }
 
@@ -105,19 +119,32 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if a.adapters.is_empty() && out_type.is_none() {
         bail!("nothing to do: give --adapter, or --type to re-encode");
     }
-    let quantizer = Quantizer::from_name(&a.quantizer).context("clap checked --quantizer")?;
+    let quantizer = match Quantizer::from_name(&a.quantizer) {
+        Some(q) => q,
+        None => {
+            let base = edgelora::gguf::GgufFile::open(&a.model).with_context(|| format!("reading base model {}", a.model.display()))?;
+            Quantizer::most_faithful(&base, out_type, a.adapters.len())
+        }
+    };
     let calibration = match (&a.calibration, quantizer) {
         (Some(f), Quantizer::Gptq) => Calibration::Tokens(calibration_tokens(&a.model, f)?),
         (Some(_), _) => bail!("--calibration is only read by --quantizer gptq"),
         (None, _) => Calibration::default(),
     };
     let device = if a.device == "gpu" { Device::Gpu } else { Device::Cpu };
-    let s = merge_args_into(&a.model, &a.adapters, &a.out, &MergeOptions { out_type, quantizer, device, calibration }, true)?;
+    let read = edgelora::adapter::ReadOptions { lenient: a.lenient };
+    let s = merge_args_into(&a.model, &a.adapters, &a.out, &MergeOptions { out_type, quantizer, device, calibration, read }, true)?;
+    let closer = match quantizer {
+        Quantizer::Gptq => "",
+        _ if a.adapters.is_empty() => "",
+        _ => "; gptq is closer to the adapters on the fly for Q4_0/Q4_1/Q8_0 weights (--quantizer gptq)",
+    };
     eprintln!(
-        "wrote {} ({} bytes) in {:.2} s: {} tensors merged, {} converted, {} copied{}{}",
+        "wrote {} ({} bytes) in {:.2} s with the {} quantizer{closer}: {} tensors merged, {} converted, {} copied{}{}",
         a.out.display(),
         s.bytes,
         s.secs,
+        quantizer.name(),
         s.merged,
         s.converted,
         s.copied,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use edgelora::adapter::ReadOptions;
 use edgelora::compute::Device;
 use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, Runtime, RuntimeOptions, SamplingParams};
 
@@ -98,6 +99,19 @@ pub struct ModelArgs {
     /// Compute device of the native backend: cpu, or gpu (wgpu; fails if no adapter)
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     pub device: String,
+    /// Load PEFT adapters whose target_modules name modules the model does not have
+    /// (a warning on stderr instead of an error)
+    #[arg(long)]
+    pub lenient: bool,
+}
+
+/// Loads `path` under `name`, printing a lenient read's warnings on stderr.
+pub fn load_adapter(rt: &dyn Engine, name: &str, path: &std::path::Path, lenient: bool) -> Result<()> {
+    let warnings = rt.load_adapter(name, path, ReadOptions { lenient }).with_context(|| format!("loading adapter {}", path.display()))?;
+    for w in warnings {
+        eprintln!("{w}");
+    }
+    Ok(())
 }
 
 /// The loaded backend.
@@ -171,7 +185,8 @@ impl ModelArgs {
             let dir = tempfile::tempdir().context("creating a temporary directory for the merged model")?;
             let out = dir.path().join("merged.gguf");
             let quantizer = edgelora::merge::Quantizer::from_name(&self.merge_quantizer).context("clap checked --merge-quantizer")?;
-            merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions { quantizer, ..Default::default() }, false)?;
+            let read = ReadOptions { lenient: self.lenient };
+            merge::merge_args_into(&self.model, &self.adapters, &out, &edgelora::merge::MergeOptions { quantizer, read, ..Default::default() }, false)?;
             let loaded = self.open(&out).context("loading the merged model")?;
             return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });
         }
@@ -184,7 +199,7 @@ impl ModelArgs {
         for (i, arg) in self.adapters.iter().enumerate() {
             let (path, scale) = parse_adapter_arg(arg)?;
             let name = format!("a{i}");
-            rt.load_adapter(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+            load_adapter(rt, &name, &path, self.lenient)?;
             set.push((name, scale));
         }
         Ok(LoadedModel { loaded, adapters: set, _merged: None })

@@ -33,8 +33,9 @@ pub trait Engine: Send + Sync {
     fn n_vocab(&self) -> usize;
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>>;
     fn detokenize(&self, tokens: &[i32]) -> String;
-    /// A GGUF-LoRA file or a PEFT folder, validated against the model.
-    fn load_adapter(&self, name: &str, path: &Path) -> Result<()>;
+    /// A GGUF-LoRA file or a PEFT folder, validated against the model; returns what a
+    /// lenient read let through.
+    fn load_adapter(&self, name: &str, path: &Path, options: crate::adapter::ReadOptions) -> Result<Vec<String>>;
     fn unload_adapter(&self, name: &str) -> Result<()>;
     fn adapter_names(&self) -> Vec<String>;
     fn logits(&self, tokens: &[i32], adapters: &[(String, f32)]) -> Result<Vec<f32>>;
@@ -57,8 +58,8 @@ impl Engine for Runtime {
     fn detokenize(&self, tokens: &[i32]) -> String {
         Runtime::detokenize(self, tokens)
     }
-    fn load_adapter(&self, name: &str, path: &Path) -> Result<()> {
-        Runtime::load_adapter(self, name, path).map(|_| ())
+    fn load_adapter(&self, name: &str, path: &Path, options: crate::adapter::ReadOptions) -> Result<Vec<String>> {
+        Runtime::load_adapter_with(self, name, path, options).map(|i| i.warnings)
     }
     fn unload_adapter(&self, name: &str) -> Result<()> {
         Runtime::unload_adapter(self, name)
@@ -93,8 +94,8 @@ impl Engine for NativeRuntime {
     fn detokenize(&self, tokens: &[i32]) -> String {
         self.vocab().detokenize(tokens)
     }
-    fn load_adapter(&self, name: &str, path: &Path) -> Result<()> {
-        NativeRuntime::load_adapter(self, name, path)
+    fn load_adapter(&self, name: &str, path: &Path, options: crate::adapter::ReadOptions) -> Result<Vec<String>> {
+        NativeRuntime::load_adapter_with(self, name, path, options)
     }
     fn unload_adapter(&self, name: &str) -> Result<()> {
         NativeRuntime::unload_adapter(self, name)

@@ -64,13 +64,18 @@ impl NativeRuntime {
 
     /// Reads and validates an adapter (GGUF-LoRA or PEFT) and keeps it under `name`.
     pub fn load_adapter(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
-        let a = adapter::load(path.as_ref(), self.model.gguf())?;
+        self.load_adapter_with(name, path, adapter::ReadOptions::default()).map(|_| ())
+    }
+
+    /// [`load_adapter`](Self::load_adapter) with options; returns a lenient read's warnings.
+    pub fn load_adapter_with(&self, name: &str, path: impl AsRef<Path>, options: adapter::ReadOptions) -> Result<Vec<String>> {
+        let (a, warnings) = adapter::load_with(path.as_ref(), self.model.gguf(), options)?;
         let mut map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(name) {
             return Err(EngineError::DuplicateAdapter { name: name.into() }.into());
         }
         map.insert(name.into(), a);
-        Ok(())
+        Ok(warnings)
     }
 
     pub fn unload_adapter(&self, name: &str) -> Result<()> {

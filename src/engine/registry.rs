@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::llama_cpp::{Adapter, Model};
-use crate::adapter::{self, gguf_lora_bytes, natural_dtype, validate, LoraAdapter, LoraSummary};
+use crate::adapter::{self, gguf_lora_bytes, natural_dtype, validate, LoraAdapter, LoraSummary, ReadOptions};
 use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
 
@@ -14,6 +14,8 @@ pub struct AdapterInfo {
     pub name: String,
     pub path: PathBuf,
     pub summary: LoraSummary,
+    /// What a lenient read let through (empty when strict).
+    pub warnings: Vec<String>,
 }
 
 pub(super) struct Entry {
@@ -43,16 +45,18 @@ impl AdapterRegistry {
     /// Reads and validates `path` (GGUF-LoRA file or PEFT folder) against `base`, then
     /// loads it into llama.cpp under `name`: a GGUF file as it is, a PEFT folder converted
     /// in memory.
-    pub fn load(&mut self, model: &Model, base: &GgufFile, name: &str, path: &Path) -> Result<AdapterInfo, Error> {
+    pub fn load(&mut self, model: &Model, base: &GgufFile, name: &str, path: &Path, options: ReadOptions) -> Result<AdapterInfo, Error> {
         self.check_name(name)?;
-        let adapter = adapter::load(path, base)?;
+        let (adapter, warnings) = adapter::load_with(path, base, options)?;
         let summary = validate(&adapter, base, path)?;
         let handle = if path.is_dir() {
             model.load_adapter_bytes(&gguf_lora_bytes(&adapter, natural_dtype(&adapter))?, path)?
         } else {
             model.load_adapter(path)?
         };
-        Ok(self.insert(name, path, summary, handle))
+        let mut info = self.insert(name, path, summary, handle);
+        info.warnings = warnings;
+        Ok(info)
     }
 
     /// Validates an adapter held in memory and loads it under `name`.
@@ -65,7 +69,7 @@ impl AdapterRegistry {
     }
 
     fn insert(&mut self, name: &str, path: &Path, summary: LoraSummary, handle: Adapter) -> AdapterInfo {
-        let info = AdapterInfo { name: name.into(), path: path.to_path_buf(), summary };
+        let info = AdapterInfo { name: name.into(), path: path.to_path_buf(), summary, warnings: Vec::new() };
         self.next_id += 1;
         self.entries.insert(name.into(), Entry { id: self.next_id, info: info.clone(), handle });
         info

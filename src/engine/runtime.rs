@@ -179,6 +179,8 @@ impl Runtime {
         if gguf.get("general.type").and_then(|v| v.as_str()) == Some("adapter") {
             return Err(EngineError::ModelLoad { path, reason: "this is a LoRA adapter, not a model (pass it with --adapter)".into() }.into());
         }
+        // Nothing reaches llama.cpp before its hyper-parameters and tensors are checked.
+        crate::model::validate::check_model(&gguf)?;
         let model = Model::load(&path, options.use_mmap)?;
         let ctx = model.new_context(options.n_ctx, options.n_batch.min(options.n_ctx), options.threads as i32, options.f32_kv_cache, options.flash_attention)?;
         let inner = Inner { ctx, registry: AdapterRegistry::default(), active: Vec::new(), cached: Vec::new() };
@@ -215,8 +217,14 @@ impl Runtime {
     /// Validates and loads an adapter — a GGUF-LoRA file or a PEFT folder (converted in
     /// memory) — under `name`; the model is not reloaded.
     pub fn load_adapter(&self, name: &str, path: impl AsRef<Path>) -> Result<AdapterInfo> {
+        self.load_adapter_with(name, path, crate::adapter::ReadOptions::default())
+    }
+
+    /// [`load_adapter`](Self::load_adapter) with options (e.g. lenient PEFT targets,
+    /// whose warnings come back in [`AdapterInfo::warnings`]).
+    pub fn load_adapter_with(&self, name: &str, path: impl AsRef<Path>, options: crate::adapter::ReadOptions) -> Result<AdapterInfo> {
         let mut inner = self.lock();
-        inner.registry.load(&self.model, &self.gguf, name, path.as_ref())
+        inner.registry.load(&self.model, &self.gguf, name, path.as_ref(), options)
     }
 
     /// Validates an adapter held in memory (e.g. just composed or trained) and loads it

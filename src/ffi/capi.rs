@@ -284,6 +284,29 @@ pub unsafe extern "C" fn edgelora_adapter_load(rt: *const EdgeloraRuntime, name:
     })
 }
 
+/// `edgelora_adapter_load` for a PEFT config whose `target_modules` (or
+/// `layers_to_transform`) name modules the model does not have, which
+/// `edgelora_adapter_load` refuses: the adapter loads, and on success
+/// `edgelora_last_error()` holds the warnings, one per line ("" when there are none).
+///
+/// # Safety
+/// As `edgelora_adapter_load`.
+#[no_mangle]
+pub unsafe extern "C" fn edgelora_adapter_load_lenient(rt: *const EdgeloraRuntime, name: *const c_char, path: *const c_char) -> EdgeloraStatus {
+    let mut warnings = String::new();
+    let status = guard(|| {
+        // SAFETY: caller contract for each argument.
+        let (rt, name, path) = unsafe { (runtime_arg(rt)?, str_arg(name, "name")?, str_arg(path, "path")?) };
+        let info = rt.rt.load_adapter_with(name, path, crate::adapter::ReadOptions { lenient: true }).map_err(lib_err)?;
+        warnings = info.warnings.join("\n");
+        Ok(())
+    });
+    if status == EdgeloraStatus::Ok {
+        set_error(warnings);
+    }
+    status
+}
+
 /// Unloads the adapter `name`. Thread-safe.
 ///
 /// # Safety
@@ -456,7 +479,7 @@ pub unsafe extern "C" fn edgelora_runtime_generate(
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeloraQuantizer {
-    /// Per-block search for the smallest squared error (what `edgelora_merge` uses).
+    /// Per-block search for the smallest squared error (fast).
     Refit = 0,
     /// ggml's reference quantizer (what llama-quantize writes).
     Ggml = 1,
@@ -467,9 +490,13 @@ pub enum EdgeloraQuantizer {
     /// take up the merged layers' errors; needs temporary disk beside the output up to the
     /// merged tensors' size.
     Gptq = 2,
+    /// The most faithful one the output supports (what `edgelora_merge` uses): gptq when
+    /// a merged weight is Q4_0/Q4_1/Q8_0, refit otherwise.
+    Auto = 3,
 }
 
-/// Each C quantizer value and the library's quantizer it names.
+/// Each C quantizer value and the library's quantizer it names (Auto is resolved
+/// against the model).
 const QUANTIZERS: [(EdgeloraQuantizer, crate::merge::Quantizer); 3] = [
     (EdgeloraQuantizer::Refit, crate::merge::Quantizer::Refit),
     (EdgeloraQuantizer::Ggml, crate::merge::Quantizer::Ggml),
@@ -479,7 +506,9 @@ const QUANTIZERS: [(EdgeloraQuantizer, crate::merge::Quantizer); 3] = [
 /// Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
 /// `model_path`, requantized to its own types, and writes the result to `out_path`
 /// atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
-/// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_REFIT)`.
+/// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_AUTO)`: the most
+/// faithful quantizer the model's types allow (gptq for Q4_0/Q4_1/Q8_0 models, which runs
+/// the model: minutes, not seconds; pass EDGELORA_QUANTIZER_REFIT for a fast merge).
 ///
 /// # Safety
 /// Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.
@@ -492,7 +521,7 @@ pub unsafe extern "C" fn edgelora_merge(
     out_path: *const c_char,
 ) -> EdgeloraStatus {
     // SAFETY: forwarded caller contract.
-    unsafe { edgelora_merge_with(model_path, adapter_paths, weights, n, out_path, EdgeloraQuantizer::Refit as u32) }
+    unsafe { edgelora_merge_with(model_path, adapter_paths, weights, n, out_path, EdgeloraQuantizer::Auto as u32) }
 }
 
 /// `edgelora_merge` with the quantizer chosen: `quantizer` is an `EdgeloraQuantizer`
@@ -515,16 +544,23 @@ pub unsafe extern "C" fn edgelora_merge_with(
         if n > 0 && (adapter_paths.is_null() || weights.is_null()) {
             return Err(arg_err("adapter_paths/weights are NULL but n > 0"));
         }
-        let quantizer = QUANTIZERS.iter().find(|(c, _)| *c as u32 == quantizer).map(|&(_, q)| q).ok_or_else(|| {
-            let known: Vec<String> = QUANTIZERS.iter().map(|(c, q)| format!("{} ({})", *c as u32, q.name())).collect();
-            arg_err(format!("quantizer {quantizer}: expected {}", known.join(", ")))
-        })?;
+        let auto = quantizer == EdgeloraQuantizer::Auto as u32;
+        let chosen = QUANTIZERS.iter().find(|(c, _)| *c as u32 == quantizer).map(|&(_, q)| q);
+        if chosen.is_none() && !auto {
+            let mut known: Vec<String> = QUANTIZERS.iter().map(|(c, q)| format!("{} ({})", *c as u32, q.name())).collect();
+            known.push(format!("{} (auto)", EdgeloraQuantizer::Auto as u32));
+            return Err(arg_err(format!("quantizer {quantizer}: expected {}", known.join(", "))));
+        }
         let mut adapters = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: arrays of n entries by contract; each path a C string.
             let (p, w) = unsafe { (str_arg(*adapter_paths.add(i), "adapter_paths[i]")?, *weights.add(i)) };
             adapters.push((std::path::PathBuf::from(p), w));
         }
+        let quantizer = match chosen {
+            Some(q) => q,
+            None => crate::merge::Quantizer::most_faithful(&crate::gguf::GgufFile::open(model).map_err(|e| lib_err(e.into()))?, None, n),
+        };
         let opts = crate::merge::MergeOptions { quantizer, ..Default::default() };
         crate::merge::merge_files(model.as_ref(), &adapters, out.as_ref(), &opts, &mut |_, _, _| {}).map_err(lib_err)?;
         Ok(())

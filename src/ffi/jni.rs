@@ -101,11 +101,19 @@ pub extern "system" fn Java_dev_edgelora_Model_nativeClose<'l>(_env: JNIEnv<'l>,
 }
 
 #[no_mangle]
-pub extern "system" fn Java_dev_edgelora_Model_nativeLoadAdapter<'l>(mut env: JNIEnv<'l>, _c: JClass<'l>, handle: jlong, name: JString<'l>, path: JString<'l>) {
-    guarded(&mut env, (), |env| {
+pub extern "system" fn Java_dev_edgelora_Model_nativeLoadAdapter<'l>(
+    mut env: JNIEnv<'l>,
+    _c: JClass<'l>,
+    handle: jlong,
+    name: JString<'l>,
+    path: JString<'l>,
+    lenient: jni::sys::jboolean,
+) -> jni::sys::jstring {
+    guarded(&mut env, std::ptr::null_mut(), |env| {
         let rt = runtime(env, handle)?;
         let (name, path) = (jstr(env, &name, "name")?, jstr(env, &path, "path")?);
-        rt.load_adapter(&name, &path).map(|_| ()).map_err(|e| lib_error(env, &e))
+        let info = rt.load_adapter_with(&name, &path, crate::adapter::ReadOptions { lenient: lenient != 0 }).map_err(|e| lib_error(env, &e))?;
+        env.new_string(info.warnings.join("\n")).map(|s| s.into_raw()).map_err(|_| ())
     })
 }
 
@@ -261,9 +269,17 @@ pub extern "system" fn Java_dev_edgelora_EdgeLora_nativeMerge<'l>(
     guarded(&mut env, (), |env| {
         let (model, out) = (jstr(env, &model, "model")?, jstr(env, &out, "out")?);
         let name = jstr(env, &quantizer, "quantizer")?;
-        let Some(quantizer) = crate::merge::Quantizer::from_name(&name) else {
-            throw(env, EdgeloraStatus::InvalidArgument, &format!("quantizer \"{name}\": expected refit, ggml or gptq"));
-            return Err(());
+        let quantizer = match crate::merge::Quantizer::from_name(&name) {
+            Some(q) => q,
+            None if name == "auto" => {
+                let base = crate::gguf::GgufFile::open(&model).map_err(|e| lib_error(env, &e.into()))?;
+                let n = if adapters.is_null() { 0 } else { env.get_array_length(&adapters).map_err(|_| ())? as usize };
+                crate::merge::Quantizer::most_faithful(&base, None, n)
+            }
+            None => {
+                throw(env, EdgeloraStatus::InvalidArgument, &format!("quantizer \"{name}\": expected auto, refit, ggml or gptq"));
+                return Err(());
+            }
         };
         let n = if adapters.is_null() { 0 } else { env.get_array_length(&adapters).map_err(|_| ())? as usize };
         let mut w = vec![0f32; n];

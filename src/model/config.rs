@@ -38,7 +38,10 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The config of a model that passed [`check_model`](super::validate::check_model)
+    /// (run here first).
     pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig, Error> {
+        super::validate::check_model(f)?;
         let arch = f.architecture()?.to_string();
         let rope_style = match arch.as_str() {
             "llama" => RopeStyle::Adjacent,
@@ -55,6 +58,15 @@ impl ModelConfig {
         };
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| f.require_u64(&key(k)).map(|v| v as usize);
+        if let Some(n) = f.get(&key("expert_count")).and_then(MetaValue::as_u64).filter(|n| *n > 0) {
+            return Err(GgufError::WrongValue {
+                path: f.path().to_path_buf(),
+                key: key("expert_count"),
+                expected: "0: the native engine runs dense models only (use --backend llama)".into(),
+                found: n.to_string(),
+            }
+            .into());
+        }
         let n_embd = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
         let n_head_kv = if f.get(&key("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { n_head };

@@ -13,6 +13,7 @@ pub mod config;
 pub mod gpu_forward;
 pub mod grad;
 pub mod ops;
+pub mod validate;
 pub mod weights;
 
 use crate::adapter::{LoraAdapter, LoraTensor};

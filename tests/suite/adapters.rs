@@ -357,3 +357,94 @@ fn the_llama_qk_permutation_matters() {
     assert!(kl(want, &right) < 1e-4);
     assert!(kl(want, &wrong) > 10.0 * kl(want, &right), "unpermuted KL {} vs permuted {}", kl(want, &wrong), kl(want, &right));
 }
+
+#[test]
+fn alpha_rank_and_target_modules_are_held_to_the_base() {
+    use edgelora::adapter::{read_peft_with, ReadOptions};
+    use edgelora::gguf::{GgufWriter, MetaValue, TensorSpec};
+    let dir = tmpdir();
+    let d = dir.path();
+    let same = |_: &mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>| {};
+    // PEFT: lora_alpha and alpha_pattern must be finite and > 0.
+    expect_err(&broken_peft(d, "neg_alpha", |c| c["lora_alpha"] = serde_json::json!(-32), same), "lora_alpha");
+    expect_err(&broken_peft(d, "zero_alpha", |c| c["lora_alpha"] = serde_json::json!(0), same), "lora_alpha");
+    expect_err(&broken_peft(d, "neg_pattern", |c| c["alpha_pattern"] = serde_json::json!({"q_proj": -1.0}), same), "alpha_pattern");
+    expect_err(&broken_peft(d, "zero_r", |c| c["r"] = serde_json::json!(0), same), "r: expected an integer ≥ 1");
+    // target_modules naming a module llama does not have (beside ones it has): an error
+    // naming it and listing the modules; lenient, a warning and the same adapter.
+    let wq = broken_peft(d, "wq", |c| c["target_modules"] = serde_json::json!(["q_proj", "v_proj", "wq"]), same);
+    expect_err(&wq, "\"wq\" is not a linear module");
+    let e = adapter::load(&wq, model_gguf()).unwrap_err().to_string();
+    assert!(e.contains("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head") && e.contains("adapter_config.json"), "{e}");
+    let (lenient, warnings) = read_peft_with(&wq, model_gguf(), ReadOptions { lenient: true }).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("warning: ") && warnings[0].contains("\"wq\""), "{warnings:?}");
+    assert_eq!(lenient.tensors, read_peft(&fixtures().join("seed_r16_qv"), model_gguf()).unwrap().tensors);
+    // A module of another architecture (phi3's fused qkv_proj), a layer past the last, a
+    // regex that matches nothing, layers_to_transform past the last layer.
+    expect_err(&broken_peft(d, "qkv", |c| c["target_modules"] = serde_json::json!(["q_proj", "v_proj", "qkv_proj"]), same), "\"qkv_proj\"");
+    expect_err(&broken_peft(d, "l30", |c| c["target_modules"] = serde_json::json!(["q_proj", "v_proj", "model.layers.30.mlp.up_proj"]), same), "model.layers.30.mlp.up_proj");
+    expect_err(&broken_peft(d, "regex", |c| c["target_modules"] = serde_json::json!(".*\\.attention\\.wq"), same), "matches no module");
+    expect_err(&broken_peft(d, "layers", |c| c["layers_to_transform"] = serde_json::json!([0, 31]), same), "layer 31 does not exist");
+    // Full names and dotted suffixes that do exist are fine; so is a regex that matches.
+    let full = broken_peft(d, "full", |c| c["target_modules"] = serde_json::json!(["self_attn.q_proj", "model.layers.3.self_attn.v_proj", "v_proj"]), same);
+    adapter::load(&full, model_gguf()).unwrap();
+    let re = broken_peft(d, "re", |c| c["target_modules"] = serde_json::json!(".*\\.(q_proj|v_proj)"), same);
+    adapter::load(&re, model_gguf()).unwrap();
+
+    // GGUF-LoRA: adapter.lora.alpha must be one finite f32 > 0 (llama.cpp aborts on any
+    // other type); the tensors stay the fixture's.
+    let src = d.join("src.gguf");
+    write_gguf_lora(&read_peft(&fixtures().join("seed_r16_qv"), model_gguf()).unwrap(), &src, GgufLoraDtype::F16).unwrap();
+    let f = GgufFile::open(&src).unwrap();
+    let with_alpha = |name: &str, alpha: Option<MetaValue>| -> PathBuf {
+        let mut meta: Vec<(String, MetaValue)> = f.metadata().iter().filter(|(k, _)| k != "adapter.lora.alpha").cloned().collect();
+        if let Some(a) = alpha {
+            meta.push(("adapter.lora.alpha".into(), a));
+        }
+        let specs: Vec<TensorSpec> = f.tensors().iter().map(|t| TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type)).collect();
+        let p = d.join(name);
+        let mut w = GgufWriter::create(&p, &meta, &specs).unwrap();
+        for t in f.tensors() {
+            w.write_tensor(&t.name, f.tensor_data(t)).unwrap();
+        }
+        w.finish().unwrap();
+        p
+    };
+    for (name, alpha) in [
+        ("neg.gguf", MetaValue::F32(-32.0)),
+        ("zero.gguf", MetaValue::F32(0.0)),
+        ("nan.gguf", MetaValue::F32(f32::NAN)),
+        ("u32.gguf", MetaValue::U32(32)),
+        ("f64.gguf", MetaValue::F64(32.0)),
+        ("str.gguf", MetaValue::String("32".into())),
+    ] {
+        expect_err(&with_alpha(name, Some(alpha)), "adapter.lora.alpha");
+    }
+    // No alpha at all: llama.cpp's scale 1, accepted.
+    let none = adapter::load(&with_alpha("none.gguf", None), model_gguf()).unwrap();
+    assert!(none.tensors.values().all(|t| t.scale == 1.0));
+    // The CLI: verify refuses the negative alpha (exit 1, naming the field) and the
+    // unknown module, and --lenient loads the latter with the warning on stderr.
+    let cli = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_edgelora")).args(args).output().unwrap();
+    let m = crate::common::model_path();
+    let m = m.to_str().unwrap();
+    let o = cli(&["adapter", "verify", "-m", m, d.join("neg.gguf").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("adapter.lora.alpha"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(&["adapter", "verify", "-m", m, wq.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lenient"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(&["adapter", "verify", "--lenient", "-m", m, wq.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: ") && String::from_utf8_lossy(&o.stderr).contains("\"wq\""));
+    // And through a runtime: refused by default, loaded with its warning when lenient.
+    let rt = runtime();
+    assert!(rt.load_adapter("wq", &wq).is_err());
+    let info = rt.load_adapter_with("wq", &wq, ReadOptions { lenient: true }).unwrap();
+    assert_eq!(info.warnings, warnings);
+    // A user scale must be finite; a negative one (subtracting an adapter) is fine.
+    assert!(edgelora::engine::parse_adapter_arg("a.gguf:inf").is_err());
+    assert!(edgelora::engine::parse_adapter_arg("a.gguf:NaN").is_err());
+    assert_eq!(edgelora::engine::parse_adapter_arg("a.gguf:-0.5").unwrap().1, -0.5);
+}

@@ -12,6 +12,7 @@ mod gguf_malformed;
 mod gradcheck;
 mod gguf_roundtrip;
 mod merge;
+mod model_checks;
 mod train;
 mod native;
 mod quant;

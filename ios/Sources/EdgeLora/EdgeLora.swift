@@ -20,7 +20,7 @@ public enum EdgeLora {
 
     /// How `merge` writes merged quantized tensors (the C API's `EdgeloraQuantizer`).
     public enum Quantizer: UInt32 {
-        /// Per-block smallest error (fast; the default).
+        /// Per-block smallest error (fast).
         case refit = 0
         /// llama.cpp's reference quantizer.
         case ggml = 1
@@ -30,11 +30,14 @@ public enum EdgeLora {
         /// (same type and size) to take up the merged layers' errors; needs temporary disk
         /// beside the output up to the merged tensors' size.
         case gptq = 2
+        /// The most faithful one the model's types allow: gptq for Q4_0/Q4_1/Q8_0
+        /// models, refit otherwise (the default).
+        case auto = 3
     }
 
     /// Merges adapters (GGUF-LoRA files or PEFT folders) with weights into the model's
     /// quantized weights, writing a new GGUF to `out` (atomically).
-    public static func merge(model: String, adapters: [(path: String, weight: Float)], out: String, quantizer: Quantizer = .refit) throws {
+    public static func merge(model: String, adapters: [(path: String, weight: Float)], out: String, quantizer: Quantizer = .auto) throws {
         let paths = adapters.map { strdup($0.path) }
         defer { paths.forEach { free($0) } }
         var cPaths: [UnsafePointer<CChar>?] = paths.map { UnsafePointer($0) }
@@ -84,9 +87,11 @@ public final class Cancellation: @unchecked Sendable {
 /// A LoRA adapter loaded on a model; `close()` (or deinit) unloads it.
 public final class Adapter {
     public let name: String
+    /// What a lenient load let through, one warning per line ("" when none).
+    public let warnings: String
     weak var model: Model?
     private var closed = false
-    init(model: Model, name: String) { self.model = model; self.name = name }
+    init(model: Model, name: String, warnings: String = "") { self.model = model; self.name = name; self.warnings = warnings }
     public func close() {
         guard !closed else { return }
         closed = true
@@ -112,7 +117,13 @@ public final class Model: @unchecked Sendable {
     deinit { edgelora_runtime_close(handle) }
 
     /// Loads a GGUF-LoRA file or a PEFT folder under `name`.
-    public func loadAdapter(name: String, path: String) throws -> Adapter {
+    /// With `lenient`, a PEFT config whose target_modules name modules the model does
+    /// not have loads anyway, its warnings in `Adapter.warnings` (without, it throws).
+    public func loadAdapter(name: String, path: String, lenient: Bool = false) throws -> Adapter {
+        if lenient {
+            try EdgeLoraError.check(edgelora_adapter_load_lenient(handle, name, path))
+            return Adapter(model: self, name: name, warnings: String(cString: edgelora_last_error()))
+        }
         try EdgeLoraError.check(edgelora_adapter_load(handle, name, path))
         return Adapter(model: self, name: name)
     }

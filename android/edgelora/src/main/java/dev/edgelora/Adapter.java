@@ -4,15 +4,22 @@ package dev.edgelora;
 public final class Adapter implements AutoCloseable {
     private final Model model;
     private final String name;
+    private final String warnings;
     private boolean closed;
 
-    Adapter(Model model, String name) {
+    Adapter(Model model, String name, String warnings) {
         this.model = model;
         this.name = name;
+        this.warnings = warnings;
     }
 
     public String name() {
         return name;
+    }
+
+    /** What a lenient load let through, one warning per line ("" when none). */
+    public String warnings() {
+        return warnings;
     }
 
     @Override

@@ -18,16 +18,17 @@ public final class EdgeLora {
 
     /**
      * Merges adapters (GGUF-LoRA files or PEFT folders) with weights into the model's
-     * quantized weights and writes a new GGUF to {@code out} (atomically), with the
-     * "refit" quantizer.
+     * quantized weights and writes a new GGUF to {@code out} (atomically), with the most
+     * faithful quantizer the model's types allow ("auto": "gptq" for Q4_0/Q4_1/Q8_0
+     * models, which runs the model — minutes, not seconds; pass "refit" for a fast merge).
      */
     public static void merge(String model, String[] adapters, float[] weights, String out) {
-        nativeMerge(model, adapters, weights, out, "refit");
+        nativeMerge(model, adapters, weights, out, "auto");
     }
 
     /**
      * {@link #merge(String, String[], float[], String)} with the quantizer chosen:
-     * "refit" (per-block smallest error, fast), "ggml" (llama.cpp's reference) or "gptq"
+     * "auto" (the default above), "refit" (per-block smallest error, fast), "ggml" (llama.cpp's reference) or "gptq"
      * (Q4_0/Q4_1/Q8_0 codes and grids for the smallest output error on tokens sampled
      * from the adapted model: the closest to the adapter on the fly, but it runs the
      * model — about two minutes for a 135M model on two cores; it also re-codes the

@@ -22,8 +22,17 @@ public final class Model implements AutoCloseable {
 
     /** Loads a GGUF-LoRA file or a PEFT folder under {@code name}; the model is not reloaded. */
     public synchronized Adapter loadAdapter(String name, String path) {
-        nativeLoadAdapter(live(), name, path);
-        return new Adapter(this, name);
+        return loadAdapter(name, path, false);
+    }
+
+    /**
+     * {@link #loadAdapter(String, String)}; with {@code lenient}, a PEFT config whose
+     * target_modules name modules the model does not have loads anyway, its warnings in
+     * {@link Adapter#warnings()} (without, it is an error).
+     */
+    public synchronized Adapter loadAdapter(String name, String path, boolean lenient) {
+        String warnings = nativeLoadAdapter(live(), name, path, lenient);
+        return new Adapter(this, name, warnings == null ? "" : warnings);
     }
 
     synchronized void unloadAdapter(String name) {
@@ -57,7 +66,7 @@ public final class Model implements AutoCloseable {
 
     private static native long nativeOpen(String path, int threads, int nCtx);
     private static native void nativeClose(long handle);
-    private static native void nativeLoadAdapter(long handle, String name, String path);
+    private static native String nativeLoadAdapter(long handle, String name, String path, boolean lenient);
     private static native void nativeUnloadAdapter(long handle, String name);
     private static native Generation nativeGenerate(long handle, String prompt, boolean chat, String[] names,
             float[] scales, int maxTokens, float temperature, int topK, float topP, float minP, float repeatPenalty,
