@@ -41,7 +41,7 @@ typedef enum EdgeloraStopReason {
 
 // How `edgelora_merge_with` writes merged quantized tensors (the CLI's `--quantizer`).
 typedef enum EdgeloraQuantizer {
-  // Per-block search for the smallest squared error (what `edgelora_merge` uses).
+  // Per-block search for the smallest squared error (fast).
   EDGELORA_QUANTIZER_REFIT = 0,
   // ggml's reference quantizer (what llama-quantize writes).
   EDGELORA_QUANTIZER_GGML = 1,
@@ -52,6 +52,9 @@ typedef enum EdgeloraQuantizer {
   // take up the merged layers' errors; needs temporary disk beside the output up to the
   // merged tensors' size.
   EDGELORA_QUANTIZER_GPTQ = 2,
+  // The most faithful one the output supports (what `edgelora_merge` uses): gptq when
+  // a merged weight is Q4_0/Q4_1/Q8_0, refit otherwise.
+  EDGELORA_QUANTIZER_AUTO = 3,
 } EdgeloraQuantizer;
 
 // A cancellation flag shared between a running request and other threads. Opaque.
@@ -147,6 +150,17 @@ enum EdgeloraStatus edgelora_adapter_load(const struct EdgeloraRuntime *rt,
                                           const char *name,
                                           const char *path);
 
+// `edgelora_adapter_load` for a PEFT config whose `target_modules` (or
+// `layers_to_transform`) name modules the model does not have, which
+// `edgelora_adapter_load` refuses: the adapter loads, and on success
+// `edgelora_last_error()` holds the warnings, one per line ("" when there are none).
+//
+// # Safety
+// As `edgelora_adapter_load`.
+enum EdgeloraStatus edgelora_adapter_load_lenient(const struct EdgeloraRuntime *rt,
+                                                  const char *name,
+                                                  const char *path);
+
 // Unloads the adapter `name`. Thread-safe.
 //
 // # Safety
@@ -194,7 +208,9 @@ enum EdgeloraStatus edgelora_runtime_generate(const struct EdgeloraRuntime *rt,
 // Merges `n` adapters (GGUF-LoRA files or PEFT folders) with `weights` into the model at
 // `model_path`, requantized to its own types, and writes the result to `out_path`
 // atomically (nothing is left under `out_path` on failure). Thread-safe; independent of
-// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_REFIT)`.
+// any runtime. Same as `edgelora_merge_with(…, EDGELORA_QUANTIZER_AUTO)`: the most
+// faithful quantizer the model's types allow (gptq for Q4_0/Q4_1/Q8_0 models, which runs
+// the model: minutes, not seconds; pass EDGELORA_QUANTIZER_REFIT for a fast merge).
 //
 // # Safety
 // Paths are NUL-terminated strings; `adapter_paths` and `weights` hold `n` entries.

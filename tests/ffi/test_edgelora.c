@@ -1,5 +1,5 @@
 /* Drives the edgelora C API end to end; run by the test suite (tests/suite/ffi.rs):
- *   test_edgelora MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER
+ *   test_edgelora MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER UNKNOWN_TARGET_PEFT BAD_MODELS_TSV
  * Exits non-zero with a message on the first failed check. */
 #include "edgelora.h"
 
@@ -53,7 +53,7 @@ static char *run(EdgeloraRuntime *rt, const char *adapter, float scale, Stream *
 }
 
 int main(int argc, char **argv) {
-  CHECK(argc == 5, "usage: %s MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER", argv[0]);
+  CHECK(argc == 7, "usage: %s MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER UNKNOWN_TARGET_PEFT BAD_MODELS_TSV", argv[0]);
   printf("edgelora %s\n", edgelora_version());
 
   /* Error paths first: a missing model names the file. */
@@ -66,6 +66,28 @@ int main(int argc, char **argv) {
   EdgeloraRuntimeOptions o = edgelora_runtime_options_default();
   o.threads = 1;
   o.n_ctx = 512;
+
+  /* Models whose metadata llama.cpp would abort on (tests/suite/model_checks.rs writes
+     them with the text each error must contain): refused with a format error, no abort. */
+  FILE *cases = fopen(argv[6], "r");
+  CHECK(cases != NULL, "open %s", argv[6]);
+  char line[8192];
+  int n_cases = 0;
+  while (fgets(line, sizeof line, cases)) {
+    char *tab = strchr(line, '\t');
+    if (!tab) continue;
+    *tab = '\0';
+    char *want = tab + 1;
+    want[strcspn(want, "\n")] = '\0';
+    EdgeloraRuntime *bad = (EdgeloraRuntime *)1;
+    st = edgelora_runtime_open(line, &o, &bad);
+    CHECK(st == EDGELORA_STATUS_FORMAT && bad == NULL && strstr(edgelora_last_error(), want) != NULL, "bad model %s: status %d, want %s", line, st, want);
+    n_cases++;
+  }
+  fclose(cases);
+  CHECK(n_cases >= 30, "only %d bad models", n_cases);
+  printf("%d bad models refused\n", n_cases);
+
   st = edgelora_runtime_open(argv[1], &o, &rt);
   CHECK(st == EDGELORA_STATUS_OK && rt != NULL, "open %s: status %d", argv[1], st);
   CHECK(edgelora_last_error()[0] == '\0', "last error not cleared after success");
@@ -74,6 +96,16 @@ int main(int argc, char **argv) {
   CHECK(edgelora_adapter_load(rt, "a", argv[2]) == EDGELORA_STATUS_OK, "load a");
   CHECK(edgelora_adapter_load(rt, "b", argv[3]) == EDGELORA_STATUS_OK, "load b");
   CHECK(edgelora_adapter_load(rt, "a", argv[2]) == EDGELORA_STATUS_ALREADY_EXISTS, "duplicate name accepted");
+
+  /* A PEFT config naming a module llama does not have: refused, naming it; the lenient
+     load takes it and leaves the warning in edgelora_last_error(). */
+  st = edgelora_adapter_load(rt, "wq", argv[5]);
+  CHECK(st == EDGELORA_STATUS_FORMAT && strstr(edgelora_last_error(), "\"wq\"") && strstr(edgelora_last_error(), "lm_head"), "unknown target: status %d", st);
+  st = edgelora_adapter_load_lenient(rt, "wq", argv[5]);
+  CHECK(st == EDGELORA_STATUS_OK && strstr(edgelora_last_error(), "warning: ") && strstr(edgelora_last_error(), "\"wq\""), "lenient load: status %d", st);
+  CHECK(edgelora_adapter_unload(rt, "wq") == EDGELORA_STATUS_OK, "unload wq");
+  CHECK(edgelora_adapter_load_lenient(rt, "a2", argv[2]) == EDGELORA_STATUS_OK && edgelora_last_error()[0] == '\0', "lenient load of a clean adapter warns");
+  CHECK(edgelora_adapter_unload(rt, "a2") == EDGELORA_STATUS_OK, "unload a2");
 
   /* Wrong base model: an adapter made for another architecture. */
   st = edgelora_adapter_load(rt, "foreign", argv[4]);
@@ -138,7 +170,7 @@ int main(int argc, char **argv) {
   snprintf(merged, sizeof merged, "%s.merged.gguf", argv[4]);
   const char *paths[1] = {argv[2]};
   float weights[1] = {2.0f};
-  st = edgelora_merge(argv[1], paths, weights, 1, merged);
+  st = edgelora_merge_with(argv[1], paths, weights, 1, merged, EDGELORA_QUANTIZER_REFIT);
   CHECK(st == EDGELORA_STATUS_OK, "merge: status %d", st);
   EdgeloraRuntime *mrt = NULL;
   CHECK(edgelora_runtime_open(merged, &o, &mrt) == EDGELORA_STATUS_OK, "open the merged model");
@@ -147,13 +179,14 @@ int main(int argc, char **argv) {
   CHECK(strlen(m) > 0, "merged model generated nothing");
   edgelora_string_free(m);
   edgelora_runtime_close(mrt);
-  /* The same merge with GPTQ (weight 1): other bytes, the same tensors' size; the file is
-     larger only by its metadata record of the untargeted attn_output/ffn_down tensors
-     GPTQ re-coded too (edgelora.merge.gptq_compensated, a few KiB at most). */
+  /* The default merge (EDGELORA_QUANTIZER_AUTO) of this Q4_1 model is GPTQ (weight 1):
+     other bytes than refit's, the same tensors' size; the file is larger only by its
+     metadata record of the untargeted attn_output/ffn_down tensors GPTQ re-coded too
+     (edgelora.merge.gptq_compensated, a few KiB at most). */
   char gptq[4096];
   snprintf(gptq, sizeof gptq, "%s.gptq.gguf", argv[4]);
   weights[0] = 1.0f;
-  st = edgelora_merge_with(argv[1], paths, weights, 1, gptq, EDGELORA_QUANTIZER_GPTQ);
+  st = edgelora_merge(argv[1], paths, weights, 1, gptq);
   CHECK(st == EDGELORA_STATUS_OK, "gptq merge: status %d (%s)", st, edgelora_last_error());
   st = edgelora_merge_with(argv[1], paths, weights, 1, merged, EDGELORA_QUANTIZER_REFIT);
   CHECK(st == EDGELORA_STATUS_OK, "refit merge: status %d", st);
@@ -179,7 +212,7 @@ int main(int argc, char **argv) {
   st = edgelora_merge_with(argv[1], paths, weights, 1, merged, 7);
   CHECK(st == EDGELORA_STATUS_INVALID_ARGUMENT && strstr(edgelora_last_error(), "quantizer 7"), "unknown quantizer: %d", st);
   const char *bad[1] = {"/nonexistent/adapter"};
-  st = edgelora_merge(argv[1], bad, weights, 1, merged);
+  st = edgelora_merge_with(argv[1], bad, weights, 1, merged, EDGELORA_QUANTIZER_REFIT);
   CHECK(st != EDGELORA_STATUS_OK && strstr(edgelora_last_error(), "/nonexistent/adapter"), "merge of a missing adapter: %d", st);
   printf("all C API checks passed\n");
   return 0;

@@ -1,7 +1,7 @@
 import dev.edgelora.*;
 
 /** Drives the Java API on the host JVM; run by the test suite (tests/suite/ffi.rs):
- *  java -Djava.library.path=DIR JvmTest MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER */
+ *  java -Djava.library.path=DIR JvmTest MODEL ADAPTER_A ADAPTER_B FOREIGN_ADAPTER UNKNOWN_TARGET_PEFT BAD_MODELS_TSV */
 public class JvmTest {
     static void check(boolean ok, String what) {
         if (!ok) {
@@ -11,7 +11,7 @@ public class JvmTest {
     }
 
     public static void main(String[] args) throws Exception {
-        check(args.length == 4, "usage: JvmTest MODEL A B FOREIGN");
+        check(args.length == 6, "usage: JvmTest MODEL A B FOREIGN UNKNOWN_TARGET_PEFT BAD_MODELS_TSV");
         System.out.println("edgelora " + EdgeLora.version());
         try {
             Model.open("/nonexistent/model.gguf", 1, 512);
@@ -19,6 +19,20 @@ public class JvmTest {
         } catch (EdgeLoraException e) {
             check(e.status() == EdgeLoraException.IO && e.getMessage().contains("/nonexistent/model.gguf"), "missing model: " + e);
         }
+        // Models whose metadata llama.cpp would abort on: each refused, its key named.
+        int nBad = 0;
+        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Paths.get(args[5]))) {
+            String[] f = line.split("\t", 2);
+            if (f.length != 2) continue;
+            try {
+                Model.open(f[0], 1, 64).close();
+                check(false, "bad model opened: " + f[0]);
+            } catch (EdgeLoraException e) {
+                check(e.status() == EdgeLoraException.FORMAT && e.getMessage().contains(f[1]), "bad model " + f[0] + ": " + e);
+            }
+            nBad++;
+        }
+        check(nBad >= 30, "only " + nBad + " bad models");
         try (Model model = Model.open(args[0], 1, 512);
              Adapter a = model.loadAdapter("a", args[1]);
              Adapter b = model.loadAdapter("b", args[2]);
@@ -28,6 +42,15 @@ public class JvmTest {
                 check(false, "foreign adapter loaded");
             } catch (EdgeLoraException e) {
                 check(e.status() == EdgeLoraException.ADAPTER_MISMATCH && e.getMessage().contains("qwen2"), "foreign: " + e);
+            }
+            try {
+                model.loadAdapter("wq", args[4]);
+                check(false, "unknown target module loaded");
+            } catch (EdgeLoraException e) {
+                check(e.status() == EdgeLoraException.FORMAT && e.getMessage().contains("\"wq\""), "unknown target: " + e);
+            }
+            try (Adapter wq = model.loadAdapter("wq", args[4], true)) {
+                check(wq.warnings().startsWith("warning: ") && wq.warnings().contains("\"wq\""), "lenient warnings: " + wq.warnings());
             }
             String q = "What is the capital of France?";
             StringBuilder streamed = new StringBuilder();
@@ -68,7 +91,7 @@ public class JvmTest {
             }
         }
         String merged = args[3] + ".merged.gguf";
-        EdgeLora.merge(args[0], new String[] {args[1]}, new float[] {2f}, merged);
+        EdgeLora.merge(args[0], new String[] {args[1]}, new float[] {2f}, merged, "refit");
         try (Model m = Model.open(merged, 1, 512)) {
             Generation g = m.generate(new GenerateRequest("What is the capital of France?").chat(true).maxTokens(8), null);
             check(!g.text.isEmpty(), "merged model generated nothing");
@@ -84,7 +107,7 @@ public class JvmTest {
             check(e.status() == EdgeLoraException.INVALID_ARGUMENT && e.getMessage().contains("best"), "quantizer error: " + e);
         }
         try {
-            EdgeLora.merge(args[0], new String[] {"/nonexistent/adapter"}, new float[] {1f}, merged + "2");
+            EdgeLora.merge(args[0], new String[] {"/nonexistent/adapter"}, new float[] {1f}, merged + "2", "refit");
             check(false, "merge of a missing adapter succeeded");
         } catch (EdgeLoraException e) {
             check(e.getMessage().contains("/nonexistent/adapter"), "merge error: " + e);

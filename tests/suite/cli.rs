@@ -161,9 +161,11 @@ fn merge_command_and_merge_at_load() {
     let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
     let dir = tmpdir();
     let out = dir.path().join("merged.gguf");
-    let r = edgelora(&["merge", "-m", m, "-a", &format!("{seed}:0.5"), "--out", out.to_str().unwrap()]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("60 tensors merged"));
+    // refit: what --merge at load uses by default; the summary names it and says gptq is closer.
+    let r = edgelora(&["merge", "-m", m, "-a", &format!("{seed}:0.5"), "--quantizer", "refit", "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("60 tensors merged") && err.contains("with the refit quantizer; gptq is closer"), "{err}");
     let logits = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["logits", "-t", "1", "-p", "The capital of France is", "--top", "5", "--json"];
         args.extend_from_slice(extra);
@@ -212,15 +214,26 @@ fn merge_with_gptq_on_a_calibration_text() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("gptq: 60 merged tensor(s) written by refit"), "{err}");
-    let r = edgelora(&["merge", "-m", m, "-a", seed, "--out", &out("r.gguf")]);
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "refit", "--out", &out("r.gguf")]);
     assert!(r.status.success());
+    // The offline merge's default (auto) is gptq on this Q4_1 model: with the short text it
+    // takes gptq's path (every tensor by refit, as said) and writes the same tensors.
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--calibration", short.to_str().unwrap(), "--out", &out("auto.gguf")]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("with the gptq quantizer:") && err.contains("gptq: 60 merged tensor(s) written by refit"), "{err}");
+    assert_eq!(GgufFile::open(out("auto.gguf")).unwrap().tensor_bytes("blk.3.attn_q.weight").unwrap().1, GgufFile::open(out("s.gguf")).unwrap().tensor_bytes("blk.3.attn_q.weight").unwrap().1);
+    // An F16 output is exact to round: auto picks refit there.
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--type", "f16", "--out", &out("f16.gguf")]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success() && err.contains("with the refit quantizer"), "{err}");
     let (g, s, refit) = (GgufFile::open(out("g.gguf")).unwrap(), GgufFile::open(out("s.gguf")).unwrap(), GgufFile::open(out("r.gguf")).unwrap());
     let t = "blk.3.attn_q.weight";
     let data = |f: &GgufFile| f.tensor_bytes(t).unwrap().1.to_vec();
     assert_eq!(data(&s), data(&refit));
     assert_ne!(data(&g), data(&refit));
     // --calibration belongs to gptq; a missing text is named.
-    let r = edgelora(&["merge", "-m", m, "-a", seed, "--calibration", readme, "--out", &out("x.gguf")]);
+    let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "refit", "--calibration", readme, "--out", &out("x.gguf")]);
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("--quantizer gptq"));
     let r = edgelora(&["merge", "-m", m, "-a", seed, "--quantizer", "gptq", "--calibration", "/nonexistent.txt", "--out", &out("x.gguf")]);

@@ -51,9 +51,32 @@ fn foreign_adapter(dir: &Path) -> PathBuf {
     p
 }
 
-/// The four arguments both programs take: model, two fixture adapters, a foreign adapter.
+/// The seed fixture with a target module llama does not have added to its config.
+fn unknown_target_adapter(dir: &Path) -> PathBuf {
+    let src = root().join("tests/fixtures/seed_r16_qv");
+    let out = dir.join("wq-adapter");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+    cfg["target_modules"] = serde_json::json!(["q_proj", "v_proj", "wq"]);
+    std::fs::write(out.join("adapter_config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(src.join("adapter_model.safetensors"), out.join("adapter_model.safetensors")).unwrap();
+    out
+}
+
+/// The six arguments both programs take: model, two fixture adapters, a foreign adapter,
+/// an adapter with an unknown target module, and the bad models' case list.
 fn program_args(dir: &Path) -> Vec<PathBuf> {
-    vec![model_path(), root().join("tests/fixtures/seed_r16_qv"), root().join("tests/fixtures/rslora_r8_all"), foreign_adapter(dir)]
+    let bad = dir.join("bad-models");
+    std::fs::create_dir_all(&bad).unwrap();
+    crate::model_checks::bad_model_cases(&bad);
+    vec![
+        model_path(),
+        root().join("tests/fixtures/seed_r16_qv"),
+        root().join("tests/fixtures/rslora_r8_all"),
+        foreign_adapter(dir),
+        unknown_target_adapter(dir),
+        bad.join("cases.tsv"),
+    ]
 }
 
 #[test]
