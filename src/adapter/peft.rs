@@ -443,7 +443,6 @@ pub fn write_peft(adapter: &LoraAdapter, dir: &Path, base: &GgufFile, dtype: Opt
     })?;
     super::validate(adapter, base, dir)?;
     let (n_head, n_head_kv) = head_counts(base)?;
-    std::fs::create_dir_all(dir).map_err(|e| invalid(dir, format!("cannot create the folder: {e}")))?;
 
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (g, t) in &adapter.tensors {
@@ -488,9 +487,25 @@ pub fn write_peft(adapter: &LoraAdapter, dir: &Path, base: &GgufFile, dtype: Opt
         _ => synthesize_config(adapter, &names),
     };
     let cfg_text = serde_json::to_string_pretty(&cfg).expect("config serializes");
-    let w_path: PathBuf = dir.join(WEIGHTS_FILE);
-    atomic_write(&w_path, &st_bytes).map_err(|e| invalid(&w_path, format!("cannot write: {e}")))?;
-    let c_path = dir.join(CONFIG_FILE);
-    atomic_write(&c_path, cfg_text.as_bytes()).map_err(|e| invalid(&c_path, format!("cannot write: {e}")))?;
-    Ok(())
+    let write_both = |into: &Path| -> Result<(), Error> {
+        // Weights first, the config (what makes a folder a PEFT adapter) last.
+        let w_path: PathBuf = into.join(WEIGHTS_FILE);
+        atomic_write(&w_path, &st_bytes).map_err(|e| invalid(&dir.join(WEIGHTS_FILE), format!("cannot write: {e}")))?;
+        let c_path = into.join(CONFIG_FILE);
+        atomic_write(&c_path, cfg_text.as_bytes()).map_err(|e| invalid(&dir.join(CONFIG_FILE), format!("cannot write: {e}")))
+    };
+    if dir.exists() {
+        return write_both(dir);
+    }
+    // A new folder appears whole or not at all: both files go into a sibling temporary
+    // folder, which is renamed into place.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| invalid(parent, format!("cannot create the folder: {e}")))?;
+    let tmp = crate::gguf::temp_path_for(dir);
+    std::fs::create_dir(&tmp).map_err(|e| invalid(dir, format!("cannot create the temporary folder {}: {e}", tmp.display())))?;
+    let done = write_both(&tmp).and_then(|()| std::fs::rename(&tmp, dir).map_err(|e| invalid(dir, format!("cannot rename {} into place: {e}", tmp.display()))));
+    if done.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    done
 }

@@ -3,12 +3,14 @@
 //! template and detokenization come from llama.cpp's vocabulary (a small llama.cpp
 //! context is opened for that alone); sampling and stop strings are the engine's own.
 //!
-//! Like the llama.cpp backend, the KV cache is reused only for the same adapter set and
-//! only for the common token prefix.
+//! Like the llama.cpp backend, the KV cache is reused only for the same adapter set (the
+//! same loads: a name reloaded from another file is another adapter) and only for the
+//! common token prefix. A request resolves its adapter set once, when it starts: an
+//! adapter unloaded meanwhile stays alive (shared) until the request ends.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions, StopReason};
@@ -20,8 +22,18 @@ use crate::error::{EngineError, Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{NativeModel, Session};
 
+/// A loaded adapter: unique load id (for the cache key) and the shared factors.
+struct Loaded {
+    id: u64,
+    adapter: Arc<LoraAdapter>,
+}
+
+/// A request's adapters, resolved from their names when it starts.
+type ActiveSet = Vec<(Arc<LoraAdapter>, f32)>;
+
 struct Cache {
-    key: Vec<(String, u32)>,
+    /// (load id, scale bits), sorted.
+    key: Vec<(u64, u32)>,
     tokens: Vec<i32>,
     session: Session,
 }
@@ -30,7 +42,7 @@ struct Cache {
 pub struct NativeRuntime {
     vocab: Runtime,
     model: NativeModel,
-    adapters: Mutex<BTreeMap<String, LoraAdapter>>,
+    adapters: Mutex<(BTreeMap<String, Loaded>, u64)>,
     cache: Mutex<Cache>,
 }
 
@@ -46,7 +58,7 @@ impl NativeRuntime {
             // The whole forward on the device (weights, KV cache and adapters there).
             Device::Gpu => NativeModel::on_gpu(gguf, compute::gpu::Gpu::new().map_err(|e| EngineError::Backend(e.to_string()))?)?,
         };
-        Ok(NativeRuntime { vocab, model, adapters: Mutex::new(BTreeMap::new()), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
+        Ok(NativeRuntime { vocab, model, adapters: Mutex::new((BTreeMap::new(), 0)), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
     }
 
     pub fn backend_name(&self) -> String {
@@ -70,21 +82,25 @@ impl NativeRuntime {
     /// [`load_adapter`](Self::load_adapter) with options; returns a lenient read's warnings.
     pub fn load_adapter_with(&self, name: &str, path: impl AsRef<Path>, options: adapter::ReadOptions) -> Result<Vec<String>> {
         let (a, warnings) = adapter::load_with(path.as_ref(), self.model.gguf(), options)?;
-        let mut map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, next_id) = &mut *guard;
         if map.contains_key(name) {
             return Err(EngineError::DuplicateAdapter { name: name.into() }.into());
         }
-        map.insert(name.into(), a);
+        *next_id += 1;
+        map.insert(name.into(), Loaded { id: *next_id, adapter: Arc::new(a) });
         Ok(warnings)
     }
 
+    /// Unloads `name`; a request already running with it finishes with it.
     pub fn unload_adapter(&self, name: &str) -> Result<()> {
-        let mut map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(name).map(|_| ()).ok_or_else(|| unknown(&map, name))
+        let mut guard = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut guard.0;
+        map.remove(name).map(|_| ()).ok_or_else(|| unknown(map, name))
     }
 
     pub fn adapter_names(&self) -> Vec<String> {
-        self.adapters.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.adapters.lock().unwrap_or_else(|e| e.into_inner()).0.keys().cloned().collect()
     }
 
     /// Drops the KV cache.
@@ -94,18 +110,28 @@ impl NativeRuntime {
         cache.session = Session::default();
     }
 
-    fn eval(&self, tokens: &[i32], set: &[(String, f32)], all: bool, cancel: Option<&CancelFlag>) -> Result<Option<Vec<Vec<f32>>>> {
-        let map = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+    /// The named adapters with their scales, and the set's cache key.
+    fn resolve(&self, set: &[(String, f32)]) -> Result<(ActiveSet, Vec<(u64, u32)>)> {
+        let guard = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &guard.0;
         let mut active = Vec::with_capacity(set.len());
         let mut key = Vec::with_capacity(set.len());
         for (name, scale) in set {
             if !scale.is_finite() {
                 return Err(EngineError::BadScale { name: name.clone(), scale: *scale }.into());
             }
-            active.push((map.get(name).ok_or_else(|| unknown(&map, name))?, *scale));
-            key.push((name.clone(), scale.to_bits()));
+            let l = map.get(name).ok_or_else(|| unknown(map, name))?;
+            active.push((Arc::clone(&l.adapter), *scale));
+            key.push((l.id, scale.to_bits()));
         }
         key.sort();
+        Ok((active, key))
+    }
+
+    fn eval(&self, tokens: &[i32], set: &(ActiveSet, Vec<(u64, u32)>), all: bool, cancel: Option<&CancelFlag>) -> Result<Option<Vec<Vec<f32>>>> {
+        let (held, key) = set;
+        let active: Vec<(&LoraAdapter, f32)> = held.iter().map(|(a, s)| (a.as_ref(), *s)).collect();
+        let key = key.clone();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         // Reuse the cached prefix only under the same adapter set (and never for `all`,
         // which needs every position's logits).
@@ -137,11 +163,11 @@ impl NativeRuntime {
     }
 
     pub fn logits(&self, tokens: &[i32], set: &[(String, f32)]) -> Result<Vec<f32>> {
-        Ok(self.eval(tokens, set, false, None)?.expect("not cancelled").pop().expect("one row"))
+        Ok(self.eval(tokens, &self.resolve(set)?, false, None)?.expect("not cancelled").pop().expect("one row"))
     }
 
     pub fn logits_all(&self, tokens: &[i32], set: &[(String, f32)]) -> Result<Vec<Vec<f32>>> {
-        Ok(self.eval(tokens, set, true, None)?.expect("not cancelled"))
+        Ok(self.eval(tokens, &self.resolve(set)?, true, None)?.expect("not cancelled"))
     }
 
     /// As [`Runtime::generate`], on the native engine.
@@ -149,23 +175,24 @@ impl NativeRuntime {
         let mut tokens = self.vocab.tokenize(&req.prompt)?;
         let mut sampler = Sampler::new(req.sampling.clone())?;
         sampler.observe(&tokens);
+        let set = self.resolve(&req.adapters)?;
         let t0 = Instant::now();
         let mut gen = Generation { text: String::new(), tokens: Vec::new(), n_prompt: tokens.len(), n_prompt_cached: 0, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 };
-        let Some(mut logits) = self.eval(&tokens, &req.adapters, false, req.cancel.as_ref())? else { return Ok(gen) };
+        let Some(mut logits) = self.eval(&tokens, &set, false, req.cancel.as_ref())? else { return Ok(gen) };
         gen.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let vocab = Vocab { is_eog: &|t| self.vocab.is_eog(t), piece: &|t| self.vocab.token_piece(t) };
         let first = logits.pop().expect("one row");
         decode_loop(req, &mut sampler, first, &mut gen, vocab, on_text, &mut |token| {
             tokens.push(token);
-            Ok(self.eval(&tokens, &req.adapters, false, None)?.expect("not cancelled").pop())
+            Ok(self.eval(&tokens, &set, false, None)?.expect("not cancelled").pop())
         })?;
         gen.gen_secs = t1.elapsed().as_secs_f64();
         Ok(gen)
     }
 }
 
-fn unknown(map: &BTreeMap<String, LoraAdapter>, name: &str) -> Error {
+fn unknown(map: &BTreeMap<String, Loaded>, name: &str) -> Error {
     let loaded: Vec<&str> = map.keys().map(String::as_str).collect();
     EngineError::UnknownAdapter { name: name.into(), loaded: if loaded.is_empty() { "none".into() } else { loaded.join(", ") } }.into()
 }

@@ -481,6 +481,11 @@ impl Drop for Runtime {
 /// Parses `PATH[:SCALE]` (scale defaults to 1). A trailing `:x` that is not a number is
 /// taken as part of the path.
 pub fn parse_adapter_arg(arg: &str) -> Result<(PathBuf, f32), Error> {
+    // An empty argument used to come back as Ok with an empty path (found by
+    // fuzz/fuzz_targets/adapter_arg.rs): it names no adapter.
+    if arg.is_empty() {
+        return Err(EngineError::BadOption("adapter argument is empty (expected PATH[:SCALE])".into()).into());
+    }
     if let Some((path, scale)) = arg.rsplit_once(':') {
         if let Ok(s) = scale.parse::<f32>() {
             if !s.is_finite() {

@@ -302,10 +302,18 @@ impl GgufWriter {
                 })
             }
         };
-        let file = out.into_inner().map_err(|e| e.into_error()).map_err(io(&self.tmp_path, "write failed"))?;
-        file.sync_all().map_err(io(&self.tmp_path, "fsync failed"))?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.final_path).map_err(io(&self.final_path, "cannot rename the temporary file onto"))?;
+        // The sink is taken out of `self`, so Drop no longer removes the temporary file:
+        // every failure from here on removes it (a full disk shows up at this flush).
+        let done = (|| {
+            let file = out.into_inner().map_err(|e| e.into_error()).map_err(io(&self.tmp_path, "write failed"))?;
+            file.sync_all().map_err(io(&self.tmp_path, "fsync failed"))?;
+            drop(file);
+            fs::rename(&self.tmp_path, &self.final_path).map_err(io(&self.final_path, "cannot rename the temporary file onto"))
+        })();
+        if done.is_err() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+        done?;
         if let Some(dir) = self.final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();

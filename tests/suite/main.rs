@@ -7,6 +7,7 @@ mod adapters;
 mod cli;
 mod compute;
 mod engine;
+mod faults;
 mod ffi;
 mod gguf_malformed;
 mod gradcheck;
