@@ -16,6 +16,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // An assert inside llama.cpp (none should be reachable from a file: README
+    // "Reliability") would fork gdb for a backtrace, which can hang; fail fast instead.
+    if std::env::var_os("GGML_NO_BACKTRACE").is_none() {
+        // Before any thread starts: nothing reads the environment concurrently.
+        std::env::set_var("GGML_NO_BACKTRACE", "1");
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

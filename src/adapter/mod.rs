@@ -68,6 +68,11 @@ pub fn validate(adapter: &LoraAdapter, base: &GgufFile, origin: &Path) -> Result
     let mut targets = BTreeMap::new();
     for (name, t) in &adapter.tensors {
         let bad = |reason: String| -> Error { AdapterError::BadTensor { path: path.clone(), tensor: name.clone(), reason }.into() };
+        if name == "token_embd.weight" {
+            // llama.cpp applies an embedding LoRA in another orientation, and on a model
+            // with tied embeddings reuses it for the output head, where it aborts.
+            return Err(bad("LoRA on the token embedding is not supported (llama.cpp would misapply it; on a tied model it aborts)".into()));
+        }
         let w = base.tensor(name).ok_or_else(|| {
             let hint = if name == "output.weight" { " (the model ties its output to token_embd: an lm_head LoRA has no weight to apply to)" } else { " (wrong base model, or unmapped HF names?)" };
             bad(format!("the base model {} has no such tensor{hint}", base.path().display()))

@@ -175,6 +175,11 @@ impl Model {
 
     /// The bytes of one token (special tokens rendered when `special`).
     pub fn token_bytes(&self, token: Token, special: bool) -> Vec<u8> {
+        // llama_token_to_piece throws (and the exception aborts across the C boundary)
+        // for an id outside the vocabulary: such an id has no text.
+        if token < 0 || token as usize >= self.n_vocab() {
+            return Vec::new();
+        }
         let mut buf = vec![0u8; 64];
         for _ in 0..2 {
             // SAFETY: the buffer is writable for its length; no NUL is written.
@@ -275,6 +280,11 @@ impl Model {
         p.n_threads = n_threads;
         p.n_threads_batch = n_threads;
         p.no_perf = true;
+        // Set, not taken from the file: a model marked non-causal would reach
+        // llama_decode's GGML_ASSERT(causal_attn || n_ubatch >= n_tokens); no embeddings.
+        p.attention_type = sys::LLAMA_ATTENTION_TYPE_CAUSAL;
+        p.pooling_type = sys::LLAMA_POOLING_TYPE_NONE;
+        p.embeddings = false;
         p.flash_attn_type = match flash_attention {
             None => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
             Some(true) => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,

@@ -114,6 +114,18 @@ impl Checker<'_> {
                 return Err(self.wrong(k, "a string", Self::found(v)));
             }
         }
+        // llama.cpp maps tensor data in place and asserts 32-byte aligned pointers.
+        if self.f.alignment() % 32 != 0 || self.f.data_offset() % 32 != 0 {
+            return Err(self.wrong("general.alignment", "a power of two ≥ 32 (llama.cpp maps tensors in place at 32-byte alignment)", self.f.alignment().to_string()));
+        }
+        match self.f.get(&key("attention.causal")) {
+            None | Some(MetaValue::Bool(true)) => {}
+            Some(v) => return Err(self.wrong(&key("attention.causal"), "absent or true (edgelora runs causal language models)", Self::found(v))),
+        }
+        match self.f.get("tokenizer.ggml.model").and_then(MetaValue::as_str) {
+            Some("none" | "no_vocab") => return Err(self.wrong("tokenizer.ggml.model", "a tokenizer (edgelora needs a vocabulary)", "no vocabulary")),
+            _ => {}
+        }
         let bc = key("block_count");
         let n_layer = self.u32_req(&bc)?;
         if n_layer == 0 || n_layer > MAX_LAYERS {
@@ -175,6 +187,11 @@ impl Checker<'_> {
             if t.shape.contains(&0) {
                 return Err(self.bad_tensor(&t.name, format!("shape {:?} has an empty dimension", t.shape)));
             }
+            // ggml's CPU add/mul take f32 vectors only (norms, biases, scales, RoPE factors);
+            // converters always write 1-D tensors as f32.
+            if t.shape.len() == 1 && t.ggml_type != GgmlType::F32 {
+                return Err(self.bad_tensor(&t.name, format!("type {}, expected f32 (a vector)", t.ggml_type)));
+            }
             if t.shape.len() >= 2 && t.name.ends_with(".weight") && !matmul_type(t.ggml_type) {
                 return Err(self.bad_tensor(&t.name, format!("type {} cannot be a weight matrix (ggml multiplies float and block-quantized types)", t.ggml_type)));
             }
@@ -202,7 +219,25 @@ impl Checker<'_> {
                 Some(x) => Ok(x),
             }
         };
+        for k in ["nextn_predict_layers", "expert_count", "expert_used_count"] {
+            if let Some(v) = self.f.get(&key(k)).filter(|v| v.as_u64() != Some(0)) {
+                return Err(self.wrong(&key(k), format!("absent or 0 (edgelora runs dense {arch} models)"), Self::found(v)));
+            }
+        }
+        // A file without a vocabulary serves the native engine on token ids (llama.cpp
+        // refuses it with an error); one with a vocabulary names a tokenizer we know.
+        match self.f.get("tokenizer.ggml.model") {
+            Some(MetaValue::String(m)) if m == "gpt2" || m == "llama" => {}
+            None if self.f.get("tokenizer.ggml.tokens").is_none() => {}
+            None => return Err(GgufError::MissingKey { path: self.f.path().to_path_buf(), key: "tokenizer.ggml.model".into() }.into()),
+            Some(v) => return Err(self.wrong("tokenizer.ggml.model", format!("gpt2 (BPE) or llama (SentencePiece), the tokenizers of {arch} models"), Self::found(v))),
+        }
         let n_embd = positive("embedding_length", self.u32_opt(&key("embedding_length"))?)?;
+        if let Some(out) = self.u32_opt(&key("embedding_length_out"))? {
+            if out != n_embd {
+                return Err(self.wrong(&key("embedding_length_out"), format!("absent or embedding_length = {n_embd}"), out.to_string()));
+            }
+        }
         let n_ff = positive("feed_forward_length", scalar("feed_forward_length")?)?;
         let n_head = positive("attention.head_count", scalar("attention.head_count")?)?;
         let n_head_kv = match scalar("attention.head_count_kv")? {
@@ -218,12 +253,18 @@ impl Checker<'_> {
         let default_head = n_embd / n_head;
         let head_k = self.u32_opt(&key("attention.key_length"))?.unwrap_or(default_head);
         let head_v = self.u32_opt(&key("attention.value_length"))?.unwrap_or(default_head);
-        if n_embd % n_head != 0 || head_k != default_head || head_v != default_head {
+        if n_embd % n_head != 0 || head_k != default_head || head_v != default_head || head_k < 2 || head_k % 2 != 0 {
             return Err(self.wrong(
                 &key("attention.head_count"),
-                format!("heads of embedding_length / head_count = {n_embd} / {n_head} values, the same for keys and values"),
+                format!("heads of embedding_length / head_count = {n_embd} / {n_head} values (even), the same for keys and values"),
                 format!("{n_head} heads, key_length {head_k}, value_length {head_v}"),
             ));
+        }
+        // Sizes llama.cpp multiplies in 32 bits (n_embd_k_gqa) or allocates per token.
+        for (k, v, cap) in [("embedding_length", n_embd, 1u64 << 20), ("feed_forward_length", n_ff, 1 << 22), ("attention.head_count_kv", n_head_kv * head_k, 1 << 20)] {
+            if v > cap {
+                return Err(self.wrong(&key(k), format!("at most {cap} (as a width)"), v.to_string()));
+            }
         }
         // The tensors, exactly: name → expected shape (ggml order), required or not;
         // checked before the RoPE and norm keys, whose errors would hide a shape one.
@@ -284,15 +325,14 @@ impl Checker<'_> {
                 return Err(self.bad_tensor(name, format!("type {}, expected f32 (a vector)", t.ggml_type)));
             }
         }
-        let rope_ok = if arch == "llama" { rope_dim == head_k } else { rope_dim <= head_k && rope_dim % 2 == 0 && rope_dim > 0 };
-        if !rope_ok {
-            let want = if arch == "llama" { format!("the head size {head_k}") } else { format!("an even number in 2..={head_k}") };
-            return Err(self.wrong(&key("rope.dimension_count"), want, rope_dim.to_string()));
+        // llama.cpp: llama throws on another value, qwen2's graph asserts.
+        if rope_dim != head_k {
+            return Err(self.wrong(&key("rope.dimension_count"), format!("the head size {head_k}"), rope_dim.to_string()));
         }
         let eps_key = key("attention.layer_norm_rms_epsilon");
         match self.f32_opt(&eps_key)? {
-            Some(e) if e.is_finite() && e > 0.0 => {}
-            Some(e) => return Err(self.wrong(&eps_key, "a finite f32 > 0", e.to_string())),
+            Some(e) if e.is_finite() && e > 0.0 && e < 1.0 => {}
+            Some(e) => return Err(self.wrong(&eps_key, "a finite f32 in (0, 1)", e.to_string())),
             None => return Err(GgufError::MissingKey { path: self.f.path().to_path_buf(), key: eps_key }.into()),
         }
         if let Some(b) = self.f32_opt(&key("rope.freq_base"))? {
@@ -344,6 +384,26 @@ pub fn check_vocab(f: &GgufFile, n_vocab: Option<u64>) -> Result<(), Error> {
             return Err(wrong("tokenizer.ggml.tokens", format!("{nv} tokens (token_embd.weight's rows)"), format!("{n} tokens")));
         }
     }
+    // llama.cpp asserts its token → id map is as large as the list (names unique, an
+    // empty one counted as "[EMPTY_<i>]") and aborts on a token of 2 GiB or more.
+    let mut seen = std::collections::HashSet::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let s = t.as_str().unwrap_or_default();
+        if s.len() >= 1 << 16 {
+            return Err(wrong("tokenizer.ggml.tokens", "tokens shorter than 64 KiB".into(), format!("token {i}: {} bytes", s.len())));
+        }
+        let name = if s.is_empty() { std::borrow::Cow::Owned(format!("[EMPTY_{i}]")) } else { std::borrow::Cow::Borrowed(s) };
+        if !seen.insert(name) {
+            return Err(wrong("tokenizer.ggml.tokens", "distinct tokens".into(), format!("token {i} {s:?} repeats an earlier one")));
+        }
+    }
+    // SentencePiece falls back to <0xXX> byte tokens for any character without its own
+    // token; llama.cpp's tokenizer throws (and aborts across the C boundary) without them.
+    if f.get("tokenizer.ggml.model").and_then(MetaValue::as_str) == Some("llama") {
+        if let Some(b) = (0..=255u32).find(|b| !seen.contains(format!("<0x{b:02X}>").as_str())) {
+            return Err(wrong("tokenizer.ggml.tokens", "the 256 byte tokens <0x00>…<0xFF> of a SentencePiece vocabulary".into(), format!("no <0x{b:02X}>")));
+        }
+    }
     for (key, t) in [("tokenizer.ggml.scores", ValueType::F32), ("tokenizer.ggml.token_type", ValueType::I32)] {
         if let Some(a) = array(key, t)? {
             if a.len() as u64 != n {
@@ -368,10 +428,21 @@ pub fn check_vocab(f: &GgufFile, n_vocab: Option<u64>) -> Result<(), Error> {
         }
         match v {
             MetaValue::U32(id) if u64::from(*id) < n => {}
-            // llama.cpp reads ids as u32; -1 written as u32 means "none" (0xFFFFFFFF).
-            MetaValue::U32(u32::MAX) => {}
-            MetaValue::I32(-1) => {}
             other => return Err(wrong(key, format!("a u32 token id below {n}"), format!("{} {}", other.value_type().name(), other.summary()))),
+        }
+    }
+    // A tokenizer that adds BOS (or EOS) asserts it has one: SentencePiece adds BOS unless
+    // told not to; BPE when its pre-tokenizer or the flag says so.
+    let flag = |k: &str| f.get(k).and_then(|v| if let MetaValue::Bool(b) = v { Some(*b) } else { None });
+    for (add, id, default_on) in [
+        ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id", true),
+        ("tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id", false),
+    ] {
+        if let Some(v) = f.get(add).filter(|v| !matches!(v, MetaValue::Bool(_))) {
+            return Err(wrong(add, "a bool".into(), format!("{} {}", v.value_type().name(), v.summary())));
+        }
+        if flag(add).unwrap_or(default_on) && f.get(id).is_none() {
+            return Err(GgufError::MissingKey { path: path.clone(), key: format!("{id} ({add} is not false)") }.into());
         }
     }
     Ok(())

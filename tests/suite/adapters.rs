@@ -443,6 +443,12 @@ fn alpha_rank_and_target_modules_are_held_to_the_base() {
     assert!(rt.load_adapter("wq", &wq).is_err());
     let info = rt.load_adapter_with("wq", &wq, ReadOptions { lenient: true }).unwrap();
     assert_eq!(info.warnings, warnings);
+    // A LoRA on the token embedding: llama.cpp misapplies it (and on this tied model it
+    // would run it as the output head's LoRA and abort).
+    let mut embd = LoraAdapter::new("llama");
+    embd.tensors.insert("token_embd.weight".into(), edgelora::adapter::LoraTensor { rank: 2, n_in: 576, n_out: 49152, a: vec![0.01; 2 * 576], b: vec![0.01; 49152 * 2], scale: 1.0, dtype: edgelora::adapter::FactorDtype::F32 });
+    let e = adapter::validate(&embd, model_gguf(), Path::new("embd.gguf")).unwrap_err().to_string();
+    assert!(e.contains("token_embd.weight") && e.contains("token embedding"), "{e}");
     // A user scale must be finite; a negative one (subtracting an adapter) is fine.
     assert!(edgelora::engine::parse_adapter_arg("a.gguf:inf").is_err());
     assert!(edgelora::engine::parse_adapter_arg("a.gguf:NaN").is_err());

@@ -83,6 +83,27 @@ fn cases() -> Vec<(&'static str, &'static str, Edit)> {
         ("bos_out_of_range", "tokenizer.ggml.bos_token_id", key("tokenizer.ggml.bos_token_id", u(1_000_000))),
         ("merge_without_space", "tokenizer.ggml.merges", key("tokenizer.ggml.merges", MetaValue::Array(ValueType::String, vec![MetaValue::String("ab".into())]))),
         ("tokenizer_model_not_string", "tokenizer.ggml.model", key("tokenizer.ggml.model", u(2))),
+        ("alignment_16", "general.alignment", key("general.alignment", u(16))),
+        ("causal_false", "llama.attention.causal", key("llama.attention.causal", MetaValue::Bool(false))),
+        ("nextn_layers", "llama.nextn_predict_layers", key("llama.nextn_predict_layers", u(2))),
+        ("rms_eps_one", "llama.attention.layer_norm_rms_epsilon", key("llama.attention.layer_norm_rms_epsilon", f(1.0))),
+        ("embedding_length_out", "llama.embedding_length_out", key("llama.embedding_length_out", u(100))),
+        ("tokenizer_none", "tokenizer.ggml.model", key("tokenizer.ggml.model", MetaValue::String("none".into()))),
+        ("tokenizer_unknown", "tokenizer.ggml.model", key("tokenizer.ggml.model", MetaValue::String("bert".into()))),
+        ("spm_without_byte_tokens", "<0x00>", key("tokenizer.ggml.model", MetaValue::String("llama".into()))),
+        ("add_bos_without_bos", "tokenizer.ggml.bos_token_id", Box::new(|m, _| {
+            set(m, "tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+            remove(m, "tokenizer.ggml.bos_token_id");
+        })),
+        (
+            "tokens_repeated",
+            "repeats an earlier one",
+            Box::new(|m, _| {
+                if let Some((_, MetaValue::Array(_, t))) = m.iter_mut().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+                    t[7] = t[6].clone();
+                }
+            }),
+        ),
         ("tensor_missing", "blk.5.ffn_up.weight", Box::new(|_, t| t.retain(|s| s.name != "blk.5.ffn_up.weight"))),
         ("tensor_extra", "blk.0.attn_gate.weight", Box::new(|_, t| t.push(TensorSpec::new("blk.0.attn_gate.weight", &[576, 576], GgmlType::F32)))),
         (

@@ -182,14 +182,18 @@ fn make_seeds(root: &Path) {
     }
 }
 
+/// Writes the seeds and ends the process (declared `()` so that the macro's code after
+/// the init block is not unreachable).
+fn write_seeds_and_exit() {
+    let root = std::env::var_os("EDGELORA_FUZZ_SEEDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/seeds")));
+    make_seeds(&root);
+    eprintln!("seeds written under {}", root.display());
+    std::process::exit(0);
+}
+
 fuzz_target!(
-    init: {
-        let root = std::env::var_os("EDGELORA_FUZZ_SEEDS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/seeds")));
-        make_seeds(&root);
-        eprintln!("seeds written under {}", root.display());
-        std::process::exit(0);
-    },
+    init: write_seeds_and_exit(),
     |_data: &[u8]| {}
 );
