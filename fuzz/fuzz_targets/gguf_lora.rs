@@ -23,6 +23,7 @@ fuzz_target!(
             assert_eq!(t.a.len(), t.rank * t.n_in, "{name}: A length");
             assert_eq!(t.b.len(), t.n_out * t.rank, "{name}: B length");
             assert!(t.a.iter().chain(&t.b).all(|x| x.is_finite()), "{name}: non-finite weight accepted");
+            assert!(t.scale.is_finite(), "{name}: non-finite scale {} accepted", t.scale);
         }
         let origin = Path::new("fuzz.gguf");
         for base in [edgelora_fuzz::default_model(), edgelora_fuzz::tiny_model()] {

@@ -125,6 +125,15 @@ pub fn read_gguf_lora(f: &GgufFile) -> Result<LoraAdapter, Error> {
                 None => bv.iter_mut().for_each(|x| *x = (f64::from(*x) / fold) as f32),
             }
             scale = (f64::from(scale) * fold) as f32;
+            // The restored B (f32 bits from the file, or B divided by the fold factor)
+            // and the folded scale were not checked for finiteness (found by
+            // fuzz/fuzz_targets/gguf_lora.rs: a tiny factor overflowed B to inf).
+            if let Some(i) = bv.iter().position(|x| !x.is_finite()) {
+                return Err(bad(&b.name, format!("element {i} is {} after undoing the fold ({FOLD_FACTORS}, {FOLD_ORIGINAL_B}{stem}); weights must be finite", bv[i])).into());
+            }
+            if !scale.is_finite() {
+                return Err(bad(stem, format!("scale {scale} after the fold factor {fold} ({FOLD_FACTORS}) is not finite")).into());
+            }
         }
         let dtype = match a.ggml_type {
             GgmlType::F32 => FactorDtype::F32,
