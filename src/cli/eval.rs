@@ -1,17 +1,23 @@
-//! `edgelora eval`: accuracy of greedy answers, or loss/perplexity, on a JSONL test set.
+//! `edgelora eval`: accuracy of greedy answers, classification metrics from the label
+//! words' probabilities, or loss/perplexity, on a JSONL test set; `--by FIELD` splits a
+//! per-record metric by a record field; `--compare A B` runs two adapters on the same
+//! records with a paired bootstrap interval and McNemar's exact test.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use serde_json::{json, Value};
 
 use edgelora::adapter;
-use edgelora::engine::parse_adapter_arg;
+use edgelora::engine::{parse_adapter_arg, Engine};
 use edgelora::gguf::GgufFile;
-use edgelora::train::data::{read_jsonl, Dataset};
-use edgelora::train::eval::{generation_accuracy, loss, Metric};
+use edgelora::train::data::{field_values, read_jsonl, Dataset, Sourced};
+use edgelora::train::eval::{classify, generation_accuracy, loss, ClassificationReport, Metric};
+use edgelora::train::metrics::{mcnemar_exact, paired_bootstrap};
 
-use super::ModelArgs;
+use super::{load_adapter, ModelArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -20,24 +26,101 @@ pub struct EvalArgs {
     /// Test data, JSONL (the training formats; the last assistant turn / output / completion is the expected answer)
     #[arg(long)]
     data: PathBuf,
-    /// exact, first-word, contains (greedy answers) or loss (mean loss and perplexity of the expected answers)
+    /// exact, first-word, contains (greedy answers), classification (the answer's first
+    /// word is a label; one forward per record scores every label) or loss (mean loss and
+    /// perplexity of the expected answers)
     #[arg(long, default_value = "exact")]
     metric: String,
+    /// Labels of --metric classification, comma-separated (default: the answers' distinct first words)
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Split the metric by this top-level field of each record (e.g. scenario); records without it count as "<none>"
+    #[arg(long, value_name = "FIELD")]
+    by: Option<String>,
+    /// Compare two adapters (each PATH[:SCALE], or `base` for none) on the same records:
+    /// both reports, B − A with a paired bootstrap 95% interval, McNemar's exact test
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Vec<String>,
+    /// Bootstrap resamples of --compare
+    #[arg(long, default_value_t = 2000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Tokens generated per answer
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
     /// Tokens per example for --metric loss (longer ones are cut)
     #[arg(long, default_value_t = 512)]
     max_len: usize,
-    /// Include every answer in the JSON
+    /// Include every answer (or classified record) in the JSON
     #[arg(long)]
     answers: bool,
+    /// Print JSON (eval always does; accepted so every command takes it)
+    #[arg(long)]
+    json: bool,
+}
+
+/// One run's per-record outcome, for grouping and pairing.
+struct Scored {
+    report: Value,
+    lines: Vec<usize>,
+    correct: Vec<bool>,
+    classified: Option<ClassificationReport>,
+}
+
+fn score(engine: &dyn Engine, adapters: &[(String, f32)], records: &[Sourced], a: &EvalArgs, metric: Metric) -> Result<Scored> {
+    if metric == Metric::Classification {
+        let labels = (!a.labels.is_empty()).then_some(a.labels.as_slice());
+        let r = classify(engine, adapters, records, &a.data, labels, &mut |_| {})?;
+        let mut v = serde_json::to_value(&r)?;
+        if !a.answers {
+            v.as_object_mut().expect("an object").remove("records");
+        }
+        let lines = r.records.iter().map(|c| c.line).collect();
+        let correct = r.records.iter().map(|c| c.correct).collect();
+        return Ok(Scored { report: v, lines, correct, classified: Some(r) });
+    }
+    let r = generation_accuracy(engine, adapters, records, &a.data, metric, a.max_tokens, &mut |_| {})?;
+    let mut v = serde_json::to_value(&r)?;
+    if !a.answers {
+        v.as_object_mut().expect("an object").remove("answers");
+    }
+    Ok(Scored { report: v, lines: r.answers.iter().map(|x| x.line).collect(), correct: r.answers.iter().map(|x| x.correct).collect(), classified: None })
+}
+
+/// Record indices by the value of `field` ("<none>" where a record lacks it).
+fn groups(a: &EvalArgs, field: &str, lines: &[usize]) -> Result<BTreeMap<String, Vec<usize>>> {
+    let values: HashMap<usize, String> = field_values(&a.data, field)?;
+    let mut g: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        g.entry(values.get(line).cloned().unwrap_or_else(|| "<none>".into())).or_default().push(i);
+    }
+    Ok(g)
+}
+
+/// A group's figures: n and accuracy, plus the classification metrics where there are some.
+fn group_summary(s: &Scored, ix: &[usize]) -> Result<Value> {
+    if let Some(c) = &s.classified {
+        return Ok(serde_json::to_value(c.metrics_of(ix))?);
+    }
+    let correct = ix.iter().filter(|&&i| s.correct[i]).count();
+    Ok(json!({ "n": ix.len(), "correct": correct, "accuracy": correct as f64 / ix.len().max(1) as f64 }))
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let metric: Metric = a.metric.parse().map_err(|e| anyhow::anyhow!("--metric: {e}"))?;
+    let _always_json = a.json;
+    if !a.labels.is_empty() && metric != Metric::Classification {
+        anyhow::bail!("--labels needs --metric classification");
+    }
+    if metric == Metric::Loss && (a.by.is_some() || !a.compare.is_empty()) {
+        anyhow::bail!("--by and --compare need a per-record metric (exact, first-word, contains or classification), not loss");
+    }
     let t0 = std::time::Instant::now();
-    let mut out = if metric == Metric::Loss {
+    let mut out = if !a.compare.is_empty() {
+        compare(&a, metric)?
+    } else if metric == Metric::Loss {
         let base = GgufFile::open(&a.model.model).with_context(|| format!("reading {}", a.model.model.display()))?;
         let vocab = edgelora::Runtime::load(&a.model.model, edgelora::RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..Default::default() })?;
         let data = Dataset::load(&vocab, &a.data, a.max_len, false)?;
@@ -53,10 +136,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         let records = read_jsonl(&a.data)?;
         let loaded = a.model.load()?;
-        let report = generation_accuracy(loaded.engine(), &loaded.adapters, &records, &a.data, metric, a.max_tokens, &mut |_| {})?;
-        let mut v = serde_json::to_value(&report)?;
-        if !a.answers {
-            v.as_object_mut().expect("an object").remove("answers");
+        let s = score(loaded.engine(), &loaded.adapters, &records, &a, metric)?;
+        let mut v = s.report.clone();
+        if let Some(field) = &a.by {
+            let mut by = serde_json::Map::new();
+            for (k, ix) in groups(&a, field, &s.lines)? {
+                by.insert(k, group_summary(&s, &ix)?);
+            }
+            v.as_object_mut().expect("an object").insert("by".into(), json!({ "field": field, "groups": by }));
         }
         v
     };
@@ -66,4 +153,59 @@ pub fn run(a: EvalArgs) -> Result<()> {
     obj.insert("secs".into(), t0.elapsed().as_secs_f64().into());
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// `--compare A B`: both arms on the same records, paired statistics of B − A.
+fn compare(a: &EvalArgs, metric: Metric) -> Result<Value> {
+    if !a.model.adapters.is_empty() {
+        anyhow::bail!("--compare takes its adapters itself (A and B); drop --adapter");
+    }
+    if a.model.merge {
+        anyhow::bail!("--compare applies A and B on the fly; drop --merge");
+    }
+    let records = read_jsonl(&a.data)?;
+    let loaded = a.model.load()?;
+    let engine = loaded.engine();
+    let mut arms = Vec::new();
+    for (name, arg) in ["A", "B"].iter().zip(&a.compare) {
+        let set = if arg == "base" {
+            Vec::new()
+        } else {
+            let (path, scale) = parse_adapter_arg(arg)?;
+            load_adapter(engine, name, &path, a.model.lenient)?;
+            vec![(name.to_string(), scale)]
+        };
+        let mut s = score(engine, &set, &records, a, metric).with_context(|| format!("evaluating {name} ({arg})"))?;
+        s.report.as_object_mut().expect("an object").insert("adapter".into(), arg.clone().into());
+        arms.push(s);
+    }
+    let (ra, rb) = (&arms[0], &arms[1]);
+    let n = ra.correct.len();
+    let a_only = (0..n).filter(|&i| ra.correct[i] && !rb.correct[i]).count();
+    let b_only = (0..n).filter(|&i| !ra.correct[i] && rb.correct[i]).count();
+    let acc = |s: &Scored, ix: &[usize]| ix.iter().filter(|&&i| s.correct[i]).count() as f64 / ix.len().max(1) as f64;
+    let all: Vec<usize> = (0..n).collect();
+    let ci = paired_bootstrap(n, a.bootstrap, a.seed, |ix| acc(rb, ix) - acc(ra, ix));
+    let mut difference = json!({ "accuracy": { "b_minus_a": acc(rb, &all) - acc(ra, &all), "ci95": [ci.lo, ci.hi] } });
+    if let (Some(ca), Some(cb)) = (&ra.classified, &rb.classified) {
+        let f1 = |c: &ClassificationReport, ix: &[usize]| c.metrics_of(ix).macro_f1;
+        let ci = paired_bootstrap(n, a.bootstrap, a.seed, |ix| f1(cb, ix) - f1(ca, ix));
+        difference["macro_f1"] = json!({ "b_minus_a": cb.metrics.macro_f1 - ca.metrics.macro_f1, "ci95": [ci.lo, ci.hi] });
+    }
+    let mut out = json!({
+        "a": ra.report,
+        "b": rb.report,
+        "n": n,
+        "difference": difference,
+        "mcnemar": { "a_only": a_only, "b_only": b_only, "p_value": mcnemar_exact(a_only, b_only) },
+        "bootstrap": { "reps": a.bootstrap, "seed": a.seed },
+    });
+    if let Some(field) = &a.by {
+        let mut by = serde_json::Map::new();
+        for (k, ix) in groups(a, field, &ra.lines)? {
+            by.insert(k, json!({ "a": group_summary(ra, &ix)?, "b": group_summary(rb, &ix)? }));
+        }
+        out["by"] = json!({ "field": field, "groups": by });
+    }
+    Ok(out)
 }

@@ -32,6 +32,8 @@ pub trait Engine: Send + Sync {
     fn backend_name(&self) -> String;
     fn n_vocab(&self) -> usize;
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>>;
+    /// Raw text (no chat template); `add_special` adds the model's BOS where it uses one.
+    fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>>;
     fn detokenize(&self, tokens: &[i32]) -> String;
     /// A GGUF-LoRA file or a PEFT folder, validated against the model; returns what a
     /// lenient read let through.
@@ -54,6 +56,9 @@ impl Engine for Runtime {
     }
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
         Runtime::tokenize(self, prompt)
+    }
+    fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
+        Runtime::tokenize_text(self, text, add_special)
     }
     fn detokenize(&self, tokens: &[i32]) -> String {
         Runtime::detokenize(self, tokens)
@@ -90,6 +95,9 @@ impl Engine for NativeRuntime {
     }
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
         self.vocab().tokenize(prompt)
+    }
+    fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
+        self.vocab().tokenize_text(text, add_special)
     }
     fn detokenize(&self, tokens: &[i32]) -> String {
         self.vocab().detokenize(tokens)

@@ -127,6 +127,30 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Sourced>, Error> {
     Ok(out)
 }
 
+/// Each record's value of its top-level field `field`, by line number (as [`read_jsonl`]
+/// numbers them): a string as is, any other JSON value as its JSON text. Records without
+/// the field are absent from the map. For splitting metrics by a field (`eval --by`).
+pub fn field_values(path: &Path, field_name: &str) -> Result<std::collections::HashMap<usize, String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::DataFile { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut out = std::collections::HashMap::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(l).map_err(|e| field(path, i + 1, "<record>", format!("not JSON: {e}")))?;
+        match v.get(field_name) {
+            Some(Value::String(s)) => {
+                out.insert(i + 1, s.clone());
+            }
+            Some(other) => {
+                out.insert(i + 1, other.to_string());
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
 /// sha256 (hex) of files' bytes, in order: the data fingerprint in manifests.
 pub fn fingerprint(paths: &[&Path]) -> Result<String, Error> {
     use sha2::{Digest, Sha256};

@@ -1,11 +1,13 @@
 //! On-device LoRA training on the frozen quantized base (QLoRA-style): data
 //! (`data`: JSONL formats, chat template, loss mask, packing), optimizer and schedules
-//! (`optim`), the trainer (`trainer`), checkpoints (`checkpoint`) and evaluation (`eval`).
+//! (`optim`), the trainer (`trainer`), checkpoints (`checkpoint`), evaluation (`eval`) and its
+//! business metrics and A/B statistics (`metrics`).
 //! The forward/backward graph itself lives in [`crate::model::grad`].
 
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod metrics;
 pub mod optim;
 pub mod trainer;
 

@@ -7,6 +7,7 @@ mod adapters;
 mod cli;
 mod compute;
 mod engine;
+mod eval;
 mod faults;
 mod ffi;
 mod gguf_malformed;
