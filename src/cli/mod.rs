@@ -12,6 +12,7 @@ use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, Runtime, Runtim
 mod adapter;
 mod bench;
 mod chat;
+mod data;
 mod eval;
 mod generate;
 mod inspect;
@@ -44,8 +45,11 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Train a LoRA adapter on the frozen quantized model (CPU)
     Train(train::TrainArgs),
-    /// Score a model (with adapters) on a JSONL test set: accuracy or loss
+    /// Score a model (with adapters) on a JSONL test set: accuracy, classification metrics or loss; compare two adapters
     Eval(eval::EvalArgs),
+    /// Training data tools
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Adapter tools
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => merge::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Data(c) => data::run(c),
         Command::Adapter(c) => adapter::run(c),
     }
 }

@@ -16,6 +16,7 @@ use edgelora::engine::{Runtime, RuntimeOptions};
 use edgelora::gguf::GgufFile;
 use edgelora::train::data::{fingerprint, Dataset};
 use edgelora::train::optim::{AdamW, Schedule};
+use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
 use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
 
 #[derive(Args)]
@@ -113,6 +114,15 @@ pub struct TrainArgs {
     /// Per-step metrics, JSON lines (default: OUT.metrics.jsonl; appended on --resume)
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
+    /// Drop exact and near duplicates of --data (the first of each group is kept;
+    /// contradicting records are reported, never dropped)
+    #[arg(long)]
+    dedup: bool,
+    /// Sample training examples by group: label (the answer's first word) or scenario (the
+    /// records' `scenario` field), in equal shares or RATIOS (`name:w,…` or `w1:w2:…` over
+    /// the sorted group names)
+    #[arg(long, value_name = "label|scenario[=RATIOS]")]
+    balance: Option<String>,
 }
 
 /// Ctrl-C stopped the run after a checkpoint was saved (exit code 130).
@@ -148,7 +158,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let t_start = Instant::now();
     let base = GgufFile::open(&a.model).with_context(|| format!("reading base model {}", a.model.display()))?;
     let vocab = Runtime::load(&a.model, RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..RuntimeOptions::default() }).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?;
-    let data = Dataset::load(&vocab, &a.data, a.max_len, a.train_on_prompt)?;
+    let mut data = Dataset::load(&vocab, &a.data, a.max_len, a.train_on_prompt)?;
+    let report = DataReport::build(&[DataFile { path: a.data.clone(), records: data.records.clone() }], Some(&vocab), a.max_len, a.train_on_prompt)?;
+    eprintln!("{}", report.summary());
+    if a.dedup {
+        let drop = duplicates_to_drop(&data.records);
+        data = data.without(&drop);
+        eprintln!("--dedup: dropped {} duplicate records, {} remain", drop.len(), data.records.len());
+    }
     let (train, val) = match &a.eval {
         Some(p) => (data, Some(Dataset::load(&vocab, p, a.max_len, a.train_on_prompt)?)),
         None if a.val_split > 0.0 => {
@@ -189,11 +206,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
         grad_checkpoint: a.grad_checkpoint,
         train_on_prompt: a.train_on_prompt,
         group_by_length: a.group_by_length,
+        balance: a.balance.clone(),
+        dedup: a.dedup,
+    };
+    let balance = match &a.balance {
+        None => None,
+        Some(b) => {
+            let spec: BalanceSpec = b.parse()?;
+            let (groups, of_example) = spec.groups(&a.data, &train.records)?;
+            eprintln!("--balance: {}", groups.iter().map(|(n, s)| format!("{n} {:.1}%", s * 100.0)).collect::<Vec<_>>().join(", "));
+            Some((groups.into_iter().map(|(_, s)| s).collect::<Vec<f64>>(), of_example))
+        }
     };
     config.steps = a.steps.unwrap_or_else(|| config.steps_for_epochs(a.epochs, train.examples.len()));
     let n_train = train.examples.len();
     let val_examples = val.map(|v| v.examples).unwrap_or_default();
     let mut trainer = Trainer::new(&base, config, train.examples, val_examples, data_fp)?;
+    if let Some((shares, of_example)) = balance {
+        trainer.set_balance(shares, of_example)?;
+    }
     let ckpt_dir = a.checkpoint_dir.clone().unwrap_or_else(|| with_suffix(&a.out, ".ckpt"));
     if let Some(r) = &a.resume {
         trainer.resume(r).with_context(|| format!("resuming from {}", r.display()))?;

@@ -267,6 +267,14 @@ impl Dataset {
         Ok(Dataset { path: path.to_path_buf(), examples, records })
     }
 
+    /// The dataset without the records (and their examples) at `drop` (indices).
+    pub fn without(self, drop: &std::collections::HashSet<usize>) -> Dataset {
+        let keep = |i: &usize| !drop.contains(i);
+        let examples = self.examples.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, e)| e).collect();
+        let records = self.records.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, r)| r).collect();
+        Dataset { path: self.path, examples, records }
+    }
+
     /// Splits off the last `fraction` of the examples as a validation set.
     pub fn split(mut self, fraction: f64) -> (Dataset, Dataset) {
         let n_val = ((self.examples.len() as f64) * fraction).round() as usize;

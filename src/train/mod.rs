@@ -1,7 +1,8 @@
 //! On-device LoRA training on the frozen quantized base (QLoRA-style): data
 //! (`data`: JSONL formats, chat template, loss mask, packing), optimizer and schedules
 //! (`optim`), the trainer (`trainer`), checkpoints (`checkpoint`), evaluation (`eval`) and its
-//! business metrics and A/B statistics (`metrics`).
+//! business metrics and A/B statistics (`metrics`), and the data report with the
+//! grouping behind `--dedup`/`--balance` (`report`).
 //! The forward/backward graph itself lives in [`crate::model::grad`].
 
 pub mod checkpoint;
@@ -9,6 +10,7 @@ pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
+pub mod report;
 pub mod trainer;
 
 pub use trainer::{parse_targets, Outcome, StepMetrics, TrainConfig, Trainer};

@@ -71,6 +71,13 @@ pub struct TrainConfig {
     pub grad_checkpoint: bool,
     pub train_on_prompt: bool,
     pub group_by_length: bool,
+    /// `--balance` as given (label|scenario[=RATIOS]); the groups themselves are set with
+    /// [`Trainer::set_balance`]. Recorded so a resume with other sampling is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    /// `--dedup`: exact and near duplicates were dropped before training.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedup: bool,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +102,8 @@ impl Default for TrainConfig {
             grad_checkpoint: false,
             train_on_prompt: false,
             group_by_length: false,
+            balance: None,
+            dedup: false,
         }
     }
 }
@@ -179,6 +188,8 @@ pub struct Trainer<'a> {
     /// Optimizer steps completed.
     pub step: usize,
     epoch_cache: BTreeMap<usize, Vec<Vec<usize>>>,
+    /// Balanced sampling: each group's share of an epoch and each example's group.
+    balance: Option<(Vec<f64>, Vec<usize>)>,
 }
 
 impl<'a> Trainer<'a> {
@@ -212,7 +223,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let moments = Moments::zeros_like(&params);
-        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new() })
+        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), balance: None })
     }
 
     /// Continues from a checkpoint written by a run with the same configuration, base and data.
@@ -252,6 +263,29 @@ impl<'a> Trainer<'a> {
         checkpoint::save(dir, &Checkpoint { state, params: self.params.clone(), moments: self.moments.clone() })
     }
 
+    /// Balanced sampling (`--balance`): every epoch draws as many examples as there are,
+    /// group g contributing `shares[g]` of them (largest-remainder rounding), its members
+    /// in a shuffled cycle (a small group repeats, a large one is sub-sampled);
+    /// `of_example[i]` is example i's group. Deterministic for the seed. Call before step 1.
+    pub fn set_balance(&mut self, shares: Vec<f64>, of_example: Vec<usize>) -> Result<(), Error> {
+        let bad = |reason: String| -> Error { TrainError::BadOption { option: "--balance".into(), reason }.into() };
+        if of_example.len() != self.train.len() {
+            return Err(bad(format!("{} group indices for {} examples", of_example.len(), self.train.len())));
+        }
+        if let Some(&g) = of_example.iter().find(|&&g| g >= shares.len()) {
+            return Err(bad(format!("group {g} of {} groups", shares.len())));
+        }
+        if let Some(g) = (0..shares.len()).find(|&g| shares[g] > 0.0 && !of_example.contains(&g)) {
+            return Err(bad(format!("group {g} has a share {} but no examples", shares[g])));
+        }
+        if shares.iter().any(|s| !(s.is_finite() && *s >= 0.0)) || shares.iter().sum::<f64>() <= 0.0 {
+            return Err(bad(format!("shares {shares:?} must be finite, ≥ 0 and not all 0")));
+        }
+        self.balance = Some((shares, of_example));
+        self.epoch_cache.clear();
+        Ok(())
+    }
+
     fn micro_per_epoch(&self) -> usize {
         self.train.len().div_ceil(self.config.batch)
     }
@@ -261,8 +295,11 @@ impl<'a> Trainer<'a> {
         let per = self.micro_per_epoch();
         let (epoch, i) = (k / per, k % per);
         if !self.epoch_cache.contains_key(&epoch) {
-            let mut order: Vec<usize> = (0..self.train.len()).collect();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut order: Vec<usize> = match &self.balance {
+                None => (0..self.train.len()).collect(),
+                Some((shares, of_example)) => balanced_epoch(shares, of_example, &mut rng),
+            };
             order.shuffle(&mut rng);
             if self.config.group_by_length {
                 // Megabatches of 50 micro-batches, each sorted by length (longest first).
@@ -370,5 +407,83 @@ impl<'a> Trainer<'a> {
         a.manifest.training = Some(training);
         a.manifest.stamp();
         Ok(a)
+    }
+}
+
+/// One balanced epoch's examples (before the epoch's shuffle): `of_example.len()` draws,
+/// group g's count from `shares` by largest remainder, each group's members in a shuffled
+/// cycle.
+fn balanced_epoch(shares: &[f64], of_example: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize> {
+    let n = of_example.len();
+    let total: f64 = shares.iter().sum();
+    let exact: Vec<f64> = shares.iter().map(|s| s / total * n as f64).collect();
+    let mut counts: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    // Only groups with a share get the remainders (set_balance: each has members).
+    let mut rest: Vec<usize> = (0..shares.len()).filter(|&g| shares[g] > 0.0).collect();
+    rest.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
+    let missing = n - counts.iter().sum::<usize>();
+    for &g in rest.iter().cycle().take(missing) {
+        counts[g] += 1;
+    }
+    let mut out = Vec::with_capacity(n);
+    for (g, &c) in counts.iter().enumerate() {
+        let members: Vec<usize> = (0..n).filter(|&i| of_example[i] == g).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mut cycle = members.clone();
+        for k in 0..c {
+            if k % members.len() == 0 {
+                cycle.shuffle(rng);
+            }
+            out.push(cycle[k % members.len()]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(order: &[usize], of_example: &[usize], groups: usize) -> Vec<usize> {
+        let mut c = vec![0; groups];
+        order.iter().for_each(|&i| c[of_example[i]] += 1);
+        c
+    }
+
+    #[test]
+    fn a_balanced_epoch_has_the_requested_shares() {
+        // 90 examples of group 0, 10 of group 1; equal shares → 50 / 50 in every epoch.
+        let of_example: Vec<usize> = (0..100).map(|i| usize::from(i >= 90)).collect();
+        for seed in 0..5 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let order = balanced_epoch(&[0.5, 0.5], &of_example, &mut rng);
+            assert_eq!(order.len(), 100);
+            assert_eq!(counts(&order, &of_example, 2), [50, 50]);
+            // The small group is cycled: each of its 10 members exactly 5 times.
+            for m in 90..100 {
+                assert_eq!(order.iter().filter(|&&i| i == m).count(), 5);
+            }
+            // The large one sub-sampled without repeats.
+            let mut big: Vec<usize> = order.iter().copied().filter(|&i| i < 90).collect();
+            big.sort();
+            big.dedup();
+            assert_eq!(big.len(), 50);
+        }
+        // 5:3:2 over three groups of 10 (largest remainder keeps the total).
+        let of_example: Vec<usize> = (0..31).map(|i| (i / 10).min(2)).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let order = balanced_epoch(&[0.5, 0.3, 0.2], &of_example, &mut rng);
+        assert_eq!(order.len(), 31);
+        let c = counts(&order, &of_example, 3);
+        assert_eq!(c.iter().sum::<usize>(), 31);
+        assert!(c[0].abs_diff(16) <= 1 && c[1].abs_diff(9) <= 1 && c[2].abs_diff(6) <= 1, "{c:?}");
+        // A group with share 0 is never drawn; the same seed draws the same epoch.
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut b = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = balanced_epoch(&[1.0, 0.0, 1.0], &of_example, &mut a);
+        assert_eq!(counts(&x, &of_example, 3)[1], 0);
+        assert_eq!(x, balanced_epoch(&[1.0, 0.0, 1.0], &of_example, &mut b));
     }
 }
