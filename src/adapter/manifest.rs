@@ -4,7 +4,7 @@
 //! In GGUF-LoRA files each field is a metadata key `edgelora.manifest.<field>` (strings;
 //! `hyperparameters` is a JSON string), plus the derived keys `edgelora.manifest.targets`
 //! (string array of module names), `.rank` (u32, the most common rank) and `.alpha`
-//! (f32, the file's `adapter.lora.alpha`). In PEFT folders the whole manifest is one JSON
+//! (f32, the file's `adapter.lora.alpha`); `lineage` is a JSON string too. In PEFT folders the whole manifest is one JSON
 //! string under the safetensors metadata key `edgelora.manifest`.
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,49 @@ pub struct Manifest {
     /// Where the adapter came from (`peft:<path>`, `compose:cat`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The training round, its parent adapter and its data, when edgelora trained it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a trained adapter comes from: `edgelora adapter history` follows `parent`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// 1 for an adapter trained from scratch, the parent's round + 1 for a continuation.
+    pub round: u32,
+    /// The adapter this one continued (`train --init-adapter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// This round's training data: the new records and any replayed earlier ones.
+    #[serde(default)]
+    pub data: Vec<DataRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParentRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The parent's content fingerprint (`LoraAdapter::fingerprint`).
+    pub fingerprint: String,
+    /// sha256 of the parent's file (a GGUF-LoRA file, or a PEFT folder's
+    /// `adapter_model.safetensors`): how `history` recognizes it without a base model.
+    pub file_sha256: String,
+    /// The path the parent was given as at training time.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataRef {
+    pub path: String,
+    /// sha256 of the file (as `train::data::fingerprint` of that one file).
+    pub fingerprint: String,
+    /// `new` or `replay`.
+    pub role: String,
+    /// A replayed file's share of every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
 }
 
 pub const GGUF_PREFIX: &str = "edgelora.manifest.";
@@ -81,6 +124,9 @@ impl Manifest {
         if let Some(t) = &self.training {
             out.push((format!("{GGUF_PREFIX}training"), MetaValue::String(t.to_string())));
         }
+        if let Some(l) = &self.lineage {
+            out.push((format!("{GGUF_PREFIX}lineage"), MetaValue::String(serde_json::to_string(l).expect("lineage serializes"))));
+        }
         out
     }
 
@@ -97,6 +143,7 @@ impl Manifest {
             hyperparameters: get("hyperparameters").and_then(|s| serde_json::from_str(&s).ok()),
             training: get("training").and_then(|s| serde_json::from_str(&s).ok()),
             source: get("source"),
+            lineage: get("lineage").and_then(|s| serde_json::from_str(&s).ok()),
         }
     }
 }

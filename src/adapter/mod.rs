@@ -8,6 +8,7 @@
 
 mod compose;
 mod gguf_lora;
+mod lineage;
 mod manifest;
 mod model;
 mod names;
@@ -19,7 +20,8 @@ use std::path::Path;
 
 pub use compose::{compose, ComposeMethod, ComposeReport};
 pub use gguf_lora::{gguf_lora_bytes, natural_dtype, read_gguf_lora, write_gguf_lora, GgufLoraDtype};
-pub use manifest::{now_rfc3339, Manifest};
+pub use lineage::{file_sha256, history, read_manifest, HistoryEnd, HistoryEntry};
+pub use manifest::{now_rfc3339, DataRef, Lineage, Manifest, ParentRef};
 pub use model::{FactorDtype, LoraAdapter, LoraTensor};
 pub use names::{permute_qk_rows, ArchNames};
 pub use peft::{is_peft_dir, read_peft, read_peft_bytes, read_peft_with, write_peft, ReadOptions};

@@ -22,6 +22,21 @@ pub enum AdapterCommand {
     Verify(VerifyArgs),
     /// Write a synthetic GGUF-LoRA adapter with random A/B for a model (tests, benches, demos)
     Synth(SynthArgs),
+    /// Print an adapter's lineage from the manifests: it, its parent, the parent's parent, …
+    History(HistoryArgs),
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// A GGUF-LoRA file or a PEFT folder trained by edgelora
+    adapter: PathBuf,
+    /// Also look for parents among the adapters in this folder (repeatable); the child's
+    /// own folder and the recorded path are always tried
+    #[arg(long, value_name = "DIR")]
+    store: Vec<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -122,7 +137,54 @@ pub fn run(c: AdapterCommand) -> Result<()> {
         AdapterCommand::Compose(a) => compose_cmd(a),
         AdapterCommand::Verify(a) => verify(a),
         AdapterCommand::Synth(a) => synth(a),
+        AdapterCommand::History(a) => history_cmd(a),
     }
+}
+
+fn history_cmd(a: HistoryArgs) -> Result<()> {
+    let (chain, end) = edgelora::adapter::history(&a.adapter, &a.store)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "chain": chain, "end": end }))?);
+        return Ok(());
+    }
+    for (i, e) in chain.iter().enumerate() {
+        let m = &e.manifest;
+        let l = m.lineage.as_ref();
+        let round = l.map_or("?".to_string(), |l| l.round.to_string());
+        println!("{}round {round}  {}", if i == 0 { "" } else { "↑ " }, e.path.display());
+        let field = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                println!("    {k:<16} {v}");
+            }
+        };
+        field("name", m.name.clone().map(|n| m.version.as_ref().map_or(n.clone(), |v| format!("{n} {v}"))));
+        field("created", m.created.clone());
+        field("source", m.source.clone());
+        field("file sha256", Some(e.file_sha256.clone()));
+        for d in l.map(|l| l.data.as_slice()).unwrap_or_default() {
+            let share = d.fraction.map(|f| format!(" ({:.0}% of every batch)", f * 100.0)).unwrap_or_default();
+            println!("    data {:<11} {} sha256 {}{share}", d.role, d.path, &d.fingerprint[..d.fingerprint.len().min(16)]);
+        }
+        if let Some(h) = &m.hyperparameters {
+            let g = |k: &str| h.get(k).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+            println!("    {:<16} rank {} alpha {} lr {} steps {} targets {}", "hyperparameters", g("rank"), g("alpha"), g("lr"), g("steps"), g("targets"));
+        }
+        if let Some(t) = &m.training {
+            let g = |k: &str| t.get(k).filter(|v| !v.is_null()).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            println!("    {:<16} final train loss {}  eval loss {} → {}", "metrics", g("final_train_loss"), g("eval_loss_before"), g("eval_loss_after"));
+        }
+        if let Some(p) = l.and_then(|l| l.parent.as_ref()) {
+            println!("    {:<16} {} (file sha256 {}…)", "parent", p.path, &p.file_sha256[..p.file_sha256.len().min(16)]);
+        }
+    }
+    match end {
+        edgelora::adapter::HistoryEnd::Root => println!("(the oldest adapter has no parent)"),
+        edgelora::adapter::HistoryEnd::Cycle => println!("(the chain repeats an adapter: stopped)"),
+        edgelora::adapter::HistoryEnd::ParentNotFound { path, looked_in, .. } => {
+            println!("(parent {path} not found: tried that path and the adapters in {}; pass --store DIR)", looked_in.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "))
+        }
+    }
+    Ok(())
 }
 
 fn open_base(model: &Path) -> Result<GgufFile> {

@@ -103,6 +103,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "totals": {"tensors": f.tensors().len(), "elements": n_params, "bytes": f.tensor_bytes_total(),
                        "by_type": by_type.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>()},
             "lora_ranks": ranks.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "lineage": edgelora::adapter::Manifest::from_gguf(&f).lineage,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -112,6 +113,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if kind == "adapter" {
         let ranks: Vec<String> = ranks.iter().map(|(r, n)| format!("rank {r} × {n}")).collect();
         println!("LoRA targets: {}", ranks.join(", "));
+        if let Some(l) = edgelora::adapter::Manifest::from_gguf(&f).lineage {
+            match &l.parent {
+                Some(p) => println!("lineage: round {}, parent {} (fingerprint {})", l.round, p.path, p.fingerprint),
+                None => println!("lineage: round {}, no parent", l.round),
+            }
+        }
     }
     println!("\nmetadata ({}):", f.metadata().len());
     for (k, v) in f.metadata() {

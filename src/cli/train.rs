@@ -11,12 +11,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use edgelora::adapter::{write_gguf_lora, write_peft, FactorDtype, GgufLoraDtype};
+use edgelora::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage, ParentRef};
 use edgelora::engine::{Runtime, RuntimeOptions};
 use edgelora::gguf::GgufFile;
 use edgelora::train::data::{fingerprint, Dataset};
 use edgelora::train::optim::{AdamW, Schedule};
 use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
+use edgelora::train::trainer::replay_draws;
 use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
 
 #[derive(Args)]
@@ -39,18 +40,19 @@ pub struct TrainArgs {
     /// Also write the adapter as a PEFT folder
     #[arg(long, value_name = "DIR")]
     peft_out: Option<PathBuf>,
-    /// LoRA rank
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    /// LoRA alpha (scale alpha/rank)
-    #[arg(long, default_value_t = 32.0)]
-    alpha: f32,
+    /// LoRA rank [default: 16; with --init-adapter: the adapter's]
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (scale alpha/rank) [default: 32; with --init-adapter: the adapter's]
+    #[arg(long)]
+    alpha: Option<f32>,
     /// rsLoRA scaling: alpha/√rank
     #[arg(long)]
     rslora: bool,
     /// Modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or attn_q, …) or all-linear
-    #[arg(long, default_value = "q_proj,v_proj")]
-    targets: String,
+    /// [default: q_proj,v_proj; with --init-adapter: the adapter's]
+    #[arg(long)]
+    targets: Option<String>,
     /// Layers trained, FIRST-LAST (default: all)
     #[arg(long, value_name = "FIRST-LAST")]
     layers: Option<String>,
@@ -123,6 +125,83 @@ pub struct TrainArgs {
     /// the sorted group names)
     #[arg(long, value_name = "label|scenario[=RATIOS]")]
     balance: Option<String>,
+    /// Continue this adapter (GGUF-LoRA or PEFT): step 0 is its factors; rank, alpha,
+    /// targets and layers come from it (conflicting flags are refused); the manifest
+    /// records it as the parent and the round as the parent's + 1
+    #[arg(long, value_name = "ADAPTER")]
+    init_adapter: Option<PathBuf>,
+    /// With --init-adapter: keep the AdamW moments of this checkpoint directory (default: fresh)
+    #[arg(long, value_name = "CKPT_DIR", requires = "init_adapter")]
+    init_optimizer: Option<PathBuf>,
+    /// Mix earlier data into every micro-batch: OLD.jsonl[:FRACTION] (default 0.2), deterministic for the seed
+    #[arg(long, value_name = "OLD.jsonl[:FRACTION]")]
+    replay: Option<String>,
+}
+
+/// `--replay OLD.jsonl[:FRACTION]`.
+fn parse_replay(s: &str) -> Result<(PathBuf, f64)> {
+    if let Some((p, f)) = s.rsplit_once(':') {
+        if let Ok(x) = f.parse::<f64>() {
+            if !(x > 0.0 && x < 1.0) {
+                bail!("--replay {s:?}: the fraction {x} must be in (0, 1)");
+            }
+            return Ok((PathBuf::from(p), x));
+        }
+    }
+    Ok((PathBuf::from(s), 0.2))
+}
+
+/// What `--init-adapter` decides: (rank, alpha, rslora, targets, layers) and the adapter.
+struct Parent {
+    adapter: edgelora::adapter::LoraAdapter,
+    rank: usize,
+    alpha: f32,
+    rslora: bool,
+    targets: Vec<String>,
+    layers: (usize, usize),
+    file_sha256: String,
+}
+
+/// This run's round: the parent's + 1 (a parent without lineage counts as round 1).
+fn round_of(p: &Parent) -> u32 {
+    p.adapter.manifest.lineage.as_ref().map_or(1, |l| l.round) + 1
+}
+
+/// Reads the adapter to continue and derives the run's LoRA settings from it.
+fn read_parent(path: &std::path::Path, base: &GgufFile) -> Result<Parent> {
+    let adapter = edgelora::adapter::load(path, base).with_context(|| format!("reading --init-adapter {}", path.display()))?;
+    let ctx = |m: String| anyhow::anyhow!("--init-adapter {}: {m}", path.display());
+    let ranks: std::collections::BTreeSet<usize> = adapter.tensors.values().map(|t| t.rank).collect();
+    let scales: Vec<f32> = adapter.tensors.values().map(|t| t.scale).collect();
+    if ranks.len() != 1 {
+        return Err(ctx(format!("its tensors have ranks {ranks:?}; continuing needs one rank")));
+    }
+    if scales.iter().any(|&x| (x - scales[0]).abs() > 1e-6 * scales[0].abs().max(1.0)) {
+        return Err(ctx("its tensors have different scales; continuing needs one alpha".into()));
+    }
+    let rank = *ranks.first().expect("one rank");
+    let rslora = adapter.manifest.hyperparameters.as_ref().and_then(|h| h.get("use_rslora")).and_then(|v| v.as_bool()).unwrap_or(false);
+    let alpha = if rslora { scales[0] * (rank as f32).sqrt() } else { scales[0] * rank as f32 };
+    let mut modules = Vec::new();
+    let mut layers = std::collections::BTreeSet::new();
+    for name in adapter.tensors.keys() {
+        let parts: Vec<&str> = name.split('.').collect();
+        let (Some(l), Some(m)) = (parts.get(1).and_then(|l| l.parse::<usize>().ok()), parts.get(2)) else {
+            return Err(ctx(format!("tensor {name} is not blk.N.MODULE.weight")));
+        };
+        layers.insert(l);
+        if !modules.iter().any(|x: &String| x == m) {
+            modules.push(m.to_string());
+        }
+    }
+    let (first, last) = (*layers.first().expect("tensors"), *layers.last().expect("tensors"));
+    if adapter.tensors.len() != modules.len() * (last - first + 1) {
+        return Err(ctx(format!("its {} tensors are not every module of {modules:?} on each layer {first}-{last}; continuing needs targets × a layer range", adapter.tensors.len())));
+    }
+    let file_sha256 = edgelora::adapter::file_sha256(path)?;
+    // Targets in the trainer's (GGUF module) names, in its canonical order.
+    let targets = parse_targets(&modules.join(","))?;
+    Ok(Parent { adapter, rank, alpha, rslora, targets, layers: (first, last), file_sha256 })
 }
 
 /// Ctrl-C stopped the run after a checkpoint was saved (exit code 130).
@@ -147,6 +226,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.device == "gpu" {
         bail!("--device gpu: training on wgpu is not implemented; train on the CPU (--device cpu)");
     }
+    let replay = a.replay.as_deref().map(parse_replay).transpose()?;
     if let Some(t) = a.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
     }
@@ -174,24 +254,61 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         None => (data, None),
     };
+    let replay_data = match &replay {
+        Some((p, _)) => Some(Dataset::load(&vocab, p, a.max_len, a.train_on_prompt).with_context(|| format!("reading --replay {}", p.display()))?),
+        None => None,
+    };
     drop(vocab);
     let mut fp_paths = vec![a.data.as_path()];
     if let Some(p) = &a.eval {
         fp_paths.push(p);
     }
+    if let Some((p, _)) = &replay {
+        fp_paths.push(p);
+    }
     let data_fp = fingerprint(&fp_paths)?;
-    let layers = match &a.layers {
+    let mut layers = match &a.layers {
         None => None,
         Some(s) => {
             let (x, y) = s.split_once('-').with_context(|| format!("--layers {s:?}: expected FIRST-LAST"))?;
             Some((x.trim().parse().with_context(|| format!("--layers {s:?}"))?, y.trim().parse().with_context(|| format!("--layers {s:?}"))?))
         }
     };
+    let parent = a.init_adapter.as_deref().map(|p| read_parent(p, &base)).transpose()?;
+    let (mut rank, mut alpha, mut rslora, mut targets) = (a.rank.unwrap_or(16), a.alpha.unwrap_or(32.0), a.rslora, parse_targets(a.targets.as_deref().unwrap_or("q_proj,v_proj"))?);
+    if let Some(p) = &parent {
+        let path = a.init_adapter.as_ref().expect("a parent has a path").display().to_string();
+        let conflict = |flag: &str, given: String, theirs: String| anyhow::anyhow!("{flag} {given} conflicts with --init-adapter {path} ({theirs}); drop {flag}");
+        if let Some(r) = a.rank.filter(|&r| r != p.rank) {
+            return Err(conflict("--rank", r.to_string(), format!("rank {}", p.rank)));
+        }
+        if let Some(x) = a.alpha.filter(|&x| (x - p.alpha).abs() > 1e-4 * p.alpha.abs().max(1.0)) {
+            return Err(conflict("--alpha", x.to_string(), format!("alpha {}", p.alpha)));
+        }
+        if a.rslora && !p.rslora {
+            return Err(conflict("--rslora", "".into(), "not rsLoRA".into()));
+        }
+        if let Some(t) = &a.targets {
+            let mut given = parse_targets(t)?;
+            let mut theirs = p.targets.clone();
+            given.sort();
+            theirs.sort();
+            if given != theirs {
+                return Err(conflict("--targets", t.clone(), format!("targets {}", p.targets.join(","))));
+            }
+        }
+        if let Some(l) = layers.filter(|&l| l != p.layers) {
+            return Err(conflict("--layers", format!("{}-{}", l.0, l.1), format!("layers {}-{}", p.layers.0, p.layers.1)));
+        }
+        (rank, alpha, rslora, targets) = (p.rank, p.alpha, p.rslora, p.targets.clone());
+        layers = Some(p.layers);
+    }
+
     let mut config = TrainConfig {
-        rank: a.rank,
-        alpha: a.alpha,
-        use_rslora: a.rslora,
-        targets: parse_targets(&a.targets)?,
+        rank,
+        alpha,
+        use_rslora: rslora,
+        targets,
         layers,
         lr: a.lr,
         schedule: a.schedule.parse::<Schedule>().map_err(|e| anyhow::anyhow!("--schedule: {e}"))?,
@@ -208,7 +325,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         group_by_length: a.group_by_length,
         balance: a.balance.clone(),
         dedup: a.dedup,
+        replay: replay.as_ref().map(|(_, f)| *f),
+        init_fingerprint: None,
     };
+    if replay.is_some() && (a.balance.is_some() || a.group_by_length) {
+        bail!("--replay cannot be combined with --balance or --group-by-length");
+    }
     let balance = match &a.balance {
         None => None,
         Some(b) => {
@@ -218,12 +340,32 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Some((groups.into_iter().map(|(_, s)| s).collect::<Vec<f64>>(), of_example))
         }
     };
-    config.steps = a.steps.unwrap_or_else(|| config.steps_for_epochs(a.epochs, train.examples.len()));
     let n_train = train.examples.len();
+    let epoch_len = match &replay {
+        Some((_, f)) => n_train + replay_draws(n_train, *f),
+        None => n_train,
+    };
+    config.steps = a.steps.unwrap_or_else(|| config.steps_for_epochs(a.epochs, epoch_len));
     let val_examples = val.map(|v| v.examples).unwrap_or_default();
-    let mut trainer = Trainer::new(&base, config, train.examples, val_examples, data_fp)?;
+    let mut examples = train.examples;
+    if let Some(r) = replay_data {
+        eprintln!("--replay: {} earlier examples, {} drawn per epoch ({:.0}% of every batch)", r.examples.len(), epoch_len - n_train, replay.as_ref().map_or(0.0, |x| x.1) * 100.0);
+        examples.extend(r.examples);
+    }
+    let mut trainer = Trainer::new(&base, config, examples, val_examples, data_fp)?;
     if let Some((shares, of_example)) = balance {
         trainer.set_balance(shares, of_example)?;
+    }
+    if let Some((_, f)) = &replay {
+        trainer.set_replay(n_train, *f)?;
+    }
+    if let Some(p) = &parent {
+        // Before --resume: the checkpoint's configuration records the parent's fingerprint.
+        trainer.init_from(&p.adapter)?;
+        if let Some(dir) = &a.init_optimizer {
+            trainer.init_optimizer(dir).with_context(|| format!("--init-optimizer {}", dir.display()))?;
+        }
+        eprintln!("continuing {} (round {}): rank {}, alpha {}, targets {}, layers {}-{}", a.init_adapter.as_ref().expect("a parent has a path").display(), round_of(p) - 1, p.rank, p.alpha, p.targets.join(","), p.layers.0, p.layers.1);
     }
     let ckpt_dir = a.checkpoint_dir.clone().unwrap_or_else(|| with_suffix(&a.out, ".ckpt"));
     if let Some(r) = &a.resume {
@@ -288,8 +430,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "train_secs_this_run": secs,
         "tokens_per_s": tokens as f64 / secs.max(1e-9),
         "wall_secs": t_start.elapsed().as_secs_f64(),
+        "round": parent.as_ref().map_or(1, round_of),
     });
-    let adapter = trainer.to_adapter(&base, summary.clone())?;
+    let mut adapter = trainer.to_adapter(&base, summary.clone())?;
+    let mut data_refs = vec![DataRef { path: a.data.display().to_string(), fingerprint: fingerprint(&[a.data.as_path()])?, role: "new".into(), fraction: None }];
+    if let Some((p, f)) = &replay {
+        data_refs.push(DataRef { path: p.display().to_string(), fingerprint: fingerprint(&[p.as_path()])?, role: "replay".into(), fraction: Some(*f) });
+    }
+    adapter.manifest.lineage = Some(Lineage {
+        round: parent.as_ref().map_or(1, round_of),
+        parent: parent.as_ref().map(|p| ParentRef {
+            name: p.adapter.manifest.name.clone(),
+            version: p.adapter.manifest.version.clone(),
+            fingerprint: p.adapter.fingerprint(),
+            file_sha256: p.file_sha256.clone(),
+            path: a.init_adapter.as_ref().expect("a parent has a path").display().to_string(),
+        }),
+        data: data_refs,
+    });
+    if let Some(p) = &parent {
+        adapter.manifest.name.clone_from(&p.adapter.manifest.name);
+    }
     write_gguf_lora(&adapter, &a.out, GgufLoraDtype::F16).with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(dir) = &a.peft_out {
         write_peft(&adapter, dir, &base, Some(FactorDtype::F16)).with_context(|| format!("writing the PEFT folder {}", dir.display()))?;

@@ -78,6 +78,13 @@ pub struct TrainConfig {
     /// `--dedup`: exact and near duplicates were dropped before training.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dedup: bool,
+    /// `--replay`: the replayed examples' share of every micro-batch (set with
+    /// [`Trainer::set_replay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<f64>,
+    /// `--init-adapter`: the fingerprint of the adapter step 0 starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_fingerprint: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +111,8 @@ impl Default for TrainConfig {
             group_by_length: false,
             balance: None,
             dedup: false,
+            replay: None,
+            init_fingerprint: None,
         }
     }
 }
@@ -188,8 +197,24 @@ pub struct Trainer<'a> {
     /// Optimizer steps completed.
     pub step: usize,
     epoch_cache: BTreeMap<usize, Vec<Vec<usize>>>,
-    /// Balanced sampling: each group's share of an epoch and each example's group.
-    balance: Option<(Vec<f64>, Vec<usize>)>,
+    sampling: Sampling,
+}
+
+/// How an epoch picks its examples.
+#[derive(Debug, Clone, PartialEq)]
+enum Sampling {
+    /// Every example once, shuffled.
+    Uniform,
+    /// Each group's share of an epoch and each example's group (`--balance`).
+    Balance { shares: Vec<f64>, of_example: Vec<usize> },
+    /// The first `n_new` examples once each, plus replayed ones (the rest) spread evenly
+    /// over the epoch so every micro-batch holds `fraction` of them (±1 example).
+    Replay { n_new: usize, fraction: f64 },
+}
+
+/// Replayed examples drawn per epoch for `n_new` new ones at a replay `fraction`.
+pub fn replay_draws(n_new: usize, fraction: f64) -> usize {
+    (n_new as f64 * fraction / (1.0 - fraction)).round() as usize
 }
 
 impl<'a> Trainer<'a> {
@@ -223,7 +248,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let moments = Moments::zeros_like(&params);
-        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), balance: None })
+        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), sampling: Sampling::Uniform })
     }
 
     /// Continues from a checkpoint written by a run with the same configuration, base and data.
@@ -281,13 +306,84 @@ impl<'a> Trainer<'a> {
         if shares.iter().any(|s| !(s.is_finite() && *s >= 0.0)) || shares.iter().sum::<f64>() <= 0.0 {
             return Err(bad(format!("shares {shares:?} must be finite, ≥ 0 and not all 0")));
         }
-        self.balance = Some((shares, of_example));
+        self.sampling = Sampling::Balance { shares, of_example };
         self.epoch_cache.clear();
         Ok(())
     }
 
+    /// Replay (`--replay`): the examples after the first `n_new` are earlier data, drawn in
+    /// a shuffled cycle and spread so each micro-batch holds `fraction` of replayed
+    /// examples (±1); an epoch is the new examples once each plus
+    /// [`replay_draws`]`(n_new, fraction)` replayed ones. Call before step 1.
+    pub fn set_replay(&mut self, n_new: usize, fraction: f64) -> Result<(), Error> {
+        let bad = |reason: String| -> Error { TrainError::BadOption { option: "--replay".into(), reason }.into() };
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(bad(format!("fraction {fraction} must be in (0, 1)")));
+        }
+        if n_new == 0 || n_new >= self.train.len() {
+            return Err(bad(format!("{n_new} new examples of {}: both the new and the replayed data need examples", self.train.len())));
+        }
+        if self.config.group_by_length || self.config.balance.is_some() {
+            return Err(bad("cannot be combined with --group-by-length or --balance".into()));
+        }
+        self.sampling = Sampling::Replay { n_new, fraction };
+        self.epoch_cache.clear();
+        Ok(())
+    }
+
+    /// Starts from `parent`'s factors instead of the fresh initialization (`--init-adapter`):
+    /// the same tensors with the same ranks, shapes and scales as this run's configuration,
+    /// else an error naming the first difference. Only before step 1.
+    pub fn init_from(&mut self, parent: &LoraAdapter) -> Result<(), Error> {
+        let bad = |reason: String| -> Error { TrainError::BadOption { option: "--init-adapter".into(), reason }.into() };
+        if self.step != 0 {
+            return Err(bad(format!("the run is at step {}; an adapter can only start a run", self.step)));
+        }
+        let mine: Vec<&String> = self.params.keys().collect();
+        let theirs: Vec<&String> = parent.tensors.keys().collect();
+        if mine != theirs {
+            let missing: Vec<_> = mine.iter().filter(|k| !parent.tensors.contains_key(**k)).take(3).collect();
+            let extra: Vec<_> = theirs.iter().filter(|k| !self.params.contains_key(**k)).take(3).collect();
+            return Err(bad(format!("the adapter's tensors differ from this run's targets × layers: missing {missing:?}, extra {extra:?}")));
+        }
+        for (name, p) in self.params.iter_mut() {
+            let t = &parent.tensors[name];
+            if (t.rank, t.n_in, t.n_out) != (p.rank, p.n_in, p.n_out) {
+                return Err(bad(format!("{name}: rank {} shape {}×{} in the adapter, rank {} shape {}×{} in this run", t.rank, t.n_out, t.n_in, p.rank, p.n_out, p.n_in)));
+            }
+            if (t.scale - p.scale).abs() > 1e-6 * p.scale.abs().max(1.0) {
+                return Err(bad(format!("{name}: scale {} in the adapter, {} from this run's alpha/rank", t.scale, p.scale)));
+            }
+            p.a.clone_from(&t.a);
+            p.b.clone_from(&t.b);
+        }
+        self.config.init_fingerprint = Some(parent.fingerprint());
+        Ok(())
+    }
+
+    /// Keeps an earlier run's AdamW moments (`--init-optimizer`): the checkpoint's tensors
+    /// must be this run's. Only before step 1.
+    pub fn init_optimizer(&mut self, dir: &std::path::Path) -> Result<(), Error> {
+        let ck = checkpoint::load(dir)?;
+        let path = checkpoint::file_in(dir);
+        let shapes = |p: &LoraParams<f32>| p.iter().map(|(k, t)| (k.clone(), t.rank, t.n_in, t.n_out)).collect::<Vec<_>>();
+        if self.step != 0 || shapes(&ck.moments.m) != shapes(&self.params) {
+            return Err(TrainError::Checkpoint { path, reason: format!("its optimizer moments ({} tensors) do not match this run's LoRA tensors ({}) at step 0", ck.moments.m.len(), self.params.len()) }.into());
+        }
+        self.moments = ck.moments;
+        Ok(())
+    }
+
+    /// Examples drawn per epoch.
+    pub fn epoch_len(&self) -> usize {
+        match &self.sampling {
+            Sampling::Replay { n_new, fraction } => n_new + replay_draws(*n_new, *fraction),
+            _ => self.train.len(),
+        }
+    }
+
     fn micro_per_epoch(&self) -> usize {
-        self.train.len().div_ceil(self.config.batch)
+        self.epoch_len().div_ceil(self.config.batch)
     }
 
     /// The examples of global micro-batch k.
@@ -296,11 +392,20 @@ impl<'a> Trainer<'a> {
         let (epoch, i) = (k / per, k % per);
         if !self.epoch_cache.contains_key(&epoch) {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut order: Vec<usize> = match &self.balance {
-                None => (0..self.train.len()).collect(),
-                Some((shares, of_example)) => balanced_epoch(shares, of_example, &mut rng),
+            let order: Vec<usize> = match &self.sampling {
+                Sampling::Uniform => {
+                    let mut o: Vec<usize> = (0..self.train.len()).collect();
+                    o.shuffle(&mut rng);
+                    o
+                }
+                Sampling::Balance { shares, of_example } => {
+                    let mut o = balanced_epoch(shares, of_example, &mut rng);
+                    o.shuffle(&mut rng);
+                    o
+                }
+                Sampling::Replay { n_new, fraction } => replay_epoch(*n_new, self.train.len() - n_new, *fraction, &mut rng),
             };
-            order.shuffle(&mut rng);
+            let mut order = order;
             if self.config.group_by_length {
                 // Megabatches of 50 micro-batches, each sorted by length (longest first).
                 for mega in order.chunks_mut(50 * self.config.batch) {
@@ -442,6 +547,31 @@ fn balanced_epoch(shares: &[f64], of_example: &[usize], rng: &mut rand_chacha::C
     out
 }
 
+/// One replay epoch: the `n_new` new examples (0..n_new) shuffled, once each, with
+/// `replay_draws` replayed ones (n_new..n_new+n_old, a shuffled cycle) spread evenly: after
+/// position j, ⌊(j+1)·R/total⌋ replayed examples have been placed.
+fn replay_epoch(n_new: usize, n_old: usize, fraction: f64, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize> {
+    let r = replay_draws(n_new, fraction);
+    let total = n_new + r;
+    let mut new: Vec<usize> = (0..n_new).collect();
+    new.shuffle(rng);
+    let mut old: Vec<usize> = (n_new..n_new + n_old).collect();
+    let (mut out, mut taken, mut next_new) = (Vec::with_capacity(total), 0usize, 0usize);
+    for j in 0..total {
+        if (j + 1) * r / total > taken {
+            if taken % n_old == 0 {
+                old.shuffle(rng);
+            }
+            out.push(old[taken % n_old]);
+            taken += 1;
+        } else {
+            out.push(new[next_new]);
+            next_new += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,5 +615,32 @@ mod tests {
         let x = balanced_epoch(&[1.0, 0.0, 1.0], &of_example, &mut a);
         assert_eq!(counts(&x, &of_example, 3)[1], 0);
         assert_eq!(x, balanced_epoch(&[1.0, 0.0, 1.0], &of_example, &mut b));
+    }
+
+    #[test]
+    fn a_replay_epoch_spreads_old_examples_over_every_batch() {
+        // 40 new, 10 old, 20%: 10 replay draws per epoch, 50 in all; batches of 5 hold one each.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let order = replay_epoch(40, 10, 0.2, &mut rng);
+        assert_eq!(order.len(), 50);
+        let mut new: Vec<usize> = order.iter().copied().filter(|&i| i < 40).collect();
+        new.sort();
+        assert_eq!(new, (0..40).collect::<Vec<_>>(), "every new example once");
+        for batch in order.chunks(5) {
+            assert_eq!(batch.iter().filter(|&&i| i >= 40).count(), 1, "{batch:?}");
+        }
+        // More draws than old examples: the old ones cycle; deterministic for the seed.
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let mut b = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let x = replay_epoch(30, 4, 0.5, &mut a);
+        assert_eq!(x.len(), 60);
+        for old in 30..34 {
+            let c = x.iter().filter(|&&i| i == old).count();
+            assert!((7..=8).contains(&c), "{old}: {c}");
+        }
+        for batch in x.chunks(6) {
+            assert_eq!(batch.iter().filter(|&&i| i >= 30).count(), 3, "{batch:?}");
+        }
+        assert_eq!(x, replay_epoch(30, 4, 0.5, &mut b));
     }
 }

@@ -6,6 +6,7 @@ mod common;
 mod adapters;
 mod cli;
 mod compute;
+mod continual;
 mod data_report;
 mod engine;
 mod eval;
