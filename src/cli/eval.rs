@@ -15,7 +15,7 @@ use edgelora::engine::{parse_adapter_arg, Engine};
 use edgelora::gguf::GgufFile;
 use edgelora::train::data::{field_values, read_jsonl, Dataset, Sourced};
 use edgelora::train::eval::{classify, generation_accuracy, loss, ClassificationReport, Metric};
-use edgelora::train::metrics::{mcnemar_exact, paired_bootstrap};
+use edgelora::train::metrics::{mcnemar_exact, paired_bootstrap, roc_curve};
 
 use super::{load_adapter, ModelArgs};
 
@@ -56,6 +56,10 @@ pub struct EvalArgs {
     /// Include every answer (or classified record) in the JSON
     #[arg(long)]
     answers: bool,
+    /// Draw FILE.png or FILE.svg (--metric classification): the ROC curve of each label
+    /// against the diagonal; with --compare, per-label F1 of A and B as bars
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Print JSON (eval always does; accepted so every command takes it)
     #[arg(long)]
     json: bool,
@@ -114,6 +118,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !a.labels.is_empty() && metric != Metric::Classification {
         anyhow::bail!("--labels needs --metric classification");
     }
+    if let Some(p) = &a.plot {
+        if metric != Metric::Classification {
+            anyhow::bail!("--plot draws ROC curves and F1 bars: it needs --metric classification");
+        }
+        super::plot::check_path(p)?;
+    }
     if metric == Metric::Loss && (a.by.is_some() || !a.compare.is_empty()) {
         anyhow::bail!("--by and --compare need a per-record metric (exact, first-word, contains or classification), not loss");
     }
@@ -137,6 +147,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let records = read_jsonl(&a.data)?;
         let loaded = a.model.load()?;
         let s = score(loaded.engine(), &loaded.adapters, &records, &a, metric)?;
+        if let (Some(p), Some(c)) = (&a.plot, &s.classified) {
+            let name = a.model.adapters.join(" + ");
+            plot_roc(p, c, &format!("ROC, {}", if name.is_empty() { "base model".into() } else { name }))?;
+        }
         let mut v = s.report.clone();
         if let Some(field) = &a.by {
             let mut by = serde_json::Map::new();
@@ -152,6 +166,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
     obj.insert("data".into(), a.data.display().to_string().into());
     obj.insert("secs".into(), t0.elapsed().as_secs_f64().into());
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// ROC curves of a classification report, one per label that has records with and without it.
+fn plot_roc(path: &std::path::Path, c: &ClassificationReport, title: &str) -> Result<()> {
+    let mut curves = Vec::new();
+    for (l, m) in c.metrics.labels.iter().enumerate() {
+        let scores: Vec<f64> = c.records.iter().map(|r| r.scores[l]).collect();
+        let positive: Vec<bool> = c.records.iter().map(|r| r.expected == m.label).collect();
+        if let (Some(points), Some(auc)) = (roc_curve(&scores, &positive), m.auc) {
+            curves.push(super::plot::RocCurve { label: m.label.clone(), points, auc });
+        }
+    }
+    super::plot::roc_curves(path, &curves, title)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -180,6 +209,14 @@ fn compare(a: &EvalArgs, metric: Metric) -> Result<Value> {
         arms.push(s);
     }
     let (ra, rb) = (&arms[0], &arms[1]);
+    if let (Some(p), Some(ca), Some(cb)) = (&a.plot, &ra.classified, &rb.classified) {
+        let labels: Vec<String> = ca.metrics.labels.iter().map(|l| l.label.clone()).collect();
+        let f1 = |c: &ClassificationReport| c.metrics.labels.iter().map(|l| l.f1).collect::<Vec<f64>>();
+        let (fa, fb) = (f1(ca), f1(cb));
+        let (na, nb) = (format!("A: {}", a.compare[0]), format!("B: {}", a.compare[1]));
+        super::plot::f1_bars(p, &labels, [(&na, &fa), (&nb, &fb)], "per-label F1, A vs B")?;
+        eprintln!("wrote {}", p.display());
+    }
     let n = ra.correct.len();
     let a_only = (0..n).filter(|&i| ra.correct[i] && !rb.correct[i]).count();
     let b_only = (0..n).filter(|&i| !ra.correct[i] && rb.correct[i]).count();

@@ -18,6 +18,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod merge;
+mod plot;
 pub mod train;
 
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -17,6 +17,7 @@ use edgelora::gguf::GgufFile;
 use edgelora::train::data::{fingerprint, Dataset};
 use edgelora::train::optim::{AdamW, Schedule};
 use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
+use edgelora::train::auto::{search, AutoOptions};
 use edgelora::train::trainer::replay_draws;
 use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
 
@@ -136,6 +137,21 @@ pub struct TrainArgs {
     /// Mix earlier data into every micro-batch: OLD.jsonl[:FRACTION] (default 0.2), deterministic for the seed
     #[arg(long, value_name = "OLD.jsonl[:FRACTION]")]
     replay: Option<String>,
+    /// Choose the recipe automatically: hold out a validation split (--eval, --val-split, or
+    /// 15% drawn with the seed), screen learning rates, ranks and targets, extend the best
+    /// with early stopping, then train it on all the data — all within --budget-minutes;
+    /// the search and the choice go in the manifest
+    #[arg(long, conflicts_with_all = ["rank", "alpha", "rslora", "targets", "lr", "epochs", "steps", "resume", "init_adapter", "replay", "balance"])]
+    auto: bool,
+    /// Score the validation data every N steps (its loss goes in the metrics file and the plot)
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+    /// Draw the training curves (loss per step, validation loss, learning rate) to FILE.png or FILE.svg
+    #[arg(long, value_name = "FILE", conflicts_with = "auto")]
+    plot: Option<PathBuf>,
+    /// --auto's wall-clock budget for the search and the final training
+    #[arg(long, default_value_t = 15.0, requires = "auto")]
+    budget_minutes: f64,
 }
 
 /// `--replay OLD.jsonl[:FRACTION]`.
@@ -227,6 +243,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--device gpu: training on wgpu is not implemented; train on the CPU (--device cpu)");
     }
     let replay = a.replay.as_deref().map(parse_replay).transpose()?;
+    if let Some(p) = &a.plot {
+        super::plot::check_path(p)?;
+    }
     if let Some(t) = a.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
     }
@@ -248,6 +267,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let (train, val) = match &a.eval {
         Some(p) => (data, Some(Dataset::load(&vocab, p, a.max_len, a.train_on_prompt)?)),
+        None if a.auto => {
+            let (t, v) = data.split_seeded(if a.val_split > 0.0 { a.val_split } else { 0.15 }, a.seed);
+            (t, Some(v))
+        }
         None if a.val_split > 0.0 => {
             let (t, v) = data.split(a.val_split);
             (t, Some(v))
@@ -340,6 +363,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Some((groups.into_iter().map(|(_, s)| s).collect::<Vec<f64>>(), of_example))
         }
     };
+    if a.auto {
+        let opts = AutoOptions { budget_secs: a.budget_minutes * 60.0, ..AutoOptions::default() };
+        let val_examples = val.map(|v| v.examples).unwrap_or_default();
+        eprintln!("--auto: {} training and {} validation examples, budget {:.1} min", train.examples.len(), val_examples.len(), a.budget_minutes);
+        let (trainer, report) = search(&base, &config, train.examples, val_examples, data_fp, &opts, &mut |line| eprintln!("auto: {line}"))?;
+        let summary = serde_json::json!({
+            "steps": trainer.step,
+            "examples": report.n_train + if report.final_on == "all" { report.n_val } else { 0 },
+            "wall_secs": t_start.elapsed().as_secs_f64(),
+            "round": 1,
+            "auto": report,
+        });
+        return export(&a, &base, &trainer, summary, None, None);
+    }
     let n_train = train.examples.len();
     let epoch_len = match &replay {
         Some((_, f)) => n_train + replay_draws(n_train, *f),
@@ -347,6 +384,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     config.steps = a.steps.unwrap_or_else(|| config.steps_for_epochs(a.epochs, epoch_len));
     let val_examples = val.map(|v| v.examples).unwrap_or_default();
+    let val_count = val_examples.len();
     let mut examples = train.examples;
     if let Some(r) = replay_data {
         eprintln!("--replay: {} earlier examples, {} drawn per epoch ({:.0}% of every batch)", r.examples.len(), epoch_len - n_train, replay.as_ref().map_or(0.0, |x| x.1) * 100.0);
@@ -399,16 +437,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
     bar.set_position(trainer.step as u64);
     let (mut tokens, mut secs, mut last_loss) = (0usize, 0f64, f64::NAN);
     let mut write_err = None;
-    let outcome = trainer.run(&stop, Some(&ckpt_dir), a.save_every, &mut |m| {
-        tokens += m.tokens;
-        secs += m.secs;
-        last_loss = m.loss;
-        bar.set_position(m.step as u64);
-        bar.set_message(format!("loss {:.4}  gnorm {:.3}  lr {:.2e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s));
-        if let Err(e) = writeln!(metrics, "{}", serde_json::to_string(m).expect("metrics serialize")).and_then(|_| metrics.flush()) {
-            write_err.get_or_insert(e);
+    let every = a.eval_every.filter(|&n| n > 0 && val_count > 0).unwrap_or(usize::MAX);
+    let outcome = loop {
+        let until = trainer.step.saturating_add(every).min(trainer.config.steps);
+        let outcome = trainer.run_to(until, &stop, Some(&ckpt_dir), a.save_every, &mut |m| {
+            tokens += m.tokens;
+            secs += m.secs;
+            last_loss = m.loss;
+            bar.set_position(m.step as u64);
+            bar.set_message(format!("loss {:.4}  gnorm {:.3}  lr {:.2e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s));
+            if let Err(e) = writeln!(metrics, "{}", serde_json::to_string(m).expect("metrics serialize")).and_then(|_| metrics.flush()) {
+                write_err.get_or_insert(e);
+            }
+        })?;
+        if outcome == Outcome::Interrupted || trainer.step >= trainer.config.steps {
+            break outcome;
         }
-    })?;
+        if let Some(l) = trainer.eval_loss()? {
+            writeln!(metrics, "{}", serde_json::json!({"step": trainer.step, "eval_loss": l}))?;
+            bar.println(format!("step {}: validation loss {l:.4}", trainer.step));
+        }
+    };
     bar.finish_and_clear();
     if let Some(e) = write_err {
         return Err(e).with_context(|| format!("writing the metrics file {}", metrics_path.display()));
@@ -420,6 +469,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(l) = eval_after {
         writeln!(metrics, "{}", serde_json::json!({"step": trainer.step, "eval_loss": l}))?;
     }
+    drop(metrics);
     let summary = serde_json::json!({
         "steps": trainer.step,
         "examples": n_train,
@@ -432,14 +482,44 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "wall_secs": t_start.elapsed().as_secs_f64(),
         "round": parent.as_ref().map_or(1, round_of),
     });
-    let mut adapter = trainer.to_adapter(&base, summary.clone())?;
+    export(&a, &base, &trainer, summary, parent.as_ref(), replay.as_ref())?;
+    if let Some(p) = &a.plot {
+        plot_metrics(&metrics_path, p, &a.out)?;
+    }
+    Ok(())
+}
+
+/// Draws the training curves from the metrics file (every step of this run and, after
+/// --resume, of the runs before it).
+fn plot_metrics(metrics: &std::path::Path, out: &std::path::Path, adapter: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("reading the metrics file {}", metrics.display()))?;
+    let (mut steps, mut eval) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("metrics file {}: a line is not JSON", metrics.display()))?;
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        match (v["loss"].as_f64(), v["lr"].as_f64(), v["eval_loss"].as_f64()) {
+            (Some(loss), Some(lr), _) => steps.push(super::plot::StepPoint { step, loss, lr }),
+            (_, _, Some(l)) => eval.push((step, l)),
+            _ => {}
+        }
+    }
+    let name = adapter.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    super::plot::training_curves(out, &steps, &eval, &format!("edgelora train: {name}"))?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Writes the trained adapter (GGUF-LoRA, and PEFT with --peft-out) with its manifest's
+/// lineage, and prints the summary.
+fn export(a: &TrainArgs, base: &GgufFile, trainer: &Trainer, summary: serde_json::Value, parent: Option<&Parent>, replay: Option<&(PathBuf, f64)>) -> Result<()> {
+    let mut adapter = trainer.to_adapter(base, summary.clone())?;
     let mut data_refs = vec![DataRef { path: a.data.display().to_string(), fingerprint: fingerprint(&[a.data.as_path()])?, role: "new".into(), fraction: None }];
-    if let Some((p, f)) = &replay {
+    if let Some((p, f)) = replay {
         data_refs.push(DataRef { path: p.display().to_string(), fingerprint: fingerprint(&[p.as_path()])?, role: "replay".into(), fraction: Some(*f) });
     }
     adapter.manifest.lineage = Some(Lineage {
-        round: parent.as_ref().map_or(1, round_of),
-        parent: parent.as_ref().map(|p| ParentRef {
+        round: parent.map_or(1, round_of),
+        parent: parent.map(|p| ParentRef {
             name: p.adapter.manifest.name.clone(),
             version: p.adapter.manifest.version.clone(),
             fingerprint: p.adapter.fingerprint(),
@@ -448,12 +528,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }),
         data: data_refs,
     });
-    if let Some(p) = &parent {
+    if let Some(p) = parent {
         adapter.manifest.name.clone_from(&p.adapter.manifest.name);
     }
     write_gguf_lora(&adapter, &a.out, GgufLoraDtype::F16).with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(dir) = &a.peft_out {
-        write_peft(&adapter, dir, &base, Some(FactorDtype::F16)).with_context(|| format!("writing the PEFT folder {}", dir.display()))?;
+        write_peft(&adapter, dir, base, Some(FactorDtype::F16)).with_context(|| format!("writing the PEFT folder {}", dir.display()))?;
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     eprintln!("wrote {}", a.out.display());

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::config::ModelConfig;
 use super::ops::attention::{packed_attention_backward, packed_attention_forward, packed_ranges};
-use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward, cross_entropy_hits};
 use super::ops::embedding::embedding_forward;
 use super::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
 use super::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -280,6 +280,12 @@ impl<'a, T: Real> TrainModel<'a, T> {
 
     /// Per-target losses (in target order) with `params` applied; no gradients.
     pub fn losses(&self, params: &LoraParams<T>, batch: &Batch, ce_chunk: usize) -> Result<Vec<f64>, Error> {
+        Ok(self.losses_and_hits(params, batch, ce_chunk)?.into_iter().map(|(l, _)| l).collect())
+    }
+
+    /// Per-target (loss, greedy hit) in target order with `params` applied: a hit when
+    /// the target token is the arg-max of its logits. No gradients.
+    pub fn losses_and_hits(&self, params: &LoraParams<T>, batch: &Batch, ce_chunk: usize) -> Result<Vec<(f64, bool)>, Error> {
         self.check(params, batch)?;
         let positions = Self::positions(batch);
         let mut x = self.embed(&batch.tokens)?;
@@ -288,7 +294,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
             x = self.layer_forward(l, x, &dense, params, batch, &positions).0;
         }
         let (_, hs, tg, _) = self.head_rows(&x, batch);
-        Ok(cross_entropy_forward(&hs, &self.output, &tg, self.config.n_embd, ce_chunk.max(1)))
+        Ok(cross_entropy_hits(&hs, &self.output, &tg, self.config.n_embd, ce_chunk.max(1)))
     }
 
     /// Forward and backward: the loss and the gradients of grad_scale · Σ losses with

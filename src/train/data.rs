@@ -275,6 +275,26 @@ impl Dataset {
         Dataset { path: self.path, examples, records }
     }
 
+    /// Splits off `fraction` of the examples, drawn with `seed`, as a validation set (a
+    /// file sorted by label or scenario still gives a mixed one); order kept on both sides.
+    pub fn split_seeded(self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let n = self.examples.len();
+        let n_val = (((n as f64) * fraction).round() as usize).min(n.saturating_sub(1));
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5A11));
+        let held: std::collections::HashSet<usize> = order[..n_val].iter().copied().collect();
+        let empty = || Dataset { path: self.path.clone(), examples: Vec::new(), records: Vec::new() };
+        let (mut train, mut val) = (empty(), empty());
+        for (i, (e, r)) in self.examples.into_iter().zip(self.records).enumerate() {
+            let side = if held.contains(&i) { &mut val } else { &mut train };
+            side.examples.push(e);
+            side.records.push(r);
+        }
+        (train, val)
+    }
+
     /// Splits off the last `fraction` of the examples as a validation set.
     pub fn split(mut self, fraction: f64) -> (Dataset, Dataset) {
         let n_val = ((self.examples.len() as f64) * fraction).round() as usize;

@@ -272,6 +272,36 @@ pub fn loss_sum(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[E
     Ok((sum, n))
 }
 
+/// Teacher-forced scores of examples in one forward each: the mean loss per trained token
+/// and `exact`, the share of examples whose every trained token is the arg-max of its
+/// logits — greedy decoding would write exactly the trained answer (its end token
+/// included when the answer trains one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Validation {
+    pub n_examples: usize,
+    pub loss: f64,
+    pub exact: f64,
+}
+
+/// [`Validation`] of `examples` on `model` with `params`, `batch` examples at a time.
+pub fn validate(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize) -> Result<Validation, Error> {
+    let (mut sum, mut n, mut exact) = (0.0, 0usize, 0usize);
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let scores = model.losses_and_hits(params, &pack(&refs), 32)?;
+        // Targets come in example order, each example's trained tokens together.
+        let mut at = 0;
+        for e in chunk {
+            let mine = &scores[at..at + e.n_targets()];
+            at += mine.len();
+            exact += usize::from(!mine.is_empty() && mine.iter().all(|&(_, hit)| hit));
+            sum += mine.iter().map(|&(l, _)| l).sum::<f64>();
+            n += mine.len();
+        }
+    }
+    Ok(Validation { n_examples: examples.len(), loss: sum / n.max(1) as f64, exact: exact as f64 / examples.len().max(1) as f64 })
+}
+
 /// Mean loss per trained token of `examples` on the base with `adapters`.
 pub fn loss(base: &GgufFile, adapters: &[(&LoraAdapter, f32)], examples: &[Example], batch: usize) -> Result<LossReport, Error> {
     let config = ModelConfig::from_gguf(base)?;

@@ -100,6 +100,37 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// The ROC curve of `scores` for the records marked `positive`: (false-positive rate,
+/// true-positive rate) points from (0, 0) to (1, 1), the threshold lowered one distinct
+/// score at a time (tied scores move together, a diagonal step), so the trapezoids under it
+/// sum to [`roc_auc`]. `None` when there is no positive or no negative.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Option<Vec<(f64, f64)>> {
+    assert_eq!(scores.len(), positive.len());
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp, mut out) = (0.0, 0.0, vec![(0.0, 0.0)]);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if positive[order[j]] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            j += 1;
+        }
+        out.push((fp / n_neg, tp / n_pos));
+        i = j;
+    }
+    Some(out)
+}
+
 /// McNemar's exact test (two-sided) on the discordant pairs: `a_only` records that the
 /// first run got right and the second wrong, `b_only` the reverse. Under the null each
 /// discordant record is a fair coin: p = min(1, 2·P[Binomial(n, ½) ≤ min(a_only, b_only)]).
@@ -261,6 +292,19 @@ mod tests {
         assert!((iv.lo + 0.098).abs() < 0.015 && (iv.hi - 0.098).abs() < 0.015, "{iv:?}");
         assert_eq!(iv, paired_bootstrap(d.len(), 4000, 1, mean), "same seed, same interval");
         assert_ne!(iv, paired_bootstrap(d.len(), 4000, 2, mean));
+    }
+
+    #[test]
+    fn the_roc_curve_has_the_auc_under_it() {
+        // Ties at 0.5 (one positive, one negative) make a diagonal step.
+        let scores = [0.9, 0.8, 0.5, 0.5, 0.3, 0.1];
+        let positive = [true, false, true, false, true, false];
+        let c = roc_curve(&scores, &positive).unwrap();
+        let third = 1.0 / 3.0;
+        assert_eq!(c, vec![(0.0, 0.0), (0.0, third), (third, third), (2.0 * third, 2.0 * third), (2.0 * third, 1.0), (1.0, 1.0)]);
+        let area: f64 = c.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
+        assert!((area - roc_auc(&scores, &positive).unwrap()).abs() < 1e-12, "{area}");
+        assert_eq!(roc_curve(&[0.1, 0.2], &[true, true]), None);
     }
 
     #[test]

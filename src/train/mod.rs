@@ -1,10 +1,11 @@
 //! On-device LoRA training on the frozen quantized base (QLoRA-style): data
 //! (`data`: JSONL formats, chat template, loss mask, packing), optimizer and schedules
-//! (`optim`), the trainer (`trainer`), checkpoints (`checkpoint`), evaluation (`eval`) and its
+//! (`optim`), the trainer (`trainer`), the automatic recipe search (`auto`), checkpoints (`checkpoint`), evaluation (`eval`) and its
 //! business metrics and A/B statistics (`metrics`), and the data report with the
 //! grouping behind `--dedup`/`--balance` (`report`).
 //! The forward/backward graph itself lives in [`crate::model::grad`].
 
+pub mod auto;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;

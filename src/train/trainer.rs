@@ -468,7 +468,13 @@ impl<'a> Trainer<'a> {
     /// every `save_every` steps (0: never), at the end, and when `stop` is raised (then
     /// the run returns `Interrupted`).
     pub fn run(&mut self, stop: &AtomicBool, ckpt_dir: Option<&std::path::Path>, save_every: usize, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<Outcome, Error> {
-        while self.step < self.config.steps {
+        self.run_to(self.config.steps, stop, ckpt_dir, save_every, on_step)
+    }
+
+    /// [`Trainer::run`] up to step `until` (≤ the configured steps): the caller can score
+    /// the model between stretches; checkpoints as in `run` (the last step saves one).
+    pub fn run_to(&mut self, until: usize, stop: &AtomicBool, ckpt_dir: Option<&std::path::Path>, save_every: usize, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<Outcome, Error> {
+        while self.step < until.min(self.config.steps) {
             if stop.load(Ordering::SeqCst) {
                 if let Some(d) = ckpt_dir {
                     self.save_checkpoint(d)?;
@@ -490,6 +496,14 @@ impl<'a> Trainer<'a> {
     pub fn loss_on(&self, examples: &[Example]) -> Result<Option<f64>, Error> {
         let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch)?;
         Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    /// Loss and greedy exact-answer share on the evaluation examples (`None` without any).
+    pub fn validate(&self) -> Result<Option<super::eval::Validation>, Error> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        super::eval::validate(&self.model, &self.params, &self.eval, self.config.batch).map(Some)
     }
 
     pub fn eval_loss(&self) -> Result<Option<f64>, Error> {

@@ -4,6 +4,7 @@
 mod common;
 
 mod adapters;
+mod auto;
 mod cli;
 mod compute;
 mod continual;
@@ -19,4 +20,5 @@ mod merge;
 mod model_checks;
 mod train;
 mod native;
+mod plots;
 mod quant;

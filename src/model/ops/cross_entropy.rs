@@ -6,18 +6,34 @@ use crate::compute::dense::{matmul, Layout, Real};
 /// Per-row loss −log softmax(h·Wᵀ)[target] for h [n, d], W [n_vocab, d] (the output
 /// matrix, dense), targets [n] (each < n_vocab).
 pub fn cross_entropy_forward<T: Real>(h: &[T], w: &[T], targets: &[i32], d: usize, chunk: usize) -> Vec<f64> {
-    let n_vocab = w.len() / d;
     let mut losses = Vec::with_capacity(targets.len());
+    for_each_logit_row(h, w, targets, d, chunk, |row, t| losses.push(logsumexp(row) - row[t].f64v()));
+    losses
+}
+
+/// The forward's per-row loss and whether the target is the row's arg-max logit (what
+/// greedy decoding would pick; a tie counts as a hit only for the first maximal id).
+pub fn cross_entropy_hits<T: Real>(h: &[T], w: &[T], targets: &[i32], d: usize, chunk: usize) -> Vec<(f64, bool)> {
+    let mut out = Vec::with_capacity(targets.len());
+    for_each_logit_row(h, w, targets, d, chunk, |row, t| {
+        let argmax = row.iter().enumerate().fold(0, |best, (i, v)| if v.f64v() > row[best].f64v() { i } else { best });
+        out.push((logsumexp(row) - row[t].f64v(), argmax == t));
+    });
+    out
+}
+
+/// Calls `f(logits row, target)` for each row of h·Wᵀ, `chunk` rows computed at once.
+fn for_each_logit_row<T: Real>(h: &[T], w: &[T], targets: &[i32], d: usize, chunk: usize, mut f: impl FnMut(&[T], usize)) {
+    let n_vocab = w.len() / d;
     let mut logits = Vec::new();
     for (hc, tc) in h.chunks(chunk * d).zip(targets.chunks(chunk)) {
         let c = tc.len();
         logits.resize(c * n_vocab, T::zero());
         matmul(&mut logits, hc, Layout::N, w, Layout::T, c, n_vocab, d, false);
         for (row, &t) in logits.chunks_exact(n_vocab).zip(tc) {
-            losses.push(logsumexp(row) - row[t as usize].f64v());
+            f(row, t as usize);
         }
     }
-    losses
 }
 
 /// dh [n, d] = Σ_rows dloss[row] · (softmax(h·Wᵀ) − onehot(target)) · W (W frozen).

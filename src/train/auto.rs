@@ -1,0 +1,277 @@
+//! `train --auto`: a training recipe chosen on held-out data within a time budget, for a
+//! user who has a few hundred examples and no wish to tune (the seed's "automatic
+//! adaptation").
+//!
+//! Three stages, all timed against one budget:
+//! 1. **Screen**: each candidate of the space (learning rate × rank × targets) trains the
+//!    same number of steps S on the training split, with the cosine schedule planned for the
+//!    longest run allowed, and is scored on the validation split ([`Validation`]: greedy
+//!    exact-answer share first, loss second); the better half continue to 2·S steps and are
+//!    scored again (successive halving); the best of them is kept.
+//! 2. **Extend**: the best candidate keeps training, scored every half epoch; it stops when
+//!    the validation score has not improved for `patience` scores, at `max_epochs`, or when
+//!    the rest of the budget is needed for stage 3. The best-scoring point is the recipe's
+//!    length — or, when the budget stopped a run that was still improving, the longest run
+//!    the rest of the budget holds.
+//! 3. **Final**: the chosen recipe (its settings and length in epochs) trains anew on all
+//!    the data (training + validation split), the schedule planned for that length. When
+//!    the budget left cannot hold it, stage 2's best factors are the result instead, and the
+//!    report says so (`final_on`).
+//!
+//! Every step's numbers remain a function of (seed, config, data), as in [`Trainer`].
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::eval::Validation;
+use super::trainer::{parse_targets, TrainConfig, Trainer};
+use super::data::Example;
+use crate::error::{Error, TrainError};
+use crate::gguf::GgufFile;
+use crate::model::grad::LoraParams;
+
+/// One point of the search space.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recipe {
+    pub lr: f64,
+    pub rank: usize,
+    /// alpha = 2·rank (the seed's r16/alpha32 ratio).
+    pub alpha: f32,
+    /// `q_proj,v_proj` or `all-linear`, as `--targets` takes them.
+    pub targets: String,
+}
+
+impl Recipe {
+    pub fn label(&self) -> String {
+        format!("{} r{} lr {:.0e}", self.targets, self.rank, self.lr)
+    }
+}
+
+/// The default space: all-linear r16 at three learning rates around the 1e-3 that trained
+/// the credit example, q/v-only and rank 8 at 1e-3.
+pub fn default_space() -> Vec<Recipe> {
+    let r = |lr: f64, rank: usize, targets: &str| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into() };
+    vec![r(1e-3, 16, "all-linear"), r(5e-4, 16, "all-linear"), r(2e-3, 16, "all-linear"), r(1e-3, 16, "q_proj,v_proj"), r(1e-3, 8, "all-linear")]
+}
+
+/// The search's settings.
+#[derive(Debug, Clone)]
+pub struct AutoOptions {
+    /// Wall-clock budget of the three stages together, seconds.
+    pub budget_secs: f64,
+    /// The candidates, in screening order.
+    pub space: Vec<Recipe>,
+    /// The longest run (epochs of the training split) stage 2 may reach.
+    pub max_epochs: f64,
+    /// Scores without improvement before stage 2 stops.
+    pub patience: usize,
+    /// Share of the budget the screen may use.
+    pub screen_share: f64,
+}
+
+impl Default for AutoOptions {
+    fn default() -> Self {
+        AutoOptions { budget_secs: 15.0 * 60.0, space: default_space(), max_epochs: 8.0, patience: 3, screen_share: 0.25 }
+    }
+}
+
+/// A validation score during the search.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScorePoint {
+    pub step: usize,
+    pub epoch: f64,
+    pub val_loss: f64,
+    pub val_exact: f64,
+    /// Seconds since the search started.
+    pub at_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub recipe: Recipe,
+    pub points: Vec<ScorePoint>,
+    /// Seconds per optimizer step, measured.
+    pub step_secs: f64,
+}
+
+/// What the search did and chose (stored in the manifest's `training.auto`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoReport {
+    pub budget_secs: f64,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub screen_steps: usize,
+    pub trials: Vec<Trial>,
+    /// Index into `trials` of the chosen recipe.
+    pub chosen: usize,
+    /// The chosen length: stage 2's best point, in epochs of the training split.
+    pub chosen_epochs: f64,
+    /// Why stage 2 stopped.
+    pub stopped: String,
+    /// `all` (stage 3 trained on training + validation) or `train-split` (no time left:
+    /// stage 2's best factors).
+    pub final_on: String,
+    pub final_steps: usize,
+    /// `final_steps` in epochs of the data it trained on.
+    pub final_epochs: f64,
+    pub spent_secs: f64,
+}
+
+/// Ordering of scores: more exact answers first, then lower loss.
+fn better(a: &Validation, b: &Validation) -> bool {
+    a.exact > b.exact + 1e-12 || ((a.exact - b.exact).abs() <= 1e-12 && a.loss < b.loss)
+}
+
+fn config_for(base: &TrainConfig, r: &Recipe, steps: usize) -> Result<TrainConfig, Error> {
+    Ok(TrainConfig { lr: r.lr, rank: r.rank, alpha: r.alpha, targets: parse_targets(&r.targets)?, steps, ..base.clone() })
+}
+
+/// Runs the search. `base_config` gives everything but lr, rank, alpha, targets and steps
+/// (batch, seed, schedule, max length, …); `on_event` receives one line per score and
+/// stage. Returns the trainer holding the result (its `params`) and the report.
+pub fn search<'a>(
+    base: &'a GgufFile,
+    base_config: &TrainConfig,
+    train: Vec<Example>,
+    val: Vec<Example>,
+    data_fingerprint: String,
+    opts: &AutoOptions,
+    on_event: &mut dyn FnMut(&str),
+) -> Result<(Trainer<'a>, AutoReport), Error> {
+    let bad = |reason: String| -> Error { TrainError::BadOption { option: "--auto".into(), reason }.into() };
+    if train.len() < 8 || val.len() < 4 {
+        return Err(bad(format!("needs at least 8 training and 4 validation examples, got {} and {}", train.len(), val.len())));
+    }
+    if opts.space.is_empty() || !(opts.budget_secs > 0.0) || !(opts.max_epochs >= 1.0) {
+        return Err(bad("an empty search space, a budget ≤ 0 or max epochs < 1".into()));
+    }
+    let t0 = Instant::now();
+    let elapsed = || t0.elapsed().as_secs_f64();
+    let (n_train, n_val) = (train.len(), val.len());
+    let micro = |n: usize| n.div_ceil(base_config.batch.max(1)).div_ceil(base_config.grad_accum.max(1)).max(1);
+    let epoch_steps = micro(n_train);
+    let planned = ((opts.max_epochs * epoch_steps as f64).ceil() as usize).max(1);
+    let score = |t: &Trainer, at: f64| -> Result<(Validation, ScorePoint), Error> {
+        let v = t.validate()?.expect("validation examples exist");
+        Ok((v, ScorePoint { step: t.step, epoch: t.step as f64 / epoch_steps as f64, val_loss: v.loss, val_exact: v.exact, at_secs: at }))
+    };
+
+    // Stage 1: the screen, two rungs of successive halving. Rung 1 trains every candidate
+    // S steps; the better half (rounded up) continue to 2·S; the best of those goes on.
+    // S: the screen's share of the budget over 5·S + 3·S steps (5 candidates), ≥ 8 and
+    // ≤ half an epoch, sized by the first candidate's first three steps.
+    let k = opts.space.len();
+    let survivors = k.div_ceil(2);
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut alive: Vec<(usize, Trainer<'a>, Validation)> = Vec::new();
+    let half_epoch = (epoch_steps / 2).max(1);
+    let mut screen_steps = half_epoch;
+    for (i, recipe) in opts.space.iter().enumerate() {
+        let mut t = Trainer::new(base, config_for(base_config, recipe, planned)?, train.clone(), val.clone(), data_fingerprint.clone())?;
+        let mut secs = 0.0;
+        while t.step < screen_steps {
+            secs += t.train_step()?.secs;
+            if i == 0 && t.step == 3 {
+                let per_step = secs / 3.0;
+                let fit = (opts.screen_share * opts.budget_secs / ((k + survivors) as f64 * per_step)) as usize;
+                screen_steps = fit.min(half_epoch).max(8.min(half_epoch));
+            }
+        }
+        let (v, p) = score(&t, elapsed())?;
+        on_event(&format!("screen {}/{k} {}: {} steps, validation exact {:.1}% loss {:.4} [{:.0} s]", i + 1, recipe.label(), t.step, v.exact * 100.0, v.loss, p.at_secs));
+        trials.push(Trial { recipe: recipe.clone(), points: vec![p], step_secs: secs / t.step.max(1) as f64 });
+        // Keep the better half only (a trainer holds the dense output matrix).
+        alive.push((i, t, v));
+        alive.sort_by(|a, b| if better(&a.2, &b.2) { std::cmp::Ordering::Less } else if better(&b.2, &a.2) { std::cmp::Ordering::Greater } else { a.0.cmp(&b.0) });
+        alive.truncate(survivors);
+    }
+    let mut best: Option<(usize, Trainer<'a>, Validation)> = None;
+    if k > 1 {
+        alive.sort_by_key(|a| a.0);
+        for (i, mut t, _) in alive {
+            let mut secs = 0.0;
+            while t.step < 2 * screen_steps {
+                secs += t.train_step()?.secs;
+            }
+            let (v, p) = score(&t, elapsed())?;
+            on_event(&format!("screen rung 2 {}: {} steps, validation exact {:.1}% loss {:.4} [{:.0} s]", opts.space[i].label(), t.step, v.exact * 100.0, v.loss, p.at_secs));
+            let tr = &mut trials[i];
+            tr.step_secs = (tr.step_secs * screen_steps as f64 + secs) / t.step as f64;
+            tr.points.push(p);
+            if best.as_ref().is_none_or(|(_, _, b)| better(&v, b)) {
+                best = Some((i, t, v));
+            }
+        }
+    } else {
+        best = alive.pop();
+    }
+    let (chosen, mut t, first) = best.expect("a non-empty space");
+    on_event(&format!("chosen: {}", opts.space[chosen].label()));
+
+    // Stage 2: extend the best, scored every half epoch.
+    let step_secs = trials[chosen].step_secs;
+    let all_steps_per_epoch = micro(n_train + n_val) as f64;
+    let final_secs = |epochs: f64| epochs * all_steps_per_epoch * step_secs;
+    let every = half_epoch;
+    let (mut best_v, mut best_step, mut best_params): (Validation, usize, LoraParams<f32>) = (first, t.step, t.params.clone());
+    let mut since_better = 0;
+    let stopped = loop {
+        if t.step >= planned {
+            break format!("reached {} epochs", opts.max_epochs);
+        }
+        if since_better >= opts.patience {
+            break format!("no better validation score in {} scores", opts.patience);
+        }
+        let next = (t.step + every).min(planned);
+        // Time for the next scores and for stage 3 at that length.
+        let needed = (next - t.step) as f64 * step_secs + final_secs(next as f64 / epoch_steps as f64);
+        if elapsed() + needed > opts.budget_secs {
+            break "the budget".into();
+        }
+        while t.step < next {
+            t.train_step()?;
+        }
+        let (v, p) = score(&t, elapsed())?;
+        on_event(&format!("extend {}: step {} ({:.1} epochs), validation exact {:.1}% loss {:.4} [{:.0} s]", opts.space[chosen].label(), p.step, p.epoch, v.exact * 100.0, v.loss, p.at_secs));
+        trials[chosen].points.push(p);
+        if better(&v, &best_v) {
+            (best_v, best_step, best_params) = (v, t.step, t.params.clone());
+            since_better = 0;
+        } else {
+            since_better += 1;
+        }
+    };
+    let chosen_epochs = best_step as f64 / epoch_steps as f64;
+    on_event(&format!("stage 2 stopped ({stopped}); best at step {best_step} ({chosen_epochs:.1} epochs): exact {:.1}% loss {:.4}", best_v.exact * 100.0, best_v.loss));
+
+    // Stage 3: the chosen recipe on all the data, if it fits. Stopped by the budget while
+    // still improving, the recipe is as long as the rest of the budget allows (not shorter
+    // than the best point); stopped by the score, as long as the best point.
+    let mut final_steps = ((chosen_epochs * all_steps_per_epoch).round() as usize).max(1);
+    if stopped == "the budget" && best_step == t.step {
+        let affordable = ((opts.budget_secs - elapsed()) * 0.97 / step_secs).floor().max(0.0) as usize;
+        let cap = (opts.max_epochs * all_steps_per_epoch).round() as usize;
+        final_steps = final_steps.max(affordable.min(cap));
+    }
+    let fits = elapsed() + final_steps as f64 * step_secs <= opts.budget_secs;
+    let (result, final_on, final_steps) = if fits {
+        drop(t);
+        on_event(&format!("final: {} on all {} examples, {final_steps} steps", opts.space[chosen].label(), n_train + n_val));
+        let mut all = train;
+        all.extend(val.iter().cloned());
+        let mut f = Trainer::new(base, config_for(base_config, &opts.space[chosen], final_steps)?, all, val, data_fingerprint)?;
+        while f.step < final_steps {
+            f.train_step()?;
+        }
+        (f, "all".to_string(), final_steps)
+    } else {
+        on_event(&format!("final: no time left for {final_steps} steps on all the data; keeping stage 2's best (step {best_step})"));
+        t.params = best_params;
+        t.step = best_step;
+        (t, "train-split".to_string(), best_step)
+    };
+    let final_epochs = final_steps as f64 / if final_on == "all" { all_steps_per_epoch } else { epoch_steps as f64 };
+    let report = AutoReport { budget_secs: opts.budget_secs, n_train, n_val, screen_steps, trials, chosen, chosen_epochs, stopped, final_on, final_steps, final_epochs, spent_secs: elapsed() };
+    Ok((result, report))
+}

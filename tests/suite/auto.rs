@@ -1,0 +1,140 @@
+//! `train --auto` (`train::auto::search`): every candidate screened the same number of
+//! steps, the best extended with early stopping, the chosen recipe retrained on all the
+//! data — or stage 2's best kept when the budget cannot hold it; the teacher-forced
+//! validation score it ranks by; and the CLI's refusals.
+
+use std::process::Command;
+
+use edgelora::train::auto::{search, AutoOptions, Recipe};
+use edgelora::train::data::Example;
+use edgelora::train::eval::validate;
+use edgelora::train::{parse_targets, TrainConfig, Trainer};
+
+use crate::common::{model_path, tiny_model, tmpdir};
+
+fn examples(n: usize, seed: usize) -> Vec<Example> {
+    (0..n)
+        .map(|i| {
+            let len = 5 + (i + seed) % 4;
+            // A prompt, then a one-token answer that is a function of the prompt's first token.
+            let mut tokens: Vec<i32> = (0..len).map(|j| ((i * 5 + j * 3 + seed) % 30) as i32).collect();
+            tokens.push(30 + tokens[0] % 3);
+            let trained = (0..tokens.len()).map(|j| j + 1 == tokens.len()).collect();
+            Example { tokens, trained }
+        })
+        .collect()
+}
+
+fn space() -> Vec<Recipe> {
+    let r = |lr: f64, rank: usize, targets: &str| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into() };
+    vec![r(1e-2, 4, "all-linear"), r(1e-4, 4, "all-linear"), r(1e-2, 2, "q_proj,v_proj")]
+}
+
+fn base_config() -> TrainConfig {
+    TrainConfig { batch: 4, warmup_ratio: 0.0, ..TrainConfig::default() }
+}
+
+#[test]
+fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data() {
+    let dir = tmpdir();
+    let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 3);
+    let (train, val) = (examples(24, 0), examples(8, 100));
+    let opts = AutoOptions { budget_secs: 3600.0, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3 };
+    let mut lines = Vec::new();
+    let (trainer, report) = search(&base, &base_config(), train.clone(), val.clone(), "d".into(), &opts, &mut |l| lines.push(l.to_string())).unwrap();
+
+    // Screen: every candidate the same steps (half an epoch of 24/4 here: the budget is
+    // large), the better two continued to twice that.
+    assert_eq!(report.trials.len(), 3);
+    assert_eq!(report.screen_steps, 3);
+    assert!(report.trials.iter().all(|t| t.points[0].step == 3), "{:?}", report.trials);
+    let key = |p: &edgelora::train::auto::ScorePoint| (-(p.val_exact * 1e6).round() as i64, p.val_loss);
+    let order = |rung: usize, among: &[usize]| -> Vec<usize> {
+        let mut v = among.to_vec();
+        v.sort_by(|&a, &b| key(&report.trials[a].points[rung]).partial_cmp(&key(&report.trials[b].points[rung])).unwrap().then(a.cmp(&b)));
+        v
+    };
+    let mut up = order(0, &[0, 1, 2])[..2].to_vec();
+    up.sort();
+    let continued: Vec<usize> = (0..3).filter(|&i| report.trials[i].points.len() > 1).collect();
+    assert_eq!(continued, up, "{:?}", report.trials);
+    assert!(continued.iter().all(|&i| report.trials[i].points[1].step == 6));
+    // The chosen one scored best at rung 2: most exact answers, then lowest loss.
+    let best = order(1, &continued)[0];
+    assert_eq!(report.chosen, best, "{:?}", report.trials);
+    // Stage 2 scored it every half epoch (3 steps) until it stopped for a stated reason.
+    let steps: Vec<usize> = report.trials[best].points.iter().map(|p| p.step).collect();
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 3), "{steps:?}");
+    assert!(report.stopped.contains("epochs") || report.stopped.contains("no better"), "{}", report.stopped);
+    // The chosen length is a scored point, and the final run trained it on all 32 examples.
+    assert!(report.trials[best].points.iter().any(|p| (p.epoch - report.chosen_epochs).abs() < 1e-9));
+    assert_eq!(report.final_on, "all");
+    assert_eq!(report.final_steps, ((report.chosen_epochs * 8.0).round() as usize).max(1));
+    assert_eq!(trainer.step, report.final_steps);
+    assert_eq!(trainer.config.lr, space()[best].lr);
+    assert_eq!(trainer.config.targets, parse_targets(&space()[best].targets).unwrap());
+    assert!(lines.iter().any(|l| l.starts_with("screen 3/3")) && lines.iter().any(|l| l.starts_with("screen rung 2")) && lines.iter().any(|l| l.starts_with("final:")), "{lines:?}");
+
+    // Deterministic: the same inputs give the same choice and the same factors.
+    let (again, r2) = search(&base, &base_config(), train, val, "d".into(), &opts, &mut |_| {}).unwrap();
+    assert_eq!((r2.chosen, r2.final_steps), (report.chosen, report.final_steps));
+    assert_eq!(again.params, trainer.params);
+}
+
+#[test]
+fn without_budget_for_the_final_run_the_best_extended_factors_are_kept() {
+    let dir = tmpdir();
+    let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 4);
+    // A budget already spent: the screen still runs (half an epoch of 40/4, then twice
+    // that for the better two), nothing more.
+    let opts = AutoOptions { budget_secs: 1e-6, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3 };
+    let (trainer, report) = search(&base, &base_config(), examples(40, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}).unwrap();
+    assert_eq!(report.stopped, "the budget");
+    assert_eq!(report.final_on, "train-split");
+    assert_eq!(report.screen_steps, 5);
+    assert_eq!(trainer.step, 10);
+    assert_eq!(report.trials[report.chosen].points.len(), 2);
+    // Too little data is refused, naming the option.
+    let Err(e) = search(&base, &base_config(), examples(5, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}) else { panic!("5 examples were accepted") };
+    let e = e.to_string();
+    assert!(e.contains("--auto") && e.contains("at least 8 training"), "{e}");
+}
+
+#[test]
+fn validation_counts_an_answer_exact_when_every_trained_token_is_the_greedy_choice() {
+    let dir = tmpdir();
+    let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 5);
+    let data = examples(4, 7);
+    let config = TrainConfig { rank: 8, alpha: 16.0, targets: parse_targets("all-linear").unwrap(), lr: 2e-2, steps: 150, batch: 4, warmup_ratio: 0.0, ..TrainConfig::default() };
+    let mut t = Trainer::new(&base, config, data.clone(), data.clone(), "d".into()).unwrap();
+    let before = t.validate().unwrap().unwrap();
+    t.run(&std::sync::atomic::AtomicBool::new(false), None, 0, &mut |_| {}).unwrap();
+    let after = t.validate().unwrap().unwrap();
+    // Memorized: every answer is the arg-max, the loss is small; before, it was not.
+    assert_eq!(after.exact, 1.0, "{after:?}");
+    assert!(after.loss < before.loss / 4.0, "{before:?} {after:?}");
+    assert!(before.exact < 1.0, "{before:?}");
+    // The batch size does not change the figures (examples are scored independently).
+    let cfg = edgelora::model::config::ModelConfig::from_gguf(&base).unwrap();
+    let model = edgelora::model::grad::TrainModel::<f32>::new(&base, &cfg).unwrap();
+    let one = validate(&model, &t.params, &data, 1).unwrap();
+    assert_eq!(one.exact, after.exact);
+    assert!((one.loss - after.loss).abs() < 1e-4, "{} {}", one.loss, after.loss);
+}
+
+#[test]
+fn the_cli_refuses_auto_with_recipe_flags() {
+    let dir = tmpdir();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"a\", \"completion\": \"b\"}\n").unwrap();
+    let m = model_path();
+    for flag in [["--rank", "8"], ["--lr", "1e-3"], ["--targets", "all-linear"], ["--steps", "3"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+            .args(["train", "-m", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", dir.path().join("o.gguf").to_str().unwrap(), "--auto", flag[0], flag[1]])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {err}");
+        assert!(err.contains("cannot be used with") && err.contains(flag[0]), "{err}");
+    }
+}
