@@ -5,14 +5,17 @@
 //! Three stages, all timed against one budget:
 //! 1. **Screen**: each candidate of the space (learning rate × rank × targets) trains the
 //!    same number of steps S on the training split, with the cosine schedule planned for the
-//!    longest run allowed, and is scored on the validation split ([`Validation`]: greedy
-//!    exact-answer share first, loss second); the better half continue to 2·S steps and are
-//!    scored again (successive halving); the best of them is kept.
-//! 2. **Extend**: the best candidate keeps training, scored every half epoch; it stops when
+//!    longest run allowed, and is scored by its loss on the validation split; the better half
+//!    continue to 2·S steps and are scored again (successive halving); the best of them is
+//!    kept.
+//! 2. **Extend**: the best candidate keeps training, scored every half epoch ([`Validation`]:
+//!    the share of greedy-exact answers first, the loss second); it stops when
 //!    the validation score has not improved for `patience` scores, at `max_epochs`, or when
-//!    the rest of the budget is needed for stage 3. The best-scoring point is the recipe's
-//!    length — or, when the budget stopped a run that was still improving, the longest run
-//!    the rest of the budget holds.
+//!    the rest of the budget is needed for stage 3 (at least `final_share` of it is kept).
+//!    The best-scoring point is the recipe's length when early stopping ended the stage;
+//!    when the budget did (no sign yet that a longer run hurts), the length is the longest
+//!    run the rest of the budget holds (not shorter than the best point, at most
+//!    `max_epochs`).
 //! 3. **Final**: the chosen recipe (its settings and length in epochs) trains anew on all
 //!    the data (training + validation split), the schedule planned for that length. When
 //!    the budget left cannot hold it, stage 2's best factors are the result instead, and the
@@ -68,11 +71,13 @@ pub struct AutoOptions {
     pub patience: usize,
     /// Share of the budget the screen may use.
     pub screen_share: f64,
+    /// Share of the budget kept for stage 3: stage 2 ends before it.
+    pub final_share: f64,
 }
 
 impl Default for AutoOptions {
     fn default() -> Self {
-        AutoOptions { budget_secs: 15.0 * 60.0, space: default_space(), max_epochs: 8.0, patience: 3, screen_share: 0.25 }
+        AutoOptions { budget_secs: 15.0 * 60.0, space: default_space(), max_epochs: 8.0, patience: 3, screen_share: 0.25, final_share: 0.45 }
     }
 }
 
@@ -118,9 +123,17 @@ pub struct AutoReport {
     pub spent_secs: f64,
 }
 
-/// Ordering of scores: more exact answers first, then lower loss.
+/// Stage 2's ordering of scores: more exact answers first, then lower loss.
 fn better(a: &Validation, b: &Validation) -> bool {
     a.exact > b.exact + 1e-12 || ((a.exact - b.exact).abs() <= 1e-12 && a.loss < b.loss)
+}
+
+/// The screen's ordering: lower loss. After a few steps the exact share mostly counts the
+/// majority label (measured: at 17 steps four of five credit candidates scored 62.3%, the
+/// always-reject rate, and the one with the lowest loss scored 57.1%); the loss is the
+/// smoother early signal.
+fn screens_better(a: &Validation, b: &Validation) -> bool {
+    a.loss < b.loss
 }
 
 fn config_for(base: &TrainConfig, r: &Recipe, steps: usize) -> Result<TrainConfig, Error> {
@@ -183,7 +196,7 @@ pub fn search<'a>(
         trials.push(Trial { recipe: recipe.clone(), points: vec![p], step_secs: secs / t.step.max(1) as f64 });
         // Keep the better half only (a trainer holds the dense output matrix).
         alive.push((i, t, v));
-        alive.sort_by(|a, b| if better(&a.2, &b.2) { std::cmp::Ordering::Less } else if better(&b.2, &a.2) { std::cmp::Ordering::Greater } else { a.0.cmp(&b.0) });
+        alive.sort_by(|a, b| a.2.loss.total_cmp(&b.2.loss).then(a.0.cmp(&b.0)));
         alive.truncate(survivors);
     }
     let mut best: Option<(usize, Trainer<'a>, Validation)> = None;
@@ -199,7 +212,7 @@ pub fn search<'a>(
             let tr = &mut trials[i];
             tr.step_secs = (tr.step_secs * screen_steps as f64 + secs) / t.step as f64;
             tr.points.push(p);
-            if best.as_ref().is_none_or(|(_, _, b)| better(&v, b)) {
+            if best.as_ref().is_none_or(|(_, _, b)| screens_better(&v, b)) {
                 best = Some((i, t, v));
             }
         }
@@ -225,8 +238,9 @@ pub fn search<'a>(
         }
         let next = (t.step + every).min(planned);
         // Time for the next scores and for stage 3 at that length.
-        let needed = (next - t.step) as f64 * step_secs + final_secs(next as f64 / epoch_steps as f64);
-        if elapsed() + needed > opts.budget_secs {
+        let stretch = (next - t.step) as f64 * step_secs;
+        let needed = stretch + final_secs(next as f64 / epoch_steps as f64);
+        if elapsed() + needed > opts.budget_secs || elapsed() + stretch > opts.budget_secs * (1.0 - opts.final_share) {
             break "the budget".into();
         }
         while t.step < next {
@@ -245,11 +259,11 @@ pub fn search<'a>(
     let chosen_epochs = best_step as f64 / epoch_steps as f64;
     on_event(&format!("stage 2 stopped ({stopped}); best at step {best_step} ({chosen_epochs:.1} epochs): exact {:.1}% loss {:.4}", best_v.exact * 100.0, best_v.loss));
 
-    // Stage 3: the chosen recipe on all the data, if it fits. Stopped by the budget while
-    // still improving, the recipe is as long as the rest of the budget allows (not shorter
-    // than the best point); stopped by the score, as long as the best point.
+    // Stage 3: the chosen recipe on all the data, if it fits. Stopped by the score, as long
+    // as the best point; stopped by the budget, as long as the rest of it allows (not
+    // shorter than the best point).
     let mut final_steps = ((chosen_epochs * all_steps_per_epoch).round() as usize).max(1);
-    if stopped == "the budget" && best_step == t.step {
+    if stopped == "the budget" {
         let affordable = ((opts.budget_secs - elapsed()) * 0.97 / step_secs).floor().max(0.0) as usize;
         let cap = (opts.max_epochs * all_steps_per_epoch).round() as usize;
         final_steps = final_steps.max(affordable.min(cap));

@@ -39,7 +39,7 @@ fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data()
     let dir = tmpdir();
     let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 3);
     let (train, val) = (examples(24, 0), examples(8, 100));
-    let opts = AutoOptions { budget_secs: 3600.0, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3 };
+    let opts = AutoOptions { budget_secs: 3600.0, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3, final_share: 0.45 };
     let mut lines = Vec::new();
     let (trainer, report) = search(&base, &base_config(), train.clone(), val.clone(), "d".into(), &opts, &mut |l| lines.push(l.to_string())).unwrap();
 
@@ -48,7 +48,8 @@ fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data()
     assert_eq!(report.trials.len(), 3);
     assert_eq!(report.screen_steps, 3);
     assert!(report.trials.iter().all(|t| t.points[0].step == 3), "{:?}", report.trials);
-    let key = |p: &edgelora::train::auto::ScorePoint| (-(p.val_exact * 1e6).round() as i64, p.val_loss);
+    // The screen ranks by validation loss.
+    let key = |p: &edgelora::train::auto::ScorePoint| p.val_loss;
     let order = |rung: usize, among: &[usize]| -> Vec<usize> {
         let mut v = among.to_vec();
         v.sort_by(|&a, &b| key(&report.trials[a].points[rung]).partial_cmp(&key(&report.trials[b].points[rung])).unwrap().then(a.cmp(&b)));
@@ -59,7 +60,7 @@ fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data()
     let continued: Vec<usize> = (0..3).filter(|&i| report.trials[i].points.len() > 1).collect();
     assert_eq!(continued, up, "{:?}", report.trials);
     assert!(continued.iter().all(|&i| report.trials[i].points[1].step == 6));
-    // The chosen one scored best at rung 2: most exact answers, then lowest loss.
+    // The chosen one had the lowest loss at rung 2.
     let best = order(1, &continued)[0];
     assert_eq!(report.chosen, best, "{:?}", report.trials);
     // Stage 2 scored it every half epoch (3 steps) until it stopped for a stated reason.
@@ -87,7 +88,7 @@ fn without_budget_for_the_final_run_the_best_extended_factors_are_kept() {
     let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 4);
     // A budget already spent: the screen still runs (half an epoch of 40/4, then twice
     // that for the better two), nothing more.
-    let opts = AutoOptions { budget_secs: 1e-6, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3 };
+    let opts = AutoOptions { budget_secs: 1e-6, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3, final_share: 0.45 };
     let (trainer, report) = search(&base, &base_config(), examples(40, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}).unwrap();
     assert_eq!(report.stopped, "the budget");
     assert_eq!(report.final_on, "train-split");
