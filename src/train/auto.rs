@@ -162,8 +162,7 @@ pub fn search<'a>(
     let t0 = Instant::now();
     let elapsed = || t0.elapsed().as_secs_f64();
     let (n_train, n_val) = (train.len(), val.len());
-    let micro = |n: usize| n.div_ceil(base_config.batch.max(1)).div_ceil(base_config.grad_accum.max(1)).max(1);
-    let epoch_steps = micro(n_train);
+    let epoch_steps = base_config.steps_for_epochs(1, n_train);
     let planned = ((opts.max_epochs * epoch_steps as f64).ceil() as usize).max(1);
     let score = |t: &Trainer, at: f64| -> Result<(Validation, ScorePoint), Error> {
         let v = t.validate()?.expect("validation examples exist");
@@ -224,7 +223,7 @@ pub fn search<'a>(
 
     // Stage 2: extend the best, scored every half epoch.
     let step_secs = trials[chosen].step_secs;
-    let all_steps_per_epoch = micro(n_train + n_val) as f64;
+    let all_steps_per_epoch = base_config.steps_for_epochs(1, n_train + n_val) as f64;
     let final_secs = |epochs: f64| epochs * all_steps_per_epoch * step_secs;
     let every = half_epoch;
     let (mut best_v, mut best_step, mut best_params): (Validation, usize, LoraParams<f32>) = (first, t.step, t.params.clone());

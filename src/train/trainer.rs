@@ -392,7 +392,7 @@ impl<'a> Trainer<'a> {
         let (epoch, i) = (k / per, k % per);
         if !self.epoch_cache.contains_key(&epoch) {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let order: Vec<usize> = match &self.sampling {
+            let mut order: Vec<usize> = match &self.sampling {
                 Sampling::Uniform => {
                     let mut o: Vec<usize> = (0..self.train.len()).collect();
                     o.shuffle(&mut rng);
@@ -405,7 +405,6 @@ impl<'a> Trainer<'a> {
                 }
                 Sampling::Replay { n_new, fraction } => replay_epoch(*n_new, self.train.len() - n_new, *fraction, &mut rng),
             };
-            let mut order = order;
             if self.config.group_by_length {
                 // Megabatches of 50 micro-batches, each sorted by length (longest first).
                 for mega in order.chunks_mut(50 * self.config.batch) {
