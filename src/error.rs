@@ -105,6 +105,11 @@ pub enum AdapterError {
     WrongArchitecture { path: PathBuf, expected: String, found: String },
     #[error("{}: tensor {tensor:?}: {reason}", path.display())]
     BadTensor { path: PathBuf, tensor: String, reason: String },
+    /// The on-device adapter store (its folder, index or a version in it).
+    #[error("adapter store {}: {reason}", path.display())]
+    Store { path: PathBuf, reason: String },
+    #[error("adapter store: no {what}")]
+    NotInStore { what: String },
 }
 
 /// Training: its data, options and checkpoints.
@@ -120,4 +125,6 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("loss is {loss} at step {step} (diverged); lower --lr")]
     Diverged { step: usize, loss: f64 },
+    #[error("memory budget {budget_mb:.0} MiB is too small: {reason}")]
+    Memory { estimate_mb: f64, budget_mb: f64, reason: String },
 }

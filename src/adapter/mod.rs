@@ -1,7 +1,8 @@
 //! LoRA adapters: one in-memory model (`model`), read and written as GGUF-LoRA
 //! (`gguf_lora`, llama.cpp's layout) and PEFT (`peft`), with HF ↔ GGUF name maps per
 //! architecture (`names`), validation against a base model, weighted composition
-//! (`compose`) and a manifest kept through conversions (`manifest`).
+//! (`compose`), a manifest kept through conversions (`manifest`), lineage (`lineage`) and
+//! the on-device store of versions (`store`).
 //!
 //! Orientation and scale follow DESIGN.md: A `[r, in]`, B `[out, r]` row-major (GGUF
 //! `lora_a` ne `[in, r]`, `lora_b` ne `[r, out]`), ΔW = s·B·A.
@@ -13,6 +14,7 @@ mod manifest;
 mod model;
 mod names;
 mod peft;
+mod store;
 mod synthetic;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ pub use manifest::{now_rfc3339, DataRef, Lineage, Manifest, ParentRef};
 pub use model::{FactorDtype, LoraAdapter, LoraTensor};
 pub use names::{permute_qk_rows, ArchNames};
 pub use peft::{is_peft_dir, read_peft, read_peft_bytes, read_peft_with, write_peft, ReadOptions};
+pub use store::{AdapterStore, StoredVersion};
 pub use synthetic::{random_lora, ALL_LINEAR};
 
 use crate::error::{AdapterError, Error};

@@ -350,6 +350,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         dedup: a.dedup,
         replay: replay.as_ref().map(|(_, f)| *f),
         init_fingerprint: None,
+        micro_batch: None,
     };
     if replay.is_some() && (a.balance.is_some() || a.group_by_length) {
         bail!("--replay cannot be combined with --balance or --group-by-length");

@@ -85,6 +85,11 @@ pub struct TrainConfig {
     /// `--init-adapter`: the fingerprint of the adapter step 0 starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_fingerprint: Option<String>,
+    /// Examples per forward/backward when smaller than `batch` (a memory budget's choice):
+    /// each micro-batch of `batch` examples is computed in pieces of this many and their
+    /// gradients summed — the same step up to float rounding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -113,11 +118,18 @@ impl Default for TrainConfig {
             dedup: false,
             replay: None,
             init_fingerprint: None,
+            micro_batch: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The configuration without the choices that only trade memory for time (gradient
+    /// checkpointing, the micro-batch split): a checkpoint resumes under another budget.
+    pub fn result_defining(&self) -> TrainConfig {
+        TrainConfig { grad_checkpoint: false, micro_batch: None, ..self.clone() }
+    }
+
     pub fn scale(&self) -> f32 {
         if self.use_rslora {
             self.alpha / (self.rank as f32).sqrt()
@@ -136,7 +148,7 @@ impl TrainConfig {
         (epochs * micro).div_ceil(self.grad_accum.max(1)).max(1)
     }
 
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         let bad = |o: &str, r: String| -> Result<(), Error> { Err(TrainError::BadOption { option: o.into(), reason: r }.into()) };
         if self.rank == 0 {
             return bad("--rank", "must be ≥ 1".into());
@@ -256,8 +268,8 @@ impl<'a> Trainer<'a> {
         let ck = checkpoint::load(dir)?;
         let path = checkpoint::file_in(dir);
         let mismatch = |what: &str, a: String, b: String| -> Error { TrainError::Checkpoint { path: path.clone(), reason: format!("{what} differs: checkpoint has {a}, this run has {b}") }.into() };
-        if ck.state.config != self.config {
-            return Err(mismatch("the training configuration", serde_json::to_string(&ck.state.config).unwrap_or_default(), serde_json::to_string(&self.config).unwrap_or_default()));
+        if ck.state.config.result_defining() != self.config.result_defining() {
+            return Err(mismatch("the training configuration", serde_json::to_string(&ck.state.config.result_defining()).unwrap_or_default(), serde_json::to_string(&self.config.result_defining()).unwrap_or_default()));
         }
         if ck.state.base_fingerprint != self.base_fingerprint {
             return Err(mismatch("the base model", ck.state.base_fingerprint, self.base_fingerprint.clone()));
@@ -429,13 +441,15 @@ impl<'a> Trainer<'a> {
     pub fn train_step(&mut self) -> Result<StepMetrics, Error> {
         let t0 = Instant::now();
         let g = self.config.grad_accum;
-        let batches: Vec<Batch> = (0..g)
-            .map(|j| {
-                let idx = self.micro_batch(self.step * g + j);
-                let exs: Vec<&Example> = idx.iter().map(|&i| &self.train[i]).collect();
-                pack(&exs)
-            })
-            .collect();
+        let piece = self.config.micro_batch.filter(|&m| m > 0).unwrap_or(self.config.batch);
+        let mut batches: Vec<Batch> = Vec::with_capacity(g);
+        for j in 0..g {
+            let idx = self.micro_batch(self.step * g + j);
+            for chunk in idx.chunks(piece) {
+                let exs: Vec<&Example> = chunk.iter().map(|&i| &self.train[i]).collect();
+                batches.push(pack(&exs));
+            }
+        }
         let n_targets: usize = batches.iter().map(Batch::n_targets).sum();
         let tokens: usize = batches.iter().map(|b| b.tokens.len()).sum();
         let opt = self.grad_options(1.0 / n_targets.max(1) as f64);
@@ -503,6 +517,11 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         }
         super::eval::validate(&self.model, &self.params, &self.eval, self.config.batch).map(Some)
+    }
+
+    /// [`Trainer::validate`] on other examples.
+    pub fn validate_on(&self, examples: &[Example]) -> Result<super::eval::Validation, Error> {
+        super::eval::validate(&self.model, &self.params, examples, self.config.micro_batch.unwrap_or(self.config.batch))
     }
 
     pub fn eval_loss(&self) -> Result<Option<f64>, Error> {

@@ -19,6 +19,7 @@ mod gguf_roundtrip;
 mod merge;
 mod model_checks;
 mod train;
+mod train_job;
 mod native;
 mod plots;
 mod quant;
