@@ -28,6 +28,11 @@ typedef enum EdgeloraStatus {
   EDGELORA_STATUS_BACKEND = 8,
   // A bug: the library panicked (the message says where).
   EDGELORA_STATUS_PANIC = 9,
+  // Training stopped by its callback or `edgelora_train_cancel` (the checkpoint is saved).
+  EDGELORA_STATUS_CANCELLED = 10,
+  // The training job's memory budget is too small for any configuration (the message
+  // states the estimate and the budget).
+  EDGELORA_STATUS_MEMORY_BUDGET = 11,
 } EdgeloraStatus;
 
 // Why a generation ended.
@@ -62,6 +67,12 @@ typedef struct EdgeloraCancel EdgeloraCancel;
 
 // A loaded model with its adapters. Opaque.
 typedef struct EdgeloraRuntime EdgeloraRuntime;
+
+// An adapter store folder. Opaque.
+typedef struct EdgeloraStore EdgeloraStore;
+
+// A training job. Opaque.
+typedef struct EdgeloraTrainJob EdgeloraTrainJob;
 
 // Options for [`edgelora_runtime_open`]; start from [`edgelora_runtime_options_default`].
 typedef struct EdgeloraRuntimeOptions {
@@ -104,6 +115,73 @@ typedef struct EdgeloraGenerateResult {
   uint32_t n_generated_tokens;
   enum EdgeloraStopReason stop_reason;
 } EdgeloraGenerateResult;
+
+// Training settings; start from [`edgelora_train_params_default`]. Strings may be NULL
+// (the default) and are copied by `edgelora_train_open`.
+typedef struct EdgeloraTrainParams {
+  // LoRA rank (16).
+  uint32_t rank;
+  // LoRA alpha; the update is scaled by alpha/rank (32).
+  float alpha;
+  // Comma-separated modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+  // or "all-linear" (NULL: "q_proj,v_proj").
+  const char *targets;
+  // Peak learning rate (3e-4), cosine schedule with 3% warm-up.
+  float lr;
+  // Optimizer steps; 0: `epochs` passes over the data (0).
+  uint32_t steps;
+  // Passes over the data when `steps` is 0 (1).
+  uint32_t epochs;
+  // Examples per step (8) and micro-batches accumulated per step (1).
+  uint32_t batch;
+  uint32_t grad_accum;
+  // Tokens per example; longer ones are cut (512).
+  uint32_t max_len;
+  uint64_t seed;
+  // CPU threads (0: all cores).
+  uint32_t threads;
+  // Milliseconds to sleep between steps (thermal headroom; 0).
+  uint32_t yield_ms;
+  // Peak-memory budget in MiB (0: none). The job fits it with gradient checkpointing
+  // or smaller micro-batches (same result) or fails with MEMORY_BUDGET before step 1.
+  uint32_t max_memory_mb;
+  // Recompute activations in backward (less memory, ~30% more time).
+  bool grad_checkpoint;
+  // Checkpoint directory (NULL: none, the job cannot resume after a kill). A job
+  // opened on a directory holding a checkpoint of the same model, settings and data
+  // continues from it.
+  const char *checkpoint_dir;
+  // Save a checkpoint every N steps (10); always when stopped and at the end.
+  uint32_t save_every;
+  // Adapter name written in the exported manifest (NULL: none).
+  const char *name;
+} EdgeloraTrainParams;
+
+// What the progress callback sees after each step (valid during the call).
+typedef struct EdgeloraTrainProgress {
+  uint32_t step;
+  uint32_t total_steps;
+  double epoch;
+  double loss;
+  double lr;
+  double grad_norm;
+  double tokens_per_s;
+  // Remaining seconds at this run's mean step time.
+  double eta_secs;
+} EdgeloraTrainProgress;
+
+// Progress callback, on the training thread after each step. Return false to stop
+// (the checkpoint is saved and `edgelora_train_run` returns CANCELLED).
+typedef bool (*EdgeloraTrainCallback)(const struct EdgeloraTrainProgress *progress, void *user_data);
+
+// Scores of the evaluation examples with the current factors.
+typedef struct EdgeloraEvaluation {
+  uint32_t n_examples;
+  // Mean cross-entropy per answer token.
+  double loss;
+  // Share of examples whose whole answer is the greedy (arg-max) prediction.
+  double exact;
+} EdgeloraEvaluation;
 
 #ifdef __cplusplus
 extern "C" {
@@ -231,6 +309,176 @@ enum EdgeloraStatus edgelora_merge_with(const char *model_path,
                                         size_t n,
                                         const char *out_path,
                                         uint32_t quantizer);
+
+// Defaults (the CLI's): rank 16, alpha 32, q_proj,v_proj, lr 3e-4, 1 epoch, batch 8.
+struct EdgeloraTrainParams edgelora_train_params_default(void);
+
+// Opens a training job on the model at `model_path` (checked, its tokenizer loaded);
+// `params` NULL means the defaults. The checkpoint directory is created and checked
+// writable now. On success `*out` holds a handle to close with
+// [`edgelora_train_close`]; on failure `*out` is NULL.
+//
+// # Safety
+// `model_path` is a NUL-terminated string; `params` is NULL or valid; `out` is valid.
+enum EdgeloraStatus edgelora_train_open(const char *model_path,
+                                        const struct EdgeloraTrainParams *params,
+                                        struct EdgeloraTrainJob **out);
+
+// Adds one training example `{instruction, input, output}` (`input` may be NULL),
+// tokenized now: an empty answer or one cut off by `max_len` is an error naming the
+// example (FORMAT). Refused once training has started.
+//
+// # Safety
+// `job` is live; `instruction` and `output` are NUL-terminated; `input` is NULL or NUL-terminated.
+enum EdgeloraStatus edgelora_train_add_example(const struct EdgeloraTrainJob *job,
+                                               const char *instruction,
+                                               const char *input,
+                                               const char *output);
+
+// Adds one evaluation example (scored by `edgelora_train_evaluate`; never trained on).
+// Allowed at any time.
+//
+// # Safety
+// As `edgelora_train_add_example`.
+enum EdgeloraStatus edgelora_train_add_eval_example(const struct EdgeloraTrainJob *job,
+                                                    const char *instruction,
+                                                    const char *input,
+                                                    const char *output);
+
+// Adds every record of a JSONL file in any of the CLI's four formats (all or none: a
+// bad line adds nothing and the error names its line and field).
+//
+// # Safety
+// `job` is live; `path` is NUL-terminated.
+enum EdgeloraStatus edgelora_train_add_jsonl(const struct EdgeloraTrainJob *job, const char *path);
+
+// `edgelora_train_add_jsonl` for evaluation records.
+//
+// # Safety
+// As `edgelora_train_add_jsonl`.
+enum EdgeloraStatus edgelora_train_add_eval_jsonl(const struct EdgeloraTrainJob *job,
+                                                  const char *path);
+
+// Fixes the training data and prepares the run without training: steps from epochs,
+// the memory budget (MEMORY_BUDGET when nothing fits), the checkpoint directory
+// (resumed from when it holds this job's checkpoint; FORMAT when it holds another's).
+// `edgelora_train_run` does this itself; call it to learn the plan first. Optional
+// outputs (NULL to skip): the step reached and in all, the memory estimate in MiB.
+//
+// # Safety
+// `job` is live; each output is NULL or valid.
+enum EdgeloraStatus edgelora_train_prepare(const struct EdgeloraTrainJob *job,
+                                           uint32_t *step,
+                                           uint32_t *total_steps,
+                                           double *memory_estimate_mb);
+
+// Trains to the last step on this thread, calling `callback` (may be NULL) after each
+// step. Returns OK when finished; CANCELLED when the callback returned false or
+// `edgelora_train_cancel` was called (the checkpoint is saved; call again to continue).
+//
+// # Safety
+// `job` is live; `callback` is NULL or callable with `user_data`.
+enum EdgeloraStatus edgelora_train_run(const struct EdgeloraTrainJob *job,
+                                       EdgeloraTrainCallback callback,
+                                       void *user_data);
+
+// Asks a running `edgelora_train_run` to stop after its current step. Any thread; a
+// cancel before a run stops that run before its first step.
+//
+// # Safety
+// `job` is NULL or live.
+void edgelora_train_cancel(const struct EdgeloraTrainJob *job);
+
+// Scores the evaluation examples with the current factors (the base before training).
+//
+// # Safety
+// `job` is live; `out` is valid.
+enum EdgeloraStatus edgelora_train_evaluate(const struct EdgeloraTrainJob *job,
+                                            struct EdgeloraEvaluation *out);
+
+// Writes the adapter trained so far as GGUF-LoRA (f16, with its manifest) at
+// `out_path`, atomically, and as a PEFT folder at `peft_dir` unless NULL. Load it with
+// `edgelora_adapter_load` into an open runtime.
+//
+// # Safety
+// `job` is live; `out_path` is NUL-terminated; `peft_dir` is NULL or NUL-terminated.
+enum EdgeloraStatus edgelora_train_export(const struct EdgeloraTrainJob *job,
+                                          const char *out_path,
+                                          const char *peft_dir);
+
+// Frees a job (its checkpoint directory stays). NULL is ignored.
+//
+// # Safety
+// `job` is NULL or a handle from `edgelora_train_open`, closed once, not running.
+void edgelora_train_close(struct EdgeloraTrainJob *job);
+
+// Opens (creating) an adapter store folder.
+//
+// # Safety
+// `dir` is NUL-terminated; `out` is valid.
+enum EdgeloraStatus edgelora_store_open(const char *dir, struct EdgeloraStore **out);
+
+// Stores an exported adapter file as the next version of `name` (1–64 of A-Z a-z 0-9
+// - _ .) and makes it current; its parent is the version current before. `metrics_json`
+// (NULL or a JSON value, e.g. an evaluation) is kept with it. Optional outputs: the new
+// version, its file path (free with `edgelora_string_free`).
+//
+// # Safety
+// `store` is live; `name`, `adapter_path` NUL-terminated; `metrics_json` NULL or
+// NUL-terminated; outputs NULL or valid.
+enum EdgeloraStatus edgelora_store_save(const struct EdgeloraStore *store,
+                                        const char *name,
+                                        const char *adapter_path,
+                                        const char *metrics_json,
+                                        uint32_t *version,
+                                        char **path_out);
+
+// The versions of `name` as a JSON array (oldest first: version, file, parent,
+// created, sha256, data_fingerprint, metrics) and the current version (0 when none).
+// Free `*json_out` with `edgelora_string_free`.
+//
+// # Safety
+// `store` is live; `name` NUL-terminated; outputs NULL or valid.
+enum EdgeloraStatus edgelora_store_list(const struct EdgeloraStore *store,
+                                        const char *name,
+                                        uint32_t *current,
+                                        char **json_out);
+
+// The file of `name`'s `version` (0: the current one). Free `*path_out` with
+// `edgelora_string_free`. NOT_FOUND when there is no such version.
+//
+// # Safety
+// `store` is live; `name` NUL-terminated; `path_out` valid.
+enum EdgeloraStatus edgelora_store_path(const struct EdgeloraStore *store,
+                                        const char *name,
+                                        uint32_t version,
+                                        char **path_out);
+
+// Makes `version` of `name` current.
+//
+// # Safety
+// `store` is live; `name` NUL-terminated.
+enum EdgeloraStatus edgelora_store_set_current(const struct EdgeloraStore *store,
+                                               const char *name,
+                                               uint32_t version);
+
+// Rolls `name` back to the version that was current before the current one was saved
+// (NOT_FOUND for the first version). Optional outputs: that version and its file path
+// (free with `edgelora_string_free`); reload it with `edgelora_adapter_unload` +
+// `edgelora_adapter_load`.
+//
+// # Safety
+// `store` is live; `name` NUL-terminated; outputs NULL or valid.
+enum EdgeloraStatus edgelora_store_rollback(const struct EdgeloraStore *store,
+                                            const char *name,
+                                            uint32_t *version,
+                                            char **path_out);
+
+// Frees a store handle (the folder stays). NULL is ignored.
+//
+// # Safety
+// `store` is NULL or a handle from `edgelora_store_open`, closed once.
+void edgelora_store_close(struct EdgeloraStore *store);
 
 #ifdef __cplusplus
 }  // extern "C"

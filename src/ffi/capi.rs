@@ -31,6 +31,11 @@ pub enum EdgeloraStatus {
     Backend = 8,
     /// A bug: the library panicked (the message says where).
     Panic = 9,
+    /// Training stopped by its callback or `edgelora_train_cancel` (the checkpoint is saved).
+    Cancelled = 10,
+    /// The training job's memory budget is too small for any configuration (the message
+    /// states the estimate and the budget).
+    MemoryBudget = 11,
 }
 
 /// Why a generation ended.
@@ -106,7 +111,7 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-fn set_error(msg: String) {
+pub(super) fn set_error(msg: String) {
     let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
@@ -116,6 +121,8 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Gguf(GgufError::Io { .. }) => EdgeloraStatus::Io,
         Error::Gguf(_) => EdgeloraStatus::Format,
         Error::Adapter(AdapterError::Invalid { .. }) => EdgeloraStatus::Format,
+        Error::Adapter(AdapterError::Store { .. }) => EdgeloraStatus::Io,
+        Error::Adapter(AdapterError::NotInStore { .. }) => EdgeloraStatus::NotFound,
         Error::Adapter(_) => EdgeloraStatus::AdapterMismatch,
         Error::Engine(EngineError::UnknownAdapter { .. }) => EdgeloraStatus::NotFound,
         Error::Engine(EngineError::DuplicateAdapter { .. }) => EdgeloraStatus::AlreadyExists,
@@ -124,6 +131,7 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Engine(EngineError::Backend(_)) => EdgeloraStatus::Backend,
         Error::Engine(_) => EdgeloraStatus::InvalidArgument,
         Error::Train(TrainError::Record { .. } | TrainError::DataFile { .. } | TrainError::Checkpoint { .. }) => EdgeloraStatus::Format,
+        Error::Train(TrainError::Memory { .. }) => EdgeloraStatus::MemoryBudget,
         Error::Train(_) => EdgeloraStatus::InvalidArgument,
     }
 }
@@ -141,7 +149,7 @@ fn describe(e: &Error) -> String {
 }
 
 /// Runs `f`, turning errors and panics into a status and the thread's last error.
-fn guard(f: impl FnOnce() -> Result<(), (EdgeloraStatus, String)>) -> EdgeloraStatus {
+pub(super) fn guard(f: impl FnOnce() -> Result<(), (EdgeloraStatus, String)>) -> EdgeloraStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
             set_error(String::new());
@@ -163,17 +171,17 @@ fn guard(f: impl FnOnce() -> Result<(), (EdgeloraStatus, String)>) -> EdgeloraSt
     }
 }
 
-fn lib_err(e: Error) -> (EdgeloraStatus, String) {
+pub(super) fn lib_err(e: Error) -> (EdgeloraStatus, String) {
     (status_for(&e), describe(&e))
 }
 
-fn arg_err(msg: impl Into<String>) -> (EdgeloraStatus, String) {
+pub(super) fn arg_err(msg: impl Into<String>) -> (EdgeloraStatus, String) {
     (EdgeloraStatus::InvalidArgument, msg.into())
 }
 
 /// # Safety
 /// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, (EdgeloraStatus, String)> {
+pub(super) unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, (EdgeloraStatus, String)> {
     if p.is_null() {
         return Err(arg_err(format!("{what} is NULL")));
     }

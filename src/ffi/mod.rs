@@ -13,11 +13,14 @@
 //! a request runs; `edgelora_last_error` is per thread. Closing a handle while another
 //! thread uses it is undefined behaviour, as with any C handle.
 //!
-//! Exposed: runtime, adapters, generation, cancellation, and `edgelora_merge` (adapters
-//! into the quantized weights). Not exposed yet: training (its issue adds `edgelora_train_*`).
+//! Exposed: runtime, adapters, generation, cancellation, `edgelora_merge` (adapters
+//! into the quantized weights) in `capi`; on-device training (`edgelora_train_*`) and
+//! the adapter store (`edgelora_store_*`) in `train`.
 
 mod capi;
+mod train;
 #[cfg(feature = "jni")]
 mod jni;
 
 pub use capi::*;
+pub use train::*;

@@ -15,8 +15,8 @@ fn root() -> &'static Path {
 fn generated_header() -> String {
     let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).unwrap();
     let mut out = Vec::new();
-    // Only the C ABI file: the crate's other #[repr(C)] types are not part of the API.
-    cbindgen::Builder::new().with_src(root().join("src/ffi/capi.rs")).with_config(config).generate().expect("cbindgen").write(&mut out);
+    // Only the C ABI files: the crate's other #[repr(C)] types are not part of the API.
+    cbindgen::Builder::new().with_src(root().join("src/ffi/capi.rs")).with_src(root().join("src/ffi/train.rs")).with_config(config).generate().expect("cbindgen").write(&mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -107,13 +107,65 @@ fn c_program_is_clean_under_address_and_leak_sanitizer() {
 
 fn run_c_program(compiler: &str, flags: &[&str], env: &[(&str, String)]) {
     let dir = tmpdir();
-    let exe = dir.path().join("ffi_test");
+    let args = program_args(dir.path());
+    let stdout = compile_and_run("test_edgelora.c", compiler, flags, env, dir.path(), &args);
+    assert!(stdout.contains("all C API checks passed"), "{stdout}");
+}
+
+/// The training loop through the C API (tests/ffi/test_train.c): in-memory examples,
+/// evaluation, export, hot-load into an open runtime with changed greedy answers, cancel
+/// from a second thread, a training child SIGKILLed mid-run and resumed, the store's
+/// versions and roll-back. The program writes three adapters trained for the same
+/// steps — uninterrupted, cancelled and continued, killed and resumed — whose tensors
+/// must be bit-identical.
+#[test]
+fn c_training_program_personalizes_and_survives_cancel_and_kill() {
+    run_c_training("cc", &[], &[]);
+}
+
+/// The same under AddressSanitizer + LeakSanitizer (the forked child is killed before
+/// exit; the parent's leaks at exit are checked).
+#[test]
+fn c_training_program_is_clean_under_address_and_leak_sanitizer() {
+    let clang = ["clang-14", "clang"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let clang = clang.expect("clang is missing: scripts/install-deps installs clang-14 and libclang-rt-14-dev");
+    let supp = root().join("tests/ffi/lsan.supp");
+    run_c_training(
+        clang,
+        &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"],
+        &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1".to_string()), ("LSAN_OPTIONS", format!("suppressions={}:print_suppressions=1", supp.display()))],
+    );
+}
+
+fn run_c_training(compiler: &str, flags: &[&str], env: &[(&str, String)]) {
+    let dir = tmpdir();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let stdout = compile_and_run("test_train.c", compiler, flags, env, dir.path(), &[model_path(), work.clone()]);
+    assert!(stdout.contains("all C training checks passed"), "{stdout}");
+    let read = |name: &str| edgelora::adapter::read_gguf_lora(&edgelora::gguf::GgufFile::open(work.join(name)).unwrap()).unwrap();
+    let straight = read("straight.gguf");
+    assert!(!straight.tensors.is_empty() && straight.tensors.values().any(|t| t.b.iter().any(|&x| x != 0.0)), "the straight run trained nothing");
+    for other in ["cancelled.gguf", "resumed.gguf"] {
+        let o = read(other);
+        assert_eq!(o.tensors.len(), straight.tensors.len(), "{other}");
+        for (name, t) in &straight.tensors {
+            let u = &o.tensors[name];
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&t.a) == bits(&u.a) && bits(&t.b) == bits(&u.b), "{other}: tensor {name} differs from the uninterrupted run");
+        }
+    }
+}
+
+/// Compiles tests/ffi/`source` against the header and the cdylib and runs it with `args`.
+fn compile_and_run(source: &str, compiler: &str, flags: &[&str], env: &[(&str, String)], dir: &Path, args: &[PathBuf]) -> String {
+    let exe = dir.join(source.trim_end_matches(".c"));
     let lib = lib_dir();
     let cc = Command::new(compiler)
         .args(flags)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
-        .arg(root().join("tests/ffi/test_edgelora.c"))
+        .arg(root().join("tests/ffi").join(source))
         .arg(format!("-I{}", root().join("include").display()))
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
@@ -121,10 +173,10 @@ fn run_c_program(compiler: &str, flags: &[&str], env: &[(&str, String)]) {
         .output()
         .expect("cc runs");
     assert!(cc.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&cc.stderr));
-    let out = Command::new(&exe).args(program_args(dir.path())).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "C test ({compiler} {flags:?}) failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all C API checks passed"), "{stdout}");
+    let out = Command::new(&exe).args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "C test {source} ({compiler} {flags:?}) failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
 }
 
 #[test]
