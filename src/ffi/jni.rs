@@ -15,7 +15,7 @@ use crate::error::Error;
 
 const EXCEPTION: &str = "dev/edgelora/EdgeLoraException";
 
-fn throw(env: &mut JNIEnv, status: EdgeloraStatus, msg: &str) {
+pub(super) fn throw(env: &mut JNIEnv, status: EdgeloraStatus, msg: &str) {
     if env.exception_check().unwrap_or(false) {
         return; // a Java exception (e.g. from the callback) is already pending
     }
@@ -26,7 +26,7 @@ fn throw(env: &mut JNIEnv, status: EdgeloraStatus, msg: &str) {
     }
 }
 
-fn lib_error(env: &mut JNIEnv, e: &Error) {
+pub(super) fn lib_error(env: &mut JNIEnv, e: &Error) {
     let msg = {
         let mut m = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -41,7 +41,7 @@ fn lib_error(env: &mut JNIEnv, e: &Error) {
 }
 
 /// Runs `f`; a panic becomes an exception and `fallback` is returned.
-fn guarded<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Result<T, ()>) -> T {
+pub(super) fn guarded<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Result<T, ()>) -> T {
     match catch_unwind(AssertUnwindSafe(|| f(env))) {
         Ok(Ok(v)) => v,
         Ok(Err(())) => fallback,
@@ -52,7 +52,7 @@ fn guarded<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Resu
     }
 }
 
-fn jstr(env: &mut JNIEnv, s: &JString, what: &str) -> Result<String, ()> {
+pub(super) fn jstr(env: &mut JNIEnv, s: &JString, what: &str) -> Result<String, ()> {
     if s.is_null() {
         throw(env, EdgeloraStatus::InvalidArgument, &format!("{what} is null"));
         return Err(());

@@ -21,6 +21,8 @@ mod capi;
 mod train;
 #[cfg(feature = "jni")]
 mod jni;
+#[cfg(feature = "jni")]
+mod jni_train;
 
 pub use capi::*;
 pub use train::*;

@@ -20,8 +20,8 @@ use crate::train::{parse_targets, JobOptions, JobOutcome, Progress, TrainConfig,
 
 /// A training job. Opaque.
 pub struct EdgeloraTrainJob {
-    stop: Arc<AtomicBool>,
-    job: Mutex<TrainJob>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) job: Mutex<TrainJob>,
 }
 
 /// An adapter store folder. Opaque.
@@ -127,7 +127,7 @@ pub extern "C" fn edgelora_train_params_default() -> EdgeloraTrainParams {
     }
 }
 
-type CResult<T> = Result<T, (EdgeloraStatus, String)>;
+pub(super) type CResult<T> = Result<T, (EdgeloraStatus, String)>;
 
 /// # Safety
 /// `p` is NULL or a NUL-terminated string.
@@ -147,7 +147,7 @@ unsafe fn job_arg<'a>(job: *const EdgeloraTrainJob) -> CResult<&'a EdgeloraTrain
     unsafe { job.as_ref() }.ok_or_else(|| arg_err("job is NULL"))
 }
 
-fn lock(job: &EdgeloraTrainJob) -> CResult<MutexGuard<'_, TrainJob>> {
+pub(super) fn lock(job: &EdgeloraTrainJob) -> CResult<MutexGuard<'_, TrainJob>> {
     match job.job.try_lock() {
         Ok(g) => Ok(g),
         Err(TryLockError::WouldBlock) => Err(arg_err("the job is running (edgelora_train_run on another thread or in its callback): only edgelora_train_cancel may be called now")),

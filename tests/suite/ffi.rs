@@ -200,3 +200,31 @@ fn jvm_program_drives_the_java_api() {
     assert!(out.status.success(), "JVM test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all Java API checks passed"), "{stdout}");
 }
+
+/// The personalization loop through the Java API (tests/jvm/JvmTrainTest.java): bad
+/// input, a listener exception propagating (checkpoint saved), cancel from a thread,
+/// evaluate, export, load into an open model, generate, store versions, roll back.
+#[test]
+fn jvm_program_trains_evaluates_loads_and_rolls_back() {
+    let dir = tmpdir();
+    let classes = dir.path().join("classes");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let java_src = root().join("android/edgelora/src/main/java/dev/edgelora");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&java_src).unwrap().map(|e| e.unwrap().path()).collect();
+    sources.push(root().join("tests/jvm/JvmTrainTest.java"));
+    let javac = Command::new("javac").arg("-d").arg(&classes).args(&sources).output().expect("javac runs (install a JDK)");
+    assert!(javac.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&javac.stderr));
+    let out = Command::new("java")
+        .arg(format!("-Djava.library.path={}", lib_dir().display()))
+        .arg("-cp")
+        .arg(&classes)
+        .arg("JvmTrainTest")
+        .arg(model_path())
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "JVM training test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all Java training checks passed"), "{stdout}");
+}
