@@ -153,8 +153,13 @@ typedef struct EdgeloraTrainParams {
   const char *checkpoint_dir;
   // Save a checkpoint every N steps (10); always when stopped and at the end.
   uint32_t save_every;
-  // Adapter name written in the exported manifest (NULL: none).
+  // Adapter name written in the exported manifest (NULL: none, or the continued
+  // adapter's).
   const char *name;
+  // Continue this adapter (GGUF-LoRA file or PEFT folder; NULL: a new one): training
+  // starts from its factors, its rank/alpha/targets/layers replace `rank`, `alpha`
+  // and `targets`, and the manifest records it as the parent (round + 1).
+  const char *init_adapter;
 } EdgeloraTrainParams;
 
 // What the progress callback sees after each step (valid during the call).

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use edgelora::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage, ParentRef};
+use edgelora::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage};
 use edgelora::engine::{Runtime, RuntimeOptions};
 use edgelora::gguf::GgufFile;
 use edgelora::train::data::{fingerprint, Dataset};
@@ -19,6 +19,7 @@ use edgelora::train::optim::{AdamW, Schedule};
 use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
 use edgelora::train::auto::{search, AutoOptions};
 use edgelora::train::trainer::replay_draws;
+use edgelora::train::parent::{read_parent, Parent};
 use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
 
 #[derive(Args)]
@@ -167,59 +168,6 @@ fn parse_replay(s: &str) -> Result<(PathBuf, f64)> {
     Ok((PathBuf::from(s), 0.2))
 }
 
-/// What `--init-adapter` decides: (rank, alpha, rslora, targets, layers) and the adapter.
-struct Parent {
-    adapter: edgelora::adapter::LoraAdapter,
-    rank: usize,
-    alpha: f32,
-    rslora: bool,
-    targets: Vec<String>,
-    layers: (usize, usize),
-    file_sha256: String,
-}
-
-/// This run's round: the parent's + 1 (a parent without lineage counts as round 1).
-fn round_of(p: &Parent) -> u32 {
-    p.adapter.manifest.lineage.as_ref().map_or(1, |l| l.round) + 1
-}
-
-/// Reads the adapter to continue and derives the run's LoRA settings from it.
-fn read_parent(path: &std::path::Path, base: &GgufFile) -> Result<Parent> {
-    let adapter = edgelora::adapter::load(path, base).with_context(|| format!("reading --init-adapter {}", path.display()))?;
-    let ctx = |m: String| anyhow::anyhow!("--init-adapter {}: {m}", path.display());
-    let ranks: std::collections::BTreeSet<usize> = adapter.tensors.values().map(|t| t.rank).collect();
-    let scales: Vec<f32> = adapter.tensors.values().map(|t| t.scale).collect();
-    if ranks.len() != 1 {
-        return Err(ctx(format!("its tensors have ranks {ranks:?}; continuing needs one rank")));
-    }
-    if scales.iter().any(|&x| (x - scales[0]).abs() > 1e-6 * scales[0].abs().max(1.0)) {
-        return Err(ctx("its tensors have different scales; continuing needs one alpha".into()));
-    }
-    let rank = *ranks.first().expect("one rank");
-    let rslora = adapter.manifest.hyperparameters.as_ref().and_then(|h| h.get("use_rslora")).and_then(|v| v.as_bool()).unwrap_or(false);
-    let alpha = if rslora { scales[0] * (rank as f32).sqrt() } else { scales[0] * rank as f32 };
-    let mut modules = Vec::new();
-    let mut layers = std::collections::BTreeSet::new();
-    for name in adapter.tensors.keys() {
-        let parts: Vec<&str> = name.split('.').collect();
-        let (Some(l), Some(m)) = (parts.get(1).and_then(|l| l.parse::<usize>().ok()), parts.get(2)) else {
-            return Err(ctx(format!("tensor {name} is not blk.N.MODULE.weight")));
-        };
-        layers.insert(l);
-        if !modules.iter().any(|x: &String| x == m) {
-            modules.push(m.to_string());
-        }
-    }
-    let (first, last) = (*layers.first().expect("tensors"), *layers.last().expect("tensors"));
-    if adapter.tensors.len() != modules.len() * (last - first + 1) {
-        return Err(ctx(format!("its {} tensors are not every module of {modules:?} on each layer {first}-{last}; continuing needs targets × a layer range", adapter.tensors.len())));
-    }
-    let file_sha256 = edgelora::adapter::file_sha256(path)?;
-    // Targets in the trainer's (GGUF module) names, in its canonical order.
-    let targets = parse_targets(&modules.join(","))?;
-    Ok(Parent { adapter, rank, alpha, rslora, targets, layers: (first, last), file_sha256 })
-}
-
 /// Ctrl-C stopped the run after a checkpoint was saved (exit code 130).
 #[derive(Debug)]
 pub struct Interrupted(pub String);
@@ -297,7 +245,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Some((x.trim().parse().with_context(|| format!("--layers {s:?}"))?, y.trim().parse().with_context(|| format!("--layers {s:?}"))?))
         }
     };
-    let parent = a.init_adapter.as_deref().map(|p| read_parent(p, &base)).transpose()?;
+    let parent = a.init_adapter.as_deref().map(|p| read_parent(p, &base).with_context(|| format!("reading --init-adapter {}", p.display()))).transpose()?;
     let (mut rank, mut alpha, mut rslora, mut targets) = (a.rank.unwrap_or(16), a.alpha.unwrap_or(32.0), a.rslora, parse_targets(a.targets.as_deref().unwrap_or("q_proj,v_proj"))?);
     if let Some(p) = &parent {
         let path = a.init_adapter.as_ref().expect("a parent has a path").display().to_string();
@@ -404,7 +352,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         if let Some(dir) = &a.init_optimizer {
             trainer.init_optimizer(dir).with_context(|| format!("--init-optimizer {}", dir.display()))?;
         }
-        eprintln!("continuing {} (round {}): rank {}, alpha {}, targets {}, layers {}-{}", a.init_adapter.as_ref().expect("a parent has a path").display(), round_of(p) - 1, p.rank, p.alpha, p.targets.join(","), p.layers.0, p.layers.1);
+        eprintln!("continuing {} (round {}): rank {}, alpha {}, targets {}, layers {}-{}", a.init_adapter.as_ref().expect("a parent has a path").display(), p.next_round() - 1, p.rank, p.alpha, p.targets.join(","), p.layers.0, p.layers.1);
     }
     let ckpt_dir = a.checkpoint_dir.clone().unwrap_or_else(|| with_suffix(&a.out, ".ckpt"));
     if let Some(r) = &a.resume {
@@ -481,7 +429,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "train_secs_this_run": secs,
         "tokens_per_s": tokens as f64 / secs.max(1e-9),
         "wall_secs": t_start.elapsed().as_secs_f64(),
-        "round": parent.as_ref().map_or(1, round_of),
+        "round": parent.as_ref().map_or(1, Parent::next_round),
     });
     export(&a, &base, &trainer, summary, parent.as_ref(), replay.as_ref())?;
     if let Some(p) = &a.plot {
@@ -519,14 +467,8 @@ fn export(a: &TrainArgs, base: &GgufFile, trainer: &Trainer, summary: serde_json
         data_refs.push(DataRef { path: p.display().to_string(), fingerprint: fingerprint(&[p.as_path()])?, role: "replay".into(), fraction: Some(*f) });
     }
     adapter.manifest.lineage = Some(Lineage {
-        round: parent.map_or(1, round_of),
-        parent: parent.map(|p| ParentRef {
-            name: p.adapter.manifest.name.clone(),
-            version: p.adapter.manifest.version.clone(),
-            fingerprint: p.adapter.fingerprint(),
-            file_sha256: p.file_sha256.clone(),
-            path: a.init_adapter.as_ref().expect("a parent has a path").display().to_string(),
-        }),
+        round: parent.map_or(1, Parent::next_round),
+        parent: parent.map(|p| p.reference(a.init_adapter.as_ref().expect("a parent has a path"))),
         data: data_refs,
     });
     if let Some(p) = parent {

@@ -60,10 +60,11 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeOpen<'l>(
     checkpoint_dir: JString<'l>,
     save_every: jint,
     name: JString<'l>,
+    init_adapter: JString<'l>,
 ) -> jlong {
     guarded(&mut env, 0, |env| {
         let model = jstr(env, &model, "modelPath")?;
-        let (targets, ckpt, name) = (jopt(env, &targets, "targets")?, jopt(env, &checkpoint_dir, "checkpointDir")?, jopt(env, &name, "name")?);
+        let (targets, ckpt, name, init) = (jopt(env, &targets, "targets")?, jopt(env, &checkpoint_dir, "checkpointDir")?, jopt(env, &name, "name")?, jopt(env, &init_adapter, "initAdapter")?);
         let negative = [("rank", rank), ("steps", steps), ("epochs", epochs), ("batch", batch), ("gradAccum", grad_accum), ("maxLen", max_len), ("threads", threads), ("yieldMs", yield_ms), ("maxMemoryMb", max_memory_mb), ("saveEvery", save_every)];
         if let Some((what, v)) = negative.iter().find(|(_, v)| *v < 0) {
             throw(env, EdgeloraStatus::InvalidArgument, &format!("{what} {v} is negative"));
@@ -96,6 +97,7 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeOpen<'l>(
             checkpoint_dir: ckpt.map(Into::into),
             save_every: save_every as usize,
             name,
+            init_adapter: init.map(Into::into),
         };
         let job = TrainJob::open(&model, options).map_err(|e| lib_error(env, &e))?;
         Ok(Box::into_raw(Box::new(EdgeloraTrainJob { stop: job.cancel_flag(), job: Mutex::new(job) })) as jlong)

@@ -68,8 +68,13 @@ pub struct EdgeloraTrainParams {
     pub checkpoint_dir: *const c_char,
     /// Save a checkpoint every N steps (10); always when stopped and at the end.
     pub save_every: u32,
-    /// Adapter name written in the exported manifest (NULL: none).
+    /// Adapter name written in the exported manifest (NULL: none, or the continued
+    /// adapter's).
     pub name: *const c_char,
+    /// Continue this adapter (GGUF-LoRA file or PEFT folder; NULL: a new one): training
+    /// starts from its factors, its rank/alpha/targets/layers replace `rank`, `alpha`
+    /// and `targets`, and the manifest records it as the parent (round + 1).
+    pub init_adapter: *const c_char,
 }
 
 /// What the progress callback sees after each step (valid during the call).
@@ -124,6 +129,7 @@ pub extern "C" fn edgelora_train_params_default() -> EdgeloraTrainParams {
         checkpoint_dir: ptr::null(),
         save_every: 10,
         name: ptr::null(),
+        init_adapter: ptr::null(),
     }
 }
 
@@ -158,7 +164,7 @@ pub(super) fn lock(job: &EdgeloraTrainJob) -> CResult<MutexGuard<'_, TrainJob>> 
 
 fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
     // SAFETY: strings are NULL or C strings by the caller's contract for `params`.
-    let (targets, ckpt, name) = unsafe { (opt_str(p.targets, "params.targets")?, opt_str(p.checkpoint_dir, "params.checkpoint_dir")?, opt_str(p.name, "params.name")?) };
+    let (targets, ckpt, name, init) = unsafe { (opt_str(p.targets, "params.targets")?, opt_str(p.checkpoint_dir, "params.checkpoint_dir")?, opt_str(p.name, "params.name")?, opt_str(p.init_adapter, "params.init_adapter")?) };
     let targets = parse_targets(targets.as_deref().unwrap_or("q_proj,v_proj")).map_err(lib_err)?;
     if !p.alpha.is_finite() || p.alpha <= 0.0 {
         return Err(arg_err(format!("params.alpha {} must be finite and > 0", p.alpha)));
@@ -185,6 +191,7 @@ fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
         checkpoint_dir: ckpt.map(PathBuf::from),
         save_every: p.save_every as usize,
         name,
+        init_adapter: init.map(PathBuf::from),
     })
 }
 

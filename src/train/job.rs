@@ -26,7 +26,8 @@ use super::checkpoint;
 use super::data::{parse_record, read_jsonl, tokenize, Example, Record, Sourced};
 use super::eval::Validation;
 use super::trainer::{StepMetrics, TrainConfig, Trainer};
-use crate::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage, LoraAdapter};
+use super::parent::read_parent;
+use crate::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage, LoraAdapter, ParentRef};
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::error::{Error, TrainError};
 use crate::gguf::GgufFile;
@@ -51,13 +52,17 @@ pub struct JobOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Save a checkpoint every N steps (0: only when stopped and at the end).
     pub save_every: usize,
-    /// Adapter name written in the manifest.
+    /// Adapter name written in the manifest (continuing an adapter: its name by default).
     pub name: Option<String>,
+    /// Continue this adapter (GGUF-LoRA or PEFT folder): training starts from its
+    /// factors, and its rank, alpha, rsLoRA, targets and layers replace the config's; the
+    /// manifest records it as the parent and the round as its round + 1.
+    pub init_adapter: Option<PathBuf>,
 }
 
 impl Default for JobOptions {
     fn default() -> Self {
-        JobOptions { config: TrainConfig { steps: 0, ..TrainConfig::default() }, epochs: 1, threads: 0, yield_ms: 0, max_memory_mb: None, checkpoint_dir: None, save_every: 10, name: None }
+        JobOptions { config: TrainConfig { steps: 0, ..TrainConfig::default() }, epochs: 1, threads: 0, yield_ms: 0, max_memory_mb: None, checkpoint_dir: None, save_every: 10, name: None, init_adapter: None }
     }
 }
 
@@ -115,6 +120,8 @@ pub struct TrainJob {
     memory: Option<MemoryEstimate>,
     pool: Option<rayon::ThreadPool>,
     last: Option<StepMetrics>,
+    /// With `init_adapter`: the round and the parent reference for the lineage.
+    parent: Option<(u32, ParentRef)>,
 }
 
 fn bad(option: &str, reason: impl Into<String>) -> Error {
@@ -172,6 +179,7 @@ impl TrainJob {
             memory: None,
             pool,
             last: None,
+            parent: None,
         })
     }
 
@@ -311,6 +319,18 @@ impl TrainJob {
             Ok(mc) => mc,
             Err(e) => return Err((base, e)),
         };
+        let parent = match self.options.init_adapter.as_deref().map(|p| read_parent(p, &base)).transpose() {
+            Ok(p) => p,
+            Err(e) => return Err((base, e)),
+        };
+        if let Some(p) = &parent {
+            (config.rank, config.alpha, config.use_rslora, config.targets, config.layers) = (p.rank, p.alpha, p.rslora, p.targets.clone(), Some(p.layers));
+            let path = self.options.init_adapter.as_deref().expect("a parent has a path");
+            self.parent = Some((p.next_round(), p.reference(path)));
+            if self.options.name.is_none() {
+                self.options.name.clone_from(&p.adapter.manifest.name);
+            }
+        }
         if let Some(mb) = self.options.max_memory_mb {
             let shape = self.run_shape(&mc, &config);
             match budget::fit(&mc, &shape, config.batch, config.grad_checkpoint, mb << 20) {
@@ -336,6 +356,10 @@ impl TrainJob {
         let ckpt = self.options.checkpoint_dir.clone().filter(|d| checkpoint::file_in(d).exists());
         Session::try_new_or_recover(base, |b| -> Result<Trainer<'_>, Error> {
             let mut t = Trainer::new(b, config, train, eval, fp)?;
+            if let Some(p) = &parent {
+                // Before resuming: the checkpoint's configuration records the parent's fingerprint.
+                t.init_from(&p.adapter)?;
+            }
             if let Some(dir) = &ckpt {
                 t.resume(dir)?;
             }
@@ -482,6 +506,8 @@ impl TrainJob {
         let sources = self.sources.clone();
         let (n_train, last) = (self.train.len(), self.last.clone());
         let memory = self.memory;
+        let parent = self.parent.clone();
+        let round = parent.as_ref().map_or(1, |p| p.0);
         let s = self.session()?;
         let t = s.borrow_dependent();
         let summary = serde_json::json!({
@@ -490,14 +516,14 @@ impl TrainJob {
             "examples": n_train,
             "final_train_loss": last.as_ref().map(|m| m.loss),
             "memory_estimate_mb": memory.map(|m| m.total_mb()),
-            "round": 1,
+            "round": round,
         });
         let mut a = t.to_adapter(s.borrow_owner(), summary)?;
         a.manifest.source = Some("edgelora TrainJob".into());
         a.manifest.name = name;
         let mut seen = std::collections::BTreeSet::new();
         let data = sources.into_iter().filter(|s| seen.insert(s.clone())).map(|p| DataRef { path: p, fingerprint: fp.clone(), role: "new".into(), fraction: None }).collect();
-        a.manifest.lineage = Some(Lineage { round: 1, parent: None, data });
+        a.manifest.lineage = Some(Lineage { round, parent: parent.map(|p| p.1), data });
         Ok(a)
     }
 

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod job;
 pub mod metrics;
 pub mod optim;
+pub mod parent;
 pub mod report;
 pub mod trainer;
 

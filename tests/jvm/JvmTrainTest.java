@@ -106,10 +106,11 @@ public class JvmTrainTest {
             t.export(new File(work, "v1.gguf"));
         }
 
-        // A second version trained longer, into the store; load, generate, roll back.
+        // A second version continues the first (its rank and targets come from it), into
+        // the store; load, generate, roll back.
         File ckpt2 = new File(work, "ckpt2");
-        try (Trainer t = Trainer.open(model, TrainConfig.builder().rank(4).alpha(8).learningRate(1e-2f).steps(3).batch(2)
-                .maxLen(96).seed(8).checkpointDir(ckpt2.getPath()).build())) {
+        try (Trainer t = Trainer.open(model, TrainConfig.builder().learningRate(5e-3f).steps(3).batch(2)
+                .maxLen(96).seed(8).checkpointDir(ckpt2.getPath()).initAdapter(new File(work, "v1.gguf").getPath()).build())) {
             for (int i = 0; i < 8; i++) {
                 String[] r = record(i);
                 t.addExample(INSTRUCTION, r[0], r[1]);

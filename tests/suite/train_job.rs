@@ -222,3 +222,31 @@ fn evaluation_export_and_the_store_keep_versions_and_roll_back() {
     assert!(matches!(store.path("credit", 9), Err(Error::Adapter(AdapterError::NotInStore { .. }))));
     assert!(!std::fs::read_dir(dir.path().join("store/credit")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
 }
+
+#[test]
+fn a_job_continues_an_exported_adapter_with_its_settings_and_lineage() {
+    let dir = tmpdir();
+    let mut first = job_with_data(small_options(2, None), 8);
+    first.run(&mut |_| true).unwrap();
+    let v1 = dir.path().join("v1.gguf");
+    let parent = first.export(&v1, None).unwrap();
+    // The options ask for rank 16 on all-linear: the parent's rank 4 on q/v wins.
+    let mut opts = small_options(2, None);
+    opts.config.rank = 16;
+    opts.config.targets = parse_targets("all-linear").unwrap();
+    opts.init_adapter = Some(v1.clone());
+    opts.name = None;
+    let mut next = job_with_data(opts, 8);
+    next.prepare().unwrap();
+    assert_eq!((next.config().rank, next.config().targets.len()), (4, 2));
+    let at_start = next.adapter().unwrap();
+    for (name, t) in &parent.tensors {
+        let u = &at_start.tensors[name];
+        assert!(t.a == u.a && t.b == u.b, "{name}: step 0 of the continued job is not the parent");
+    }
+    let lineage = at_start.manifest.lineage.clone().unwrap();
+    assert_eq!(lineage.round, 2);
+    assert_eq!(lineage.parent.unwrap().fingerprint, read_gguf_lora(&GgufFile::open(&v1).unwrap()).unwrap().fingerprint());
+    next.run(&mut |_| true).unwrap();
+    assert!(next.adapter().unwrap().tensors.iter().any(|(k, t)| t.b != parent.tensors[k].b), "the continued job did not train");
+}

@@ -9,13 +9,13 @@ public final class TrainConfig {
     final float alpha, learningRate;
     final long seed;
     final boolean gradientCheckpointing;
-    final String targets, checkpointDir, name;
+    final String targets, checkpointDir, name, initAdapter;
 
     private TrainConfig(Builder b) {
         rank = b.rank; steps = b.steps; epochs = b.epochs; batch = b.batch; gradAccum = b.gradAccum; maxLen = b.maxLen;
         threads = b.threads; yieldMs = b.yieldMs; maxMemoryMb = b.maxMemoryMb; saveEvery = b.saveEvery;
         alpha = b.alpha; learningRate = b.learningRate; seed = b.seed; gradientCheckpointing = b.gradientCheckpointing;
-        targets = b.targets; checkpointDir = b.checkpointDir; name = b.name;
+        targets = b.targets; checkpointDir = b.checkpointDir; name = b.name; initAdapter = b.initAdapter;
     }
 
     public static Builder builder() {
@@ -28,7 +28,7 @@ public final class TrainConfig {
         private float alpha = 32f, learningRate = 3e-4f;
         private long seed = 42;
         private boolean gradientCheckpointing = false;
-        private String targets = "q_proj,v_proj", checkpointDir = null, name = null;
+        private String targets = "q_proj,v_proj", checkpointDir = null, name = null, initAdapter = null;
 
         /** LoRA rank; the update is scaled by alpha / rank. */
         public Builder rank(int v) { rank = v; return this; }
@@ -59,6 +59,12 @@ public final class TrainConfig {
         public Builder saveEvery(int v) { saveEvery = v; return this; }
         /** Adapter name written in the exported manifest. */
         public Builder name(String v) { name = v; return this; }
+        /**
+         * Continue this adapter (an exported file, e.g. the store's current version):
+         * training starts from its factors, its rank/alpha/targets replace this config's,
+         * and the manifest records it as the parent.
+         */
+        public Builder initAdapter(String v) { initAdapter = v; return this; }
 
         public TrainConfig build() {
             return new TrainConfig(this);
