@@ -19,6 +19,7 @@ use edgelora::train::optim::{AdamW, Schedule};
 use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
 use edgelora::train::auto::{search, AutoOptions};
 use edgelora::train::trainer::replay_draws;
+use edgelora::train::budget::{estimate, fit, peak_rss_bytes, RunShape};
 use edgelora::train::parent::{read_parent, Parent};
 use edgelora::train::{parse_targets, Outcome, TrainConfig, Trainer};
 
@@ -91,6 +92,10 @@ pub struct TrainArgs {
     /// Recompute each layer's forward in backward (less memory, ~1/3 more compute)
     #[arg(long)]
     grad_checkpoint: bool,
+    /// Peak-memory budget in MiB: estimated before step 1 and fitted with checkpointing or
+    /// smaller micro-batches (same result), or refused
+    #[arg(long, value_name = "MIB")]
+    max_memory_mb: Option<u64>,
     /// Loss on prompt tokens too (default: only on responses)
     #[arg(long)]
     train_on_prompt: bool,
@@ -339,6 +344,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
         eprintln!("--replay: {} earlier examples, {} drawn per epoch ({:.0}% of every batch)", r.examples.len(), epoch_len - n_train, replay.as_ref().map_or(0.0, |x| x.1) * 100.0);
         examples.extend(r.examples);
     }
+    let mc = edgelora::model::config::ModelConfig::from_gguf(&base)?;
+    let shape = RunShape::of(&mc, &config, std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0), examples.iter().map(|e| e.tokens.len()).collect());
+    let plan = match a.max_memory_mb {
+        Some(mb) => {
+            let e = fit(&mc, &shape, config.batch, config.grad_checkpoint, mb << 20)?;
+            config.grad_checkpoint = e.checkpoint;
+            config.micro_batch = (e.micro_batch < config.batch).then_some(e.micro_batch);
+            e
+        }
+        None => estimate(&mc, &shape, config.batch, config.grad_checkpoint),
+    };
+    eprintln!(
+        "memory: about {:.0} MiB at peak ({} examples per forward{}){}",
+        plan.total_mb(),
+        plan.micro_batch,
+        if plan.checkpoint { ", gradient checkpointing" } else { "" },
+        a.max_memory_mb.map(|b| format!(", budget {b} MiB")).unwrap_or_default()
+    );
     let mut trainer = Trainer::new(&base, config, examples, val_examples, data_fp)?;
     if let Some((shares, of_example)) = balance {
         trainer.set_balance(shares, of_example)?;
@@ -430,6 +453,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "tokens_per_s": tokens as f64 / secs.max(1e-9),
         "wall_secs": t_start.elapsed().as_secs_f64(),
         "round": parent.as_ref().map_or(1, Parent::next_round),
+        "memory_estimate_mb": plan.total_mb(),
+        "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64),
     });
     export(&a, &base, &trainer, summary, parent.as_ref(), replay.as_ref())?;
     if let Some(p) = &a.plot {

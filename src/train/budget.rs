@@ -69,6 +69,34 @@ pub struct RunShape {
     pub example_lengths: Vec<usize>,
 }
 
+impl RunShape {
+    /// The shape of training `config` on `mc` (model file of `model_file_bytes`) over
+    /// examples of these token lengths.
+    pub fn of(mc: &ModelConfig, config: &crate::train::TrainConfig, model_file_bytes: u64, example_lengths: Vec<usize>) -> RunShape {
+        let (d, q, kv, ff) = (mc.n_embd, mc.n_head * mc.head_dim, mc.n_head_kv * mc.head_dim, mc.n_ff);
+        let dims = |t: &str| -> (usize, usize) {
+            match t {
+                "attn_q" => (d, q),
+                "attn_k" | "attn_v" => (d, kv),
+                "attn_output" => (q, d),
+                "ffn_gate" | "ffn_up" => (d, ff),
+                "ffn_down" => (ff, d),
+                _ => (d, d),
+            }
+        };
+        let (first, last) = config.layers.unwrap_or((0, mc.n_layer.saturating_sub(1)));
+        let per_layer: usize = config.targets.iter().map(|t| dims(t)).map(|(i, o)| config.rank * (i + o)).sum();
+        let layers = last.saturating_sub(first) + 1;
+        RunShape {
+            model_file_bytes,
+            lora_params: (per_layer * layers) as u64,
+            rank_sum_per_layer: (config.rank * config.targets.len()) as u64,
+            layers_in_backward: mc.n_layer.saturating_sub(first),
+            example_lengths,
+        }
+    }
+}
+
 /// Estimated peak memory for `micro_batch` examples per forward, with or without checkpointing.
 pub fn estimate(mc: &ModelConfig, shape: &RunShape, micro_batch: usize, checkpoint: bool) -> MemoryEstimate {
     let f = 4u64; // f32

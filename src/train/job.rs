@@ -368,27 +368,8 @@ impl TrainJob {
     }
 
     fn run_shape(&self, mc: &ModelConfig, config: &TrainConfig) -> RunShape {
-        let (d, q, kv, ff) = (mc.n_embd, mc.n_head * mc.head_dim, mc.n_head_kv * mc.head_dim, mc.n_ff);
-        let dims = |t: &str| -> (usize, usize) {
-            match t {
-                "attn_q" => (d, q),
-                "attn_k" | "attn_v" => (d, kv),
-                "attn_output" => (q, d),
-                "ffn_gate" | "ffn_up" => (d, ff),
-                "ffn_down" => (ff, d),
-                _ => (d, d),
-            }
-        };
-        let (first, last) = config.layers.unwrap_or((0, mc.n_layer - 1));
-        let per_layer: usize = config.targets.iter().map(|t| dims(t)).map(|(i, o)| config.rank * (i + o)).sum();
-        let layers = last.saturating_sub(first) + 1;
-        RunShape {
-            model_file_bytes: std::fs::metadata(&self.model_path).map(|m| m.len()).unwrap_or(0),
-            lora_params: (per_layer * layers) as u64,
-            rank_sum_per_layer: (config.rank * config.targets.len()) as u64,
-            layers_in_backward: mc.n_layer - first,
-            example_lengths: self.train.iter().map(|(_, e)| e.tokens.len()).collect(),
-        }
+        let lengths = self.train.iter().map(|(_, e)| e.tokens.len()).collect();
+        RunShape::of(mc, config, std::fs::metadata(&self.model_path).map(|m| m.len()).unwrap_or(0), lengths)
     }
 
     fn session(&mut self) -> Result<&mut Session, Error> {
