@@ -350,6 +350,16 @@ enum EdgeloraStatus edgelora_train_add_eval_example(const struct EdgeloraTrainJo
                                                     const char *input,
                                                     const char *output);
 
+// Adds one record given as JSON in any of the CLI's four formats (`{instruction, input,
+// output}`, `{prompt, completion}`, `{messages: [{role, content}]}`, `{text}`) — to the
+// evaluation set when `eval` is true. A bad record is FORMAT, naming its field.
+//
+// # Safety
+// `job` is live; `json` is NUL-terminated.
+enum EdgeloraStatus edgelora_train_add_record_json(const struct EdgeloraTrainJob *job,
+                                                   const char *json,
+                                                   bool eval);
+
 // Adds every record of a JSONL file in any of the CLI's four formats (all or none: a
 // bad line adds nothing and the error names its line and field).
 //

@@ -115,6 +115,16 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeAddExample<'l>(mut env: J
 }
 
 #[no_mangle]
+pub extern "system" fn Java_dev_edgelora_Trainer_nativeAddRecordJson<'l>(mut env: JNIEnv<'l>, _c: JClass<'l>, h: jlong, json: JString<'l>, eval: jboolean) {
+    guarded(&mut env, (), |env| {
+        let j = job(env, h)?;
+        let json = jstr(env, &json, "json")?;
+        let mut t = locked(env, j)?;
+        t.add_record_json(&json, eval == JNI_TRUE).map_err(|e| lib_error(env, &e))
+    })
+}
+
+#[no_mangle]
 pub extern "system" fn Java_dev_edgelora_Trainer_nativeAddJsonl<'l>(mut env: JNIEnv<'l>, _c: JClass<'l>, h: jlong, path: JString<'l>, eval: jboolean) -> jint {
     guarded(&mut env, 0, |env| {
         let j = job(env, h)?;

@@ -255,6 +255,21 @@ pub unsafe extern "C" fn edgelora_train_add_eval_example(job: *const EdgeloraTra
     unsafe { add_example(job, instruction, input, output, true) }
 }
 
+/// Adds one record given as JSON in any of the CLI's four formats (`{instruction, input,
+/// output}`, `{prompt, completion}`, `{messages: [{role, content}]}`, `{text}`) — to the
+/// evaluation set when `eval` is true. A bad record is FORMAT, naming its field.
+///
+/// # Safety
+/// `job` is live; `json` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn edgelora_train_add_record_json(job: *const EdgeloraTrainJob, json: *const c_char, eval: bool) -> EdgeloraStatus {
+    guard(|| {
+        // SAFETY: caller contract.
+        let (job, json) = unsafe { (job_arg(job)?, str_arg(json, "json")?) };
+        lock(job)?.add_record_json(json, eval).map_err(lib_err)
+    })
+}
+
 /// # Safety
 /// `path` is NUL-terminated.
 unsafe fn add_jsonl(job: *const EdgeloraTrainJob, path: *const c_char, eval: bool) -> EdgeloraStatus {

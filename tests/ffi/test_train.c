@@ -223,6 +223,10 @@ static void bad_input(void) {
   CHECK(st == EDGELORA_STATUS_FORMAT && strstr(edgelora_last_error(), "output"), "no answer: status %d", st);
   st = edgelora_train_add_example(job, INSTRUCTION, NULL, "approve");
   CHECK(st == EDGELORA_STATUS_OK, "NULL input is allowed: status %d", st);
+  st = edgelora_train_add_record_json(job, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", false);
+  CHECK(st == EDGELORA_STATUS_FORMAT && strstr(edgelora_last_error(), "no assistant message"), "a chat record without an answer: status %d", st);
+  st = edgelora_train_add_record_json(job, "{\"prompt\": \"Credit score: 800. Decision:\", \"completion\": \" approve\"}", false);
+  CHECK(st == EDGELORA_STATUS_OK, "a prompt/completion record: status %d", st);
   st = edgelora_train_add_jsonl(job, path_in("missing.jsonl"));
   CHECK(st == EDGELORA_STATUS_FORMAT && strstr(edgelora_last_error(), "missing.jsonl"), "missing file: status %d", st);
   st = edgelora_train_run(job, never_called, NULL);

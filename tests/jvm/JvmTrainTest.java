@@ -74,6 +74,12 @@ public class JvmTrainTest {
             } catch (EdgeLoraException e) {
                 check(e.status() == EdgeLoraException.FORMAT && e.getMessage().contains("output"), "empty answer: " + e);
             }
+            try {
+                t.addRecordJson("{\"text\": 3}", false);
+                check(false, "a bad JSON record was accepted");
+            } catch (EdgeLoraException e) {
+                check(e.status() == EdgeLoraException.FORMAT && e.getMessage().contains("text"), "bad record: " + e);
+            }
             Evaluation before = t.evaluate(); // the base: no step yet
             try {
                 t.run(p -> {

@@ -88,6 +88,11 @@ public final class Trainer: @unchecked Sendable {
         try EdgeLoraError.check(edgelora_train_add_eval_example(handle, instruction, input, output))
     }
 
+    /// Adds one record as JSON in any of the CLI's four formats.
+    public func addRecordJSON(_ json: String, evaluation: Bool = false) throws {
+        try EdgeLoraError.check(edgelora_train_add_record_json(handle, json, evaluation))
+    }
+
     /// Adds every record of a JSONL file (any of the CLI's four formats).
     public func addJSONL(path: String, evaluation: Bool = false) throws {
         try EdgeLoraError.check(evaluation ? edgelora_train_add_eval_jsonl(handle, path) : edgelora_train_add_jsonl(handle, path))

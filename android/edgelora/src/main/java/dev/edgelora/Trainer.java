@@ -40,6 +40,14 @@ public final class Trainer implements AutoCloseable {
         nativeAddExample(live(), instruction, input, output, true);
     }
 
+    /**
+     * Adds one record as JSON in any of the CLI's four formats ({instruction, input, output},
+     * {prompt, completion}, {messages: [{role, content}]}, {text}); {@code eval} puts it in the evaluation set.
+     */
+    public void addRecordJson(String json, boolean eval) {
+        nativeAddRecordJson(live(), json, eval);
+    }
+
     /** Adds every record of a JSONL file in any of the CLI's four formats; returns how many. */
     public int addJsonl(String path) {
         return nativeAddJsonl(live(), path, false);
@@ -110,6 +118,7 @@ public final class Trainer implements AutoCloseable {
             int epochs, int batch, int gradAccum, int maxLen, long seed, int threads, int yieldMs, int maxMemoryMb,
             boolean gradientCheckpointing, String checkpointDir, int saveEvery, String name, String initAdapter);
     private static native void nativeAddExample(long h, String instruction, String input, String output, boolean eval);
+    private static native void nativeAddRecordJson(long h, String json, boolean eval);
     private static native int nativeAddJsonl(long h, String path, boolean eval);
     private static native int[] nativePrepare(long h);
     private static native double nativeMemoryEstimate(long h);
