@@ -17,6 +17,31 @@ pub enum Error {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+impl Error {
+    /// The message with its causes, `: `-separated.
+    pub fn chain(&self) -> String {
+        let mut msg = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        msg
+    }
+}
+
+/// The server (`edgelora serve`): its router file and sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("router {}: {reason}", path.display())]
+    Router { path: PathBuf, reason: String },
+    #[error("{what}: {reason}")]
+    Io { what: String, reason: String },
 }
 
 /// Reading or writing a GGUF file.

@@ -29,7 +29,9 @@ pub mod gguf;
 pub mod merge;
 pub mod model;
 pub mod quant;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod train;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
-pub use error::{AdapterError, EngineError, Error, GgufError, Result, TrainError};
+pub use error::{AdapterError, EngineError, Error, GgufError, Result, ServeError, TrainError};

@@ -19,6 +19,8 @@ mod inspect;
 mod logits;
 mod merge;
 mod plot;
+#[cfg(feature = "serve")]
+mod serve;
 pub mod train;
 
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -54,6 +56,10 @@ enum Command {
     /// Adapter tools
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
+    /// OpenAI-compatible HTTP server: adapters by name ([NAME=]PATH[:SCALE] with --adapter),
+    /// scenarios and A/B arms, feedback capture; requests run one at a time
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -68,6 +74,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Data(c) => data::run(c),
         Command::Adapter(c) => adapter::run(c),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => serve::run(a),
     }
 }
 
@@ -165,7 +173,7 @@ impl ModelArgs {
         o
     }
 
-    fn open(&self, path: &std::path::Path) -> Result<Loaded> {
+    pub fn open(&self, path: &std::path::Path) -> Result<Loaded> {
         let what = || format!("loading model {}", path.display());
         if self.backend == "native" {
             let device = if self.device == "gpu" { Device::Gpu } else { Device::Cpu };

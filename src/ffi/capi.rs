@@ -133,6 +133,7 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Train(TrainError::Record { .. } | TrainError::DataFile { .. } | TrainError::Checkpoint { .. }) => EdgeloraStatus::Format,
         Error::Train(TrainError::Memory { .. }) => EdgeloraStatus::MemoryBudget,
         Error::Train(_) => EdgeloraStatus::InvalidArgument,
+        Error::Serve(_) => EdgeloraStatus::InvalidArgument,
     }
 }
 

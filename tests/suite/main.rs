@@ -23,3 +23,4 @@ mod train_job;
 mod native;
 mod plots;
 mod quant;
+mod serve;
