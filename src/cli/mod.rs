@@ -59,6 +59,7 @@ enum Command {
     /// OpenAI-compatible HTTP server: adapters by name ([NAME=]PATH[:SCALE] with --adapter),
     /// scenarios and A/B arms, feedback capture; requests run one at a time
     #[cfg(feature = "serve")]
+    #[command(mut_arg("adapters", |a| a.value_name("[NAME=]PATH[:SCALE]").help("Adapter to serve: GGUF-LoRA file or PEFT folder, named NAME (default: the file stem); SCALE is what a request naming it gets; repeat for several")))]
     Serve(serve::ServeArgs),
 }
 

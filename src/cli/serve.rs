@@ -139,7 +139,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ..ServeOptions::default()
     };
     let state = ServerState::new(engine, opts, adapters)?;
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build().context("starting the async runtime")?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);

@@ -452,3 +452,80 @@ fn the_openai_python_client_talks_to_serve() {
     assert!(got["models"].as_array().unwrap().iter().any(|m| m == "credit"));
     assert!(!server.log().contains("panicked"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+}
+
+/// 8 concurrent greedy requests on 4 adapter sets and the base each get the text they get
+/// alone; then a bounded load (512 requests, 16 at a time) ends with no error but 429s,
+/// and the server's RSS after it is within 10% of its RSS after warm-up.
+#[test]
+fn serve_under_concurrent_load_answers_as_alone_and_keeps_its_memory() {
+    let seed = fixture("seed_r16_qv");
+    let rs = fixture("rslora_r8_all");
+    let server = Server::start(&["--adapter", &format!("seed={}", seed.display()), "--adapter", &format!("rs={}", rs.display()), "--max-queue", "8"]);
+    let url = server.url.clone();
+    let sets: Vec<Value> = vec![
+        json!([]),
+        json!([{"name": "seed", "scale": 1.0}]),
+        json!([{"name": "rs", "scale": 0.5}]),
+        json!([{"name": "seed", "scale": 0.5}, {"name": "rs", "scale": 0.5}]),
+        json!([{"name": "rs", "scale": -0.5}]),
+    ];
+    let body = |i: usize| json!({"prompt": format!("Item {i}: the capital of France is"), "max_tokens": 6, "adapters": sets[i % sets.len()]}).to_string();
+    let alone: Vec<String> = (0..8).map(|i| {
+        let (s, _, t) = post(&url, "/v1/completions", body(i).as_bytes(), None);
+        assert_eq!(s, 200, "{t}");
+        json_of(&t)["choices"][0]["text"].as_str().unwrap().to_string()
+    }).collect();
+    let together: Vec<_> = (0..8)
+        .map(|i| {
+            let (u, b) = (url.clone(), body(i));
+            std::thread::spawn(move || post(&u, "/v1/completions", b.as_bytes(), None))
+        })
+        .collect();
+    for (i, h) in together.into_iter().enumerate() {
+        let (s, _, t) = h.join().unwrap();
+        assert_eq!(s, 200, "{t}");
+        assert_eq!(json_of(&t)["choices"][0]["text"].as_str().unwrap(), alone[i], "request {i} (adapters {}) differs from its solo answer", sets[i % sets.len()]);
+    }
+    // Bounded load: 16 clients × 32 requests of 2 tokens on rotating adapter sets, after a
+    // warm-up round of the same shape (16 × 8) that brings thread pools and caches to
+    // their steady size.
+    let load = |per_client: usize| -> std::collections::BTreeMap<u16, usize> {
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let u = url.clone();
+                let sets = sets.clone();
+                std::thread::spawn(move || {
+                    let mut counts = std::collections::BTreeMap::new();
+                    for k in 0..per_client {
+                        let b = json!({"prompt": format!("Client {c} request {k}:"), "max_tokens": 2, "adapters": sets[(c + k) % sets.len()]}).to_string();
+                        let (s, _, t) = post(&u, "/v1/completions", b.as_bytes(), None);
+                        assert!(s == 200 || s == 429, "status {s}: {t}");
+                        *counts.entry(s).or_insert(0usize) += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        let mut total = std::collections::BTreeMap::new();
+        for h in clients {
+            for (s, n) in h.join().unwrap() {
+                *total.entry(s).or_insert(0usize) += n;
+            }
+        }
+        total
+    };
+    let pid = server.child.id();
+    load(8);
+    let warm = rss_kib(pid);
+    let total = load(32);
+    let after = rss_kib(pid);
+    eprintln!("load: {total:?}; RSS after warm-up {warm} KiB, after the load {after} KiB");
+    assert!(total.get(&200).copied().unwrap_or(0) > 0, "{total:?}");
+    assert!((after as f64) <= warm as f64 * 1.10, "RSS grew from {warm} to {after} KiB over the load");
+    assert!(!server.log().contains("panicked"));
+}
