@@ -18,7 +18,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(Opts::new("edgelora_requests_total", "HTTP requests by endpoint and status"), &["endpoint", "status"]).expect("valid metric");
-        let tokens = IntCounterVec::new(Opts::new("edgelora_tokens_total", "Prompt and completion tokens by scenario, arm and adapter set"), &["kind", "scenario", "arm", "adapters"]).expect("valid metric");
+        let tokens = IntCounterVec::new(Opts::new("edgelora_tokens_total", "Prompt and completion tokens by scenario, arm and adapter names (not scales: bounded label values)"), &["kind", "scenario", "arm", "adapters"]).expect("valid metric");
         let queue_depth = IntGauge::new("edgelora_queue_depth", "Generation requests waiting for the engine").expect("valid metric");
         let running = IntGauge::new("edgelora_batch_size", "Generation requests running on the engine (requests run one at a time)").expect("valid metric");
         let buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];

@@ -250,7 +250,8 @@ fn route(st: &ServerState, common: &Common, headers: &HeaderMap) -> Result<(Rout
             }
             set.push((a.name.clone(), a.scale));
         }
-        return Ok((Route { scenario: common.model.clone().unwrap_or_else(|| st.opts.model_id.clone()), arm: None, adapters: set }, None));
+        // A fixed name, not the request's `model`: metric labels stay bounded.
+        return Ok((Route { scenario: "adapters".into(), arm: None, adapters: set }, None));
     }
     if let Some(h) = headers.get("x-scenario") {
         let name = h.to_str().unwrap_or_default();
@@ -377,7 +378,7 @@ async fn complete_inner(st: &Arc<ServerState>, headers: HeaderMap, body: Result<
         let _ = tx.blocking_send(Piece::Done(r));
     });
     let arm_header = route.arm.clone();
-    let labels = (route.scenario.clone(), route.arm.clone().unwrap_or_default(), route.adapters.iter().map(|(n, s)| format!("{n}:{s}")).collect::<Vec<_>>().join(","));
+    let labels = (route.scenario.clone(), route.arm.clone().unwrap_or_default(), { let mut n: Vec<&str> = route.adapters.iter().map(|(n, _)| n.as_str()).collect(); n.sort_unstable(); n.dedup(); n.join(",") });
     let created = now_secs();
     let finish = {
         let st = st.clone();

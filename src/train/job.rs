@@ -291,8 +291,10 @@ impl TrainJob {
     /// Fixes the data and builds the trainer: steps from epochs, the memory budget, the
     /// checkpoint directory (resumed when it holds this job's checkpoint).
     pub fn prepare(&mut self) -> Result<(), Error> {
-        if self.frozen() {
-            return Ok(());
+        match self.base {
+            Base::Training(_) => return Ok(()),
+            Base::Moving => return Err(bad("job", "an earlier call failed while preparing the run (the job lost its model): open a new job")),
+            Base::Open(_) => {}
         }
         if self.train.is_empty() {
             return Err(bad("training data", "no training examples were added"));
@@ -376,7 +378,7 @@ impl TrainJob {
         self.prepare()?;
         match &mut self.base {
             Base::Training(s) => Ok(s),
-            _ => unreachable!("prepare builds the session"),
+            _ => Err(bad("job", "an earlier call failed while preparing the run (the job lost its model): open a new job")),
         }
     }
 
