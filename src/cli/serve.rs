@@ -145,7 +145,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        eprintln!("edgelora serve: listening on http://{local} (model {}, adapters {:?})", a.model.model.display(), state_names(&state));
+        eprintln!("edgelora serve: listening on http://{local} (model {}, adapters {:?})", a.model.model.display(), state.adapter_names());
         let reload = state.clone();
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
@@ -168,8 +168,4 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("edgelora serve: stopped");
         anyhow::Ok(())
     })
-}
-
-fn state_names(st: &ServerState) -> Vec<String> {
-    st.adapter_names()
 }

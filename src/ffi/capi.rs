@@ -137,18 +137,6 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
     }
 }
 
-/// The full message of an error with its causes.
-fn describe(e: &Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
 /// Runs `f`, turning errors and panics into a status and the thread's last error.
 pub(super) fn guard(f: impl FnOnce() -> Result<(), (EdgeloraStatus, String)>) -> EdgeloraStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -173,7 +161,7 @@ pub(super) fn guard(f: impl FnOnce() -> Result<(), (EdgeloraStatus, String)>) ->
 }
 
 pub(super) fn lib_err(e: Error) -> (EdgeloraStatus, String) {
-    (status_for(&e), describe(&e))
+    (status_for(&e), e.chain())
 }
 
 pub(super) fn arg_err(msg: impl Into<String>) -> (EdgeloraStatus, String) {

@@ -27,17 +27,7 @@ pub(super) fn throw(env: &mut JNIEnv, status: EdgeloraStatus, msg: &str) {
 }
 
 pub(super) fn lib_error(env: &mut JNIEnv, e: &Error) {
-    let msg = {
-        let mut m = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            m.push_str(": ");
-            m.push_str(&s.to_string());
-            src = s.source();
-        }
-        m
-    };
-    throw(env, super::capi::status_for(e), &msg);
+    throw(env, super::capi::status_for(e), &e.chain());
 }
 
 /// Runs `f`; a panic becomes an exception and `fallback` is returned.

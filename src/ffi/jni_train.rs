@@ -3,6 +3,7 @@
 //! `edgelora_store_*`). Errors become `EdgeLoraException`s; an exception thrown by the
 //! `TrainingListener` stops training (checkpoint saved) and propagates out of `run`.
 
+use std::ffi::CString;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
@@ -12,9 +13,9 @@ use jni::JNIEnv;
 
 use super::capi::EdgeloraStatus;
 use super::jni::{guarded, jstr, lib_error, throw};
-use super::train::{lock, EdgeloraTrainJob};
+use super::train::{job_options, lock, EdgeloraTrainJob, EdgeloraTrainParams};
 use crate::adapter::AdapterStore;
-use crate::train::{parse_targets, JobOptions, JobOutcome, Progress, TrainConfig, TrainJob};
+use crate::train::{JobOutcome, Progress, TrainJob};
 
 fn jopt(env: &mut JNIEnv, s: &JString, what: &str) -> Result<Option<String>, ()> {
     if s.is_null() {
@@ -70,35 +71,33 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeOpen<'l>(
             throw(env, EdgeloraStatus::InvalidArgument, &format!("{what} {v} is negative"));
             return Err(());
         }
-        if !alpha.is_finite() || alpha <= 0.0 {
-            throw(env, EdgeloraStatus::InvalidArgument, &format!("alpha {alpha} must be finite and > 0"));
-            return Err(());
-        }
-        let targets = parse_targets(targets.as_deref().unwrap_or("q_proj,v_proj")).map_err(|e| lib_error(env, &e))?;
-        let config = TrainConfig {
-            rank: rank as usize,
+        // The C params struct and its conversion, shared with edgelora_train_open; the
+        // CStrings outlive the call.
+        let cstr = |v: Option<String>, what: &str| -> Result<Option<CString>, String> { v.map(|s| CString::new(s).map_err(|_| format!("{what} holds a NUL character"))).transpose() };
+        let strings = (|| Ok::<_, String>((cstr(targets, "targets")?, cstr(ckpt, "checkpointDir")?, cstr(name, "name")?, cstr(init, "initAdapter")?)))();
+        let (targets, ckpt, name, init) = strings.map_err(|m| throw(env, EdgeloraStatus::InvalidArgument, &m))?;
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        let params = EdgeloraTrainParams {
+            rank: rank as u32,
             alpha,
-            targets,
-            lr: lr as f64,
-            steps: steps as usize,
-            batch: batch as usize,
-            grad_accum: grad_accum as usize,
-            max_len: max_len as usize,
+            targets: ptr(&targets),
+            lr,
+            steps: steps as u32,
+            epochs: epochs as u32,
+            batch: batch as u32,
+            grad_accum: grad_accum as u32,
+            max_len: max_len as u32,
             seed: seed as u64,
+            threads: threads as u32,
+            yield_ms: yield_ms as u32,
+            max_memory_mb: max_memory_mb as u32,
             grad_checkpoint: grad_checkpoint == JNI_TRUE,
-            ..TrainConfig::default()
+            checkpoint_dir: ptr(&ckpt),
+            save_every: save_every as u32,
+            name: ptr(&name),
+            init_adapter: ptr(&init),
         };
-        let options = JobOptions {
-            config,
-            epochs: epochs as usize,
-            threads: threads as usize,
-            yield_ms: yield_ms as u64,
-            max_memory_mb: (max_memory_mb > 0).then_some(max_memory_mb as u64),
-            checkpoint_dir: ckpt.map(Into::into),
-            save_every: save_every as usize,
-            name,
-            init_adapter: init.map(Into::into),
-        };
+        let options = job_options(&params).map_err(|(status, msg)| throw(env, status, &msg))?;
         let job = TrainJob::open(&model, options).map_err(|e| lib_error(env, &e))?;
         Ok(Box::into_raw(Box::new(EdgeloraTrainJob { stop: job.cancel_flag(), job: Mutex::new(job) })) as jlong)
     })

@@ -162,7 +162,8 @@ pub(super) fn lock(job: &EdgeloraTrainJob) -> CResult<MutexGuard<'_, TrainJob>> 
     }
 }
 
-fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
+/// The job options of C params (the JNI glue fills the same struct).
+pub(super) fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
     // SAFETY: strings are NULL or C strings by the caller's contract for `params`.
     let (targets, ckpt, name, init) = unsafe { (opt_str(p.targets, "params.targets")?, opt_str(p.checkpoint_dir, "params.checkpoint_dir")?, opt_str(p.name, "params.name")?, opt_str(p.init_adapter, "params.init_adapter")?) };
     let targets = parse_targets(targets.as_deref().unwrap_or("q_proj,v_proj")).map_err(lib_err)?;

@@ -10,15 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#define CHECK(cond, ...)                                               \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);           \
-      fprintf(stderr, __VA_ARGS__);                                    \
-      fprintf(stderr, " (last error: %s)\n", edgelora_last_error());   \
-      exit(1);                                                         \
-    }                                                                  \
-  } while (0)
+#include "check.h"
 
 typedef struct {
   char text[8192];

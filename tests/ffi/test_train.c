@@ -20,15 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CHECK(cond, ...)                                               \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);           \
-      fprintf(stderr, __VA_ARGS__);                                    \
-      fprintf(stderr, " (last error: %s)\n", edgelora_last_error());   \
-      exit(1);                                                         \
-    }                                                                  \
-  } while (0)
+#include "check.h"
 
 #define STEPS 6
 static const char *INSTRUCTION = "Decide on this loan application. Answer with one word: approve or reject.";

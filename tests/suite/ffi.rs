@@ -182,22 +182,8 @@ fn compile_and_run(source: &str, compiler: &str, flags: &[&str], env: &[(&str, S
 #[test]
 fn jvm_program_drives_the_java_api() {
     let dir = tmpdir();
-    let classes = dir.path().join("classes");
-    let java_src = root().join("android/edgelora/src/main/java/dev/edgelora");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&java_src).unwrap().map(|e| e.unwrap().path()).collect();
-    sources.push(root().join("tests/jvm/JvmTest.java"));
-    let javac = Command::new("javac").arg("-d").arg(&classes).args(&sources).output().expect("javac runs (install a JDK)");
-    assert!(javac.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&javac.stderr));
-    let out = Command::new("java")
-        .arg(format!("-Djava.library.path={}", lib_dir().display()))
-        .arg("-cp")
-        .arg(&classes)
-        .arg("JvmTest")
-        .args(program_args(dir.path()))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "JVM test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let args = program_args(dir.path());
+    let stdout = compile_and_run_java("JvmTest", dir.path(), &args);
     assert!(stdout.contains("all Java API checks passed"), "{stdout}");
 }
 
@@ -207,24 +193,23 @@ fn jvm_program_drives_the_java_api() {
 #[test]
 fn jvm_program_trains_evaluates_loads_and_rolls_back() {
     let dir = tmpdir();
-    let classes = dir.path().join("classes");
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    let stdout = compile_and_run_java("JvmTrainTest", dir.path(), &[model_path(), work]);
+    assert!(stdout.contains("all Java training checks passed"), "{stdout}");
+}
+
+/// Compiles the Java API with tests/jvm/`main`.java and runs `main` with `args` against
+/// the cdylib; returns its stdout.
+fn compile_and_run_java(main: &str, dir: &Path, args: &[PathBuf]) -> String {
+    let classes = dir.join("classes");
     let java_src = root().join("android/edgelora/src/main/java/dev/edgelora");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&java_src).unwrap().map(|e| e.unwrap().path()).collect();
-    sources.push(root().join("tests/jvm/JvmTrainTest.java"));
+    sources.push(root().join(format!("tests/jvm/{main}.java")));
     let javac = Command::new("javac").arg("-d").arg(&classes).args(&sources).output().expect("javac runs (install a JDK)");
     assert!(javac.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&javac.stderr));
-    let out = Command::new("java")
-        .arg(format!("-Djava.library.path={}", lib_dir().display()))
-        .arg("-cp")
-        .arg(&classes)
-        .arg("JvmTrainTest")
-        .arg(model_path())
-        .arg(&work)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "JVM training test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all Java training checks passed"), "{stdout}");
+    let out = Command::new("java").arg(format!("-Djava.library.path={}", lib_dir().display())).arg("-cp").arg(&classes).arg(main).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "JVM test {main} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
 }
