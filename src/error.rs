@@ -111,6 +111,8 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("the request needs {needed} tokens of context but the context holds {n_ctx} (raise --ctx)")]
     ContextFull { needed: usize, n_ctx: usize },
+    #[error("the request needs {needed_mib:.1} MiB of KV cache ({positions} positions: prompt + max_tokens), more than the whole pool of {pool_mib:.1} MiB (raise --kv-memory-mb or lower max_tokens)")]
+    KvPool { needed_mib: f64, positions: usize, pool_mib: f64 },
     #[error("the model has no chat template (metadata tokenizer.chat_template); use a plain prompt")]
     NoChatTemplate,
     #[error("applying the chat template failed: {0}")]

@@ -1,15 +1,71 @@
-//! The decoding loop both backends share: sample, detokenize, stream, stop.
+//! The decoding both backends and the batcher share: sample, detokenize, stream, stop.
+//! [`Decoder`] takes one step per call (the batcher interleaves many sequences);
+//! [`decode_loop`] drives one sequence to the end.
 
 use super::runtime::{CancelFlag, GenerateRequest, Generation, StopReason};
 use super::sampler::Sampler;
 use super::text::TextStream;
 use crate::error::Result;
 
-/// What the loop needs from a backend.
+/// What decoding needs from a backend.
 pub(super) struct Vocab<'a> {
     pub is_eog: &'a dyn Fn(i32) -> bool,
     /// The bytes of a generated token.
     pub piece: &'a dyn Fn(i32) -> Vec<u8>,
+}
+
+/// One sequence's decoding state: its stop strings' text stream.
+pub(super) struct Decoder {
+    stream: TextStream,
+}
+
+impl Decoder {
+    pub fn new(req: &GenerateRequest) -> Decoder {
+        Decoder { stream: TextStream::new(&req.stop) }
+    }
+
+    /// Samples the next token from `logits` (the last fed position). Returns the token to
+    /// feed next, or `None` when generation stopped (`gen.stop_reason` says why; call
+    /// [`finish`](Self::finish)). `on_text` gets the text piece by piece (false cancels).
+    pub fn next(&mut self, req: &GenerateRequest, sampler: &mut Sampler, logits: &[f32], gen: &mut Generation, vocab: &Vocab, on_text: &mut dyn FnMut(&str) -> bool) -> Option<i32> {
+        let stop = |gen: &mut Generation, r| {
+            gen.stop_reason = r;
+            None
+        };
+        if gen.tokens.len() >= req.max_tokens {
+            return stop(gen, StopReason::MaxTokens);
+        }
+        if req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
+            return stop(gen, StopReason::Cancelled);
+        }
+        let token = sampler.sample(logits);
+        if !req.ignore_eog && (vocab.is_eog)(token) {
+            return stop(gen, StopReason::EndOfGeneration);
+        }
+        gen.tokens.push(token);
+        let pushed = self.stream.push(&(vocab.piece)(token));
+        if !pushed.text.is_empty() && !on_text(&pushed.text) {
+            return stop(gen, StopReason::Cancelled);
+        }
+        if pushed.stopped {
+            return stop(gen, StopReason::StopString);
+        }
+        if gen.tokens.len() >= req.max_tokens {
+            return stop(gen, StopReason::MaxTokens);
+        }
+        Some(token)
+    }
+
+    /// Flushes the text held back for stop strings (unless one matched) and fills `gen.text`.
+    pub fn finish(mut self, gen: &mut Generation, on_text: &mut dyn FnMut(&str) -> bool) {
+        if gen.stop_reason != StopReason::StopString {
+            let rest = self.stream.finish();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        gen.text = self.stream.emitted_text().to_string();
+    }
 }
 
 /// Samples from `logits` (the prompt's last position) until a stop condition, feeding
@@ -25,41 +81,16 @@ pub(super) fn decode_loop(
     on_text: &mut dyn FnMut(&str) -> bool,
     step: &mut dyn FnMut(i32) -> Result<Option<Vec<f32>>>,
 ) -> Result<()> {
-    let cancelled = || req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled);
-    let mut stream = TextStream::new(&req.stop);
-    gen.stop_reason = loop {
-        if gen.tokens.len() >= req.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        if cancelled() {
-            break StopReason::Cancelled;
-        }
-        let token = sampler.sample(&logits);
-        if !req.ignore_eog && (vocab.is_eog)(token) {
-            break StopReason::EndOfGeneration;
-        }
-        gen.tokens.push(token);
-        let pushed = stream.push(&(vocab.piece)(token));
-        if !pushed.text.is_empty() && !on_text(&pushed.text) {
-            break StopReason::Cancelled;
-        }
-        if pushed.stopped {
-            break StopReason::StopString;
-        }
-        if gen.tokens.len() >= req.max_tokens {
-            break StopReason::MaxTokens;
-        }
+    let mut decoder = Decoder::new(req);
+    while let Some(token) = decoder.next(req, sampler, &logits, gen, &vocab, on_text) {
         match step(token)? {
             Some(next) => logits = next,
-            None => break StopReason::ContextFull,
-        }
-    };
-    if gen.stop_reason != StopReason::StopString {
-        let rest = stream.finish();
-        if !rest.is_empty() {
-            on_text(&rest);
+            None => {
+                gen.stop_reason = StopReason::ContextFull;
+                break;
+            }
         }
     }
-    gen.text = stream.emitted_text().to_string();
+    decoder.finish(gen, on_text);
     Ok(())
 }

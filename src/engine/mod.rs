@@ -5,6 +5,7 @@
 //! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu). Sampling
 //! and detokenization are ours (`sampler`, `text`) so that every backend behaves alike.
 
+pub mod batch;
 mod decode;
 pub mod llama_cpp;
 mod native;
@@ -13,6 +14,7 @@ mod runtime;
 pub mod sampler;
 pub mod text;
 
+pub use batch::{BatchOptions, BatchSink, BatchStats, Batcher, FnSink};
 pub use native::NativeRuntime;
 pub use registry::AdapterInfo;
 pub use runtime::{

@@ -29,7 +29,7 @@ struct Loaded {
 }
 
 /// A request's adapters, resolved from their names when it starts.
-type ActiveSet = Vec<(Arc<LoraAdapter>, f32)>;
+pub(super) type ActiveSet = Vec<(Arc<LoraAdapter>, f32)>;
 
 struct Cache {
     /// (load id, scale bits), sorted.
@@ -41,7 +41,7 @@ struct Cache {
 /// A model on the native engine with named adapters.
 pub struct NativeRuntime {
     vocab: Runtime,
-    model: NativeModel,
+    pub(super) model: NativeModel,
     adapters: Mutex<(BTreeMap<String, Loaded>, u64)>,
     cache: Mutex<Cache>,
 }
@@ -111,7 +111,7 @@ impl NativeRuntime {
     }
 
     /// The named adapters with their scales, and the set's cache key.
-    fn resolve(&self, set: &[(String, f32)]) -> Result<(ActiveSet, Vec<(u64, u32)>)> {
+    pub(super) fn resolve(&self, set: &[(String, f32)]) -> Result<(ActiveSet, Vec<(u64, u32)>)> {
         let guard = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
         let map = &guard.0;
         let mut active = Vec::with_capacity(set.len());

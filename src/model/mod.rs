@@ -16,7 +16,7 @@ pub mod ops;
 pub mod validate;
 pub mod weights;
 
-use crate::adapter::{LoraAdapter, LoraTensor};
+use crate::adapter::LoraAdapter;
 use crate::compute::gpu::Gpu;
 use crate::compute::{Backend, ComputeError};
 use crate::error::{EngineError, Error};
@@ -24,7 +24,7 @@ use crate::gguf::GgufFile;
 
 use config::ModelConfig;
 use gpu_forward::{GpuCache, GpuForward};
-use ops::{attention::attention_forward, embedding::embedding_forward, linear::linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use weights::{Weight, Weights};
 
 /// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
@@ -57,6 +57,23 @@ pub struct Session {
 impl Session {
     pub fn n_past(&self) -> usize {
         self.n_past
+    }
+
+    /// Bytes its KV cache has allocated.
+    pub fn kv_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|c| c.capacity() * 4).sum()
+    }
+
+    /// Makes room for `positions` positions in all (of `width` floats per layer, K and V)
+    /// so that growing to them allocates nothing more: how a bounded KV pool holds.
+    pub fn reserve(&mut self, n_layer: usize, width: usize, positions: usize) {
+        if self.k.is_empty() {
+            self.k = vec![Vec::new(); n_layer];
+            self.v = vec![Vec::new(); n_layer];
+        }
+        for c in self.k.iter_mut().chain(self.v.iter_mut()) {
+            c.reserve_exact((positions * width).saturating_sub(c.len()));
+        }
     }
 
     /// Forgets positions `n..` (keeps the first `n`).
@@ -125,7 +142,10 @@ impl NativeModel {
             // On a pool worker: the kernels' parallel loops then start without a
             // cross-thread hand-off per call (hundreds per token), and run inline on a
             // 1-thread pool.
-            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut [session], tokens, adapters, all_logits)),
+            Exec::Host(backend) => {
+                let mut item = [BatchItem { session, tokens, adapters, all_logits }];
+                Ok(rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut item))?.pop().unwrap_or_default())
+            }
             Exec::Device(f) => {
                 let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
                 session.n_past += tokens.len();
@@ -142,41 +162,67 @@ impl NativeModel {
         if tokens.len() != sessions.len() {
             return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each)", tokens.len(), sessions.len())).into());
         }
-        self.check_tokens(tokens)?;
-        let Exec::Host(backend) = &self.exec else {
-            return Err(EngineError::Backend("the lockstep forward needs a host backend".into()).into());
-        };
-        let mut refs: Vec<&mut Session> = sessions.iter_mut().collect();
-        self.forward_on_host(backend.as_ref(), &mut refs, tokens, adapters, false)
+        let mut items: Vec<BatchItem> = sessions.iter_mut().zip(tokens).map(|(s, t)| BatchItem { session: s, tokens: std::slice::from_ref(t), adapters, all_logits: false }).collect();
+        Ok(self.forward_batch(&mut items)?.into_iter().flatten().collect())
     }
 
-    /// The host forward of `tokens` split evenly over `sessions` (each continues its own
-    /// sequence with `tokens.len() / sessions.len()` tokens); logits of each sequence's
-    /// last token, or of every token when `all_logits`, in token order.
-    fn forward_on_host(
-        &self,
-        backend: &dyn Backend,
-        sessions: &mut [&mut Session],
-        tokens: &[i32],
-        adapters: &[(&LoraAdapter, f32)],
-        all_logits: bool,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    /// Steps several sequences in one forward, each with its own tokens (a decode step's
+    /// one, or a chunk of its prompt) and its own adapter set: every base projection runs
+    /// once over all rows, each adapter over the rows of the sequences that use it. Returns,
+    /// per item, the logits of its last token (or of every token when `all_logits`).
+    /// Host only (the whole-GPU forward takes one sequence at a time).
+    pub fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for it in items.iter() {
+            self.check_tokens(it.tokens)?;
+        }
+        let Exec::Host(backend) = &self.exec else {
+            return Err(EngineError::Backend("a batched forward needs a host backend (the GPU forward takes one sequence at a time)".into()).into());
+        };
+        rayon::scope(|_| self.forward_on_host(backend.as_ref(), items))
+    }
+
+    /// The host forward of every item's tokens (each continues its own session).
+    fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         let c = &self.config;
-        let per = tokens.len() / sessions.len();
-        for s in sessions.iter_mut().filter(|s| s.k.is_empty()) {
-            s.k = vec![Vec::new(); c.n_layer];
-            s.v = vec![Vec::new(); c.n_layer];
+        for it in items.iter_mut().filter(|it| it.session.k.is_empty()) {
+            it.session.k = vec![Vec::new(); c.n_layer];
+            it.session.v = vec![Vec::new(); c.n_layer];
         }
         let weights = Weights::from_gguf(&self.gguf, c)?;
-        let positions: Vec<usize> = sessions.iter().flat_map(|s| s.n_past..s.n_past + per).collect();
-        let loras = |w: &Weight| -> Vec<(&LoraTensor, f32)> { adapters.iter().filter_map(|(a, s)| a.tensors.get(w.name).map(|t| (t, *s))).collect() };
+        // Item i owns rows off[i]..off[i + 1] of every activation.
+        let mut off = vec![0usize];
+        for it in items.iter() {
+            off.push(off.last().copied().unwrap_or(0) + it.tokens.len());
+        }
+        let tokens: Vec<i32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
+        let positions: Vec<usize> = items.iter().flat_map(|it| it.session.n_past..it.session.n_past + it.tokens.len()).collect();
+        // Per weight: each adapter that targets it, over the rows of the items using it
+        // (item i's rows are off[i]..off[i + 1]).
+        let sets: Vec<&[(&LoraAdapter, f32)]> = items.iter().map(|it| it.adapters).collect();
+        let loras_at = |w: &Weight, off: &[usize]| -> Vec<RowLora> {
+            let mut groups: Vec<RowLora> = Vec::new();
+            for (i, set) in sets.iter().enumerate() {
+                for (a, s) in set.iter() {
+                    let Some(t) = a.tensors.get(w.name) else { continue };
+                    let seg = (off[i], off[i + 1], *s);
+                    match groups.iter_mut().find(|g| std::ptr::eq(g.t, t)) {
+                        Some(g) => g.segments.push(seg),
+                        None => groups.push(RowLora { t, segments: vec![seg] }),
+                    }
+                }
+            }
+            groups
+        };
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
-            linear_forward(backend, x, w, b.map(Vec::as_slice), &loras(w)).map_err(compute_err)
+            linear_forward_rows(backend, x, w, b.map(Vec::as_slice), &loras_at(w, &off)).map_err(compute_err)
         };
         let (q_w, kv_w) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
         // x [n, n_embd]
-        let mut x = embedding_forward(tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;
+        let mut x = embedding_forward(&tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             let h = rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps);
@@ -187,10 +233,11 @@ impl NativeModel {
             rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
             // each sequence attends over its own cache
             let mut att = Vec::with_capacity(q.len());
-            for (i, s) in sessions.iter_mut().enumerate() {
-                s.k[l].extend_from_slice(&k[i * per * kv_w..(i + 1) * per * kv_w]);
-                s.v[l].extend_from_slice(&v[i * per * kv_w..(i + 1) * per * kv_w]);
-                att.extend(attention_forward(&q[i * per * q_w..(i + 1) * per * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
+            for (i, it) in items.iter_mut().enumerate() {
+                let s = &mut *it.session;
+                s.k[l].extend_from_slice(&k[off[i] * kv_w..off[i + 1] * kv_w]);
+                s.v[l].extend_from_slice(&v[off[i] * kv_w..off[i + 1] * kv_w]);
+                att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
             }
             let o = lin(&att, &layer.wo, None)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -201,10 +248,30 @@ impl NativeModel {
             let d = lin(&swiglu_forward(&g, &u), &layer.w_down, None)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
-        sessions.iter_mut().for_each(|s| s.n_past += per);
-        let last: Vec<f32> = x.chunks_exact(c.n_embd).enumerate().filter(|(i, _)| all_logits || i % per == per - 1).flat_map(|(_, r)| r.iter().copied()).collect();
+        // The rows whose logits are wanted: each item's last, or all of its rows.
+        let wanted = |i: usize| if items[i].all_logits { off[i]..off[i + 1] } else { off[i + 1] - 1..off[i + 1] };
+        let last: Vec<f32> = (0..items.len()).flat_map(wanted).flat_map(|r| x[r * c.n_embd..(r + 1) * c.n_embd].iter().copied()).collect();
+        // Item i's wanted rows are out_off[i]..out_off[i + 1] of `last`.
+        let mut out_off = vec![0usize];
+        for i in 0..items.len() {
+            out_off.push(out_off[i] + wanted(i).len());
+        }
         let h = rmsnorm_forward(&last, &weights.output_norm, c.rms_eps);
-        let logits = lin(&h, &weights.output, None)?;
-        Ok(logits.chunks_exact(c.n_vocab).map(<[f32]>::to_vec).collect())
+        let logits = linear_forward_rows(backend, &h, &weights.output, None, &loras_at(&weights.output, &out_off)).map_err(compute_err)?;
+        for it in items.iter_mut() {
+            it.session.n_past += it.tokens.len();
+        }
+        let mut rows = logits.chunks_exact(c.n_vocab).map(<[f32]>::to_vec);
+        Ok(out_off.windows(2).map(|w| rows.by_ref().take(w[1] - w[0]).collect()).collect())
     }
+}
+
+/// One sequence's part of a batched forward ([`NativeModel::forward_batch`]).
+pub struct BatchItem<'a> {
+    pub session: &'a mut Session,
+    /// At least one token; they continue the session at its `n_past`.
+    pub tokens: &'a [i32],
+    /// (adapter, weight) applied to this sequence's rows.
+    pub adapters: &'a [(&'a LoraAdapter, f32)],
+    pub all_logits: bool,
 }

@@ -5,6 +5,7 @@ mod common;
 
 mod adapters;
 mod auto;
+mod batch;
 mod cli;
 mod compute;
 mod continual;

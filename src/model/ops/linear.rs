@@ -6,9 +6,26 @@ use crate::compute::dense::{matmul, Layout, Real};
 use crate::compute::{Backend, ComputeError};
 use crate::model::weights::Weight;
 
+/// One adapter's factors for one weight, and the rows of x it applies to: `segments`
+/// (first row, end row, weight), each a run of one sequence's rows. In a batch of
+/// sequences with different adapter sets each adapter covers only its sequences' rows.
+pub struct RowLora<'a> {
+    pub t: &'a LoraTensor,
+    pub segments: Vec<(usize, usize, f32)>,
+}
+
 /// x [n, n_in] → y [n, n_out]. `loras`: (factors, weight) of each active adapter that
-/// targets this weight; the effective scale is weight · factors.scale.
+/// targets this weight, on every row; the effective scale is weight · factors.scale.
 pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[(&LoraTensor, f32)]) -> Result<Vec<f32>, ComputeError> {
+    let n = x.len() / w.n_in;
+    let groups: Vec<RowLora> = loras.iter().map(|(t, s)| RowLora { t, segments: vec![(0, n, *s)] }).collect();
+    linear_forward_rows(backend, x, w, bias, &groups)
+}
+
+/// [`linear_forward`] with each adapter on its own rows: the base product runs once over
+/// all n rows; each adapter's B·(A·x) runs over the rows that use it, gathered into one
+/// block (its factors read once for all of them), and is added back to those rows.
+pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) -> Result<Vec<f32>, ComputeError> {
     let n = x.len() / w.n_in;
     let mut y = backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n)?;
     if let Some(b) = bias {
@@ -16,26 +33,49 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
     }
-    for (t, weight) in loras {
-        let s = weight * t.scale;
-        // ax [n, r] = x · Aᵀ;  y += s · ax · Bᵀ
-        let mut ax = vec![0f32; n * t.rank];
-        if n <= crate::compute::cpu::FEW_ROWS {
+    for g in loras {
+        let t = g.t;
+        // The rows it covers: all of x as is, else gathered (xg [m, n_in]).
+        let whole = matches!(g.segments.as_slice(), [(0, end, _)] if *end == n);
+        let gathered: Vec<f32>;
+        let xg: &[f32] = if whole {
+            x
+        } else {
+            gathered = g.segments.iter().flat_map(|&(a, b, _)| x[a * w.n_in..b * w.n_in].iter().copied()).collect();
+            &gathered
+        };
+        let m = xg.len() / w.n_in;
+        // Each gathered row's scale, and the row of y it goes back to.
+        let rows: Vec<(usize, f32)> = g.segments.iter().flat_map(|&(a, b, s)| (a..b).map(move |r| (r, s * t.scale))).collect();
+        // ax [m, r] = s · xg · Aᵀ
+        let mut ax = vec![0f32; m * t.rank];
+        if m <= crate::compute::cpu::FEW_ROWS {
             // Decoding, short prompts: rows of dot products (a GEMM call costs more to set
-            // up here).
-            for (axr, xr) in ax.chunks_exact_mut(t.rank).zip(x.chunks_exact(w.n_in)) {
+            // up here), then y_row += B · ax_row.
+            for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(w.n_in)).zip(&rows) {
                 for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
                     *v = s * f32::dot(ar, xr);
                 }
             }
-            for (yr, axr) in y.chunks_exact_mut(w.n_out).zip(ax.chunks_exact(t.rank)) {
-                crate::compute::cpu::gemv_short(&t.b, axr, yr);
+            for (axr, &(r, _)) in ax.chunks_exact(t.rank).zip(&rows) {
+                crate::compute::cpu::gemv_short(&t.b, axr, &mut y[r * w.n_out..(r + 1) * w.n_out]);
             }
             continue;
         }
-        matmul(&mut ax, x, Layout::N, &t.a, Layout::T, n, t.rank, w.n_in, false);
-        ax.iter_mut().for_each(|v| *v *= s);
-        matmul(&mut y, &ax, Layout::N, &t.b, Layout::T, n, w.n_out, t.rank, true);
+        matmul(&mut ax, xg, Layout::N, &t.a, Layout::T, m, t.rank, w.n_in, false);
+        for (axr, &(_, s)) in ax.chunks_exact_mut(t.rank).zip(&rows) {
+            axr.iter_mut().for_each(|v| *v *= s);
+        }
+        if whole {
+            matmul(&mut y, &ax, Layout::N, &t.b, Layout::T, n, w.n_out, t.rank, true);
+            continue;
+        }
+        // yg [m, n_out] = ax · Bᵀ, added back row by row.
+        let mut yg = vec![0f32; m * w.n_out];
+        matmul(&mut yg, &ax, Layout::N, &t.b, Layout::T, m, w.n_out, t.rank, false);
+        for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
+            y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
+        }
     }
     Ok(y)
 }
