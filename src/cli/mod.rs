@@ -57,9 +57,10 @@ enum Command {
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
     /// OpenAI-compatible HTTP server: adapters by name ([NAME=]PATH[:SCALE] with --adapter),
-    /// scenarios and A/B arms, feedback capture; requests run one at a time
+    /// scenarios and A/B arms, feedback capture; requests for different adapters decoded together
     #[cfg(feature = "serve")]
     #[command(mut_arg("adapters", |a| a.value_name("[NAME=]PATH[:SCALE]").help("Adapter to serve: GGUF-LoRA file or PEFT folder, named NAME (default: the file stem); SCALE is what a request naming it gets; repeat for several")))]
+    #[command(mut_arg("backend", |a| a.default_value("native").help("Generation backend: native (edgelora's engine: continuous batching of mixed-adapter requests on the CPU) or llama (llama.cpp: one request at a time)")))]
     Serve(serve::ServeArgs),
 }
 

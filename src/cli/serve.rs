@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use edgelora::adapter::{is_peft_dir, ReadOptions};
-use edgelora::engine::{parse_adapter_arg, Engine};
+use edgelora::engine::{parse_adapter_arg, BatchOptions, Batcher, Engine};
 use edgelora::serve::{serve, ServeOptions, ServerState};
 
 use super::{Loaded, ModelArgs};
@@ -44,10 +44,22 @@ pub struct ServeArgs {
     /// Record completions for POST /v1/feedback and append feedback to this JSONL (training format); off by default
     #[arg(long, value_name = "FILE")]
     feedback_log: Option<PathBuf>,
-    /// Requests waiting for the engine beyond the running one (then 429). Requests run
-    /// one at a time on both backends: mixed-adapter batching is not built yet
+    /// Requests waiting beyond the running ones (then 429)
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// Requests decoded together, each with its own adapters (native engine on the CPU;
+    /// the llama.cpp backend and --device gpu serve one request at a time)
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// KV cache pool of the batch: each request reserves prompt + max_tokens positions
+    /// when it joins (waits while the pool is full; refused with 400 if it could never
+    /// fit); finished requests' caches stay as a prompt cache in what is left
+    #[arg(long, default_value_t = 1024)]
+    kv_memory_mb: usize,
+    /// Prompt tokens computed per batch step (a long prompt enters in chunks so the
+    /// running requests keep decoding)
+    #[arg(long, default_value_t = 64)]
+    prefill_chunk: usize,
     /// Largest request body (then 413)
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -96,9 +108,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         bail!("serve applies adapters per request; --merge is not supported (merge offline with `edgelora merge` and serve the merged model)");
     }
     let api_key = read_key(&a)?;
-    let engine: Arc<dyn Engine> = match a.model.open(&a.model.model)? {
-        Loaded::Llama(r) => Arc::new(r),
-        Loaded::Native(n) => Arc::new(n),
+    let (engine, batcher): (Arc<dyn Engine>, Option<Arc<Batcher>>) = match a.model.open(&a.model.model)? {
+        Loaded::Llama(r) => (Arc::new(r), None),
+        Loaded::Native(n) if a.model.device == "gpu" => (Arc::new(n), None),
+        Loaded::Native(n) => {
+            let n = Arc::new(n);
+            let n_train = n.model_config().n_ctx_train;
+            // --ctx per request, within what the model was trained for.
+            let n_ctx = (a.model.n_ctx as usize).clamp(1, n_train.max(1));
+            let opts = BatchOptions { max_batch: a.max_batch.max(1), kv_memory_bytes: a.kv_memory_mb.max(1) << 20, prefill_chunk: a.prefill_chunk.max(1), n_ctx };
+            let b = Batcher::start(n.clone(), opts).context("starting the batcher")?;
+            (n, Some(Arc::new(b)))
+        }
     };
     let mut adapters: BTreeMap<String, f32> = BTreeMap::new();
     let mut load = |name: String, path: &Path, scale: f32| -> Result<()> {
@@ -138,7 +159,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         default_max_tokens: a.default_max_tokens.min(a.max_tokens_cap),
         ..ServeOptions::default()
     };
-    let state = ServerState::new(engine, opts, adapters)?;
+    let state = ServerState::new(engine, batcher, opts, adapters)?;
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build().context("starting the async runtime")?;
     rt.block_on(async move {

@@ -140,6 +140,11 @@ impl Batcher {
         Ok(Batcher { rt, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), opts, bytes_per_pos, stats })
     }
 
+    /// Sequences stepped together at most.
+    pub fn max_batch(&self) -> usize {
+        self.opts.max_batch
+    }
+
     /// KV bytes one position takes (all layers, K and V).
     pub fn bytes_per_position(&self) -> usize {
         self.bytes_per_pos

@@ -69,6 +69,11 @@ impl NativeRuntime {
         self.model.config.n_vocab
     }
 
+    /// The model's hyper-parameters (from its GGUF).
+    pub fn model_config(&self) -> &crate::model::config::ModelConfig {
+        &self.model.config
+    }
+
     /// Tokenization, chat template and detokenization (llama.cpp's vocabulary).
     pub fn vocab(&self) -> &Runtime {
         &self.vocab

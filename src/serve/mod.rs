@@ -4,10 +4,11 @@
 //! and A/B arms (`router`), feedback capture into a training log, adapters loaded and
 //! unloaded at run time (`/admin/*`), `/health` and Prometheus `/metrics` (`metrics`).
 //!
-//! Requests run on the engine one at a time, in arrival order (the queue holds
-//! `max_queue` more; beyond that: 429): a request carries its own adapter set, so
-//! consecutive requests for different adapters need no reload. Batching requests for
-//! different adapters into one forward is not built yet.
+//! With a [`Batcher`] (the native engine on the CPU) requests are decoded together,
+//! each with its own adapter set, joining and leaving the batch between steps
+//! (`engine::batch`); otherwise (llama.cpp, the whole-GPU forward) they run one at a
+//! time in arrival order. Either way at most `max_queue` wait beyond the running ones;
+//! more get 429.
 
 pub mod metrics;
 pub mod openai;
@@ -35,7 +36,7 @@ use tokio::sync::{mpsc, Semaphore};
 use self::metrics::Metrics;
 use self::openai::{finish_reason, ApiError, Common, Input};
 use self::router::{Route, RouterConfig};
-use crate::engine::{CancelFlag, ChatMessage, Engine, GenerateRequest, Prompt, SamplingParams};
+use crate::engine::{BatchSink, Batcher, CancelFlag, ChatMessage, Engine, GenerateRequest, Generation, Prompt, SamplingParams};
 
 /// How the server behaves (the CLI's flags).
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ struct Completed {
 /// Everything the handlers share.
 pub struct ServerState {
     engine: Arc<dyn Engine>,
+    /// Continuous batching over `engine` (the native CPU engine), else one at a time.
+    batcher: Option<Arc<Batcher>>,
     opts: ServeOptions,
     /// Loaded adapters by name with the scale a request naming one gets.
     adapters: RwLock<BTreeMap<String, f32>>,
@@ -103,8 +106,9 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    /// `adapters`: what is already loaded on `engine` (name → default scale).
-    pub fn new(engine: Arc<dyn Engine>, opts: ServeOptions, adapters: BTreeMap<String, f32>) -> Result<Arc<ServerState>, crate::Error> {
+    /// `adapters`: what is already loaded on `engine` (name → default scale); `batcher`:
+    /// continuous batching over the same engine, else requests run one at a time.
+    pub fn new(engine: Arc<dyn Engine>, batcher: Option<Arc<Batcher>>, opts: ServeOptions, adapters: BTreeMap<String, f32>) -> Result<Arc<ServerState>, crate::Error> {
         let names: Vec<String> = adapters.keys().cloned().collect();
         let router = match &opts.router_path {
             Some(p) => RouterConfig::read(p, &names)?,
@@ -115,9 +119,11 @@ impl ServerState {
                 return Err(crate::ServeError::Router { path: opts.router_path.clone().unwrap_or_default(), reason: format!("scenario {:?} has the name of the base model or of an adapter", s.name) }.into());
             }
         }
+        let running = batcher.as_ref().map_or(1, |b| b.max_batch());
         Ok(Arc::new(ServerState {
             engine,
-            permits: Arc::new(Semaphore::new(opts.max_queue + 1)),
+            batcher,
+            permits: Arc::new(Semaphore::new(opts.max_queue + running)),
             opts,
             adapters: RwLock::new(adapters),
             router: RwLock::new(router),
@@ -137,6 +143,13 @@ impl ServerState {
     /// Stops taking generation requests (they get 503); running ones finish.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the batcher's queued and running requests to end and stops its thread.
+    pub fn finish_batcher(&self) {
+        if let Some(b) = &self.batcher {
+            b.shutdown();
+        }
     }
 
     /// Re-reads the router file; the old router stays on error.
@@ -210,10 +223,18 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 async fn health(State(st): S) -> Response {
     let ok = !st.shutting_down.load(Ordering::SeqCst);
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({"status": if ok { "ok" } else { "shutting_down" }, "backend": st.engine.backend_name()}))).into_response()
+    let batching = st.batcher.as_ref().map(|b| json!({"max_batch": b.max_batch(), "running": b.stats.running.load(Ordering::Relaxed), "waiting": b.stats.waiting.load(Ordering::Relaxed)}));
+    (code, Json(json!({"status": if ok { "ok" } else { "shutting_down" }, "backend": st.engine.backend_name(), "batching": batching}))).into_response()
 }
 
 async fn metrics_text(State(st): S) -> Response {
+    if let Some(b) = &st.batcher {
+        let g = |v: u64| v.min(i64::MAX as u64) as i64;
+        st.metrics.batch_steps.set(g(b.stats.steps.load(Ordering::Relaxed)));
+        st.metrics.batch_sequences.set(g(b.stats.sequences.load(Ordering::Relaxed)));
+        st.metrics.batch_rows.set(g(b.stats.rows.load(Ordering::Relaxed)));
+        st.metrics.kv_used.set(g(b.stats.kv_used.load(Ordering::Relaxed) as u64));
+    }
     ([("content-type", "text/plain; version=0.0.4")], st.metrics.render()).into_response()
 }
 
@@ -363,20 +384,32 @@ async fn complete_inner(st: &Arc<ServerState>, headers: HeaderMap, body: Result<
     let cancel = CancelFlag::new();
     req.cancel = Some(cancel.clone());
     let guard = CancelOnDrop(cancel);
-    let (tx, mut rx) = mpsc::channel::<Piece>(256);
-    let engine = st.engine.clone();
+    // Unbounded: the engine never waits on a slow client (a request's pieces are bounded
+    // by its max_tokens).
+    let (tx, mut rx) = mpsc::unbounded_channel::<Piece>();
     let t0 = Instant::now();
     st.metrics.queue_depth.inc();
-    let st2 = st.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        st2.metrics.queue_depth.dec();
-        st2.metrics.running.inc();
-        let mut on_text = |p: &str| tx.blocking_send(Piece::Text(p.to_string())).is_ok();
-        let r = engine.generate(&req, &mut on_text).map_err(|e| e.chain());
-        st2.metrics.running.dec();
-        let _ = tx.blocking_send(Piece::Done(r));
-    });
+    if let Some(b) = st.batcher.clone() {
+        let sink = ServeSink { tx, st: st.clone(), admitted: false, _permit: permit };
+        let submitted = tokio::task::spawn_blocking(move || b.submit(req, Box::new(sink))).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = submitted {
+            // The sink was dropped uncalled: undo its queue count.
+            st.metrics.queue_depth.dec();
+            return Err(submit_error(e));
+        }
+    } else {
+        let engine = st.engine.clone();
+        let st2 = st.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            st2.metrics.queue_depth.dec();
+            st2.metrics.running.inc();
+            let mut on_text = |p: &str| tx.send(Piece::Text(p.to_string())).is_ok();
+            let r = engine.generate(&req, &mut on_text).map_err(|e| e.chain());
+            st2.metrics.running.dec();
+            let _ = tx.send(Piece::Done(r));
+        });
+    }
     let arm_header = route.arm.clone();
     let labels = (route.scenario.clone(), route.arm.clone().unwrap_or_default(), { let mut n: Vec<&str> = route.adapters.iter().map(|(n, _)| n.as_str()).collect(); n.sort_unstable(); n.dedup(); n.join(",") });
     let created = now_secs();
@@ -473,6 +506,44 @@ async fn complete_inner(st: &Arc<ServerState>, headers: HeaderMap, body: Result<
         }
     });
     Ok(with_headers(Sse::new(stream).into_response()))
+}
+
+/// A request's way back from the batcher: pieces into the handler's channel, the queue
+/// and running gauges, the queue permit released at the end.
+struct ServeSink {
+    tx: mpsc::UnboundedSender<Piece>,
+    st: Arc<ServerState>,
+    admitted: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BatchSink for ServeSink {
+    fn admitted(&mut self) {
+        self.admitted = true;
+        self.st.metrics.queue_depth.dec();
+        self.st.metrics.running.inc();
+    }
+    fn text(&mut self, piece: &str) -> bool {
+        self.tx.send(Piece::Text(piece.to_string())).is_ok()
+    }
+    fn done(self: Box<Self>, result: crate::Result<Generation>) {
+        if self.admitted {
+            self.st.metrics.running.dec();
+        } else {
+            self.st.metrics.queue_depth.dec();
+        }
+        let _ = self.tx.send(Piece::Done(result.map_err(|e| e.chain())));
+    }
+}
+
+/// What a refused submission means to the client.
+fn submit_error(e: crate::Error) -> ApiError {
+    use crate::EngineError as E;
+    match &e {
+        crate::Error::Engine(E::KvPool { .. } | E::ContextFull { .. } | E::EmptyPrompt | E::BadSampling { .. } | E::Tokenize(_) | E::ChatTemplate(_) | E::NoChatTemplate) => ApiError::bad_request(e.chain()),
+        crate::Error::Engine(E::UnknownAdapter { .. }) => ApiError::not_found("adapter_not_found", e.chain()),
+        _ => ApiError::internal(e.chain()),
+    }
 }
 
 /// A stream fed by a task: `f` gets the sender; the stream ends when the task does.
@@ -647,9 +718,15 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ServerState>, s
     let st = state.clone();
     let app = app(state);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            st.begin_shutdown();
+        .with_graceful_shutdown({
+            let st = st.clone();
+            async move {
+                shutdown.await;
+                st.begin_shutdown();
+            }
         })
-        .await
+        .await?;
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || st2.finish_batcher()).await.map_err(std::io::Error::other)?;
+    Ok(())
 }

@@ -124,10 +124,11 @@ fn header<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
     h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
-/// `edgelora generate`'s text for the same request (greedy).
+/// `edgelora generate`'s text for the same request (greedy), on serve's default backend
+/// (the native engine).
 fn generate(prompt: &str, chat: bool, n: usize, adapters: &[String]) -> String {
     let mut c = bin();
-    c.args(["generate", "-t", "1", "--ctx", "1024", "-n", &n.to_string(), "--prompt", prompt, "--model"]).arg(model_path());
+    c.args(["generate", "--backend", "native", "-t", "1", "--ctx", "1024", "-n", &n.to_string(), "--prompt", prompt, "--model"]).arg(model_path());
     if chat {
         c.arg("--chat");
     }
@@ -393,7 +394,8 @@ fn serve_answers_as_generate_routes_records_feedback_and_survives_hostile_reques
 
 #[test]
 fn serve_refuses_a_missing_key_and_answers_429_when_its_queue_is_full() {
-    let server = Server::start(&["--api-key", "sekret", "--max-queue", "0"]);
+    // The llama.cpp backend: one request at a time (the batcher's path is the default).
+    let server = Server::start(&["--backend", "llama", "--api-key", "sekret", "--max-queue", "0"]);
     let url = server.url.clone();
     let (s, _, text) = post(&url, "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#, None);
     assert_openai_error(s, &text, 401, "missing key");
@@ -480,6 +482,11 @@ fn serve_under_concurrent_load_answers_as_alone_and_keeps_its_memory() {
         assert_eq!(s, 200, "{t}");
         json_of(&t)["choices"][0]["text"].as_str().unwrap().to_string()
     }).collect();
+    let metric = |name: &str| -> f64 {
+        let (_, text) = get(&url, "/metrics", None);
+        text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let (steps0, seqs0) = (metric("edgelora_batch_steps"), metric("edgelora_batch_sequences"));
     let together: Vec<_> = (0..8)
         .map(|i| {
             let (u, b) = (url.clone(), body(i));
@@ -491,6 +498,9 @@ fn serve_under_concurrent_load_answers_as_alone_and_keeps_its_memory() {
         assert_eq!(s, 200, "{t}");
         assert_eq!(json_of(&t)["choices"][0]["text"].as_str().unwrap(), alone[i], "request {i} (adapters {}) differs from its solo answer", sets[i % sets.len()]);
     }
+    // They were decoded together: the batcher's steps carried several sequences.
+    let (steps, seqs) = (metric("edgelora_batch_steps") - steps0, metric("edgelora_batch_sequences") - seqs0);
+    assert!(seqs > 2.0 * steps, "the concurrent requests did not share steps: {seqs} sequences in {steps} steps");
     // Bounded load: 16 clients × 32 requests of 2 tokens on rotating adapter sets, after a
     // warm-up round of the same shape (16 × 8) that brings thread pools and caches to
     // their steady size.
