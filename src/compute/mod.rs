@@ -8,6 +8,7 @@
 pub mod cholesky;
 pub mod cpu;
 pub mod dense;
+pub mod tile;
 pub mod gpu;
 
 use crate::gguf::GgmlType;

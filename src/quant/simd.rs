@@ -62,6 +62,7 @@ impl SplitX {
 
 /// The little-endian f16 at byte `i` of `b`, as f32 (block scales in the kernels).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -82,9 +83,13 @@ struct Kernels {
     split_dot_q6_k: Option<SplitDotKernel>,
 }
 
-/// The AVX2 dequantizers (F16 also needs F16C).
+/// The AVX2 dequantizers (with F16C, which every AVX2 CPU has in practice: the block
+/// scales convert in one instruction; without it, the scalar set).
 #[cfg(target_arch = "x86_64")]
 fn avx2_set() -> Vec<(GgmlType, Kernel)> {
+    if !std::arch::is_x86_feature_detected!("f16c") {
+        return Vec::new();
+    }
     let mut v: Vec<(GgmlType, Kernel)> = vec![
         (GgmlType::BF16, x86::bf16),
         (GgmlType::Q4_0, x86::q4_0),
@@ -98,9 +103,7 @@ fn avx2_set() -> Vec<(GgmlType, Kernel)> {
         (GgmlType::Q5_K, x86::q5_k),
         (GgmlType::Q6_K, x86::q6_k),
     ];
-    if std::arch::is_x86_feature_detected!("f16c") {
-        v.push((GgmlType::F16, x86::f16));
-    }
+    v.push((GgmlType::F16, x86::f16));
     v
 }
 
@@ -257,10 +260,20 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2")]
+    /// The two little-endian f16 at bytes 0..4 of `b` (a block's d and m, or d and the
+    /// first codes), as f32, by F16C.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    fn f16_pair(b: &[u8]) -> (f32, f32) {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
     fn q4_1_avx2(bytes: &[u8], out: &mut [f32]) {
         for (b, y) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-            let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_set1_ps(f16_at(b, 2)));
+            let (d, m) = f16_pair(b);
+            let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
             let q = nibbles(&b[4..20]);
             store(y, q.map(|x| _mm256_add_ps(_mm256_mul_ps(x, d), m)));
         }
@@ -278,10 +291,10 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn q8_0_avx2(bytes: &[u8], out: &mut [f32]) {
         for (b, y) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-            let d = _mm256_set1_ps(f16_at(b, 0));
+            let d = _mm256_set1_ps(f16_pair(b).0);
             let qs = &b[2..34];
             let mut v = [_mm256_setzero_ps(); 4];
             for (k, x) in v.iter_mut().enumerate() {
@@ -894,7 +907,7 @@ mod x86 {
 
     // Safe entry points: only handed out by the dispatcher after detecting AVX2.
     pub fn q4_1(bytes: &[u8], out: &mut [f32]) {
-        // SAFETY: selected only when AVX2 is available.
+        // SAFETY: selected only when AVX2 and F16C are available (avx2_set).
         unsafe { q4_1_avx2(bytes, out) }
     }
     pub fn q4_0(bytes: &[u8], out: &mut [f32]) {

@@ -211,3 +211,41 @@ fn simd_dot_equals_the_scalar_twin_up_to_rounding() {
     }
 }
 
+
+#[test]
+fn tiled_few_row_products_match_an_f64_reference_in_every_format() {
+    // Cpu::matmul with 3..=48 input rows takes the tiled kernel (W decoded a tile at a
+    // time): odd output counts (a short last tile), row counts off the 4-row blocking.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let (n_out, n_in) = (37, 512);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
+        let bytes = random_blocks(t, n_out * n_in / t.block_size() as usize, &mut rng);
+        let mut w = vec![0f32; n_out * n_in];
+        dequantize_reference(t, &bytes, &mut w).unwrap();
+        for n_x in [3, 4, 5, 17, 48] {
+            assert!(edgelora::compute::cpu::TILE_ROWS.contains(&n_x));
+            let x: Vec<f32> = (0..n_x * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let y = Cpu.matmul(t, &bytes, n_out, n_in, &x, n_x).unwrap();
+            assert_eq!(y.len(), n_x * n_out);
+            for (k, got) in y.iter().enumerate() {
+                let (r, o) = (k / n_out, k % n_out);
+                let terms = (0..n_in).map(|i| f64::from(x[r * n_in + i]) * f64::from(w[o * n_in + i]));
+                let (want, mag): (f64, f64) = terms.fold((0.0, 0.0), |(s, m), v| (s + v, m + v.abs()));
+                assert!((f64::from(*got) - want).abs() <= 1e-5 * mag.max(1e-30), "{t} n_x {n_x} y[{r}, {o}]: {got} vs {want}");
+            }
+        }
+    }
+    // The scalar twin on one tile: 16 rows of W × 4 rows of x.
+    let k = 64;
+    let tile = edgelora::compute::tile::TILE;
+    let w: Vec<f32> = (0..tile * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let x: Vec<f32> = (0..4 * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut out = vec![0f32; 4 * tile];
+    edgelora::compute::tile::tile_plain(&w, &x, k, &mut out);
+    for r in 0..4 {
+        for o in 0..tile {
+            let want: f64 = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum();
+            assert!((f64::from(out[r * tile + o]) - want).abs() < 1e-4, "plain tile [{r}, {o}]");
+        }
+    }
+}

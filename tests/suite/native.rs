@@ -236,7 +236,7 @@ fn lockstep_forward_equals_each_sequence_on_its_own() {
             let want = model.forward(s, &tokens[i..i + 1], &[(&a, 1.0)], false).unwrap();
             // Alone, a one-row step rounds its input to 16 bits per block (≤ 8 rows);
             // together the rows take the f32 kernels.
-            assert!(max_diff(&got[i], &want[0]) < 1e-2, "sequence {i} step {step}: {}", max_diff(&got[i], &want[0]));
+            assert!(max_diff(&got[i], &want[0]) < 2e-2, "sequence {i} step {step}: {}", max_diff(&got[i], &want[0]));
             assert_eq!(argmax(&got[i]), argmax(&want[0]));
         }
         assert!(together.iter().all(|s| s.n_past() == step + 1));
