@@ -1,36 +1,70 @@
 #!/usr/bin/env bash
-# Serving throughput of `edgelora serve`: N concurrent streams (1, 4, 8), each on its own
-# synthetic rank-16 all-linear adapter, streaming completions over HTTP on 127.0.0.1;
-# aggregate and per-stream decode tokens/s, time to first token p50/p99.
+# Serving throughput: N concurrent streams (1, 4, 8), each on its own synthetic rank-16
+# all-linear adapter, streaming completions over HTTP on 127.0.0.1; aggregate and
+# per-stream decode tokens/s, time to first token p50/p99. Side by side in one run:
+#   edgelora serve --backend native  (continuous batching, a different adapter per row)
+#   edgelora serve --backend llama   (llama.cpp, one request at a time)
+#   llama-server                     (llama.cpp's server, same commit as the crate, built
+#                                     by benches/llamacpp_tools.sh; --lora per adapter,
+#                                     -np 8 slots; requests with different adapters are
+#                                     not batched together there)
 #
-#   benches/serve_bench.sh [THREADS] [BACKEND] [MAX_TOKENS] [REQUESTS_PER_STREAM]
-#
-# Requests run one at a time on the engine today (no mixed-adapter batching yet), so
-# aggregate throughput stays near one stream's while TTFT grows with the streams.
-# Not measured here: the same load against llama.cpp's llama-server.
+#   benches/serve_bench.sh [THREADS] [MAX_TOKENS] [REQUESTS_PER_STREAM] [SERVERS]
+#   (defaults: 1 32 2 "native llama llama-server")
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-threads="${1:-2}"; backend="${2:-llama}"; max_tokens="${3:-32}"; per="${4:-2}"
+threads="${1:-1}"; max_tokens="${2:-32}"; per="${3:-2}"; servers="${4:-native llama llama-server}"
 cargo build --release --bin edgelora >&2
 bin="${CARGO_TARGET_DIR:-target}/release/edgelora"
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 dir="$(mktemp -d)"; trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
-args=()
-names=()
+args=(); lora=(); names=()
 for i in 0 1 2 3 4 5 6 7; do
   "$bin" adapter synth --rank 16 --targets all-linear --seed "$i" --out "$dir/a$i.gguf" >/dev/null 2>&1
-  args+=(--adapter "a$i=$dir/a$i.gguf"); names+=("a$i")
+  args+=(--adapter "a$i=$dir/a$i.gguf"); lora+=(--lora "$dir/a$i.gguf"); names+=("a$i")
 done
-"$bin" serve --port 0 -t "$threads" --backend "$backend" --max-queue 64 "${args[@]}" 2>"$dir/serve.log" &
-pid=$!
-for _ in $(seq 1 600); do grep -q "listening on" "$dir/serve.log" && break; sleep 0.1; done
-url="$(grep -o 'http://[0-9.:]*' "$dir/serve.log" | head -1)"
-[[ -n "$url" ]] || { cat "$dir/serve.log" >&2; exit 1; }
-echo "edgelora serve ($backend, $threads threads), $max_tokens tokens per request, $per requests per stream"
-printf '%-8s %10s %14s %10s %10s\n' streams agg_tok/s stream_tok/s ttft_p50 ttft_p99
-for n in 1 4 8; do
-  python3 benches/serve_load.py "$url" "$(IFS=,; echo "${names[*]}")" "$n" "$per" "$max_tokens" | python3 -c '
+if [[ " $servers " == *" llama-server "* ]]; then
+  LLAMA_TOOLS_SERVER=1 source benches/llamacpp_tools.sh
+fi
+wait_url() {
+  for _ in $(seq 1 1200); do
+    url="$(grep -o 'http://[0-9.]*:[0-9]*' "$1" | head -1 || true)"
+    [[ -n "$url" ]] && return 0
+    sleep 0.1
+  done
+  cat "$1" >&2; exit 1
+}
+echo "serve bench: $model, $threads thread(s), $max_tokens tokens per request, $per requests per stream, a rank-16 all-linear adapter per stream"
+printf '%-26s %8s %10s %14s %10s %10s\n' server streams agg_tok/s stream_tok/s ttft_p50 ttft_p99
+declare -A agg
+for s in $servers; do
+  : > "$dir/serve.log"
+  case "$s" in
+    native|llama)
+      "$bin" serve --port 0 -t "$threads" --backend "$s" --max-queue 64 --max-batch 16 --model "$model" "${args[@]}" 2>"$dir/serve.log" & pid=$!
+      label="edgelora serve --backend $s"; mode=edgelora ;;
+    llama-server)
+      port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+      "$T/llama-server" --host 127.0.0.1 --port "$port" -m "$model" -t "$threads" -np 8 -c 4096 "${lora[@]}" --lora-init-without-apply >"$dir/serve.log" 2>&1 & pid=$!
+      for _ in $(seq 1 600); do grep -q "server is listening" "$dir/serve.log" && break; sleep 0.1; done
+      echo "listening on http://127.0.0.1:$port" >> "$dir/serve.log"
+      label="llama-server (-np 8)"; mode=llama-server ;;
+  esac
+  wait_url "$dir/serve.log"
+  for n in 1 4 8; do
+    line="$(python3 benches/serve_load.py "$url" "$(IFS=,; echo "${names[*]}")" "$n" "$per" "$max_tokens" "$mode")"
+    python3 -c '
 import json, sys
-d = json.loads(sys.stdin.read())
-print("%-8d %10.1f %14.1f %9.2fs %9.2fs" % (d["streams"], d["aggregate_tok_s"], d["per_stream_decode_tok_s_median"], d["ttft_p50_s"], d["ttft_p99_s"]))'
+d = json.loads(sys.argv[2])
+print("%-26s %8d %10.1f %14.1f %9.2fs %9.2fs" % (sys.argv[1], d["streams"], d["aggregate_tok_s"], d["per_stream_decode_tok_s_median"], d["ttft_p50_s"], d["ttft_p99_s"]))' "$label" "$line"
+    agg["$s/$n"]="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["aggregate_tok_s"])' "$line")"
+  done
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=0
 done
+ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
+if [[ -n "${agg[native/8]:-}" ]]; then
+  echo "native, 8 streams vs 1 stream (aggregate): $(ratio "${agg[native/8]}" "${agg[native/1]}")x"
+  [[ -n "${agg[llama-server/8]:-}" ]] && echo "native vs llama-server, 8 streams (aggregate): $(ratio "${agg[native/8]}" "${agg[llama-server/8]}")x"
+  [[ -n "${agg[llama/8]:-}" ]] && echo "native vs edgelora --backend llama, 8 streams (aggregate): $(ratio "${agg[native/8]}" "${agg[llama/8]}")x"
+fi

@@ -1,7 +1,9 @@
 """Drives `edgelora serve` with N concurrent streaming completions, each on its own
 adapter, and prints aggregate and per-stream decode tokens/s and time to first token
 (p50/p99). Standard library only. Used by benches/serve_bench.sh:
-    python3 benches/serve_load.py URL ADAPTER[,ADAPTER…] STREAMS REQUESTS_PER_STREAM MAX_TOKENS"""
+    python3 benches/serve_load.py URL ADAPTER[,ADAPTER…] STREAMS REQUESTS_PER_STREAM MAX_TOKENS [edgelora|llama-server]
+edgelora selects an adapter by `model` (its name); llama-server (adapters loaded with
+--lora in the same order, --lora-init-without-apply) by its per-request `lora` field."""
 import http.client
 import json
 import statistics
@@ -11,6 +13,7 @@ import time
 import urllib.parse
 
 url, adapters, streams, per, max_tokens = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+peer = sys.argv[6] if len(sys.argv) > 6 else "edgelora"
 u = urllib.parse.urlparse(url)
 ttfts, rates, tokens_total = [], [], [0]
 lock = threading.Lock()
@@ -18,8 +21,13 @@ lock = threading.Lock()
 
 def one(stream_ix, k):
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    body = json.dumps({"model": adapters[stream_ix % len(adapters)], "prompt": f"Stream {stream_ix} request {k}: once upon a time",
-                       "max_tokens": max_tokens, "stream": True, "temperature": 0})
+    req = {"prompt": f"Stream {stream_ix} request {k}: once upon a time", "max_tokens": max_tokens, "stream": True, "temperature": 0}
+    a = stream_ix % len(adapters)
+    if peer == "llama-server":
+        req["lora"] = [{"id": i, "scale": 1.0 if i == a else 0.0} for i in range(len(adapters))]
+    else:
+        req["model"] = adapters[a]
+    body = json.dumps(req)
     t0 = time.perf_counter()
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     r = c.getresponse()
