@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# Serving throughput: N concurrent streams (1, 4, 8), each on its own synthetic rank-16
+# Serving throughput: N concurrent streams (1, 4, 8, 16), each on its own synthetic rank-16
 # all-linear adapter, streaming completions over HTTP on 127.0.0.1; aggregate and
 # per-stream decode tokens/s, time to first token p50/p99. Side by side in one run:
 #   edgelora serve --backend native  (continuous batching, a different adapter per row)
 #   edgelora serve --backend llama   (llama.cpp, one request at a time)
 #   llama-server                     (llama.cpp's server, same commit as the crate, built
 #                                     by benches/llamacpp_tools.sh; --lora per adapter,
-#                                     -np 8 slots; requests with different adapters are
+#                                     -np 16 slots; requests with different adapters are
 #                                     not batched together there)
 #
 #   benches/serve_bench.sh [THREADS] [MAX_TOKENS] [REQUESTS_PER_STREAM] [SERVERS]
-#   (defaults: 1 32 2 "native llama llama-server")
+#   (defaults: 2 32 2 "native llama llama-server")
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-threads="${1:-1}"; max_tokens="${2:-32}"; per="${3:-2}"; servers="${4:-native llama llama-server}"
+threads="${1:-2}"; max_tokens="${2:-32}"; per="${3:-2}"; servers="${4:-native llama llama-server}"
 cargo build --release --bin edgelora >&2
 bin="${CARGO_TARGET_DIR:-target}/release/edgelora"
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 dir="$(mktemp -d)"; trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 args=(); lora=(); names=()
-for i in 0 1 2 3 4 5 6 7; do
+for i in $(seq 0 15); do
   "$bin" adapter synth --rank 16 --targets all-linear --seed "$i" --out "$dir/a$i.gguf" >/dev/null 2>&1
   args+=(--adapter "a$i=$dir/a$i.gguf"); lora+=(--lora "$dir/a$i.gguf"); names+=("a$i")
 done
@@ -46,13 +46,13 @@ for s in $servers; do
       label="edgelora serve --backend $s"; mode=edgelora ;;
     llama-server)
       port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-      "$T/llama-server" --host 127.0.0.1 --port "$port" -m "$model" -t "$threads" -np 8 -c 4096 "${lora[@]}" --lora-init-without-apply >"$dir/serve.log" 2>&1 & pid=$!
+      "$T/llama-server" --host 127.0.0.1 --port "$port" -m "$model" -t "$threads" -np 16 -c 8192 "${lora[@]}" --lora-init-without-apply >"$dir/serve.log" 2>&1 & pid=$!
       for _ in $(seq 1 600); do grep -q "server is listening" "$dir/serve.log" && break; sleep 0.1; done
       echo "listening on http://127.0.0.1:$port" >> "$dir/serve.log"
-      label="llama-server (-np 8)"; mode=llama-server ;;
+      label="llama-server (-np 16)"; mode=llama-server ;;
   esac
   wait_url "$dir/serve.log"
-  for n in 1 4 8; do
+  for n in 1 4 8 16; do
     line="$(python3 benches/serve_load.py "$url" "$(IFS=,; echo "${names[*]}")" "$n" "$per" "$max_tokens" "$mode")"
     python3 -c '
 import json, sys

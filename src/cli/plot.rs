@@ -1,4 +1,5 @@
-//! Plots a person would rather look at than read (plotters): the training curves, ROC
+//! Plots a person would rather look at than read (plotters): the training curves, `train
+//! --auto`'s search, ROC
 //! curves per label, and per-label F1 of two adapters side by side. The file's extension
 //! picks the format: `.png` or `.svg`. Text is drawn with a TrueType font found on the
 //! system (`EDGELORA_FONT`, else DejaVu Sans, Liberation Sans, Arial, Roboto in their usual
@@ -139,6 +140,55 @@ where
     let mut l = ChartBuilder::on(&bottom).margin(12).x_label_area_size(36).y_label_area_size(64).build_cartesian_2d(0f64..x_max, lr_lo.min(0.0)..lr_hi).map_err(plot_err)?;
     l.configure_mesh().x_desc("step").y_desc("learning rate").y_label_formatter(&|v| format!("{v:.0e}")).draw().map_err(plot_err)?;
     l.draw_series(LineSeries::new(steps.iter().map(|s| (s.step, s.lr)), GREEN.stroke_width(2))).map_err(plot_err)?;
+    Ok(())
+}
+
+/// One recipe's validation scores during `train --auto`'s search: (epoch, loss, exact share).
+pub struct SearchCurve {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64)>,
+    pub chosen: bool,
+}
+
+/// `train --auto`'s search: validation loss (top) and exact-answer share (bottom) per
+/// epoch (of the training split), a line per recipe, the chosen one drawn thick;
+/// `final_epochs` marks the length chosen for the final run.
+pub fn search_curves(path: &Path, curves: &[SearchCurve], final_epochs: f64, title: &str) -> Result<()> {
+    if curves.iter().all(|c| c.points.is_empty()) {
+        bail!("plot {}: the search scored nothing to draw", path.display());
+    }
+    render!(path, (900, 640), draw_search(curves, final_epochs, title))
+}
+
+fn draw_search<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[SearchCurve], final_epochs: f64, title: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
+    let (top, bottom) = root.split_vertically(380);
+    let x_max = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).chain([final_epochs]).fold(0.1, f64::max) * 1.05;
+    let (lo, hi) = range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
+    let style = |i: usize, c: &SearchCurve| {
+        let color = Palette99::pick(i).to_rgba();
+        color.stroke_width(if c.chosen { 4 } else { 1 })
+    };
+    let label = |c: &SearchCurve| if c.chosen { format!("{} (chosen)", c.label) } else { c.label.clone() };
+    let mut t = ChartBuilder::on(&top).margin(12).x_label_area_size(36).y_label_area_size(64).build_cartesian_2d(0f64..x_max, lo..hi).map_err(plot_err)?;
+    t.configure_mesh().x_desc("epoch").y_desc("validation loss").draw().map_err(plot_err)?;
+    for (i, c) in curves.iter().enumerate() {
+        let st = style(i, c);
+        t.draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), st)).map_err(plot_err)?.label(label(c)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+        t.draw_series(c.points.iter().map(|p| Circle::new((p.0, p.1), 3, st.filled()))).map_err(plot_err)?;
+    }
+    t.draw_series(LineSeries::new([(final_epochs, lo), (final_epochs, hi)], BLACK.stroke_width(2))).map_err(plot_err)?.label(format!("chosen length: {final_epochs:.2} epochs")).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+    t.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw().map_err(plot_err)?;
+    let mut b = ChartBuilder::on(&bottom).margin(12).x_label_area_size(36).y_label_area_size(64).build_cartesian_2d(0f64..x_max, 0f64..1.0).map_err(plot_err)?;
+    b.configure_mesh().x_desc("epoch").y_desc("exact answers (validation)").y_label_formatter(&|v| format!("{:.0}%", v * 100.0)).draw().map_err(plot_err)?;
+    for (i, c) in curves.iter().enumerate() {
+        let st = style(i, c);
+        b.draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.2)), st)).map_err(plot_err)?;
+    }
     Ok(())
 }
 

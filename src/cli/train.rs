@@ -152,8 +152,9 @@ pub struct TrainArgs {
     /// Score the validation data every N steps (its loss goes in the metrics file and the plot)
     #[arg(long, value_name = "N")]
     eval_every: Option<usize>,
-    /// Draw the training curves (loss per step, validation loss, learning rate) to FILE.png or FILE.svg
-    #[arg(long, value_name = "FILE", conflicts_with = "auto")]
+    /// Draw the training curves (loss per step, validation loss, learning rate) to FILE.png or
+    /// FILE.svg; with --auto, the search (validation loss and exact share per epoch, a line per recipe)
+    #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
     /// --auto's wall-clock budget for the search and the final training
     #[arg(long, default_value_t = 15.0, requires = "auto")]
@@ -329,7 +330,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "round": 1,
             "auto": report,
         });
-        return export(&a, &base, &trainer, summary, None, None);
+        export(&a, &base, &trainer, summary, None, None)?;
+        if let Some(p) = &a.plot {
+            let curves: Vec<super::plot::SearchCurve> = report
+                .trials
+                .iter()
+                .enumerate()
+                .map(|(i, t)| super::plot::SearchCurve { label: t.recipe.label(), points: t.points.iter().map(|p| (p.epoch, p.val_loss, p.val_exact)).collect(), chosen: i == report.chosen })
+                .collect();
+            let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            super::plot::search_curves(p, &curves, report.chosen_epochs, &format!("edgelora train --auto: {name}"))?;
+            eprintln!("wrote {}", p.display());
+        }
+        return Ok(());
     }
     let n_train = train.examples.len();
     let epoch_len = match &replay {

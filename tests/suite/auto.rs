@@ -139,3 +139,34 @@ fn the_cli_refuses_auto_with_recipe_flags() {
         assert!(err.contains("cannot be used with") && err.contains(flag[0]), "{err}");
     }
 }
+
+#[test]
+fn auto_with_plot_draws_every_recipes_search_curve() {
+    // The default model, 24 short records, a half-minute budget: the search screens the
+    // default space and the plot names every recipe and marks the chosen one.
+    let dir = tmpdir();
+    let data = dir.path().join("d.jsonl");
+    let words = ["red", "blue", "green"];
+    let lines: String = (0..24).map(|i| format!("{{\"prompt\": \"Item {i}: color?\", \"completion\": \"{}\"}}\n", words[i % 3])).collect();
+    std::fs::write(&data, lines).unwrap();
+    let (out, plot) = (dir.path().join("a.gguf"), dir.path().join("search.svg"));
+    let r = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["train", "-m", model_path().to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--auto", "--budget-minutes", "0.5", "--threads", "1", "--plot", plot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(out.exists());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    for recipe in edgelora::train::auto::default_space() {
+        assert!(svg.contains(&recipe.label()), "the plot lacks {}", recipe.label());
+    }
+    assert_eq!(svg.matches("(chosen)").count(), 1, "exactly one recipe is marked chosen");
+    assert!(svg.contains("chosen length"));
+    // A plot path of another kind is refused before any training.
+    let r = Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["train", "-m", model_path().to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", dir.path().join("b.gguf").to_str().unwrap(), "--auto", "--plot", dir.path().join("x.jpg").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains(".png or .svg"));
+}
