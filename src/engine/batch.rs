@@ -242,25 +242,26 @@ impl Scheduler {
             let reuse = best.map(|(i, n)| {
                 let c = self.cache.remove(i).expect("index");
                 self.used -= c.session.kv_bytes();
-                (c.session, n)
+                (c, n)
             });
             while self.used + need > self.opts.kv_memory_bytes {
                 let Some(old) = self.cache.pop_front() else { break };
                 self.used -= old.session.kv_bytes();
             }
             if self.used + need > self.opts.kv_memory_bytes {
-                // Waits for running sequences to finish; a reused session goes back.
-                if let Some((session, _)) = reuse {
-                    self.used += session.kv_bytes();
-                    let job = self.waiting.front().expect("front");
-                    self.cache.push_back(Cached { key: job.key.clone(), tokens: job.prompt.clone(), session });
+                // Waits for running sequences to finish; a cached session taken for it
+                // goes back as it was.
+                if let Some((c, _)) = reuse {
+                    self.used += c.session.kv_bytes();
+                    self.cache.push_back(c);
                 }
                 break;
             }
             let mut job = self.waiting.pop_front().expect("front");
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             let (mut session, fed) = match reuse {
-                Some((mut s, n)) => {
+                Some((c, n)) => {
+                    let mut s = c.session;
                     s.truncate(n);
                     (s, n)
                 }
