@@ -376,6 +376,8 @@ impl Scheduler {
             }
             let mut s = self.running.swap_remove(i);
             self.used -= s.reserved;
+            // Counted out before its sink hears the end.
+            self.stats.running.store(self.running.len(), Ordering::SeqCst);
             if let Some(msg) = s.failed.take() {
                 s.job.sink.done(Err(EngineError::Backend(msg).into()));
                 continue;
