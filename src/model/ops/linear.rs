@@ -5,6 +5,7 @@ use crate::adapter::LoraTensor;
 use crate::compute::dense::{matmul, Layout, Real};
 use crate::compute::{Backend, ComputeError};
 use crate::model::weights::Weight;
+use rayon::prelude::*;
 
 /// One adapter's factors for one weight, and the rows of x it applies to: `segments`
 /// (first row, end row, weight), each a run of one sequence's rows. In a batch of
@@ -33,51 +34,53 @@ pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: O
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
     }
-    for g in loras {
-        let t = g.t;
-        // The rows it covers: all of x as is, else gathered (xg [m, n_in]).
-        let whole = matches!(g.segments.as_slice(), [(0, end, _)] if *end == n);
-        let gathered: Vec<f32>;
-        let xg: &[f32] = if whole {
-            x
-        } else {
-            gathered = g.segments.iter().flat_map(|&(a, b, _)| x[a * w.n_in..b * w.n_in].iter().copied()).collect();
-            &gathered
-        };
-        let m = xg.len() / w.n_in;
-        // Each gathered row's scale, and the row of y it goes back to.
-        let rows: Vec<(usize, f32)> = g.segments.iter().flat_map(|&(a, b, s)| (a..b).map(move |r| (r, s * t.scale))).collect();
-        // ax [m, r] = s · xg · Aᵀ
-        let mut ax = vec![0f32; m * t.rank];
-        if m <= crate::compute::cpu::FEW_ROWS {
-            // Decoding, short prompts: rows of dot products (a GEMM call costs more to set
-            // up here), then y_row += B · ax_row.
-            for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(w.n_in)).zip(&rows) {
-                for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
-                    *v = s * f32::dot(ar, xr);
-                }
-            }
-            for (axr, &(r, _)) in ax.chunks_exact(t.rank).zip(&rows) {
-                crate::compute::cpu::gemv_short(&t.b, axr, &mut y[r * w.n_out..(r + 1) * w.n_out]);
-            }
-            continue;
-        }
-        matmul(&mut ax, xg, Layout::N, &t.a, Layout::T, m, t.rank, w.n_in, false);
-        for (axr, &(_, s)) in ax.chunks_exact_mut(t.rank).zip(&rows) {
-            axr.iter_mut().for_each(|v| *v *= s);
-        }
-        if whole {
-            matmul(&mut y, &ax, Layout::N, &t.b, Layout::T, n, w.n_out, t.rank, true);
-            continue;
-        }
-        // yg [m, n_out] = ax · Bᵀ, added back row by row.
-        let mut yg = vec![0f32; m * w.n_out];
-        matmul(&mut yg, &ax, Layout::N, &t.b, Layout::T, m, w.n_out, t.rank, false);
+    // Each adapter's contribution over its rows, adapters in parallel (in a batch each
+    // sequence may bring its own), then added back in adapter order.
+    let parts: Vec<(Vec<(usize, f32)>, Vec<f32>)> = if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() };
+    for (rows, yg) in parts {
         for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
             y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
         }
     }
     Ok(y)
+}
+
+/// One adapter's s·(x·Aᵀ)·Bᵀ over the rows it covers: (each row of y it goes to with its
+/// scale, yg [m, n_out]).
+fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>, Vec<f32>) {
+    let t = g.t;
+    // The rows it covers: all of x as is, else gathered (xg [m, n_in]).
+    let whole = matches!(g.segments.as_slice(), [(0, end, _)] if *end == n);
+    let gathered: Vec<f32>;
+    let xg: &[f32] = if whole {
+        x
+    } else {
+        gathered = g.segments.iter().flat_map(|&(a, b, _)| x[a * w.n_in..b * w.n_in].iter().copied()).collect();
+        &gathered
+    };
+    let m = xg.len() / w.n_in;
+    let rows: Vec<(usize, f32)> = g.segments.iter().flat_map(|&(a, b, s)| (a..b).map(move |r| (r, s * t.scale))).collect();
+    // ax [m, r] = s · xg · Aᵀ;  yg [m, n_out] = ax · Bᵀ
+    let mut ax = vec![0f32; m * t.rank];
+    let mut yg = vec![0f32; m * w.n_out];
+    if m <= crate::compute::cpu::FEW_ROWS {
+        // Decoding, short prompts: rows of dot products (a GEMM call costs more to set up here).
+        for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(w.n_in)).zip(&rows) {
+            for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
+                *v = s * f32::dot(ar, xr);
+            }
+        }
+        for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
+            crate::compute::cpu::gemv_short(&t.b, axr, ygr);
+        }
+        return (rows, yg);
+    }
+    matmul(&mut ax, xg, Layout::N, &t.a, Layout::T, m, t.rank, w.n_in, false);
+    for (axr, &(_, s)) in ax.chunks_exact_mut(t.rank).zip(&rows) {
+        axr.iter_mut().for_each(|v| *v *= s);
+    }
+    matmul(&mut yg, &ax, Layout::N, &t.b, Layout::T, m, w.n_out, t.rank, false);
+    (rows, yg)
 }
 
 /// One linear layer's trainable LoRA factors: A [r, n_in], B [n_out, r], scale s.
