@@ -43,6 +43,74 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Time merging adapters into the model (written to a temporary file)
     Merge(MergeBench),
+    /// Batched decoding on the native engine: B sequences, each with its own synthetic
+    /// adapter, stepped together (what `serve` does); aggregate tokens/s against B = 1
+    Batch(BatchBench),
+}
+
+#[derive(Args)]
+pub struct BatchBench {
+    #[arg(long, short = 'm', default_value = super::DEFAULT_MODEL)]
+    model: std::path::PathBuf,
+    /// CPU threads (default: all cores)
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Batch sizes to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    batch: Vec<usize>,
+    /// Rank of each sequence's synthetic all-linear adapter (0: no adapter)
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Decode steps timed per batch size (after an 8-token prompt)
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Decode steps of B sequences in one `forward_batch` each, every sequence on its own
+/// adapter; tokens/s summed over the batch.
+fn bench_batch(b: BatchBench) -> Result<()> {
+    use edgelora::adapter::LoraAdapter;
+    use edgelora::model::{BatchItem, NativeModel, Session};
+    anyhow::ensure!(b.steps > 0 && !b.batch.is_empty() && b.batch.iter().all(|&n| n > 0), "--steps and every --batch must be ≥ 1");
+    if let Some(t) = b.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+    }
+    let open = || edgelora::gguf::GgufFile::open(&b.model).with_context(|| format!("opening {}", b.model.display()));
+    let base = open()?;
+    let max_b = b.batch.iter().copied().max().unwrap_or(1);
+    let adapters: Vec<LoraAdapter> = if b.rank == 0 { Vec::new() } else { (0..max_b).map(|i| random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1)).collect() };
+    let model = NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))?;
+    let prompt: Vec<i32> = vec![1, 9690, 198, 2683, 359, 504, 3947, 9656];
+    let mut rows = Vec::new();
+    for &n in &b.batch {
+        let sets: Vec<Vec<(&LoraAdapter, f32)>> = (0..n).map(|i| adapters.get(i).map(|a| vec![(a, 1.0)]).unwrap_or_default()).collect();
+        let mut sessions: Vec<Session> = (0..n).map(|_| Session::default()).collect();
+        let mut items: Vec<BatchItem> = sessions.iter_mut().zip(&sets).map(|(s, a)| BatchItem { session: s, tokens: &prompt, adapters: a, all_logits: false }).collect();
+        model.forward_batch(&mut items)?;
+        drop(items);
+        let tokens: Vec<[i32; 1]> = (0..n).map(|i| [198 + i as i32]).collect();
+        let t0 = Instant::now();
+        for _ in 0..b.steps {
+            let mut items: Vec<BatchItem> = sessions.iter_mut().zip(&sets).zip(&tokens).map(|((s, a), t)| BatchItem { session: s, tokens: t, adapters: a, all_logits: false }).collect();
+            model.forward_batch(&mut items)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        rows.push((n, (n * b.steps) as f64 / secs));
+    }
+    let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
+    if b.json {
+        let list: Vec<_> = rows.iter().map(|&(n, tps)| json!({"batch": n, "aggregate_tok_s": tps, "per_sequence_tok_s": tps / n as f64, "vs_batch_1": one.map(|o| tps / o)})).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "rank": b.rank, "steps": b.steps, "threads": rayon::current_num_threads(), "rows": list}))?);
+    } else {
+        println!("batched decode on {} ({} thread(s)), a rank-{} all-linear adapter per sequence, {} steps after an 8-token prompt", b.model.display(), rayon::current_num_threads(), b.rank, b.steps);
+        println!("| batch | aggregate tok/s | per sequence tok/s | vs batch 1 |\n|---:|---:|---:|---:|");
+        for (n, tps) in rows {
+            println!("| {n} | {tps:.1} | {:.1} | {} |", tps / n as f64, one.map(|o| format!("{:.2}x", tps / o)).unwrap_or_else(|| "-".into()));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -130,8 +198,10 @@ struct Row {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if let Some(BenchWhat::Merge(b)) = a.what {
-        return bench_merge(b);
+    match a.what {
+        Some(BenchWhat::Merge(b)) => return bench_merge(b),
+        Some(BenchWhat::Batch(b)) => return bench_batch(b),
+        None => {}
     }
     anyhow::ensure!(a.reps > 0 && a.n_prompt > 0 && a.n_gen > 1, "--reps, -p must be ≥ 1 and -n ≥ 2");
     let mut margs = a.model.clone();

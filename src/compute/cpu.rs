@@ -19,7 +19,7 @@ pub struct Cpu;
 pub const FEW_ROWS: usize = 8;
 
 /// Input rows for which the tiled kernel ([`super::tile`]) runs. Measured with
-/// `examples/batch_decode` on this project's machine (1 thread, default model, rank-16
+/// `edgelora bench batch` on this project's machine (1 thread, default model, rank-16
 /// adapter per row; aggregate tokens/s): 2 rows: fused 42.6 vs tiled 35.3; 3 rows: fused
 /// 47.1 vs tiled 55.0; 8 rows: fused 53.8 vs tiled 98.2; 48 rows: GEMM 147.8 vs tiled
 /// 164.6; 64 rows: GEMM 166.3 vs tiled 159.5.

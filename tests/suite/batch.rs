@@ -217,3 +217,18 @@ fn batcher_bounds_its_kv_pool_and_cancels() {
     // After shutdown: refused.
     assert!(b.submit(request("Hi", &[], 2), Box::new(FnSink { text: |_: &str| true, done: |_| {} })).is_err());
 }
+
+#[test]
+fn bench_batch_reports_every_batch_size() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["bench", "batch", "-t", "1", "--batch", "1,3", "--steps", "1", "--rank", "4", "--json", "--model"])
+        .arg(model_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(rows.iter().all(|r| r["aggregate_tok_s"].as_f64().unwrap() > 0.0));
+    assert_eq!(rows[0]["vs_batch_1"].as_f64(), Some(1.0));
+}
