@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a Markdown table
     #[arg(long)]
     json: bool,
+    /// Native backend: also print where a decode step's time goes (ms per generated token
+    /// by operation: matmuls by weight format, adapters, attention, norms, sampling, …)
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -195,6 +199,8 @@ struct Row {
     set: Vec<(String, f32)>,
     prompt_tps: f64,
     gen_tps: f64,
+    /// Seconds and calls per operation over the generation runs, and the tokens generated.
+    profile: Option<(std::collections::BTreeMap<String, (f64, u64)>, usize)>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -243,10 +249,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 
     let prompt: Vec<i32> = (0..a.n_prompt).map(|i| ((i * 7919 + 13) % n_vocab) as i32).collect();
+    let profiling = a.profile && loaded.llama().is_none();
+    if a.profile && !profiling {
+        eprintln!("--profile: the llama.cpp backend is not profiled (use --backend native)");
+    }
+    if profiling {
+        edgelora::model::profile::enable();
+    }
     let mut rows = Vec::new();
     for (label, set) in rows_sets {
         let mut ptps = Vec::new();
         let mut gtps = Vec::new();
+        let mut prof: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+        let mut prof_tokens = 0;
         for _ in 0..a.reps {
             rt.clear_cache();
             let t = Instant::now();
@@ -258,10 +273,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             req.adapters = set.clone();
             req.max_tokens = a.n_gen;
             req.ignore_eog = true;
+            edgelora::model::profile::reset();
             let g = rt.generate(&req, &mut |_| true)?;
             gtps.push((g.tokens.len() - 1) as f64 / g.gen_secs);
+            // The run's operations (its 8-token prompt included), summed over the reps.
+            for (op, (secs, calls)) in edgelora::model::profile::take() {
+                let e = prof.entry(op).or_insert((0.0, 0));
+                e.0 += secs;
+                e.1 += calls;
+            }
+            prof_tokens += g.tokens.len();
         }
-        rows.push(Row { label, set, prompt_tps: median(&mut ptps), gen_tps: median(&mut gtps) });
+        rows.push(Row { label, set, prompt_tps: median(&mut ptps), gen_tps: median(&mut gtps), profile: profiling.then_some((prof, prof_tokens)) });
     }
 
     // Switch latency: activate a different single-adapter set each time (the llama.cpp
@@ -310,6 +333,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "config": r.label, "adapters": r.set.len(),
                 "prompt_tok_s": r.prompt_tps, "gen_tok_s": r.gen_tps,
                 "prompt_vs_base": r.prompt_tps / base_prompt, "gen_vs_base": r.gen_tps / base_gen,
+                "profile_ms_per_token": r.profile.as_ref().map(|(p, n)| p.iter().map(|(op, (secs, calls))| (op.clone(), json!({"ms": secs * 1e3 / (*n).max(1) as f64, "calls": *calls as f64 / (*n).max(1) as f64}))).collect::<serde_json::Map<_, _>>()),
             })).collect::<Vec<_>>(),
             "switch": {"adapters_loaded": names.len(), "switches": a.switches,
                        "median_us": sw_med, "p99_us": sw_p99,
@@ -334,6 +358,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(r) = rss {
         println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
+    }
+    for r in rows.iter().filter(|r| r.profile.is_some()) {
+        let (p, n) = r.profile.as_ref().expect("filtered");
+        let total: f64 = p.values().map(|v| v.0).sum();
+        println!("\nprofile, {}: per generated token (the 8-token prompt included), {n} tokens over {} reps", r.label, a.reps);
+        println!("| operation | ms per token | calls per token | share |\n|---|---:|---:|---:|");
+        let mut ops: Vec<_> = p.iter().collect();
+        ops.sort_by(|x, y| y.1 .0.total_cmp(&x.1 .0));
+        for (op, (secs, calls)) in ops {
+            println!("| {op} | {:.3} | {:.1} | {:.1}% |", secs * 1e3 / (*n).max(1) as f64, *calls as f64 / (*n).max(1) as f64, 100.0 * secs / total.max(1e-12));
+        }
+        println!("| all profiled | {:.3} | | |", total * 1e3 / (*n).max(1) as f64);
     }
     Ok(())
 }

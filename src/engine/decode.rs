@@ -38,12 +38,12 @@ impl Decoder {
         if req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
             return stop(gen, StopReason::Cancelled);
         }
-        let token = sampler.sample(logits);
+        let token = crate::model::profile::time(|| "sampling".into(), || sampler.sample(logits));
         if !req.ignore_eog && (vocab.is_eog)(token) {
             return stop(gen, StopReason::EndOfGeneration);
         }
         gen.tokens.push(token);
-        let pushed = self.stream.push(&(vocab.piece)(token));
+        let pushed = crate::model::profile::time(|| "detokenize".into(), || self.stream.push(&(vocab.piece)(token)));
         if !pushed.text.is_empty() && !on_text(&pushed.text) {
             return stop(gen, StopReason::Cancelled);
         }

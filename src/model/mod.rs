@@ -13,6 +13,7 @@ pub mod config;
 pub mod gpu_forward;
 pub mod grad;
 pub mod ops;
+pub mod profile;
 pub mod validate;
 pub mod weights;
 
@@ -219,33 +220,38 @@ impl NativeModel {
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
             linear_forward_rows(backend, x, w, b.map(Vec::as_slice), &loras_at(w, &off)).map_err(compute_err)
         };
+        use profile::time;
         let (q_w, kv_w) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
 
         // x [n, n_embd]
-        let mut x = embedding_forward(&tokens, &weights.token_embd).map_err(|e| compute_err(e.into()))?;
+        let mut x = time(|| "embedding".into(), || embedding_forward(&tokens, &weights.token_embd)).map_err(|e| compute_err(e.into()))?;
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
-            let h = rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps);
+            let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps));
             let mut q = lin(&h, &layer.wq, layer.bq.as_ref())?; // [n, n_head·hd]
             let mut k = lin(&h, &layer.wk, layer.bk.as_ref())?; // [n, n_kv·hd]
             let v = lin(&h, &layer.wv, layer.bv.as_ref())?; // [n, n_kv·hd]
-            rope_forward(&mut q, &c.rope(c.n_head), &positions);
-            rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
+            time(|| "rope".into(), || {
+                rope_forward(&mut q, &c.rope(c.n_head), &positions);
+                rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
+            });
             // each sequence attends over its own cache
             let mut att = Vec::with_capacity(q.len());
-            for (i, it) in items.iter_mut().enumerate() {
-                let s = &mut *it.session;
-                s.k[l].extend_from_slice(&k[off[i] * kv_w..off[i + 1] * kv_w]);
-                s.v[l].extend_from_slice(&v[off[i] * kv_w..off[i + 1] * kv_w]);
-                att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
-            }
+            time(|| "attention (and KV append)".into(), || {
+                for (i, it) in items.iter_mut().enumerate() {
+                    let s = &mut *it.session;
+                    s.k[l].extend_from_slice(&k[off[i] * kv_w..off[i + 1] * kv_w]);
+                    s.v[l].extend_from_slice(&v[off[i] * kv_w..off[i + 1] * kv_w]);
+                    att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
+                }
+            });
             let o = lin(&att, &layer.wo, None)?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block
-            let h = rmsnorm_forward(&x, &layer.ffn_norm, c.rms_eps);
+            let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.ffn_norm, c.rms_eps));
             let g = lin(&h, &layer.w_gate, None)?;
             let u = lin(&h, &layer.w_up, None)?;
-            let d = lin(&swiglu_forward(&g, &u), &layer.w_down, None)?;
+            let d = lin(&time(|| "swiglu".into(), || swiglu_forward(&g, &u)), &layer.w_down, None)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         // The rows whose logits are wanted: each item's last, or all of its rows.
@@ -256,7 +262,7 @@ impl NativeModel {
         for i in 0..items.len() {
             out_off.push(out_off[i] + wanted(i).len());
         }
-        let h = rmsnorm_forward(&last, &weights.output_norm, c.rms_eps);
+        let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&last, &weights.output_norm, c.rms_eps));
         let logits = linear_forward_rows(backend, &h, &weights.output, None, &loras_at(&weights.output, &out_off)).map_err(compute_err)?;
         for it in items.iter_mut() {
             it.session.n_past += it.tokens.len();

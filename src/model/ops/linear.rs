@@ -27,8 +27,9 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
 /// all n rows; each adapter's B·(A·x) runs over the rows that use it, gathered into one
 /// block (its factors read once for all of them), and is added back to those rows.
 pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) -> Result<Vec<f32>, ComputeError> {
+    use crate::model::profile::time;
     let n = x.len() / w.n_in;
-    let mut y = backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n)?;
+    let mut y = time(|| format!("matmul {} ({})", w.t, if n == 1 { "1 row" } else if n <= 48 { "2–48 rows" } else { ">48 rows" }), || backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n))?;
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(w.n_out) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -36,12 +37,17 @@ pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: O
     }
     // Each adapter's contribution over its rows, adapters in parallel (in a batch each
     // sequence may bring its own), then added back in adapter order.
-    let parts: Vec<(Vec<(usize, f32)>, Vec<f32>)> = if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() };
-    for (rows, yg) in parts {
-        for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
-            y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
-        }
+    if loras.is_empty() {
+        return Ok(y);
     }
+    time(|| "lora B·(A·x)".into(), || {
+        let parts: Vec<(Vec<(usize, f32)>, Vec<f32>)> = if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() };
+        for (rows, yg) in parts {
+            for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
+                y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
+            }
+        }
+    });
     Ok(y)
 }
 
