@@ -103,6 +103,35 @@ fn groups(a: &EvalArgs, field: &str, lines: &[usize]) -> Result<BTreeMap<String,
     Ok(g)
 }
 
+/// What the records of a `serve --feedback-log` say themselves (`rating`, `corrected`):
+/// per record line, its rating (a number) and whether the answer was corrected. Empty when
+/// no record has either field.
+fn feedback_fields(path: &std::path::Path) -> Result<HashMap<usize, (Option<f64>, Option<bool>)>> {
+    let ratings = edgelora::train::data::field_values(path, "rating")?;
+    let corrected = edgelora::train::data::field_values(path, "corrected")?;
+    let mut out: HashMap<usize, (Option<f64>, Option<bool>)> = HashMap::new();
+    for (line, v) in ratings {
+        out.entry(line).or_default().0 = v.parse().ok();
+    }
+    for (line, v) in corrected {
+        out.entry(line).or_default().1 = v.parse().ok();
+    }
+    Ok(out)
+}
+
+/// A group's feedback: records rated, their mean rating, records whose answer was corrected.
+fn feedback_summary(fb: &HashMap<usize, (Option<f64>, Option<bool>)>, lines: &[usize], ix: &[usize]) -> Value {
+    let of: Vec<&(Option<f64>, Option<bool>)> = ix.iter().filter_map(|&i| fb.get(&lines[i])).collect();
+    let ratings: Vec<f64> = of.iter().filter_map(|f| f.0).collect();
+    let corrected = of.iter().filter(|f| f.1 == Some(true)).count();
+    json!({
+        "rated": ratings.len(),
+        "mean_rating": (!ratings.is_empty()).then(|| ratings.iter().sum::<f64>() / ratings.len() as f64),
+        "corrected": corrected,
+        "corrected_share": corrected as f64 / ix.len().max(1) as f64,
+    })
+}
+
 /// A group's figures: n and accuracy, plus the classification metrics where there are some.
 fn group_summary(s: &Scored, ix: &[usize]) -> Result<Value> {
     if let Some(c) = &s.classified {
@@ -154,8 +183,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut v = s.report.clone();
         if let Some(field) = &a.by {
             let mut by = serde_json::Map::new();
+            let fb = feedback_fields(&a.data)?;
             for (k, ix) in groups(&a, field, &s.lines)? {
-                by.insert(k, group_summary(&s, &ix)?);
+                let mut g = group_summary(&s, &ix)?;
+                if !fb.is_empty() {
+                    g["feedback"] = feedback_summary(&fb, &s.lines, &ix);
+                }
+                by.insert(k, g);
             }
             v.as_object_mut().expect("an object").insert("by".into(), json!({ "field": field, "groups": by }));
         }
@@ -239,8 +273,13 @@ fn compare(a: &EvalArgs, metric: Metric) -> Result<Value> {
     });
     if let Some(field) = &a.by {
         let mut by = serde_json::Map::new();
+        let fb = feedback_fields(&a.data)?;
         for (k, ix) in groups(a, field, &ra.lines)? {
-            by.insert(k, json!({ "a": group_summary(ra, &ix)?, "b": group_summary(rb, &ix)? }));
+            let mut g = json!({ "a": group_summary(ra, &ix)?, "b": group_summary(rb, &ix)? });
+            if !fb.is_empty() {
+                g["feedback"] = feedback_summary(&fb, &ra.lines, &ix);
+            }
+            by.insert(k, g);
         }
         out["by"] = json!({ "field": field, "groups": by });
     }

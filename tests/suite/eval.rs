@@ -154,3 +154,35 @@ fn eval_errors_name_what_is_wrong() {
     let e = run(&["--compare", "base", "base", "-a", "x.gguf"]);
     assert!(e.contains("drop --adapter"), "{e}");
 }
+
+#[test]
+fn by_arm_on_a_feedback_log_summarizes_its_ratings_and_corrections() {
+    // Records as `serve --feedback-log` writes them: arm, rating, corrected.
+    let dir = tmpdir();
+    let log = dir.path().join("feedback.jsonl");
+    let rec = |arm: &str, rating: Option<f64>, corrected: bool| {
+        let mut v = serde_json::json!({"prompt": "The capital of France is", "completion": " Paris", "arm": arm, "corrected": corrected});
+        if let Some(r) = rating {
+            v["rating"] = r.into();
+        }
+        v.to_string()
+    };
+    let lines = [rec("v1", Some(1.0), false), rec("v1", Some(0.0), true), rec("v1", None, false), rec("v2", Some(1.0), false), rec("v2", Some(0.5), true), rec("v2", Some(1.0), true)];
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let m = model_path();
+    let r = json_of(&["eval", "-m", m.to_str().unwrap(), "-t", "1", "--data", log.to_str().unwrap(), "--metric", "contains", "--max-tokens", "4", "--by", "arm"]);
+    let g = &r["by"]["groups"];
+    assert_eq!(g["v1"]["feedback"]["rated"], 2);
+    assert_eq!(g["v1"]["feedback"]["mean_rating"], 0.5);
+    assert_eq!(g["v1"]["feedback"]["corrected"], 1);
+    assert!((g["v1"]["feedback"]["corrected_share"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    assert_eq!(g["v2"]["feedback"]["rated"], 3);
+    assert!((g["v2"]["feedback"]["mean_rating"].as_f64().unwrap() - 2.5 / 3.0).abs() < 1e-12);
+    assert_eq!(g["v2"]["feedback"]["corrected"], 2);
+    assert_eq!(g["v1"]["n"], 3);
+    // Data without feedback fields gets no feedback block.
+    let plain = dir.path().join("plain.jsonl");
+    std::fs::write(&plain, "{\"prompt\": \"The capital of France is\", \"completion\": \" Paris\", \"arm\": \"v1\"}\n").unwrap();
+    let r = json_of(&["eval", "-m", m.to_str().unwrap(), "-t", "1", "--data", plain.to_str().unwrap(), "--metric", "contains", "--max-tokens", "4", "--by", "arm"]);
+    assert!(r["by"]["groups"]["v1"].get("feedback").is_none());
+}
