@@ -232,7 +232,7 @@ impl Scheduler {
             if job.req.cancel.as_ref().is_some_and(CancelFlag::is_cancelled) {
                 let job = self.waiting.pop_front().expect("front");
                 self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                let gen = Generation { text: String::new(), tokens: Vec::new(), n_prompt: job.prompt.len(), n_prompt_cached: 0, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 };
+                let gen = Generation::started(job.prompt.len(), 0);
                 job.sink.done(Ok(gen));
                 continue;
             }
@@ -273,7 +273,7 @@ impl Scheduler {
             self.used += reserved;
             self.stats.cached_tokens.fetch_add(fed as u64, Ordering::Relaxed);
             job.sink.admitted();
-            let gen = Generation { text: String::new(), tokens: Vec::new(), n_prompt: job.prompt.len(), n_prompt_cached: fed, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 };
+            let gen = Generation::started(job.prompt.len(), fed);
             let decoder = Decoder::new(&job.req);
             let tokens = job.prompt.clone();
             self.running.push(Seq { job, session, tokens, fed, decoder, gen, reserved, admitted: Instant::now(), first: None, finished: false, failed: None });
@@ -374,25 +374,24 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let mut s = self.running.swap_remove(i);
-            self.used -= s.reserved;
+            let Seq { mut job, session, mut tokens, fed, decoder, mut gen, reserved, first, failed, .. } = self.running.swap_remove(i);
+            self.used -= reserved;
             // Counted out before its sink hears the end.
             self.stats.running.store(self.running.len(), Ordering::SeqCst);
-            if let Some(msg) = s.failed.take() {
-                s.job.sink.done(Err(EngineError::Backend(msg).into()));
+            if let Some(msg) = failed {
+                job.sink.done(Err(EngineError::Backend(msg).into()));
                 continue;
             }
-            let sink = &mut s.job.sink;
-            s.decoder.finish(&mut s.gen, &mut |p| sink.text(p));
-            s.gen.gen_secs = s.first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
-            let gen = std::mem::replace(&mut s.gen, Generation { text: String::new(), tokens: Vec::new(), n_prompt: 0, n_prompt_cached: 0, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 });
-            s.job.sink.done(Ok(gen));
+            let sink = &mut job.sink;
+            decoder.finish(&mut gen, &mut |p| sink.text(p));
+            gen.gen_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+            job.sink.done(Ok(gen));
             // Keep the cache for a later prompt when it fits beside the reservations.
-            s.tokens.truncate(s.fed);
-            let bytes = s.session.kv_bytes();
-            if s.fed > 0 && self.used + bytes <= self.opts.kv_memory_bytes {
+            tokens.truncate(fed);
+            let bytes = session.kv_bytes();
+            if fed > 0 && self.used + bytes <= self.opts.kv_memory_bytes {
                 self.used += bytes;
-                self.cache.push_back(Cached { key: s.job.key, tokens: s.tokens, session: s.session });
+                self.cache.push_back(Cached { key: job.key, tokens, session });
             }
         }
         self.stats.running.store(self.running.len(), Ordering::SeqCst);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions, StopReason};
+use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions};
 use super::decode::{decode_loop, Vocab};
 use super::sampler::Sampler;
 use crate::adapter::{self, LoraAdapter};
@@ -182,7 +182,7 @@ impl NativeRuntime {
         sampler.observe(&tokens);
         let set = self.resolve(&req.adapters)?;
         let t0 = Instant::now();
-        let mut gen = Generation { text: String::new(), tokens: Vec::new(), n_prompt: tokens.len(), n_prompt_cached: 0, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 };
+        let mut gen = Generation::started(tokens.len(), 0);
         let Some(mut logits) = self.eval(&tokens, &set, false, req.cancel.as_ref())? else { return Ok(gen) };
         gen.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();

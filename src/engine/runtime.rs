@@ -149,6 +149,14 @@ pub struct Generation {
     pub gen_secs: f64,
 }
 
+impl Generation {
+    /// Nothing generated yet for a prompt of `n_prompt` tokens (`n_prompt_cached` of them
+    /// from the cache); the stop reason stays `Cancelled` until decoding sets another.
+    pub fn started(n_prompt: usize, n_prompt_cached: usize) -> Generation {
+        Generation { text: String::new(), tokens: Vec::new(), n_prompt, n_prompt_cached, stop_reason: StopReason::Cancelled, prompt_secs: 0.0, gen_secs: 0.0 }
+    }
+}
+
 struct Inner {
     ctx: Context,
     registry: AdapterRegistry,
@@ -437,15 +445,7 @@ impl Runtime {
         let t0 = Instant::now();
         let start = self.reuse_prefix(&mut inner, &tokens);
         let out = inner.ctx.decode(&tokens[start..], start, false, &cancelled);
-        let mut gen = Generation {
-            text: String::new(),
-            tokens: Vec::new(),
-            n_prompt: tokens.len(),
-            n_prompt_cached: start,
-            stop_reason: StopReason::Cancelled,
-            prompt_secs: 0.0,
-            gen_secs: 0.0,
-        };
+        let mut gen = Generation::started(tokens.len(), start);
         let Some(mut logits) = self.finish_decode(&mut inner, &tokens, start, out)? else {
             return Ok(gen);
         };
