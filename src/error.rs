@@ -19,6 +19,8 @@ pub enum Error {
     Train(#[from] TrainError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }
 
 impl Error {

@@ -31,6 +31,7 @@ pub mod model;
 pub mod quant;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tokenizer;
 pub mod train;
 
 pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};

@@ -134,6 +134,7 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Train(TrainError::Memory { .. }) => EdgeloraStatus::MemoryBudget,
         Error::Train(_) => EdgeloraStatus::InvalidArgument,
         Error::Serve(_) => EdgeloraStatus::InvalidArgument,
+        Error::Tokenizer(_) => EdgeloraStatus::Format,
     }
 }
 

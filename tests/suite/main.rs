@@ -25,3 +25,4 @@ mod native;
 mod plots;
 mod quant;
 mod serve;
+mod tokenizer;
