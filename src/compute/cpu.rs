@@ -154,7 +154,14 @@ fn per_row(w: &[u8], row_bytes: usize, n_x: usize, n_out: usize, f: impl Fn(&[u8
     const ROWS: usize = 32;
     let groups = w.par_chunks(row_bytes * ROWS);
     if n_x == 1 {
-        return groups.flat_map_iter(|rows| rows.chunks_exact(row_bytes).map(|row| f(row, 0))).collect();
+        // Each group writes its own part of y (an indexed split: no per-group vectors).
+        let mut y = vec![0f32; n_out];
+        y.par_chunks_mut(ROWS).zip(groups).for_each(|(ys, rows)| {
+            for (yo, row) in ys.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                *yo = f(row, 0);
+            }
+        });
+        return y;
     }
     // Per output, its n_x values; then transposed to [n_x, n_out].
     let cols: Vec<f32> = groups.flat_map_iter(|rows| rows.chunks_exact(row_bytes).flat_map(|row| (0..n_x).map(|r| f(row, r)).collect::<Vec<f32>>())).collect();
@@ -164,6 +171,26 @@ fn per_row(w: &[u8], row_bytes: usize, n_x: usize, n_out: usize, f: impl Fn(&[u8
             y[r * n_out + o] = *v;
         }
     }
+    y
+}
+
+/// y [n_out] = W · x for one split input row, four rows of W per kernel call (the rest
+/// one at a time); groups of rows in parallel, each writing its own part of y.
+fn one_row_by_fours(w: &[u8], row_bytes: usize, n_out: usize, x: &quant::simd::SplitX, four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) -> Vec<f32> {
+    const ROWS: usize = 32;
+    let mut y = vec![0f32; n_out];
+    y.par_chunks_mut(ROWS).zip(w.par_chunks(ROWS * row_bytes)).for_each(|(ys, rows)| {
+        let done = (ys.len() / 4) * 4;
+        let mut quads = ys.chunks_exact_mut(4);
+        for (q, w4) in quads.by_ref().zip(rows.chunks_exact(4 * row_bytes)) {
+            let mut o = [0f32; 4];
+            four(w4, row_bytes, x, &mut o);
+            q.copy_from_slice(&o);
+        }
+        for (yo, row) in quads.into_remainder().iter_mut().zip(rows[done * row_bytes..].chunks_exact(row_bytes)) {
+            *yo = one(row, x);
+        }
+    });
     y
 }
 
@@ -192,10 +219,16 @@ impl Backend for Cpu {
             return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
         }
         // Few input rows (decoding, short prompts): fused kernels over each row of W, which
-        // is never written out as floats. Where the CPU has AVX512-VNNI, the rows meet x
-        // rounded to 16 bits per block (prepared once per input row).
+        // is never written out as floats. The rows meet x rounded to 16 bits per block
+        // (prepared once per input row) in integer byte products — AVX512-VNNI, four rows
+        // of W per call for one input row, or AVX2's `vpmaddubsw` — else f32 fused kernels.
         // A batch of decoding sequences or a short prompt: W decoded once, in tiles that
         // stay in cache, against every row (`tile`).
+        if n_x == 1 {
+            if let (Some(four), Some(one)) = (quant::simd::split_dot4_kernel(t), quant::simd::split_dot_kernel(t)) {
+                return Ok(one_row_by_fours(w, row_bytes, n_out, &quant::simd::SplitX::new(x), four, one));
+            }
+        }
         if TILE_ROWS.contains(&n_x) && quant::simd::kernel(t).is_some() {
             return Ok(super::tile::matmul_few(t, w, row_bytes, n_out, n_in, x, n_x)?);
         }

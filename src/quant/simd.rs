@@ -33,28 +33,70 @@ pub struct SplitX {
     /// Exact sums of x per 16 values (Q6_K's scale groups; read by the x86 kernel only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums16: Vec<f32>,
+    /// Per block, `[d, sum]` side by side (the four-row Q4_1 kernel loads two blocks'
+    /// worth in one vector).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    dsum: Vec<f32>,
+    /// 128·Σq per 4 values (the four-row Q8_0 kernel offsets the weight codes by 128 to
+    /// make them unsigned and takes the offset back with these, exactly in int32).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    qsum4: Vec<i32>,
 }
 
 impl SplitX {
     /// `x`: a whole number of 32-value blocks.
     pub fn new(x: &[f32]) -> SplitX {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static AVX2: OnceLock<bool> = OnceLock::new();
+            if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
+                // SAFETY: AVX2 detected.
+                return unsafe { Self::new_avx2(x) };
+            }
+        }
+        Self::new_plain(x)
+    }
+
+    /// [`new`](Self::new) compiled for AVX2: the same operations in the same order (so
+    /// the same values), with wider vectors where the compiler finds them.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn new_avx2(x: &[f32]) -> SplitX {
+        Self::new_plain(x)
+    }
+
+    #[inline(always)]
+    fn new_plain(x: &[f32]) -> SplitX {
         const QMAX: f32 = 32639.0;
         let n = x.len();
-        let mut sx = SplitX { hi: Vec::with_capacity(n), lo: Vec::with_capacity(n), d: Vec::with_capacity(n / 32), sums: Vec::with_capacity(n / 32), sums16: x.chunks(16).map(|c| c.iter().sum()).collect() };
+        let mut sx = SplitX {
+            hi: Vec::with_capacity(n),
+            lo: Vec::with_capacity(n),
+            d: Vec::with_capacity(n / 32),
+            sums: Vec::with_capacity(n / 32),
+            sums16: x.chunks(16).map(|c| c.iter().sum()).collect(),
+            dsum: Vec::with_capacity(n / 16),
+            qsum4: Vec::with_capacity(n / 4),
+        };
         for b in x.chunks(32) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / QMAX;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for &v in b {
-                // Round to nearest (even) by the 1.5·2²³ trick: |v·inv| ≤ QMAX < 2²².
-                const MAGIC: f32 = 12_582_912.0;
-                let q = ((v * inv + MAGIC) - MAGIC).clamp(-QMAX, QMAX) as i32;
-                let hi = (q + 128) >> 8;
-                sx.hi.push(hi as i8);
-                sx.lo.push((q - 256 * hi) as i8);
+            // Round to nearest (even) by the 1.5·2²³ trick: |v·inv| ≤ QMAX < 2²². Fixed-size
+            // passes, so that the compiler vectorizes them.
+            const MAGIC: f32 = 12_582_912.0;
+            let mut q = [0i32; 32];
+            for (qi, &v) in q.iter_mut().zip(b) {
+                *qi = ((v * inv + MAGIC) - MAGIC).clamp(-QMAX, QMAX) as i32;
             }
+            let q = &q[..b.len()];
+            sx.hi.extend(q.iter().map(|&q| ((q + 128) >> 8) as i8));
+            sx.lo.extend(q.iter().map(|&q| (q - 256 * ((q + 128) >> 8)) as i8));
+            sx.qsum4.extend(q.chunks(4).map(|f| 128 * f.iter().sum::<i32>()));
+            let sum: f32 = b.iter().sum();
             sx.d.push(d);
-            sx.sums.push(b.iter().sum());
+            sx.sums.push(sum);
+            sx.dsum.extend([d, sum]);
         }
         sx
     }
@@ -81,6 +123,8 @@ struct Kernels {
     split_dot_q8_0: Option<SplitDotKernel>,
     split_dot_q4_k: Option<SplitDotKernel>,
     split_dot_q6_k: Option<SplitDotKernel>,
+    /// The split kernels are the AVX512-VNNI ones (the four-row kernels exist for those).
+    split_vnni: bool,
 }
 
 /// The AVX2 dequantizers (with F16C, which every AVX2 CPU has in practice: the block
@@ -117,7 +161,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -136,21 +180,29 @@ fn kernels() -> &'static Kernels {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
                     && std::arch::is_x86_feature_detected!("avx512vl");
-                let split_dot_q4_1 = vnni.then_some(x86::split_dot_q4_1 as SplitDotKernel);
-                let split_dot_q8_0 = vnni.then_some(x86::split_dot_q8_0 as SplitDotKernel);
+                // Without VNNI (or with EDGELORA_SIMD=avx2-split), the same integer products
+                // by `vpmaddubsw` (AVX2).
+                let avx2_split = fma && wanted.as_deref() != Some("avx2") && (!vnni || wanted.as_deref() == Some("avx2-split"));
+                let (vnni, q4_1_split, q8_0_split) = if avx2_split {
+                    (false, x86::split_dot_q4_1_avx2 as SplitDotKernel, x86::split_dot_q8_0_avx2 as SplitDotKernel)
+                } else {
+                    (vnni, x86::split_dot_q4_1 as SplitDotKernel, x86::split_dot_q8_0 as SplitDotKernel)
+                };
+                let split_dot_q4_1 = (vnni || avx2_split).then_some(q4_1_split);
+                let split_dot_q8_0 = (vnni || avx2_split).then_some(q8_0_split);
                 let split_dot_q4_k = vnni.then_some(x86::split_dot_q4_k as SplitDotKernel);
                 let split_dot_q6_k = vnni.then_some(x86::split_dot_q6_k as SplitDotKernel);
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false };
         }
         scalar
     })
@@ -219,6 +271,67 @@ pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
         GgmlType::Q6_K => kernels().split_dot_q6_k,
         _ => None,
     }
+}
+
+/// Four consecutive rows of W (`row_bytes` each, back to back) · one [`SplitX`] input,
+/// into `out`: the same integer products as [`SplitDotKernel`], two blocks per 512-bit
+/// step, with the input's vectors loaded once for the four rows. Sums are in another
+/// order than the one-row kernel's, so results agree with it up to float rounding.
+pub type SplitDot4Kernel = fn(&[u8], usize, &SplitX, &mut [f32; 4]);
+
+/// The four-row split-input kernel for `t`, where the one-row one exists (AVX512-VNNI:
+/// Q4_1, Q8_0).
+pub fn split_dot4_kernel(t: GgmlType) -> Option<SplitDot4Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let k = kernels();
+        match t {
+            GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4_q4_1),
+            GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4_q8_0),
+            _ => {}
+        }
+    }
+    let _ = t;
+    None
+}
+
+/// Every split-input kernel for `t` this CPU can run, by name (the dispatcher picks one),
+/// so tests can check each, not only the selected one.
+pub fn all_split_dot_kernels(t: GgmlType) -> Vec<(&'static str, SplitDotKernel)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, SplitDotKernel)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &[&str]| {
+            f.iter().all(|n| match *n {
+                "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+                "fma" => std::arch::is_x86_feature_detected!("fma"),
+                "f16c" => std::arch::is_x86_feature_detected!("f16c"),
+                "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+                "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
+                "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+                _ => false,
+            })
+        };
+        if has(&["avx2", "fma", "f16c", "avx512bw", "avx512vnni", "avx512vl"]) {
+            match t {
+                GgmlType::Q4_1 => v.push(("avx512vnni", x86::split_dot_q4_1 as SplitDotKernel)),
+                GgmlType::Q8_0 => v.push(("avx512vnni", x86::split_dot_q8_0 as SplitDotKernel)),
+                GgmlType::Q4_K => v.push(("avx512vnni", x86::split_dot_q4_k as SplitDotKernel)),
+                GgmlType::Q6_K => v.push(("avx512vnni", x86::split_dot_q6_k as SplitDotKernel)),
+                _ => {}
+            }
+        }
+        if has(&["avx2", "fma", "f16c"]) {
+            match t {
+                GgmlType::Q4_1 => v.push(("avx2", x86::split_dot_q4_1_avx2 as SplitDotKernel)),
+                GgmlType::Q8_0 => v.push(("avx2", x86::split_dot_q8_0_avx2 as SplitDotKernel)),
+                _ => {}
+            }
+        }
+    }
+    let _ = t;
+    v
 }
 
 /// The fused dot kernel for `t`, if this CPU has one (AVX2+FMA+F16C: Q4_1, Q8_0).
@@ -550,6 +663,224 @@ mod x86 {
     pub fn split_dot_q6_k(bytes: &[u8], x: &super::SplitX) -> f32 {
         // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
         unsafe { split_dot_q6_k_impl(bytes, x) }
+    }
+
+    /// Q4_1 row · 16-bit split x without VNNI: the nibbles as unsigned bytes against the
+    /// input's high and low signed bytes by `vpmaddubsw` (pairs of products stay within
+    /// i16: 2·15·128 < 2¹⁵), then `vpmaddwd` by 256 and by 1 to int32: exact.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn split_dot_q4_1_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        let n_blocks = bytes.len() / 20;
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        let mask = _mm_set1_epi8(0x0f);
+        let (mut acc, mut msum) = (_mm256_setzero_ps(), 0f32);
+        // Zipped (no index checks in the loop): each block with its input bytes and scales.
+        let xs = x.hi.chunks_exact(32).zip(x.lo.chunks_exact(32)).zip(x.d.iter().zip(&x.sums));
+        for (blk, ((xh, xl), (&dx, &sum))) in bytes.chunks_exact(20).zip(xs) {
+            // SAFETY: 16 readable bytes at 4 in the 20-byte block, 32 in xh and xl;
+            // unaligned loads.
+            let (v, xh, xl) = unsafe { (_mm_loadu_si128(blk.as_ptr().add(4).cast()), _mm256_loadu_si256(xh.as_ptr().cast()), _mm256_loadu_si256(xl.as_ptr().cast())) };
+            let q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), _mm_and_si128(v, mask));
+            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xh), _mm256_set1_epi16(256));
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xl), _mm256_set1_epi16(1));
+            let (d, m) = f16_pair(blk);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ph, pl)), _mm256_set1_ps(d * dx), acc);
+            msum += m * sum;
+        }
+        hsum_shuffle(acc) + msum
+    }
+
+    /// Q8_0 row · 16-bit split x without VNNI: the input's bytes as magnitudes (unsigned,
+    /// ≤ 128) against the codes with the input's signs moved onto them (`vpsignb`), pairs
+    /// by `vpmaddubsw` (≤ 2·128·127 < 2¹⁵), then to int32 as in the Q4_1 kernel. Exact
+    /// for codes −127…127 (what ggml's quantizer writes); a code of −128 meeting a negative
+    /// input byte counts as −128 instead of +128 (a crafted file gets wrong numbers, not
+    /// undefined behaviour).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn split_dot_q8_0_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
+        let n_blocks = bytes.len() / 34;
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
+        let mut acc = _mm256_setzero_ps();
+        let xs = x.hi.chunks_exact(32).zip(x.lo.chunks_exact(32)).zip(&x.d);
+        for (blk, ((xh, xl), &dx)) in bytes.chunks_exact(34).zip(xs) {
+            // SAFETY: 32 readable bytes at 2 in the 34-byte block and in xh, xl; unaligned
+            // loads.
+            let (q, xh, xl) = unsafe { (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(xh.as_ptr().cast()), _mm256_loadu_si256(xl.as_ptr().cast())) };
+            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xh), _mm256_sign_epi8(q, xh)), _mm256_set1_epi16(256));
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xl), _mm256_sign_epi8(q, xl)), _mm256_set1_epi16(1));
+            let t = _mm256_add_epi32(ph, pl);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(f16_pair(blk).0 * dx), acc);
+        }
+        hsum_shuffle(acc)
+    }
+
+    pub fn split_dot_q4_1_avx2(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: selected only when AVX2, FMA and F16C are available.
+        unsafe { split_dot_q4_1_avx2_impl(bytes, x) }
+    }
+
+    pub fn split_dot_q8_0_avx2(bytes: &[u8], x: &super::SplitX) -> f32 {
+        // SAFETY: as above.
+        unsafe { split_dot_q8_0_avx2_impl(bytes, x) }
+    }
+
+    /// The input's two 32-blocks `b`, `b + 1` as 64 high and 64 low signed bytes.
+    ///
+    /// # Safety
+    /// `x.hi` and `x.lo` hold at least 32·(b + 2) values; the CPU has AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn split_pair(x: &super::SplitX, b: usize) -> (__m512i, __m512i) {
+        // SAFETY: 64 readable bytes at 32·b of hi and lo (the caller's contract).
+        unsafe { (_mm512_loadu_si512(x.hi.as_ptr().add(32 * b).cast()), _mm512_loadu_si512(x.lo.as_ptr().add(32 * b).cast())) }
+    }
+
+    /// 256·Σ(q·hi) + Σ(q·lo) per 4 bytes, for unsigned codes `q` against a pair of blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn split_pair_sum(q: __m512i, xh: __m512i, xl: __m512i) -> __m512i {
+        let th = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xh);
+        let tl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xl);
+        _mm512_add_epi32(_mm512_slli_epi32::<8>(th), tl)
+    }
+
+    /// Four Q4_1 rows · 16-bit split x, two blocks per step: each row's two 16-byte code
+    /// runs are spread to 64 nibbles (block b in the low 256 bits, b + 1 in the high), meet
+    /// the pair's high and low input bytes in two 512-bit `vpdpbusd`; the scales come as
+    /// one vector [d_w·d_x, m_w·Σx] per block (F16C on both blocks' [d, m] at once).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn split_dot4_q4_1_impl(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let n_blocks = row_bytes / 20;
+        assert!(row_bytes == 20 * n_blocks && rows.len() >= 4 * row_bytes);
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.dsum.len() >= 2 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        let mask = _mm512_set1_epi8(0x0f);
+        // 16-bit shift counts: 0 for the first copy of each block's codes, 4 for the second.
+        let shifts = _mm512_set_epi64(0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0);
+        // Lanes 0–7 take element 0 of [dA·dxA, mA·ΣxA, dB·dxB, mB·ΣxB], lanes 8–15 element 2.
+        let pick = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut macc = [_mm_setzero_ps(); 4];
+        let pairs = n_blocks / 2;
+        let base = rows.as_ptr();
+        for p in 0..pairs {
+            let b = 2 * p;
+            // SAFETY: b + 1 < n_blocks (asserted lengths above).
+            let (xh, xl) = unsafe { split_pair(x, b) };
+            // SAFETY: 4 readable floats at 2b of dsum (2·n_blocks ≥ 2b + 4).
+            let xv = unsafe { _mm_loadu_ps(x.dsum.as_ptr().add(2 * b)) };
+            for (r, (a, m)) in acc.iter_mut().zip(macc.iter_mut()).enumerate() {
+                // SAFETY: row r's blocks b and b + 1 lie within rows (4·row_bytes asserted):
+                // 16 code bytes at 4 and 24 past 20b, 4 scale bytes at 20b and 20b + 20.
+                let (v, dm) = unsafe {
+                    let blk = base.add(r * row_bytes + 20 * b);
+                    let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(4).cast()));
+                    let hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(24).cast()));
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                    let dm = _mm_unpacklo_epi32(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()), _mm_cvtsi32_si128(blk.add(20).cast::<i32>().read_unaligned()));
+                    (v, dm)
+                };
+                let q = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), mask);
+                let t = _mm512_cvtepi32_ps(split_pair_sum(q, xh, xl));
+                let prod = _mm_mul_ps(_mm_cvtph_ps(dm), xv);
+                *a = _mm512_fmadd_ps(t, _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(prod)), *a);
+                *m = _mm_add_ps(*m, prod);
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            // The m·Σx terms sit in lanes 1 and 3.
+            let m = macc[r];
+            let mut total = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(m)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(m, m)));
+            if n_blocks % 2 == 1 {
+                total += q4_1_block(&rows[r * row_bytes + 20 * (n_blocks - 1)..r * row_bytes + row_bytes], x, n_blocks - 1);
+            }
+            *o = total;
+        }
+    }
+
+    /// Four Q8_0 rows · 16-bit split x, two blocks per step: the signed codes offset by
+    /// 128 (unsigned for `vpdpbusd`), the offset's share 128·Σx_q per 4 values taken back
+    /// exactly in int32.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn split_dot4_q8_0_impl(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let n_blocks = row_bytes / 34;
+        assert!(row_bytes == 34 * n_blocks && rows.len() >= 4 * row_bytes);
+        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.qsum4.len() >= 8 * n_blocks && x.d.len() >= n_blocks);
+        let flip = _mm512_set1_epi8(-128);
+        // Lanes 0–7 take element 0 of [dA·dxA, dB·dxB], lanes 8–15 element 1.
+        let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let pairs = n_blocks / 2;
+        let base = rows.as_ptr();
+        for p in 0..pairs {
+            let b = 2 * p;
+            // SAFETY: b + 1 < n_blocks: 64 values of hi, lo and 16 of qsum4 at 8b, two of d
+            // at b (lengths asserted above).
+            let (xh, xl, off, dx) = unsafe {
+                let (xh, xl) = split_pair(x, b);
+                (xh, xl, _mm512_loadu_si512(x.qsum4.as_ptr().add(8 * b).cast()), _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b).cast())))
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: row r's blocks b and b + 1 lie within rows (4·row_bytes asserted):
+                // 32 code bytes at 2 and 36 past 34b, the scales at 34b and 34b + 34.
+                let (v, dw) = unsafe {
+                    let blk = base.add(r * row_bytes + 34 * b);
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_loadu_si256(blk.add(2).cast())), _mm256_loadu_si256(blk.add(36).cast()));
+                    let d2 = i32::from(blk.cast::<u16>().read_unaligned()) | (i32::from(blk.add(34).cast::<u16>().read_unaligned()) << 16);
+                    (v, _mm_cvtph_ps(_mm_cvtsi32_si128(d2)))
+                };
+                let t = _mm512_sub_epi32(split_pair_sum(_mm512_xor_si512(v, flip), xh, xl), off);
+                let scale = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_mul_ps(dw, dx)));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, *a);
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            let mut total = _mm512_reduce_add_ps(acc[r]);
+            if n_blocks % 2 == 1 {
+                total += q8_0_block(&rows[r * row_bytes + 34 * (n_blocks - 1)..r * row_bytes + row_bytes], x, n_blocks - 1);
+            }
+            *o = total;
+        }
+    }
+
+    /// One Q4_1 block (20 bytes) · block `b` of the split input (an odd count's last).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn q4_1_block(blk: &[u8], x: &super::SplitX, b: usize) -> f32 {
+        assert!(blk.len() == 20 && x.hi.len() >= 32 * (b + 1) && x.lo.len() >= 32 * (b + 1));
+        let shifts = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+        // SAFETY: 16 readable bytes at 4 in the 20-byte block (asserted); unaligned load.
+        let v = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.as_ptr().add(4).cast())) };
+        let q = _mm256_and_si256(_mm256_srlv_epi16(v, shifts), _mm256_set1_epi8(0x0f));
+        // SAFETY: 32·(b + 1) values of hi and lo (asserted).
+        let t = unsafe { split_sum(q, x, b) };
+        let (d, m) = f16_pair(blk);
+        hsum_shuffle(t) * (d * x.d[b]) + m * x.sums[b]
+    }
+
+    /// One Q8_0 block (34 bytes) · block `b` of the split input (an odd count's last).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn q8_0_block(blk: &[u8], x: &super::SplitX, b: usize) -> f32 {
+        assert!(blk.len() == 34 && x.hi.len() >= 32 * (b + 1) && x.lo.len() >= 32 * (b + 1) && x.qsum4.len() >= 8 * (b + 1) && x.d.len() > b);
+        // Codes offset to unsigned, as in the pair loop; the offset's share from qsum4.
+        // SAFETY: 32 readable bytes at 2 in the block and at 32·b of hi and lo, 8 values
+        // of qsum4 at 8b (x is a whole number of blocks past b); unaligned loads.
+        let (q, off) = unsafe { (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(x.qsum4.as_ptr().add(8 * b).cast())) };
+        let q = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+        // SAFETY: as above.
+        let (xh, xl) = unsafe { (_mm256_loadu_si256(x.hi.as_ptr().add(32 * b).cast()), _mm256_loadu_si256(x.lo.as_ptr().add(32 * b).cast())) };
+        let th = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xh);
+        let tl = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xl);
+        let t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32::<8>(th), tl), off);
+        hsum_shuffle(_mm256_cvtepi32_ps(t)) * (f16_pair(blk).0 * x.d[b])
+    }
+
+    pub fn split_dot4_q4_1(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
+        unsafe { split_dot4_q4_1_impl(rows, row_bytes, x, out) }
+    }
+
+    pub fn split_dot4_q8_0(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        // SAFETY: as above.
+        unsafe { split_dot4_q8_0_impl(rows, row_bytes, x, out) }
     }
 
     pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {

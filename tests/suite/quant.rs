@@ -162,9 +162,14 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
     // The split-input (16-bit x) kernels: the error is the input's rounding, at most
     // max|x_block| / 65278 per value, times |w|, plus float rounding.
     for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-        let Some(k) = simd::split_dot_kernel(t) else { continue };
+        for (name, k) in simd::all_split_dot_kernels(t) {
         for n_blocks in [1, 7, 18, 48] {
-            let bytes = random_blocks(t, n_blocks, &mut rng);
+            let mut bytes = random_blocks(t, n_blocks, &mut rng);
+            if t == GgmlType::Q8_0 {
+                // Codes as ggml's quantizer writes them, −127…127 (the AVX2 kernel's sign
+                // trick needs that; see its doc).
+                bytes.chunks_exact_mut(34).flat_map(|b| b[2..].iter_mut()).filter(|c| **c == 0x80).for_each(|c| *c = 0x81);
+            }
             let n = n_blocks * t.block_size() as usize;
             // Blocks of very different magnitudes, as activations have.
             let x: Vec<f32> = (0..n).map(|i| rng.random_range(-1.0f32..1.0) * [1.0, 30.0, 0.01][(i / 32) % 3]).collect();
@@ -180,7 +185,31 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
                 })
                 .sum();
             let got = f64::from(k(&bytes, &simd::SplitX::new(&x)));
-            assert!((got - exact).abs() <= bound + 1e-6, "{t} ({n_blocks} blocks): {got} vs {exact} (bound {bound})");
+            assert!((got - exact).abs() <= bound + 1e-6, "{t} {name} ({n_blocks} blocks): {got} vs {exact} (bound {bound})");
+            checked += 1;
+        }
+        }
+    }
+    // The four-row split kernels: each row as the one-row kernel gives it, up to float
+    // rounding (the sums run in another order), odd block counts included.
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let (Some(four), Some(one)) = (simd::split_dot4_kernel(t), simd::split_dot_kernel(t)) else { continue };
+        for n_blocks in [1, 2, 7, 18, 48] {
+            let rows = random_blocks(t, 4 * n_blocks, &mut rng);
+            let row_bytes = rows.len() / 4;
+            let n = n_blocks * 32;
+            let x: Vec<f32> = (0..n).map(|i| rng.random_range(-1.0f32..1.0) * [1.0, 30.0, 0.01][(i / 32) % 3]).collect();
+            let sx = simd::SplitX::new(&x);
+            let mut got = [0f32; 4];
+            four(&rows, row_bytes, &sx, &mut got);
+            for (r, g) in got.iter().enumerate() {
+                let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                let want = one(row, &sx);
+                let mut w = vec![0f32; n];
+                dequantize_reference(t, row, &mut w).unwrap();
+                let scale: f64 = w.iter().zip(&x).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
+                assert!((f64::from(*g) - f64::from(want)).abs() <= 1e-5 * scale.max(1.0), "{t} ({n_blocks} blocks) row {r}: four-row {g} vs one-row {want}");
+            }
             checked += 1;
         }
     }
