@@ -77,7 +77,7 @@ pub struct AutoOptions {
 
 impl Default for AutoOptions {
     fn default() -> Self {
-        AutoOptions { budget_secs: 15.0 * 60.0, space: default_space(), max_epochs: 8.0, patience: 3, screen_share: 0.25, final_share: 0.45 }
+        AutoOptions { budget_secs: 15.0 * 60.0, space: default_space(), max_epochs: 8.0, patience: 3, screen_share: 0.15, final_share: 0.6 }
     }
 }
 
@@ -274,10 +274,23 @@ pub fn search<'a>(
         let mut all = train;
         all.extend(val.iter().cloned());
         let mut f = Trainer::new(base, config_for(base_config, &opts.space[chosen], final_steps)?, all, val, data_fingerprint)?;
-        while f.step < final_steps {
+        let t_final = Instant::now();
+        while f.step < f.config.steps {
             f.train_step()?;
+            // A machine slower than the screen measured (another job on it): the
+            // schedule is shortened to end at the budget, so the learning rate still
+            // decays to its end; it is never lengthened.
+            if f.step % 8 == 0 {
+                let pace = t_final.elapsed().as_secs_f64() / f.step as f64;
+                let left = ((opts.budget_secs - elapsed()) / pace).floor().max(1.0) as usize;
+                if f.step + left < f.config.steps {
+                    on_event(&format!("final: slower than measured ({pace:.2} s per step); the schedule now ends at step {} to keep the budget", f.step + left));
+                    f.config.steps = f.step + left;
+                }
+            }
         }
-        (f, "all".to_string(), final_steps)
+        let done = f.step;
+        (f, "all".to_string(), done)
     } else {
         on_event(&format!("final: no time left for {final_steps} steps on all the data; keeping stage 2's best (step {best_step})"));
         t.params = best_params;
