@@ -95,6 +95,11 @@ impl Rows<'_> {
         let mut q = product(h, qkv[0], c.n_embd, qw, layer.bq.as_deref());
         let mut k = product(h, qkv[1], c.n_embd, kw, layer.bk.as_deref());
         let v = product(h, qkv[2], c.n_embd, kw, layer.bv.as_deref());
+        // qwen3: per-head q/k RMSNorm before RoPE.
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rmsnorm_forward(&q, qn, c.rms_eps);
+            k = rmsnorm_forward(&k, kn, c.rms_eps);
+        }
         rope_forward(&mut q, &c.rope(c.n_head), &self.positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), &self.positions);
         packed_attention_forward(&q, &k, &v, &self.ranges, c.heads(), false).0

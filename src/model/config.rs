@@ -4,8 +4,8 @@ use crate::error::{Error, GgufError};
 use crate::gguf::{GgufFile, MetaValue};
 
 /// How RoPE pairs dimensions: llama.cpp's `llama` models have q/k rows permuted by the
-/// converter so that pairs are adjacent (2i, 2i+1); `qwen2` keeps HF's NeoX layout
-/// (i, i + d/2).
+/// converter so that pairs are adjacent (2i, 2i+1); `qwen2` and `qwen3` keep HF's NeoX
+/// layout (i, i + d/2). See src/model/README.md for each architecture's quirks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
     Adjacent,
@@ -19,6 +19,8 @@ pub struct ModelConfig {
     pub n_embd: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Per-head width of q, k and v: `{arch}.attention.key_length` when given (`qwen3`
+    /// sets it: n_head·head_dim need not be n_embd), else n_embd / n_head.
     pub head_dim: usize,
     pub n_ff: usize,
     pub n_vocab: usize,
@@ -32,6 +34,9 @@ pub struct ModelConfig {
     pub rope_style: RopeStyle,
     /// No `output.weight`: the output projection is `token_embd`.
     pub tied_embeddings: bool,
+    /// Per-head RMSNorm of q and k before RoPE (`blk.N.attn_q_norm` / `attn_k_norm`,
+    /// head_dim wide, shared by every head; `qwen3`).
+    pub qk_norm: bool,
     /// `rope_freqs.weight` (rope_dim/2 divisors of the RoPE angles; Llama 3.1-style
     /// long-context scaling), when the file has it.
     pub rope_freq_factors: Option<Vec<f32>>,
@@ -45,12 +50,12 @@ impl ModelConfig {
         let arch = f.architecture()?.to_string();
         let rope_style = match arch.as_str() {
             "llama" => RopeStyle::Adjacent,
-            "qwen2" => RopeStyle::NeoX,
+            "qwen2" | "qwen3" => RopeStyle::NeoX,
             other => {
                 return Err(GgufError::WrongValue {
                     path: f.path().to_path_buf(),
                     key: "general.architecture".into(),
-                    expected: "llama or qwen2 (the native engine's architectures)".into(),
+                    expected: "llama, qwen2 or qwen3 (the native engine's architectures)".into(),
                     found: other.into(),
                 }
                 .into())
@@ -73,10 +78,14 @@ impl ModelConfig {
         let bad = |k: &str, expected: &str, found: String| -> Error {
             GgufError::WrongValue { path: f.path().to_path_buf(), key: key(k), expected: expected.into(), found }.into()
         };
-        if n_head == 0 || n_embd % n_head != 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(bad("attention.head_count", "heads dividing the embedding and a multiple of the kv heads", format!("{n_head} heads, {n_head_kv} kv heads, {n_embd} wide")));
+        let key_length = if f.get(&key("attention.key_length")).is_some() { Some(u("attention.key_length")?) } else { None };
+        if n_head == 0 || (key_length.is_none() && n_embd % n_head != 0) || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(bad("attention.head_count", "heads dividing the embedding (or a key_length) and a multiple of the kv heads", format!("{n_head} heads, {n_head_kv} kv heads, {n_embd} wide")));
         }
-        let head_dim = n_embd / n_head;
+        let head_dim = key_length.unwrap_or(n_embd / n_head);
+        if head_dim == 0 {
+            return Err(bad("attention.key_length", "≥ 1", "0".into()));
+        }
         let rope_dim = if f.get(&key("rope.dimension_count")).is_some() { u("rope.dimension_count")? } else { head_dim };
         if rope_dim > head_dim || rope_dim % 2 != 0 {
             return Err(bad("rope.dimension_count", &format!("an even number ≤ {head_dim}"), rope_dim.to_string()));
@@ -105,6 +114,7 @@ impl ModelConfig {
             rope_linear_factor,
             rope_style,
             tied_embeddings: f.tensor("output.weight").is_none(),
+            qk_norm: f.tensor("blk.0.attn_q_norm.weight").is_some(),
             rope_freq_factors: rope_freq_factors(f, rope_dim)?,
             arch,
         })
@@ -121,6 +131,16 @@ impl ModelConfig {
             style: self.rope_style,
             freq_factors: self.rope_freq_factors.as_deref(),
         }
+    }
+
+    /// Width of q (and of the attention output): n_head · head_dim.
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of k and v: n_head_kv · head_dim.
+    pub fn kv_width(&self) -> usize {
+        self.n_head_kv * self.head_dim
     }
 
     pub fn heads(&self) -> crate::model::ops::attention::Heads {

@@ -40,6 +40,8 @@ struct DeviceLayer {
     bq: Option<wgpu::Buffer>,
     bk: Option<wgpu::Buffer>,
     bv: Option<wgpu::Buffer>,
+    /// Per-head q/k norm weights [head_dim] (`qwen3`).
+    qk_norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
     ffn_norm: wgpu::Buffer,
     w_gate: DeviceWeight,
     w_up: DeviceWeight,
@@ -73,8 +75,12 @@ struct Scratch {
     cs: wgpu::Buffer,
     x: wgpu::Buffer,
     h: wgpu::Buffer,
+    /// [n, n_head·head_dim]
     q: wgpu::Buffer,
+    /// [n, n_head·head_dim]; with q/k norms also q and k before their norm.
     att: wgpu::Buffer,
+    /// Normalized k [n, n_head_kv·head_dim] before its copy into the cache (q/k norms only).
+    kn: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
     /// LoRA's x·Aᵀ [n, rank], `lora_len` floats.
@@ -98,6 +104,9 @@ pub struct GpuForward {
     output: Option<DeviceWeight>,
     output_norm: wgpu::Buffer,
     layers: Vec<DeviceLayer>,
+    /// The head_dim × head_dim identity: the dense kernel times it copies rows into the
+    /// KV cache at an offset (how normalized k lands there; `qwen3`).
+    identity: Option<wgpu::Buffer>,
     adapters: Mutex<Vec<DeviceAdapter>>,
     scratch: Mutex<Option<Scratch>>,
 }
@@ -141,6 +150,7 @@ impl GpuForward {
                 bq: l.bq.as_deref().map(|b| vec("bq", b)),
                 bk: l.bk.as_deref().map(|b| vec("bk", b)),
                 bv: l.bv.as_deref().map(|b| vec("bv", b)),
+                qk_norm: l.q_norm.as_deref().zip(l.k_norm.as_deref()).map(|(q, k)| (vec("q_norm", q), vec("k_norm", k))),
                 ffn_norm: vec("ffn_norm", &l.ffn_norm),
                 w_gate: mat(&l.w_gate)?,
                 w_up: mat(&l.w_up)?,
@@ -152,6 +162,11 @@ impl GpuForward {
             output: if config.tied_embeddings { None } else { Some(mat(&weights.output)?) },
             output_norm: vec("output_norm", &weights.output_norm),
             layers,
+            identity: config.qk_norm.then(|| {
+                let hd = config.head_dim;
+                let eye: Vec<f32> = (0..hd * hd).map(|i| if i / hd == i % hd { 1.0 } else { 0.0 }).collect();
+                vec("identity", &eye)
+            }),
             adapters: Mutex::new(Vec::new()),
             scratch: Mutex::new(None),
             config: config.clone(),
@@ -171,7 +186,7 @@ impl GpuForward {
         let c = &self.config;
         let gpu = &self.gpu;
         let n = tokens.len();
-        let (d, kv, hd) = (c.n_embd, c.n_head_kv * c.head_dim, c.head_dim);
+        let (d, qw, kv, hd) = (c.n_embd, c.q_width(), c.kv_width(), c.head_dim);
         self.reserve_cache(cache, n_past, n_past + n)?;
         let cache = cache.as_ref().expect("reserved");
         let mut device_adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,15 +214,31 @@ impl GpuForward {
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block: h = norm(x); q, k, v (k, v straight into the cache); RoPE
             self.rmsnorm(&mut g, &s.x, 0, &layer.attn_norm, &s.h, n);
-            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wq, layer.bq.as_ref(), Out { buf: &s.q, base: 0, stride: d, accumulate: false })?;
-            self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wk, layer.bk.as_ref(), Out { buf: &cache.k[l], base: kv_base, stride: kv, accumulate: false })?;
+            match &layer.qk_norm {
+                None => {
+                    self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wq, layer.bq.as_ref(), Out { buf: &s.q, base: 0, stride: qw, accumulate: false })?;
+                    self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wk, layer.bk.as_ref(), Out { buf: &cache.k[l], base: kv_base, stride: kv, accumulate: false })?;
+                }
+                Some((qn, kn)) => {
+                    // qwen3: q and k through `att` (free until attention), normalized per
+                    // head (rows of head_dim) into q and `kn`; `kn` then copied into the
+                    // cache at this call's positions (dense × identity: exact).
+                    self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wq, layer.bq.as_ref(), Out { buf: &s.att, base: 0, stride: qw, accumulate: false })?;
+                    self.norm_rows(&mut g, &s.att, 0, qn, &s.q, hd, n * c.n_head);
+                    self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wk, layer.bk.as_ref(), Out { buf: &s.att, base: 0, stride: kv, accumulate: false })?;
+                    self.norm_rows(&mut g, &s.att, 0, kn, &s.kn, hd, n * c.n_head_kv);
+                    let eye = self.identity.as_ref().expect("made with the q/k norms");
+                    let p = [(n * c.n_head_kv) as u32, hd as u32, hd as u32, 0, hd as u32, kv_base as u32, bits(1.0)];
+                    g.dispatch(&ops.dense, &[&s.kn, eye, &cache.k[l]], &p, Grid::Threads((n * kv) as u64));
+                }
+            }
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wv, layer.bv.as_ref(), Out { buf: &cache.v[l], base: kv_base, stride: kv, accumulate: false })?;
             let neox = u32::from(c.rope_style == RopeStyle::NeoX);
             let half = c.rope_dim / 2;
             for (buf, heads, base) in [(&s.q, c.n_head, 0), (&cache.k[l], c.n_head_kv, kv_base)] {
                 g.dispatch(&ops.rope, &[buf, &s.cs], &[n as u32, heads as u32, hd as u32, half as u32, neox, base as u32], Grid::Threads((n * heads * half) as u64));
             }
-            // att [n, d] = softmax(q·kᵀ/√hd)·v, in chunks of query rows
+            // att [n, n_head·hd] = softmax(q·kᵀ/√hd)·v, in chunks of query rows
             for q0 in (0..n).step_by(q_chunk) {
                 let rows = q_chunk.min(n - q0);
                 let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt())];
@@ -266,7 +297,13 @@ impl GpuForward {
 
     /// out [rows, d] = rmsnorm(x[x_base..] rows) · w.
     fn rmsnorm<'a>(&'a self, g: &mut Graph<'a>, x: &'a wgpu::Buffer, x_base: usize, w: &'a wgpu::Buffer, out: &'a wgpu::Buffer, rows: usize) {
-        let p = [self.config.n_embd as u32, rows as u32, x_base as u32, bits(self.config.rms_eps)];
+        self.norm_rows(g, x, x_base, w, out, self.config.n_embd, rows);
+    }
+
+    /// out [rows, width] = rmsnorm of `rows` rows of `width` values from x[x_base..], · w.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_rows<'a>(&'a self, g: &mut Graph<'a>, x: &'a wgpu::Buffer, x_base: usize, w: &'a wgpu::Buffer, out: &'a wgpu::Buffer, width: usize, rows: usize) {
+        let p = [width as u32, rows as u32, x_base as u32, bits(self.config.rms_eps)];
         g.dispatch(&self.ops.rmsnorm, &[x, w, out], &p, Grid::Groups(rows as u64));
     }
 
@@ -333,8 +370,9 @@ impl GpuForward {
                 cs: f("rope_cs", n * c.rope_dim),
                 x: f("x", n * c.n_embd),
                 h: f("h", n * c.n_embd),
-                q: f("q", n * c.n_embd),
-                att: f("att", n * c.n_embd),
+                q: f("q", n * c.q_width()),
+                att: f("att", n * c.q_width()),
+                kn: f("kn", if c.qk_norm { n * c.kv_width() } else { 1 }),
                 gate: f("gate", n * c.n_ff),
                 up: f("up", n * c.n_ff),
                 lora: f("lora", lora_len),

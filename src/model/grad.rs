@@ -101,6 +101,9 @@ fn projections<'l, 'a>(layer: &'l Layer<'a>) -> [&'l Weight<'a>; N_LIN] {
 /// saves about a third of the activation memory.
 struct Acts<T> {
     x: Vec<T>,
+    /// q and k before their per-head norms (`qwen3` only): what the norms' backward reads.
+    q_raw: Option<Vec<T>>,
+    k_raw: Option<Vec<T>>,
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
@@ -119,6 +122,8 @@ pub struct TrainModel<'a, T> {
     weights: Weights<'a>,
     output: Vec<T>,
     norms: Vec<(Vec<T>, Vec<T>)>,
+    /// Per-head q and k norm weights per layer (`qwen3`).
+    qk_norms: Vec<Option<(Vec<T>, Vec<T>)>>,
     biases: Vec<[Option<Vec<T>>; 3]>,
     output_norm: Vec<T>,
 }
@@ -143,9 +148,10 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let weights = Weights::from_gguf(gguf, config)?;
         let output = dense(&weights.output)?;
         let norms = weights.layers.iter().map(|l| (cast(&l.attn_norm), cast(&l.ffn_norm))).collect();
+        let qk_norms = weights.layers.iter().map(|l| l.q_norm.as_deref().zip(l.k_norm.as_deref()).map(|(q, k)| (cast(q), cast(k)))).collect();
         let biases = weights.layers.iter().map(|l| [l.bq.as_deref().map(cast), l.bk.as_deref().map(cast), l.bv.as_deref().map(cast)]).collect();
         let output_norm = cast(&weights.output_norm);
-        Ok(TrainModel { config: config.clone(), weights, output, norms, biases, output_norm })
+        Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, biases, output_norm })
     }
 
     /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it.
@@ -206,6 +212,16 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut q = lin(Q, &h1, bq.as_deref()); // [n, n_head·hd]
         let mut k = lin(K, &h1, bk.as_deref()); // [n, n_kv·hd]
         let v = lin(V, &h1, bv.as_deref()); // [n, n_kv·hd]
+        // qwen3: RMSNorm over each head's values, before RoPE.
+        let (q_raw, k_raw) = match &self.qk_norms[l] {
+            Some((qn, kn)) => {
+                let (qr, kr) = (q, k);
+                q = rmsnorm_forward(&qr, qn, c.rms_eps);
+                k = rmsnorm_forward(&kr, kn, c.rms_eps);
+                (Some(qr), Some(kr))
+            }
+            None => (None, None),
+        };
         rope_forward(&mut q, &c.rope(c.n_head), positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), positions);
         let (att, probs) = packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads(), true);
@@ -217,7 +233,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let act = swiglu_forward(&g, &u);
         let dn = lin(DOWN, &act, None); // [n, d]
         let x_out: Vec<T> = x_mid.iter().zip(&dn).map(|(a, b)| *a + *b).collect();
-        (x_out, Acts { x, q, k, v, probs, att, x_mid, g, u, ax })
+        (x_out, Acts { x, q_raw, k_raw, q, k, v, probs, att, x_mid, g, u, ax })
     }
 
     /// One layer backward: dx_out [n, d] → dx_in (when `need_dx`), LoRA grads added.
@@ -254,6 +270,13 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let (mut dq, mut dk, dv) = packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads());
         rope_backward(&mut dq, &c.rope(c.n_head), positions);
         rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
+        if let (Some((qn, kn)), Some(qr), Some(kr)) = (&self.qk_norms[l], &a.q_raw, &a.k_raw) {
+            let mut dq_raw = vec![T::zero(); qr.len()];
+            rmsnorm_backward(&mut dq_raw, &dq, qr, qn, c.rms_eps);
+            let mut dk_raw = vec![T::zero(); kr.len()];
+            rmsnorm_backward(&mut dk_raw, &dk, kr, kn, c.rms_eps);
+            (dq, dk) = (dq_raw, dk_raw);
+        }
         let h1 = rmsnorm_forward(&a.x, attn_norm, c.rms_eps);
         let mut dh1 = vec![T::zero(); h1.len()];
         lin_back(Q, Some(&mut dh1), &dq, &h1);

@@ -1,4 +1,5 @@
-//! The native engine: a llama-family transformer (`llama`, `qwen2`) computed by edgelora
+//! The native engine: a llama-family transformer (`llama`, `qwen2`, `qwen3`; their quirks
+//! in src/model/README.md) computed by edgelora
 //! itself on the quantized base borrowed from the memory map, with LoRA adapters applied
 //! on the fly (several, weighted, per request). Forward only so far; the training issue
 //! adds each op's backward.
@@ -221,7 +222,7 @@ impl NativeModel {
             linear_forward_rows(backend, x, w, b.map(Vec::as_slice), &loras_at(w, &off)).map_err(compute_err)
         };
         use profile::time;
-        let (q_w, kv_w) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let (q_w, kv_w) = (c.q_width(), c.kv_width());
 
         // x [n, n_embd]
         let mut x = time(|| "embedding".into(), || embedding_forward(&tokens, &weights.token_embd)).map_err(|e| compute_err(e.into()))?;
@@ -231,6 +232,13 @@ impl NativeModel {
             let mut q = lin(&h, &layer.wq, layer.bq.as_ref())?; // [n, n_head·hd]
             let mut k = lin(&h, &layer.wk, layer.bk.as_ref())?; // [n, n_kv·hd]
             let v = lin(&h, &layer.wv, layer.bv.as_ref())?; // [n, n_kv·hd]
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                // qwen3: RMSNorm over each head's head_dim values (the weight's width).
+                time(|| "q/k norm".into(), || {
+                    q = rmsnorm_forward(&q, qn, c.rms_eps);
+                    k = rmsnorm_forward(&k, kn, c.rms_eps);
+                });
+            }
             time(|| "rope".into(), || {
                 rope_forward(&mut q, &c.rope(c.n_head), &positions);
                 rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);

@@ -9,7 +9,7 @@
 //!   expert counts llama.cpp asserts on, the RoPE scaling type, per-layer arrays no
 //!   longer than the block count, the keys llama.cpp reads with `gguf_get_val_*` (which
 //!   abort on a wrong type), and the vocabulary arrays (see [`check_vocab`]);
-//! - **architecture** (`llama`, `qwen2`, the native engine's): every hyper-parameter
+//! - **architecture** (`llama`, `qwen2`, `qwen3`, the native engine's): every hyper-parameter
 //!   llama.cpp and the native engine read — embedding length, head counts and head
 //!   sizes, feed-forward length, context length, RoPE keys, norm epsilon — with the
 //!   shape of every tensor they imply, the exact set of tensors, and their types.
@@ -28,7 +28,7 @@ pub const MAX_LAYERS: u64 = 512;
 pub const MAX_EXPERTS: u64 = 1024;
 
 /// The architectures checked key by key (the native engine's).
-pub const VALIDATED_ARCHS: [&str; 2] = ["llama", "qwen2"];
+pub const VALIDATED_ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 /// Checks `f` as a model (see the module docs). An architecture outside
 /// [`VALIDATED_ARCHS`] gets the generic checks only.
@@ -201,7 +201,7 @@ impl Checker<'_> {
         Ok(n_layer)
     }
 
-    /// `llama` and `qwen2`: hyper-parameters against each other and the tensors.
+    /// `llama`, `qwen2` and `qwen3`: hyper-parameters against each other and the tensors.
     fn llama_family(&self, arch: &str, n_layer: u64) -> Result<(), Error> {
         let key = |k: &str| format!("{arch}.{k}");
         // One value for every layer (the native engine has no per-layer sizes).
@@ -249,19 +249,23 @@ impl Checker<'_> {
             return Err(self.wrong(&key("attention.head_count_kv"), format!("a divisor of attention.head_count = {n_head}"), n_head_kv.to_string()));
         }
         positive("context_length", self.u32_opt(&key("context_length"))?)?;
-        // Head sizes: n_embd / n_head unless given; the native engine needs them equal.
+        // Head sizes: n_embd / n_head unless given (qwen3 gives key_length, and
+        // n_head·key_length need not be n_embd); the native engine needs keys and values
+        // of one (even) size.
+        let key_length = self.u32_opt(&key("attention.key_length"))?;
         let default_head = n_embd / n_head;
-        let head_k = self.u32_opt(&key("attention.key_length"))?.unwrap_or(default_head);
+        let head_k = key_length.unwrap_or(default_head);
+        // llama.cpp defaults each of them to n_embd / n_head on its own.
         let head_v = self.u32_opt(&key("attention.value_length"))?.unwrap_or(default_head);
-        if n_embd % n_head != 0 || head_k != default_head || head_v != default_head || head_k < 2 || head_k % 2 != 0 {
+        if (key_length.is_none() && n_embd % n_head != 0) || head_k != head_v || head_k < 2 || head_k % 2 != 0 {
             return Err(self.wrong(
                 &key("attention.head_count"),
-                format!("heads of embedding_length / head_count = {n_embd} / {n_head} values (even), the same for keys and values"),
+                format!("heads of key_length (default embedding_length / head_count = {n_embd} / {n_head}) values, even, the same for keys and values"),
                 format!("{n_head} heads, key_length {head_k}, value_length {head_v}"),
             ));
         }
         // Sizes llama.cpp multiplies in 32 bits (n_embd_k_gqa) or allocates per token.
-        for (k, v, cap) in [("embedding_length", n_embd, 1u64 << 20), ("feed_forward_length", n_ff, 1 << 22), ("attention.head_count_kv", n_head_kv * head_k, 1 << 20)] {
+        for (k, v, cap) in [("embedding_length", n_embd, 1u64 << 20), ("feed_forward_length", n_ff, 1 << 22), ("attention.head_count_kv", n_head_kv * head_k, 1 << 20), ("attention.head_count", n_head * head_k, 1 << 20)] {
             if v > cap {
                 return Err(self.wrong(&key(k), format!("at most {cap} (as a width)"), v.to_string()));
             }
@@ -288,7 +292,12 @@ impl Checker<'_> {
         ];
         for i in 0..n_layer {
             let b = |s: &str| format!("blk.{i}.{s}");
+            // qwen2: q/k/v biases required (optional elsewhere, as llama.cpp loads them);
+            // qwen3: per-head q/k norms required.
             let biases = arch == "qwen2";
+            if arch == "qwen3" {
+                expected.extend([(b("attn_q_norm.weight"), vec![head_k], true), (b("attn_k_norm.weight"), vec![head_k], true)]);
+            }
             expected.extend([
                 (b("attn_norm.weight"), vec![n_embd], true),
                 (b("attn_q.weight"), vec![n_embd, q], true),

@@ -25,6 +25,9 @@ pub struct Layer<'a> {
     pub bq: Option<Vec<f32>>,
     pub bk: Option<Vec<f32>>,
     pub bv: Option<Vec<f32>>,
+    /// Per-head RMSNorm weights of q and k [head_dim] (`qwen3`), applied before RoPE.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Weight<'a>,
     pub w_up: Weight<'a>,
@@ -62,20 +65,22 @@ fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, Error> {
 
 impl<'a> Weights<'a> {
     pub fn from_gguf(f: &'a GgufFile, c: &ModelConfig) -> Result<Weights<'a>, Error> {
-        let kv = c.n_head_kv * c.head_dim;
+        let (q, kv) = (c.q_width(), c.kv_width());
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
             let bias = |s: &str, len: usize| if f.tensor(&n(s)).is_some() { vector(f, &n(s), len).map(Some) } else { Ok(None) };
             layers.push(Layer {
                 attn_norm: vector(f, &n("attn_norm.weight"), c.n_embd)?,
-                wq: matrix(f, &n("attn_q.weight"), c.n_embd, c.n_embd)?,
+                wq: matrix(f, &n("attn_q.weight"), c.n_embd, q)?,
                 wk: matrix(f, &n("attn_k.weight"), c.n_embd, kv)?,
                 wv: matrix(f, &n("attn_v.weight"), c.n_embd, kv)?,
-                wo: matrix(f, &n("attn_output.weight"), c.n_embd, c.n_embd)?,
-                bq: bias("attn_q.bias", c.n_embd)?,
+                wo: matrix(f, &n("attn_output.weight"), q, c.n_embd)?,
+                bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
+                q_norm: if c.qk_norm { Some(vector(f, &n("attn_q_norm.weight"), c.head_dim)?) } else { None },
+                k_norm: if c.qk_norm { Some(vector(f, &n("attn_k_norm.weight"), c.head_dim)?) } else { None },
                 ffn_norm: vector(f, &n("ffn_norm.weight"), c.n_embd)?,
                 w_gate: matrix(f, &n("ffn_gate.weight"), c.n_embd, c.n_ff)?,
                 w_up: matrix(f, &n("ffn_up.weight"), c.n_embd, c.n_ff)?,

@@ -204,6 +204,7 @@ mod tests {
             rope_linear_factor: 1.0,
             rope_style: crate::model::config::RopeStyle::Adjacent,
             tied_embeddings: true,
+            qk_norm: false,
             rope_freq_factors: None,
         }
     }

@@ -4,6 +4,7 @@
 mod common;
 
 mod adapters;
+mod arch_qwen;
 mod auto;
 mod batch;
 mod cli;

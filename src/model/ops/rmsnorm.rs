@@ -1,4 +1,6 @@
-//! RMSNorm: y = x · inv · w with inv = 1 / sqrt(mean(x²) + eps), per row.
+//! RMSNorm: y = x · inv · w with inv = 1 / sqrt(mean(x²) + eps), per row of w.len()
+//! values. The same op normalizes each head of q or k (`qwen3`'s q/k norms): a
+//! [n, heads·head_dim] activation is [n·heads, head_dim] rows for a head_dim-wide w.
 
 use rayon::prelude::*;
 

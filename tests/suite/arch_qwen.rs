@@ -1,0 +1,241 @@
+//! `qwen2` and `qwen3` against references nobody here wrote: tiny random models made with
+//! Hugging Face transformers (their own config classes), converted to F32 GGUF by
+//! llama.cpp's `convert_hf_to_gguf.py`, a PEFT adapter on every linear layer, and
+//! transformers' logits (every position) and greedy continuations — all made by
+//! tests/fixtures/arch/make.py (see the README there). Here: the native engine against
+//! transformers and against the llama.cpp backend on the same files, the GPU forward
+//! against the CPU one, and the whole-model gradient check on the qwen3 file.
+
+use std::path::{Path, PathBuf};
+
+use edgelora::adapter::{read_peft, LoraAdapter};
+use edgelora::compute::cpu::Cpu;
+use edgelora::engine::{argmax, GenerateRequest, Prompt, Runtime, RuntimeOptions};
+use edgelora::gguf::GgufFile;
+use edgelora::model::config::ModelConfig;
+use edgelora::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
+use edgelora::model::{NativeModel, Session};
+use rand::{Rng, SeedableRng};
+use safetensors::SafeTensors;
+
+use crate::common::{kl, max_abs_diff};
+
+const ARCHS: [&str; 2] = ["qwen2", "qwen3"];
+/// Per position, native engine vs transformers on F32 weights.
+const KL_BUDGET: f64 = 1e-4;
+
+fn dir(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arch").join(arch)
+}
+
+fn gguf(arch: &str) -> GgufFile {
+    GgufFile::open(dir(arch).join("model.f32.gguf")).unwrap()
+}
+
+/// The fixture's references: prompts (name, ids), and per (config, prompt) the logits of
+/// every position and the greedy continuation.
+struct Reference {
+    json: serde_json::Value,
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    fn load(arch: &str) -> Reference {
+        let json = serde_json::from_str(&std::fs::read_to_string(dir(arch).join("reference.json")).unwrap()).unwrap();
+        Reference { json, bytes: std::fs::read(dir(arch).join("reference.safetensors")).unwrap() }
+    }
+
+    fn prompts(&self) -> Vec<(String, Vec<i32>)> {
+        let ids = |p: &serde_json::Value| p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+        self.json["prompts"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), ids(p))).collect()
+    }
+
+    fn logits(&self, config: &str, prompt: &str, n_vocab: usize) -> Vec<Vec<f32>> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(&format!("logits.{config}.{prompt}")).unwrap();
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        v.chunks_exact(n_vocab).map(<[f32]>::to_vec).collect()
+    }
+
+    fn greedy(&self, config: &str, prompt: &str) -> Vec<i32> {
+        self.json["configs"][config][prompt]["greedy_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
+    }
+}
+
+/// Worst per-position KL and max |Δlogit| between two sets of rows.
+fn compare(want: &[Vec<f32>], got: &[Vec<f32>]) -> (f64, f32) {
+    assert_eq!(want.len(), got.len(), "rows");
+    want.iter().zip(got).fold((0.0, 0.0), |(k, d), (w, g)| (k.max(kl(w, g)), d.max(max_abs_diff(w, g))))
+}
+
+fn greedy_native(model: &NativeModel, ids: &[i32], adapters: &[(&LoraAdapter, f32)], n: usize) -> Vec<i32> {
+    let mut s = Session::default();
+    let mut next = argmax(&model.forward(&mut s, ids, adapters, false).unwrap()[0]);
+    let mut out = vec![next];
+    while out.len() < n {
+        next = argmax(&model.forward(&mut s, &[next], adapters, false).unwrap()[0]);
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn arch_qwen_native_matches_transformers() {
+    for arch in ARCHS {
+        let model = NativeModel::new(gguf(arch), Box::new(Cpu)).unwrap();
+        assert_eq!(model.config.arch, arch);
+        let adapter = read_peft(&dir(arch).join("adapter"), model.gguf()).unwrap();
+        assert_eq!(adapter.tensors.len(), 14, "{arch}: 7 projections × 2 layers");
+        let r = Reference::load(arch);
+        for (config, adapters) in [("base", vec![]), ("adapter", vec![(&adapter, 1.0f32)])] {
+            for (name, ids) in r.prompts() {
+                let want = r.logits(config, &name, model.config.n_vocab);
+                let got = model.forward(&mut Session::default(), &ids, &adapters, true).unwrap();
+                let (k, d) = compare(&want, &got);
+                eprintln!("{arch} {config}/{name}: {} positions, max KL {k:.2e}, max |Δlogit| {d:.2e}", ids.len());
+                assert!(k <= KL_BUDGET, "{arch} {config}/{name}: KL {k}");
+                assert!(d < 1e-3, "{arch} {config}/{name}: max |Δlogit| {d}");
+                let greedy = r.greedy(config, &name);
+                assert_eq!(greedy_native(&model, &ids, &adapters, greedy.len()), greedy, "{arch} {config}/{name}: greedy continuation");
+            }
+        }
+    }
+}
+
+#[test]
+fn arch_qwen_native_matches_llama_cpp() {
+    // The same F32 file through llama.cpp (F32 KV cache, no flash attention: nothing
+    // rounded below f32), with the same PEFT adapter loaded by the runtime.
+    for arch in ARCHS {
+        let path = dir(arch).join("model.f32.gguf");
+        let model = NativeModel::new(gguf(arch), Box::new(Cpu)).unwrap();
+        let adapter = read_peft(&dir(arch).join("adapter"), model.gguf()).unwrap();
+        let opts = RuntimeOptions { threads: 1, n_ctx: 256, f32_kv_cache: true, flash_attention: Some(false), ..RuntimeOptions::default() };
+        let rt = Runtime::load(&path, opts).unwrap();
+        rt.load_adapter("a", dir(arch).join("adapter")).unwrap();
+        let r = Reference::load(arch);
+        for (config, set, adapters) in [("base", vec![], vec![]), ("adapter", vec![("a".to_string(), 1.0f32)], vec![(&adapter, 1.0f32)])] {
+            for (name, ids) in r.prompts() {
+                let theirs = rt.logits_all(&ids, &set).unwrap();
+                let ours = model.forward(&mut Session::default(), &ids, &adapters, true).unwrap();
+                let (k, d) = compare(&theirs, &ours);
+                eprintln!("{arch} {config}/{name}: native vs llama.cpp max KL {k:.2e}, max |Δlogit| {d:.2e}");
+                assert!(k <= KL_BUDGET, "{arch} {config}/{name}: KL {k}");
+                // llama.cpp's greedy continuation equals transformers'.
+                let mut req = GenerateRequest::new(Prompt::Tokens(ids.clone()));
+                let greedy = r.greedy(config, &name);
+                req.max_tokens = greedy.len();
+                req.ignore_eog = true;
+                req.adapters = set.clone();
+                assert_eq!(rt.generate(&req, &mut |_| true).unwrap().tokens, greedy, "{arch} {config}/{name}: llama.cpp greedy");
+            }
+        }
+    }
+}
+
+#[test]
+fn arch_qwen_gpu_forward_equals_cpu() {
+    // The whole forward on wgpu (lavapipe where there is no GPU), qwen3's q/k norms
+    // included, with the adapter on every linear layer; prompt then decode steps.
+    for arch in ARCHS {
+        let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
+        let on_gpu = NativeModel::on_gpu(gguf(arch), gpu).unwrap();
+        let on_cpu = NativeModel::new(gguf(arch), Box::new(Cpu)).unwrap();
+        let adapter = read_peft(&dir(arch).join("adapter"), on_cpu.gguf()).unwrap();
+        let (_, ids) = Reference::load(arch).prompts().remove(0);
+        for adapters in [vec![], vec![(&adapter, 1.0f32)]] {
+            let (mut sg, mut sc) = (Session::default(), Session::default());
+            let a = on_gpu.forward(&mut sg, &ids, &adapters, true).unwrap();
+            let b = on_cpu.forward(&mut sc, &ids, &adapters, true).unwrap();
+            let (_, d) = compare(&b, &a);
+            eprintln!("{arch} GPU vs CPU, {} adapters: prompt max |Δlogit| {d:.2e}", adapters.len());
+            assert!(d < 1e-3, "{arch}: {d}");
+            let mut next = argmax(&a[ids.len() - 1]);
+            for step in 0..4 {
+                let x = on_gpu.forward(&mut sg, &[next], &adapters, false).unwrap().pop().unwrap();
+                let y = on_cpu.forward(&mut sc, &[next], &adapters, false).unwrap().pop().unwrap();
+                assert!(max_abs_diff(&x, &y) < 1e-3, "{arch} decode step {step}: {}", max_abs_diff(&x, &y));
+                next = argmax(&y);
+            }
+        }
+    }
+}
+
+#[test]
+fn arch_qwen3_lora_gradients_match_finite_differences() {
+    // dA/dB through the whole qwen3 fixture (f64), LoRA on q and k (through the per-head
+    // q/k norms and RoPE), v, o and down, against central differences of the loss.
+    let f = gguf("qwen3");
+    let config = ModelConfig::from_gguf(&f).unwrap();
+    assert!(config.qk_norm && config.head_dim * config.n_head != config.n_embd);
+    let model = TrainModel::<f64>::new(&f, &config).unwrap();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut params = LoraParams::new();
+    for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.attn_v.weight", "blk.1.attn_output.weight", "blk.1.ffn_down.weight"] {
+        let (n_in, n_out) = model.matrix_shape(name).unwrap();
+        let mut v = |n: usize| (0..n).map(|_| r.random_range(-0.3..0.3)).collect::<Vec<f64>>();
+        params.insert(name.to_string(), LoraParam { rank: 1, n_in, n_out, scale: 2.0, a: v(n_in), b: v(n_out) });
+    }
+    let batch = Batch { tokens: vec![1, 70, 33, 200, 5, 1, 99, 150], seq_lens: vec![5, 3], targets: vec![70, 33, -1, 5, 12, 99, 150, 7] };
+    let g = model.loss_and_grad(&params, &batch, GradOptions { checkpoint: false, ce_chunk: 3, grad_scale: 1.0 }).unwrap();
+    let loss = |p: &LoraParams<f64>| model.losses(p, &batch, 4).unwrap().iter().sum::<f64>();
+    assert!((loss(&params) - g.loss_sum).abs() < 1e-10);
+    const EPS: f64 = 1e-6;
+    for (name, p) in &params {
+        for which in ["a", "b"] {
+            let (x, analytic) = if which == "a" { (&p.a, &g.grads[name].a) } else { (&p.b, &g.grads[name].b) };
+            let numeric: Vec<f64> = (0..x.len())
+                .map(|i| {
+                    let at = |delta: f64| {
+                        let mut q = params.clone();
+                        let t = q.get_mut(name).unwrap();
+                        if which == "a" { t.a[i] += delta } else { t.b[i] += delta }
+                        loss(&q)
+                    };
+                    (at(EPS) - at(-EPS)) / (2.0 * EPS)
+                })
+                .collect();
+            let scale = numeric.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            for (i, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
+                assert!((a - n).abs() <= 1e-6 * scale, "d{which} {name}[{i}]: analytic {a} vs numeric {n} (scale {scale})");
+            }
+            assert!(numeric.iter().any(|v| v.abs() > 1e-4), "d{which} {name}: no gradient");
+        }
+    }
+}
+
+#[test]
+fn arch_unknown_architecture_is_refused_by_name() {
+    // A file whose architecture the native engine does not run: a typed error naming it.
+    let tmp = crate::common::tmpdir();
+    let path = tmp.path().join("phi3.gguf");
+    crate::common::tiny_model(&path, "phi3", 1);
+    let e = NativeModel::new(GgufFile::open(&path).unwrap(), Box::new(Cpu)).err().expect("phi3 accepted");
+    let text = e.to_string();
+    assert!(text.contains("phi3") && text.contains("general.architecture"), "{text}");
+}
+
+#[test]
+fn arch_qwen3_without_its_qk_norms_is_refused_naming_the_tensor() {
+    // The qwen3 fixture copied without blk.1.attn_k_norm.weight: refused before any
+    // weight is read, by the native engine and by the llama.cpp backend's checks.
+    let src = gguf("qwen3");
+    let specs: Vec<edgelora::gguf::TensorSpec> = src
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "blk.1.attn_k_norm.weight")
+        .map(|t| edgelora::gguf::TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type))
+        .collect();
+    let tmp = crate::common::tmpdir();
+    let path = tmp.path().join("qwen3-no-k-norm.gguf");
+    let mut w = edgelora::gguf::GgufWriter::create(&path, src.metadata(), &specs).unwrap();
+    for s in &specs {
+        w.write_tensor(&s.name, src.tensor_bytes(&s.name).unwrap().1).unwrap();
+    }
+    w.finish().unwrap();
+    let e = NativeModel::new(GgufFile::open(&path).unwrap(), Box::new(Cpu)).err().expect("accepted without a k norm").to_string();
+    assert!(e.contains("blk.1.attn_k_norm.weight"), "{e}");
+    let opts = RuntimeOptions { threads: 1, n_ctx: 64, ..RuntimeOptions::default() };
+    let e = Runtime::load(&path, opts).err().expect("llama.cpp backend accepted it").to_string();
+    assert!(e.contains("blk.1.attn_k_norm.weight"), "{e}");
+}
