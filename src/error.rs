@@ -95,6 +95,10 @@ pub enum GgufError {
 pub enum EngineError {
     #[error("{}: {reason}", path.display())]
     ModelLoad { path: PathBuf, reason: String },
+    /// The native engine's tokenizer does not implement the model's vocabulary type or
+    /// pre-tokenizer (`cause` names the file, the key and the value).
+    #[error("the native engine cannot tokenize for this model: {cause}; {}", if *llama_cpp_knows { "the llama.cpp backend (--backend llama) can run it" } else { "llama.cpp does not know this vocabulary either" })]
+    UnsupportedVocab { path: PathBuf, llama_cpp_knows: bool, cause: crate::tokenizer::TokenizerError },
     #[error("{}: llama.cpp could not load the adapter: {reason}", path.display())]
     AdapterLoad { path: PathBuf, reason: String },
     #[error("adapter {name:?} is not loaded (loaded: {loaded})")]

@@ -152,3 +152,26 @@ pub fn join_chat(messages: &[(&str, &str)]) -> Vec<u8> {
     }
     s.into_bytes()
 }
+
+/// `tokenizer_vocab` input layout: byte 0 holds flags (bit 0 `add_special`, bit 1
+/// `parse_special`, bit 2 `remove_special`, bit 3 `unparse_special`, bit 4
+/// `add_assistant`); bytes 1–2 (little-endian) the text's length, clamped to what
+/// follows; then the text (lossy UTF-8), then the GGUF image. Returns (flags, text, GGUF).
+pub fn split_vocab(data: &[u8]) -> (u8, &[u8], &[u8]) {
+    if data.len() < 3 {
+        return (0, &[], data);
+    }
+    let n = (u16::from_le_bytes([data[1], data[2]]) as usize).min(data.len() - 3);
+    let (text, gguf) = data[3..].split_at(n);
+    (data[0], text, gguf)
+}
+
+/// The inverse of [`split_vocab`] (for writing seeds).
+pub fn join_vocab(flags: u8, text: &str, gguf: &[u8]) -> Vec<u8> {
+    let n = u16::try_from(text.len()).expect("text under 64 KiB");
+    let mut v = vec![flags];
+    v.extend_from_slice(&n.to_le_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v.extend_from_slice(gguf);
+    v
+}

@@ -155,7 +155,7 @@ impl Batcher {
     /// context, a reservation beyond the whole KV pool) are returned here and `sink` is
     /// dropped uncalled.
     pub fn submit(&self, req: GenerateRequest, sink: Box<dyn BatchSink>) -> Result<()> {
-        let prompt = self.rt.vocab().tokenize(&req.prompt)?;
+        let prompt = self.rt.tokenize(&req.prompt)?;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt.into());
         }
@@ -340,8 +340,8 @@ impl Scheduler {
                 return;
             }
         };
-        let vocab_rt = self.rt.vocab();
-        let vocab = Vocab { is_eog: &|t| vocab_rt.is_eog(t), piece: &|t| vocab_rt.token_piece(t) };
+        let rt = &*self.rt;
+        let vocab = Vocab { is_eog: &|t| rt.is_eog(t), piece: &|t| rt.token_piece(t) };
         for (&(i, end), mut rows) in plan.iter().zip(logits) {
             let s = &mut self.running[i];
             s.fed = end;

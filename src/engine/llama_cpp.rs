@@ -98,9 +98,22 @@ unsafe impl Send for Model {}
 // SAFETY: shared access only reads (vocabulary, metadata), which llama.cpp allows.
 unsafe impl Sync for Model {}
 
+thread_local! {
+    static MODEL_LOADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has asked llama.cpp to load a model ([`Model::load`], which
+/// every llama.cpp context comes from). Per thread, so that a test can tell whether a call
+/// (e.g. `NativeRuntime::load`, which must not touch llama.cpp) loaded one while other
+/// tests run beside it.
+pub fn model_loads_on_this_thread() -> usize {
+    MODEL_LOADS.with(|n| n.get())
+}
+
 impl Model {
     /// Loads a GGUF model for CPU inference (memory-mapped by llama.cpp).
     pub fn load(path: &Path, use_mmap: bool) -> Result<Model, EngineError> {
+        MODEL_LOADS.with(|n| n.set(n.get() + 1));
         let fail = |reason: String| EngineError::ModelLoad { path: path.to_path_buf(), reason };
         let cpath = c_path(path).map_err(fail)?;
         backend();

@@ -2,10 +2,13 @@
 //! at any time, and run requests that each name their own adapter set with scales.
 //!
 //! Two backends sit behind the [`Engine`] trait: llama.cpp ([`Runtime`], `llama_cpp`)
-//! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu). Sampling
-//! and detokenization are ours (`sampler`, `text`) so that every backend behaves alike.
+//! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu, tokenized by
+//! `crate::tokenizer` with no llama.cpp in it). Sampling and detokenization are ours
+//! (`sampler`, `text`) and chat prompts are rendered alike (`chat`: llama.cpp's built-in
+//! formats), so that every backend behaves alike.
 
 pub mod batch;
+pub mod chat;
 mod decode;
 pub mod llama_cpp;
 mod native;
@@ -96,13 +99,13 @@ impl Engine for NativeRuntime {
         NativeRuntime::n_vocab(self)
     }
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
-        self.vocab().tokenize(prompt)
+        NativeRuntime::tokenize(self, prompt)
     }
     fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
-        self.vocab().tokenize_text(text, add_special)
+        NativeRuntime::tokenize_text(self, text, add_special)
     }
     fn detokenize(&self, tokens: &[i32]) -> String {
-        self.vocab().detokenize(tokens)
+        NativeRuntime::detokenize(self, tokens)
     }
     fn load_adapter(&self, name: &str, path: &Path, options: crate::adapter::ReadOptions) -> Result<Vec<String>> {
         NativeRuntime::load_adapter_with(self, name, path, options)

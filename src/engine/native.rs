@@ -1,7 +1,17 @@
 //! The native backend behind the engine: edgelora's own transformer (`crate::model`)
-//! on CPU or wgpu, with the adapters applied on the fly. Tokenization, the chat
-//! template and detokenization come from llama.cpp's vocabulary (a small llama.cpp
-//! context is opened for that alone); sampling and stop strings are the engine's own.
+//! on CPU or wgpu, with the adapters applied on the fly. Tokenization, detokenization and
+//! end-of-generation tokens come from edgelora's own tokenizer ([`Tokenizer`], read from
+//! the GGUF's vocabulary), chat prompts are rendered by the port of llama.cpp's built-in
+//! chat formats (`chat`); sampling and stop strings are the engine's own. No llama.cpp
+//! model or context is created: a vocabulary the tokenizer does not implement is refused
+//! at load ([`EngineError::UnsupportedVocab`]) and runs on the llama.cpp backend instead.
+//!
+//! Prompts mean what they mean on the llama.cpp backend ([`Runtime::tokenize`]): text is
+//! tokenized with BOS/EOS as the vocabulary asks and special tokens written in it parsed;
+//! chat messages are rendered with the model's `tokenizer.chat_template` as llama.cpp's
+//! `llama_chat_apply_template` renders it, then tokenized the same way; a model without a
+//! chat template refuses chat prompts ([`EngineError::NoChatTemplate`]); token prompts
+//! are taken as they are. Both backends give the same tokens for the same request.
 //!
 //! Like the llama.cpp backend, the KV cache is reused only for the same adapter set (the
 //! same loads: a name reloaded from another file is another adapter) and only for the
@@ -13,7 +23,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::runtime::{CancelFlag, GenerateRequest, Generation, Runtime, RuntimeOptions};
+use super::runtime::{CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt};
+#[cfg(doc)]
+use super::runtime::Runtime;
 use super::decode::{decode_loop, Vocab};
 use super::sampler::Sampler;
 use crate::adapter::{self, LoraAdapter};
@@ -21,6 +33,7 @@ use crate::compute::{self, Device};
 use crate::error::{EngineError, Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{NativeModel, Session};
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// A loaded adapter: unique load id (for the cache key) and the shared factors.
 struct Loaded {
@@ -40,7 +53,7 @@ struct Cache {
 
 /// A model on the native engine with named adapters.
 pub struct NativeRuntime {
-    vocab: Runtime,
+    tokenizer: Tokenizer,
     pub(super) model: NativeModel,
     adapters: Mutex<(BTreeMap<String, Loaded>, u64)>,
     cache: Mutex<Cache>,
@@ -48,17 +61,30 @@ pub struct NativeRuntime {
 
 impl NativeRuntime {
     /// Opens `path` for the native engine on `device` (the GPU fails with an error when no
-    /// adapter exists, or when a weight's format has no device kernel).
+    /// adapter exists, or when a weight's format has no device kernel). The model is
+    /// checked as [`Runtime::load`] checks it; its vocabulary is read by edgelora's
+    /// tokenizer, and one of a type or pre-tokenizer the tokenizer does not implement is
+    /// [`EngineError::UnsupportedVocab`] (the llama.cpp backend reads those llama.cpp knows). `threads` is
+    /// unused (the CPU kernels run on rayon's global pool).
     pub fn load(path: impl AsRef<Path>, device: Device, threads: usize) -> Result<NativeRuntime> {
+        let _ = threads;
         let path = path.as_ref();
-        let vocab = Runtime::load(path, RuntimeOptions { threads: threads.max(1), n_ctx: 64, n_batch: 64, ..RuntimeOptions::default() })?;
         let gguf = GgufFile::open(path)?;
+        if gguf.get("general.type").and_then(|v| v.as_str()) == Some("adapter") {
+            return Err(EngineError::ModelLoad { path: path.into(), reason: "this is a LoRA adapter, not a model (pass it with --adapter)".into() }.into());
+        }
+        crate::model::validate::check_model(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| vocab_error(path, e))?;
         let model = match device {
             Device::Cpu => NativeModel::new(gguf, Box::new(compute::cpu::Cpu))?,
             // The whole forward on the device (weights, KV cache and adapters there).
             Device::Gpu => NativeModel::on_gpu(gguf, compute::gpu::Gpu::new().map_err(|e| EngineError::Backend(e.to_string()))?)?,
         };
-        Ok(NativeRuntime { vocab, model, adapters: Mutex::new((BTreeMap::new(), 0)), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
+        if tokenizer.n_vocab() != model.config.n_vocab {
+            let reason = format!("the vocabulary has {} tokens but the model's embedding has {} rows", tokenizer.n_vocab(), model.config.n_vocab);
+            return Err(EngineError::ModelLoad { path: path.into(), reason }.into());
+        }
+        Ok(NativeRuntime { tokenizer, model, adapters: Mutex::new((BTreeMap::new(), 0)), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
     }
 
     pub fn backend_name(&self) -> String {
@@ -74,9 +100,67 @@ impl NativeRuntime {
         &self.model.config
     }
 
-    /// Tokenization, chat template and detokenization (llama.cpp's vocabulary).
-    pub fn vocab(&self) -> &Runtime {
-        &self.vocab
+    /// The model's vocabulary (edgelora's tokenizer).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Renders chat messages with the model's chat template (assistant turn opened), as
+    /// [`Runtime::render_chat`] does.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_chat_with(messages, true)
+    }
+
+    /// Renders chat messages; `add_assistant` opens the assistant's turn at the end. The
+    /// template is `tokenizer.chat_template`, rendered as llama.cpp's built-in formats
+    /// render it (`chat`); without one, [`EngineError::NoChatTemplate`].
+    pub fn render_chat_with(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
+        let template = self.tokenizer.chat_template().ok_or(EngineError::NoChatTemplate)?;
+        Ok(super::chat::apply_template(template, messages, add_assistant)?)
+    }
+
+    /// Tokens of `text` (special tokens in it parsed as such); `add_special` adds the
+    /// model's BOS where it uses one. May be empty.
+    pub fn tokenize_text(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
+        self.tokenizer.encode(text, add_special, true).map_err(|e| EngineError::Tokenize(e.to_string()).into())
+    }
+
+    /// The tokens a prompt turns into, as [`Runtime::tokenize`]: not empty, every one in
+    /// the vocabulary.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
+        let tokens = match prompt {
+            Prompt::Text(t) => self.tokenize_text(t, true)?,
+            Prompt::Chat(m) => self.tokenize_text(&self.render_chat(m)?, true)?,
+            Prompt::Tokens(t) => t.clone(),
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        let n_vocab = self.n_vocab();
+        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+            return Err(EngineError::BadToken { id: bad.into(), n_vocab }.into());
+        }
+        Ok(tokens)
+    }
+
+    /// Whether `token` ends generation (EOS, EOT, …).
+    pub fn is_eog(&self, token: i32) -> bool {
+        self.tokenizer.is_eog(token)
+    }
+
+    /// The end-of-generation token the model ends a turn with, if it has one.
+    pub fn eos_token(&self) -> Option<i32> {
+        self.tokenizer.eos()
+    }
+
+    /// The bytes of one generated token (special tokens not rendered).
+    pub fn token_piece(&self, token: i32) -> Vec<u8> {
+        self.tokenizer.token_bytes(token, false).to_vec()
+    }
+
+    /// The text of `tokens` (special tokens rendered).
+    pub fn detokenize(&self, tokens: &[i32]) -> String {
+        self.tokenizer.decode(tokens)
     }
 
     /// Reads and validates an adapter (GGUF-LoRA or PEFT) and keeps it under `name`.
@@ -177,7 +261,7 @@ impl NativeRuntime {
 
     /// As [`Runtime::generate`], on the native engine.
     pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
-        let mut tokens = self.vocab.tokenize(&req.prompt)?;
+        let mut tokens = self.tokenize(&req.prompt)?;
         let mut sampler = Sampler::new(req.sampling.clone())?;
         sampler.observe(&tokens);
         let set = self.resolve(&req.adapters)?;
@@ -186,7 +270,7 @@ impl NativeRuntime {
         let Some(mut logits) = self.eval(&tokens, &set, false, req.cancel.as_ref())? else { return Ok(gen) };
         gen.prompt_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let vocab = Vocab { is_eog: &|t| self.vocab.is_eog(t), piece: &|t| self.vocab.token_piece(t) };
+        let vocab = Vocab { is_eog: &|t| self.is_eog(t), piece: &|t| self.token_piece(t) };
         let first = logits.pop().expect("one row");
         decode_loop(req, &mut sampler, first, &mut gen, vocab, on_text, &mut |token| {
             tokens.push(token);
@@ -194,6 +278,21 @@ impl NativeRuntime {
         })?;
         gen.gen_secs = t1.elapsed().as_secs_f64();
         Ok(gen)
+    }
+}
+
+/// A vocabulary the tokenizer refuses: a type or pre-tokenizer it does not implement is
+/// [`EngineError::UnsupportedVocab`] (saying whether llama.cpp knows it); a malformed one
+/// is the tokenizer's own error (naming the key).
+fn vocab_error(path: &Path, e: TokenizerError) -> Error {
+    match &e {
+        TokenizerError::UnsupportedModel { reason, .. } | TokenizerError::UnsupportedPreTokenizer { reason, .. } => {
+            // The tokenizer's two reasons: "llama.cpp knows this … but edgelora's tokenizer
+            // does not implement it" and "unknown …".
+            let llama_cpp_knows = reason.starts_with("llama.cpp knows");
+            EngineError::UnsupportedVocab { path: path.into(), llama_cpp_knows, cause: e }.into()
+        }
+        _ => e.into(),
     }
 }
 

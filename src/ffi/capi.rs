@@ -127,7 +127,7 @@ pub(super) fn status_for(e: &Error) -> EdgeloraStatus {
         Error::Engine(EngineError::UnknownAdapter { .. }) => EdgeloraStatus::NotFound,
         Error::Engine(EngineError::DuplicateAdapter { .. }) => EdgeloraStatus::AlreadyExists,
         Error::Engine(EngineError::ContextFull { .. }) => EdgeloraStatus::ContextFull,
-        Error::Engine(EngineError::ModelLoad { .. } | EngineError::AdapterLoad { .. }) => EdgeloraStatus::Format,
+        Error::Engine(EngineError::ModelLoad { .. } | EngineError::AdapterLoad { .. } | EngineError::UnsupportedVocab { .. }) => EdgeloraStatus::Format,
         Error::Engine(EngineError::Backend(_)) => EdgeloraStatus::Backend,
         Error::Engine(_) => EdgeloraStatus::InvalidArgument,
         Error::Train(TrainError::Record { .. } | TrainError::DataFile { .. } | TrainError::Checkpoint { .. }) => EdgeloraStatus::Format,

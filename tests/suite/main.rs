@@ -23,6 +23,7 @@ mod model_checks;
 mod train;
 mod train_job;
 mod native;
+mod native_vocab;
 mod plots;
 mod quant;
 mod serve;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use edgelora::adapter::{gguf_lora_bytes, random_lora, write_peft, FactorDtype, GgufLoraDtype, LoraAdapter, ALL_LINEAR};
 use edgelora::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec, ValueType};
-use edgelora_fuzz::{default_model, default_model_path, join_chat, join_peft, tiny_model, tiny_model_bytes};
+use edgelora_fuzz::{default_model, default_model_path, join_chat, join_peft, join_vocab, tiny_model, tiny_model_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -182,6 +182,76 @@ fn make_seeds(root: &Path) {
     }
 }
 
+/// The vocabulary of `f` cut to its first `keep` tokens (per-token arrays cut, merges kept
+/// where both halves and the result are kept, special ids kept where inside), with no
+/// tensors, no other metadata and no chat template over 4 KiB: a small `tokenizer_vocab` seed from a real vocabulary.
+fn vocab_subset(f: &GgufFile, keep: usize) -> Vec<u8> {
+    let Some(MetaValue::Array(_, tokens)) = f.get("tokenizer.ggml.tokens") else { panic!("{}: no tokenizer.ggml.tokens", f.path().display()) };
+    let n = tokens.len();
+    let keep = keep.min(n);
+    let kept: std::collections::HashSet<&str> = tokens[..keep].iter().filter_map(MetaValue::as_str).collect();
+    let merge_kept = |m: &MetaValue| {
+        m.as_str().and_then(|s| s.split_once(' ')).is_some_and(|(a, b)| kept.contains(a) && kept.contains(b) && kept.contains(format!("{a}{b}").as_str()))
+    };
+    let mut meta = Vec::new();
+    for (k, v) in f.metadata() {
+        if !(k.starts_with("tokenizer.") || k == "general.architecture") {
+            continue;
+        }
+        // Long chat templates (Gemma 4's tool-calling one) would make the seed large.
+        if k == "tokenizer.chat_template" && v.as_str().is_some_and(|t| t.len() > 4096) {
+            continue;
+        }
+        let v = match v {
+            MetaValue::Array(t, items) if items.len() == n => MetaValue::Array(*t, items[..keep].to_vec()),
+            MetaValue::Array(t, items) if k == "tokenizer.ggml.merges" => MetaValue::Array(*t, items.iter().filter(|m| merge_kept(m)).cloned().collect()),
+            MetaValue::Array(t, items) if *t != ValueType::String => {
+                MetaValue::Array(*t, items.iter().filter(|x| x.as_u64().is_some_and(|id| (id as usize) < keep)).cloned().collect())
+            }
+            _ if k.ends_with("_token_id") => match v.as_u64() {
+                Some(id) if (id as usize) < keep => v.clone(),
+                _ => continue,
+            },
+            _ => v.clone(),
+        };
+        meta.push((k.clone(), v));
+    }
+    let image = GgufWriter::in_memory("vocab-subset.gguf", &meta, &[]).expect("vocab header").finish_in_memory().expect("vocab image");
+    let parsed = GgufFile::from_bytes("vocab-subset.gguf", image.clone()).expect("the subset parses");
+    edgelora::tokenizer::Tokenizer::from_gguf(&parsed).unwrap_or_else(|e| panic!("{}: the subset's vocabulary is refused: {e}", f.path().display()));
+    image
+}
+
+/// `tokenizer_vocab` seeds: cut-down real vocabularies (the default model's and
+/// llama.cpp's vocab files, `models/fetch-vocabs`) and a hand-made one, each with a text.
+fn vocab_seeds(root: &Path) {
+    let dir = root.join("tokenizer_vocab");
+    let text = "Hello world! <|im_start|>user\n it's 1234 héllo 😀 中文  \t\n\n  <s></s>[INST] <|endoftext|>";
+    write(&dir, "smollm2.bin", &join_vocab(0b11111, text, &vocab_subset(default_model(), 512)));
+    write(&dir, "smollm2-plain.bin", &join_vocab(0, "  plain text, no specials  ", &vocab_subset(default_model(), 300)));
+    let vocabs = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/vocab"));
+    // One per vocabulary type and pre-tokenizer family (Gemma 4's long tokens: fewer).
+    for (name, keep) in [("llama-spm", 512), ("phi-3", 512), ("gemma-4", 192), ("qwen2", 512), ("qwen35", 512), ("llama-bpe", 512), ("gpt-2", 512), ("falcon", 512), ("command-r", 512), ("starcoder", 512)] {
+        let path = vocabs.join(format!("ggml-vocab-{name}.gguf"));
+        let f = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e} (run models/fetch-vocabs)"));
+        write(&dir, &format!("{name}.bin"), &join_vocab(0b01011, text, &vocab_subset(&f, keep)));
+    }
+    // A hand-made byte-level BPE vocabulary with a chat template.
+    let s = |x: &str| MetaValue::String(x.into());
+    let strings = |items: &[&str]| MetaValue::Array(ValueType::String, items.iter().map(|x| s(x)).collect());
+    let meta = vec![
+        ("tokenizer.ggml.model".to_string(), s("gpt2")),
+        ("tokenizer.ggml.pre".to_string(), s("smollm")),
+        ("tokenizer.ggml.tokens".to_string(), strings(&["a", "b", "ab", "Ġ", "Ġab", "<|end|>", "Ċ"])),
+        ("tokenizer.ggml.token_type".to_string(), MetaValue::Array(ValueType::I32, [1, 1, 1, 1, 1, 3, 1].iter().map(|&t| MetaValue::I32(t)).collect())),
+        ("tokenizer.ggml.merges".to_string(), strings(&["a b", "Ġ ab"])),
+        ("tokenizer.ggml.eos_token_id".to_string(), MetaValue::U32(5)),
+        ("tokenizer.chat_template".to_string(), s("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|end|>' }}{% endfor %}")),
+    ];
+    let image = GgufWriter::in_memory("tiny-vocab.gguf", &meta, &[]).expect("header").finish_in_memory().expect("image");
+    write(&dir, "tiny-bpe.bin", &join_vocab(0b10011, "ab ab<|end|>\nba", &image));
+}
+
 /// Writes the seeds and ends the process (declared `()` so that the macro's code after
 /// the init block is not unreachable).
 fn write_seeds_and_exit() {
@@ -189,6 +259,7 @@ fn write_seeds_and_exit() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/seeds")));
     make_seeds(&root);
+    vocab_seeds(&root);
     eprintln!("seeds written under {}", root.display());
     std::process::exit(0);
 }
