@@ -128,19 +128,7 @@ impl NativeRuntime {
     /// The tokens a prompt turns into, as [`Runtime::tokenize`]: not empty, every one in
     /// the vocabulary.
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
-        let tokens = match prompt {
-            Prompt::Text(t) => self.tokenize_text(t, true)?,
-            Prompt::Chat(m) => self.tokenize_text(&self.render_chat(m)?, true)?,
-            Prompt::Tokens(t) => t.clone(),
-        };
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt.into());
-        }
-        let n_vocab = self.n_vocab();
-        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
-            return Err(EngineError::BadToken { id: bad.into(), n_vocab }.into());
-        }
-        Ok(tokens)
+        super::runtime::prompt_tokens(prompt, self.n_vocab(), &|t| self.tokenize_text(t, true), &|m| self.render_chat(m))
     }
 
     /// Whether `token` ends generation (EOS, EOT, …).

@@ -286,19 +286,7 @@ impl Runtime {
 
     /// The tokens a prompt turns into.
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
-        let tokens = match prompt {
-            Prompt::Text(t) => self.model.tokenize(t, true, true)?,
-            Prompt::Chat(m) => self.model.tokenize(&self.render_chat(m)?, true, true)?,
-            Prompt::Tokens(t) => t.clone(),
-        };
-        if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt.into());
-        }
-        let n_vocab = self.n_vocab();
-        if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
-            return Err(EngineError::BadToken { id: bad.into(), n_vocab }.into());
-        }
-        Ok(tokens)
+        prompt_tokens(prompt, self.n_vocab(), &|t| Ok(self.model.tokenize(t, true, true)?), &|m| self.render_chat(m))
     }
 
     /// Whether `token` ends generation (EOS, EOT, …).
@@ -498,4 +486,22 @@ pub fn parse_adapter_arg(arg: &str) -> Result<(PathBuf, f32), Error> {
         }
     }
     Ok((PathBuf::from(arg), 1.0))
+}
+
+/// What a prompt means on either backend: text tokenized with BOS and special tokens
+/// parsed (`text`), chat rendered (`chat`) then tokenized the same way, tokens as they
+/// are; refused when empty or when a token is outside the `n_vocab` vocabulary.
+pub(super) fn prompt_tokens(prompt: &Prompt, n_vocab: usize, text: &dyn Fn(&str) -> Result<Vec<i32>>, chat: &dyn Fn(&[ChatMessage]) -> Result<String>) -> Result<Vec<i32>> {
+    let tokens = match prompt {
+        Prompt::Text(t) => text(t)?,
+        Prompt::Chat(m) => text(&chat(m)?)?,
+        Prompt::Tokens(t) => t.clone(),
+    };
+    if tokens.is_empty() {
+        return Err(EngineError::EmptyPrompt.into());
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+        return Err(EngineError::BadToken { id: bad.into(), n_vocab }.into());
+    }
+    Ok(tokens)
 }

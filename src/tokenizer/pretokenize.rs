@@ -118,6 +118,17 @@ impl Pieces<'_> {
 
 /// The segment seen through llama.cpp's bounds: past the end there is no codepoint and
 /// no class.
+/// How far a whitespace run of `n_ws` at `pos` reaches, as `\s+(?!\S)|\s+`: all but
+/// the last whitespace before a non-space, the whole run at the end, or one character when
+/// there is none.
+fn whitespace_step(seg: &Seg, pos: usize, n_ws: usize) -> usize {
+    if n_ws > 1 && seg.cpt(pos + n_ws).is_some() {
+        n_ws - 1
+    } else {
+        n_ws.max(1)
+    }
+}
+
 struct Seg<'a>(&'a [char]);
 
 impl Seg<'_> {
@@ -185,14 +196,7 @@ fn split_gpt2(cpts: &[char], out: &mut Vec<usize>) {
             continue;
         }
         let n_ws = seg.whitespace_run(pos);
-        if n_ws > 1 && seg.cpt(pos + n_ws).is_some() {
-            // `\s+(?!\S)`: all but the last whitespace before a non-space.
-            pos += n_ws - 1;
-        } else if n_ws > 0 {
-            pos += n_ws;
-        } else {
-            pos += 1;
-        }
+        pos += whitespace_step(&seg, pos, n_ws);
         p.cut(pos);
     }
 }
@@ -254,12 +258,8 @@ fn split_llama3(cpts: &[char], digits: usize, marks: bool, out: &mut Vec<usize>)
         if let Some(k) = last_rn {
             // `\s*[\r\n]+`: up to the last line break of the run.
             pos += k + 1;
-        } else if n_ws > 1 && seg.cpt(pos + n_ws).is_some() {
-            pos += n_ws - 1;
-        } else if n_ws > 0 {
-            pos += n_ws;
         } else {
-            pos += 1;
+            pos += whitespace_step(&seg, pos, n_ws);
         }
         p.cut(pos);
     }
