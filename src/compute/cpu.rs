@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::dense::{self, Layout};
-use super::{check_delta, Backend, ComputeError, Delta};
+use super::{check_delta, Backend, ComputeError, Delta, MatrixRef};
 use crate::gguf::GgmlType;
 use crate::quant;
 
@@ -174,24 +174,39 @@ fn per_row(w: &[u8], row_bytes: usize, n_x: usize, n_out: usize, f: impl Fn(&[u8
     y
 }
 
-/// y [n_out] = W · x for one split input row, four rows of W per kernel call (the rest
-/// one at a time); groups of rows in parallel, each writing its own part of y.
+/// Rows of W (`row_bytes` each) · one split input row into `ys` (one value per row):
+/// four rows per kernel call, the rest one at a time.
+fn rows_by_fours(ys: &mut [f32], rows: &[u8], row_bytes: usize, x: &quant::simd::SplitX, four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) {
+    let done = (ys.len() / 4) * 4;
+    let mut quads = ys.chunks_exact_mut(4);
+    for (q, w4) in quads.by_ref().zip(rows.chunks_exact(4 * row_bytes)) {
+        let mut o = [0f32; 4];
+        four(w4, row_bytes, x, &mut o);
+        q.copy_from_slice(&o);
+    }
+    for (yo, row) in quads.into_remainder().iter_mut().zip(rows[done * row_bytes..].chunks_exact(row_bytes)) {
+        *yo = one(row, x);
+    }
+}
+
+/// Output rows per parallel task of the one-row kernels.
+const TASK_ROWS: usize = 32;
+
+/// y [n_out] = W · x for one split input row ([`rows_by_fours`]); groups of rows in
+/// parallel, each writing its own part of y.
 fn one_row_by_fours(w: &[u8], row_bytes: usize, n_out: usize, x: &quant::simd::SplitX, four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) -> Vec<f32> {
-    const ROWS: usize = 32;
     let mut y = vec![0f32; n_out];
-    y.par_chunks_mut(ROWS).zip(w.par_chunks(ROWS * row_bytes)).for_each(|(ys, rows)| {
-        let done = (ys.len() / 4) * 4;
-        let mut quads = ys.chunks_exact_mut(4);
-        for (q, w4) in quads.by_ref().zip(rows.chunks_exact(4 * row_bytes)) {
-            let mut o = [0f32; 4];
-            four(w4, row_bytes, x, &mut o);
-            q.copy_from_slice(&o);
-        }
-        for (yo, row) in quads.into_remainder().iter_mut().zip(rows[done * row_bytes..].chunks_exact(row_bytes)) {
-            *yo = one(row, x);
-        }
-    });
+    y.par_chunks_mut(TASK_ROWS).zip(w.par_chunks(TASK_ROWS * row_bytes)).for_each(|(ys, rows)| rows_by_fours(ys, rows, row_bytes, x, four, one));
     y
+}
+
+/// The bytes per row of W [.., n_in] as `t` blocks, and a check of W's and x's lengths.
+fn check_matmul(t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<usize, ComputeError> {
+    let row_bytes = t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {t} blocks")))? as usize;
+    if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
+        return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
+    }
+    Ok(row_bytes)
 }
 
 impl Backend for Cpu {
@@ -214,10 +229,7 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
-        let row_bytes = t.bytes_for(n_in as u64).ok_or_else(|| ComputeError::Shape(format!("{n_in} is not a whole number of {t} blocks")))? as usize;
-        if w.len() != row_bytes * n_out || x.len() != n_x * n_in {
-            return Err(ComputeError::Shape(format!("W {} bytes for [{n_out}, {n_in}] {t}, x {} for [{n_x}, {n_in}]", w.len(), x.len())));
-        }
+        let row_bytes = check_matmul(t, w, n_out, n_in, x, n_x)?;
         // Few input rows (decoding, short prompts): fused kernels over each row of W, which
         // is never written out as floats. The rows meet x rounded to 16 bits per block
         // (prepared once per input row) in integer byte products — AVX512-VNNI, four rows
@@ -258,5 +270,27 @@ impl Backend for Cpu {
             }
         }
         Ok(y)
+    }
+
+    /// One decoding row against several weights with four-row split kernels (q/k/v,
+    /// gate/up while decoding): the input is split once and every weight's row groups go
+    /// through one parallel pass — one hand-off between threads instead of one per weight.
+    /// Otherwise [`Backend::matmul`] on each.
+    fn matmul_shared(&self, ws: &[MatrixRef], n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<Vec<f32>>, ComputeError> {
+        type Kernels = (quant::simd::SplitDot4Kernel, quant::simd::SplitDotKernel);
+        let kernels: Option<Vec<Kernels>> = ws.iter().map(|w| Some((quant::simd::split_dot4_kernel(w.t)?, quant::simd::split_dot_kernel(w.t)?))).collect();
+        let Some(kernels) = kernels.filter(|_| n_x == 1 && ws.len() > 1) else {
+            return ws.iter().map(|w| self.matmul(w.t, w.bytes, w.n_out, n_in, x, n_x)).collect();
+        };
+        let row_bytes: Vec<usize> = ws.iter().map(|w| check_matmul(w.t, w.bytes, w.n_out, n_in, x, n_x)).collect::<Result<_, _>>()?;
+        let split = quant::simd::SplitX::new(x);
+        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.n_out]).collect();
+        // Every weight's groups of TASK_ROWS output rows, as one list of tasks.
+        let mut tasks: Vec<(&mut [f32], &[u8], usize, Kernels)> = Vec::new();
+        for (((y, w), &rb), &k) in ys.iter_mut().zip(ws).zip(&row_bytes).zip(&kernels) {
+            tasks.extend(y.chunks_mut(TASK_ROWS).zip(w.bytes.chunks(TASK_ROWS * rb)).map(|(ys, rows)| (ys, rows, rb, k)));
+        }
+        tasks.into_par_iter().for_each(|(ys, rows, rb, (four, one))| rows_by_fours(ys, rows, rb, &split, four, one));
+        Ok(ys)
     }
 }

@@ -48,6 +48,21 @@ pub trait Backend: Send + Sync {
     fn lora_delta(&self, acc: &mut [f32], n_out: usize, n_in: usize, deltas: &[Delta]) -> Result<(), ComputeError>;
     /// y [n_x, n_out] = x [n_x, n_in] · Wᵀ, with W [n_out, n_in] as `t` blocks in `w`.
     fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError>;
+    /// Several products of one input (q/k/v, gate/up): `ys[i]` [n_x, n_out_i] = x · W_iᵀ.
+    /// A backend may prepare the input once and share one parallel pass among them; the
+    /// default runs [`Backend::matmul`] on each.
+    fn matmul_shared(&self, ws: &[MatrixRef], n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<Vec<f32>>, ComputeError> {
+        ws.iter().map(|w| self.matmul(w.t, w.bytes, w.n_out, n_in, x, n_x)).collect()
+    }
+}
+
+/// A weight matrix in its block format, for [`Backend::matmul_shared`]: W [n_out, n_in]
+/// as `t` blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixRef<'a> {
+    pub t: GgmlType,
+    pub bytes: &'a [u8],
+    pub n_out: usize,
 }
 
 fn check_delta(acc: &[f32], n_out: usize, n_in: usize, d: &Delta) -> Result<(), ComputeError> {

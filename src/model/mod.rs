@@ -26,7 +26,7 @@ use crate::gguf::GgufFile;
 
 use config::ModelConfig;
 use gpu_forward::{GpuCache, GpuForward};
-use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use weights::{Weight, Weights};
 
 /// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
@@ -221,6 +221,12 @@ impl NativeModel {
         let lin = |x: &[f32], w: &Weight, b: Option<&Vec<f32>>| {
             linear_forward_rows(backend, x, w, b.map(Vec::as_slice), &loras_at(w, &off)).map_err(compute_err)
         };
+        // Linear layers of one input (q/k/v, gate/up), their base products in one call.
+        let lin_shared = |x: &[f32], ws: &[(&Weight, Option<&Vec<f32>>)]| -> Result<Vec<Vec<f32>>, Error> {
+            let loras: Vec<Vec<RowLora>> = ws.iter().map(|(w, _)| loras_at(w, &off)).collect();
+            let layers: Vec<(&Weight, Option<&[f32]>, &[RowLora])> = ws.iter().zip(&loras).map(|((w, b), l)| (*w, b.map(Vec::as_slice), l.as_slice())).collect();
+            linear_forward_shared(backend, x, &layers).map_err(compute_err)
+        };
         use profile::time;
         let (q_w, kv_w) = (c.q_width(), c.kv_width());
 
@@ -229,9 +235,8 @@ impl NativeModel {
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps));
-            let mut q = lin(&h, &layer.wq, layer.bq.as_ref())?; // [n, n_head·hd]
-            let mut k = lin(&h, &layer.wk, layer.bk.as_ref())?; // [n, n_kv·hd]
-            let v = lin(&h, &layer.wv, layer.bv.as_ref())?; // [n, n_kv·hd]
+            // q [n, n_head·hd], k and v [n, n_kv·hd]
+            let [mut q, mut k, v]: [Vec<f32>; 3] = lin_shared(&h, &[(&layer.wq, layer.bq.as_ref()), (&layer.wk, layer.bk.as_ref()), (&layer.wv, layer.bv.as_ref())])?.try_into().expect("three products");
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 // qwen3: RMSNorm over each head's head_dim values (the weight's width).
                 time(|| "q/k norm".into(), || {
@@ -257,8 +262,7 @@ impl NativeModel {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block
             let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.ffn_norm, c.rms_eps));
-            let g = lin(&h, &layer.w_gate, None)?;
-            let u = lin(&h, &layer.w_up, None)?;
+            let [g, u]: [Vec<f32>; 2] = lin_shared(&h, &[(&layer.w_gate, None), (&layer.w_up, None)])?.try_into().expect("two products");
             let d = lin(&time(|| "swiglu".into(), || swiglu_forward(&g, &u)), &layer.w_down, None)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }

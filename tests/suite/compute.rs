@@ -249,3 +249,39 @@ fn tiled_few_row_products_match_an_f64_reference_in_every_format() {
         }
     }
 }
+
+#[test]
+fn shared_input_matmuls_equal_one_call_per_weight() {
+    use edgelora::compute::MatrixRef;
+    let f = model_gguf();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let w = |name: &str| {
+        let t = f.tensor(name).unwrap();
+        (MatrixRef { t: t.ggml_type, bytes: f.tensor_data(t), n_out: t.shape[1] as usize }, t.shape[0] as usize)
+    };
+    // q/k/v (576 → 576, 192, 192) and gate/up (576 → 1536 each) of the default Q4_1 model,
+    // plus the Q8_0 embedding (the tied output head) beside a Q4_1 weight (mixed formats in one pass).
+    let sets = [vec![w("blk.3.attn_q.weight"), w("blk.3.attn_k.weight"), w("blk.3.attn_v.weight")], vec![w("blk.3.ffn_gate.weight"), w("blk.3.ffn_up.weight")], vec![w("blk.3.attn_q.weight"), w("token_embd.weight")]];
+    let (n_in_of_head, _) = w("token_embd.weight");
+    assert_eq!(n_in_of_head.t, GgmlType::Q8_0, "the head is the Q8_0 weight this test mixes in");
+    for set in &sets {
+        let n_in = set[0].1;
+        let ws: Vec<MatrixRef> = set.iter().map(|(m, _)| *m).collect();
+        // One row (the shared pass) and three rows (one call per weight inside).
+        for n_x in [1, 3] {
+            let x: Vec<f32> = (0..n_x * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let shared = Cpu.matmul_shared(&ws, n_in, &x, n_x).unwrap();
+            assert_eq!(shared.len(), ws.len());
+            for (i, m) in ws.iter().enumerate() {
+                // The same kernels on the same row groups: equal to the bit.
+                assert_eq!(shared[i], Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x, n_x).unwrap(), "weight {i} of {} at {n_x} rows", ws.len());
+            }
+        }
+    }
+    // Shapes are checked, not trusted: a weight one row short.
+    let (q, n_in) = w("blk.3.attn_q.weight");
+    let (k, _) = w("blk.3.attn_k.weight");
+    let short = MatrixRef { n_out: k.n_out + 1, ..k };
+    let e = Cpu.matmul_shared(&[q, short], n_in, &vec![0.5; n_in], 1).unwrap_err();
+    assert!(e.to_string().contains("bytes for [193, 576]"), "{e}");
+}

@@ -29,7 +29,47 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
 pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) -> Result<Vec<f32>, ComputeError> {
     use crate::model::profile::time;
     let n = x.len() / w.n_in;
-    let mut y = time(|| format!("matmul {} ({})", w.t, if n == 1 { "1 row" } else if n <= 48 { "2–48 rows" } else { ">48 rows" }), || backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n))?;
+    let mut y = time(|| format!("matmul {} ({})", w.t, rows_label(n)), || backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n))?;
+    add_bias_and_loras(&mut y, x, w, bias, loras);
+    Ok(y)
+}
+
+/// Several linear layers of one input (q/k/v; gate/up): (weight, bias, adapters' rows)
+/// each, as [`linear_forward_rows`] gives them, with the base products in one
+/// [`Backend::matmul_shared`] call (the input prepared once, one parallel pass while
+/// decoding). The weights share n_in.
+pub fn linear_forward_shared(backend: &dyn Backend, x: &[f32], layers: &[(&Weight, Option<&[f32]>, &[RowLora])]) -> Result<Vec<Vec<f32>>, ComputeError> {
+    use crate::model::profile::time;
+    let Some(n_in) = layers.first().map(|(w, _, _)| w.n_in) else { return Ok(Vec::new()) };
+    if let Some((w, _, _)) = layers.iter().find(|(w, _, _)| w.n_in != n_in) {
+        return Err(ComputeError::Shape(format!("{} takes {} inputs, not the {n_in} of {}", w.name, w.n_in, layers[0].0.name)));
+    }
+    let n = x.len() / n_in;
+    let ws: Vec<crate::compute::MatrixRef> = layers.iter().map(|(w, _, _)| crate::compute::MatrixRef { t: w.t, bytes: w.bytes, n_out: w.n_out }).collect();
+    let mut types: Vec<String> = layers.iter().map(|(w, _, _)| w.t.to_string()).collect();
+    types.dedup();
+    let mut ys = time(|| format!("matmul {} ({}, {} weights)", types.join("+"), rows_label(n), layers.len()), || backend.matmul_shared(&ws, n_in, x, n))?;
+    for (y, (w, bias, loras)) in ys.iter_mut().zip(layers) {
+        add_bias_and_loras(y, x, w, *bias, loras);
+    }
+    Ok(ys)
+}
+
+/// The profile's row-count classes.
+fn rows_label(n: usize) -> &'static str {
+    if n == 1 {
+        "1 row"
+    } else if n <= 48 {
+        "2–48 rows"
+    } else {
+        ">48 rows"
+    }
+}
+
+/// y [n, n_out] (the base product) += bias + each adapter's contribution over its rows.
+fn add_bias_and_loras(y: &mut [f32], x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) {
+    use crate::model::profile::time;
+    let n = x.len() / w.n_in;
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(w.n_out) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -38,7 +78,7 @@ pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: O
     // Each adapter's contribution over its rows, adapters in parallel (in a batch each
     // sequence may bring its own), then added back in adapter order.
     if loras.is_empty() {
-        return Ok(y);
+        return;
     }
     time(|| "lora B·(A·x)".into(), || {
         let parts: Vec<(Vec<(usize, f32)>, Vec<f32>)> = if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() };
@@ -48,7 +88,6 @@ pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: O
             }
         }
     });
-    Ok(y)
 }
 
 /// One adapter's s·(x·Aᵀ)·Bᵀ over the rows it covers: (each row of y it goes to with its
