@@ -4,7 +4,7 @@
 mod common;
 
 mod adapters;
-mod arch_qwen;
+mod arch;
 mod auto;
 mod batch;
 mod cli;

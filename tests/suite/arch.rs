@@ -1,10 +1,12 @@
-//! `qwen2` and `qwen3` against references nobody here wrote: tiny random models made with
-//! Hugging Face transformers (their own config classes), converted to F32 GGUF by
-//! llama.cpp's `convert_hf_to_gguf.py`, a PEFT adapter on every linear layer, and
-//! transformers' logits (every position) and greedy continuations — all made by
-//! tests/fixtures/arch/make.py (see the README there). Here: the native engine against
+//! Architectures against references nobody here wrote: tiny random models made with
+//! Hugging Face transformers (their own config classes: `qwen2`, `qwen3`, and `llama` with
+//! Llama 3.x RoPE scaling, written by the converter as `rope_freqs.weight`), converted to
+//! F32 GGUF by llama.cpp's `convert_hf_to_gguf.py`, a PEFT adapter on every linear layer,
+//! an adapter trained by edgelora on the GGUF and exported as PEFT (`train --peft-out`),
+//! and transformers' logits (every position) and greedy continuations with each — all made
+//! by tests/fixtures/arch/make.py (see the README there). Here: the native engine against
 //! transformers and against the llama.cpp backend on the same files, the GPU forward
-//! against the CPU one, and the whole-model gradient check on the qwen3 file.
+//! against the CPU one, and the whole-model gradient check on each file.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +22,13 @@ use safetensors::SafeTensors;
 
 use crate::common::{kl, max_abs_diff};
 
-const ARCHS: [&str; 2] = ["qwen2", "qwen3"];
+/// Fixture folders; `llama3` holds an architecture-`llama` file.
+const ARCHS: [&str; 3] = ["qwen2", "qwen3", "llama3"];
+
+/// The GGUF `general.architecture` of a fixture.
+fn gguf_arch(fixture: &str) -> &str {
+    if fixture == "llama3" { "llama" } else { fixture }
+}
 /// Per position, native engine vs transformers on F32 weights.
 const KL_BUDGET: f64 = 1e-4;
 
@@ -80,14 +88,20 @@ fn greedy_native(model: &NativeModel, ids: &[i32], adapters: &[(&LoraAdapter, f3
 }
 
 #[test]
-fn arch_qwen_native_matches_transformers() {
+fn arch_native_matches_transformers() {
     for arch in ARCHS {
         let model = NativeModel::new(gguf(arch), Box::new(Cpu)).unwrap();
-        assert_eq!(model.config.arch, arch);
+        assert_eq!(model.config.arch, gguf_arch(arch));
+        if arch == "llama3" {
+            assert!(model.gguf().tensor("rope_freqs.weight").is_some(), "the converter wrote Llama 3 scaling as rope_freqs");
+        }
         let adapter = read_peft(&dir(arch).join("adapter"), model.gguf()).unwrap();
         assert_eq!(adapter.tensors.len(), 14, "{arch}: 7 projections × 2 layers");
+        // The export round trip: edgelora trained it, transformers + PEFT made its logits.
+        let trained = read_peft(&dir(arch).join("trained"), model.gguf()).unwrap();
+        assert_eq!(trained.tensors.len(), 14, "{arch}: trained on all-linear");
         let r = Reference::load(arch);
-        for (config, adapters) in [("base", vec![]), ("adapter", vec![(&adapter, 1.0f32)])] {
+        for (config, adapters) in [("base", vec![]), ("adapter", vec![(&adapter, 1.0f32)]), ("trained", vec![(&trained, 1.0f32)])] {
             for (name, ids) in r.prompts() {
                 let want = r.logits(config, &name, model.config.n_vocab);
                 let got = model.forward(&mut Session::default(), &ids, &adapters, true).unwrap();
@@ -103,7 +117,7 @@ fn arch_qwen_native_matches_transformers() {
 }
 
 #[test]
-fn arch_qwen_native_matches_llama_cpp() {
+fn arch_native_matches_llama_cpp() {
     // The same F32 file through llama.cpp (F32 KV cache, no flash attention: nothing
     // rounded below f32), with the same PEFT adapter loaded by the runtime.
     for arch in ARCHS {
@@ -113,8 +127,15 @@ fn arch_qwen_native_matches_llama_cpp() {
         let opts = RuntimeOptions { threads: 1, n_ctx: 256, f32_kv_cache: true, flash_attention: Some(false), ..RuntimeOptions::default() };
         let rt = Runtime::load(&path, opts).unwrap();
         rt.load_adapter("a", dir(arch).join("adapter")).unwrap();
+        let trained = read_peft(&dir(arch).join("trained"), model.gguf()).unwrap();
+        rt.load_adapter("t", dir(arch).join("trained")).unwrap();
         let r = Reference::load(arch);
-        for (config, set, adapters) in [("base", vec![], vec![]), ("adapter", vec![("a".to_string(), 1.0f32)], vec![(&adapter, 1.0f32)])] {
+        let configs = [
+            ("base", vec![], vec![]),
+            ("adapter", vec![("a".to_string(), 1.0f32)], vec![(&adapter, 1.0f32)]),
+            ("trained", vec![("t".to_string(), 1.0f32)], vec![(&trained, 1.0f32)]),
+        ];
+        for (config, set, adapters) in configs {
             for (name, ids) in r.prompts() {
                 let theirs = rt.logits_all(&ids, &set).unwrap();
                 let ours = model.forward(&mut Session::default(), &ids, &adapters, true).unwrap();
@@ -134,9 +155,9 @@ fn arch_qwen_native_matches_llama_cpp() {
 }
 
 #[test]
-fn arch_qwen_gpu_forward_equals_cpu() {
-    // The whole forward on wgpu (lavapipe where there is no GPU), qwen3's q/k norms
-    // included, with the adapter on every linear layer; prompt then decode steps.
+fn arch_gpu_forward_equals_cpu() {
+    // The whole forward on wgpu (lavapipe where there is no GPU), qwen3's q/k norms and
+    // llama3's frequency factors included, with the adapter on every linear layer; prompt then decode steps.
     for arch in ARCHS {
         let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
         let on_gpu = NativeModel::on_gpu(gguf(arch), gpu).unwrap();
@@ -162,12 +183,21 @@ fn arch_qwen_gpu_forward_equals_cpu() {
 }
 
 #[test]
-fn arch_qwen3_lora_gradients_match_finite_differences() {
-    // dA/dB through the whole qwen3 fixture (f64), LoRA on q and k (through the per-head
-    // q/k norms and RoPE), v, o and down, against central differences of the loss.
-    let f = gguf("qwen3");
+fn arch_lora_gradients_match_finite_differences() {
+    // dA/dB through each whole fixture (f64), LoRA on q and k (through RoPE — llama3's
+    // scaled frequencies, qwen3's per-head q/k norms), v, o and down, against central
+    // differences of the loss.
+    for arch in ARCHS {
+        gradient_check(arch);
+    }
+}
+
+fn gradient_check(arch: &str) {
+    let f = gguf(arch);
     let config = ModelConfig::from_gguf(&f).unwrap();
-    assert!(config.qk_norm && config.head_dim * config.n_head != config.n_embd);
+    if arch == "qwen3" {
+        assert!(config.qk_norm && config.head_dim * config.n_head != config.n_embd);
+    }
     let model = TrainModel::<f64>::new(&f, &config).unwrap();
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut params = LoraParams::new();
@@ -197,9 +227,9 @@ fn arch_qwen3_lora_gradients_match_finite_differences() {
                 .collect();
             let scale = numeric.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
             for (i, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
-                assert!((a - n).abs() <= 1e-6 * scale, "d{which} {name}[{i}]: analytic {a} vs numeric {n} (scale {scale})");
+                assert!((a - n).abs() <= 1e-6 * scale, "{arch} d{which} {name}[{i}]: analytic {a} vs numeric {n} (scale {scale})");
             }
-            assert!(numeric.iter().any(|v| v.abs() > 1e-4), "d{which} {name}: no gradient");
+            assert!(numeric.iter().any(|v| v.abs() > 1e-4), "{arch} d{which} {name}: no gradient");
         }
     }
 }
