@@ -65,13 +65,94 @@ pub fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
     }
 }
 
+/// [`dot`] with `a` in f16 (LoRA factors stored as f16): each value widened to f32
+/// exactly, then the same lanes, accumulators and reduction as [`dot`] — so the result is
+/// bit-for-bit `dot(a as f32, b)` (AVX2+FMA+F16C; else the scalar twin, which equals
+/// [`dot_scalar`] on the widened values).
+pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    static KERNEL: OnceLock<fn(&[half::f16], &[f32]) -> f32> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if f16c() {
+                return x86::dot_f16;
+            }
+        }
+        dot_f16_scalar
+    })(a, b)
+}
+
+/// The scalar twin of [`dot_f16`].
+pub fn dot_f16_scalar(a: &[half::f16], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x.to_f32() * y).sum()
+}
+
+/// [`gemv_short`] with M in f16, equal to it bit for bit on the widened values.
+pub fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
+    let r = v.len();
+    assert_eq!(m.len(), r * y.len(), "gemv_short_f16: M holds {} values for [{}, {r}]", m.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if r.is_multiple_of(8) && (8..=64).contains(&r) && f16c() {
+            // SAFETY: AVX2, FMA and F16C detected.
+            return unsafe { x86::gemv_short_f16(m, v, y) };
+        }
+    }
+    for (o, row) in y.iter_mut().zip(m.chunks_exact(r.max(1))) {
+        *o += dot_f16(row, v);
+    }
+}
+
+/// AVX2, FMA and F16C (the f16 kernels' set; [`dot`] and [`gemv_short`] need the first two).
+#[cfg(target_arch = "x86_64")]
+fn f16c() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("f16c"))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// Eight f32 of M from `p` (f32 as is, f16 widened exactly).
+    trait Lanes: Copy {
+        /// SAFETY: 8 readable values at p.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: by the caller.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+
+    impl Lanes for half::f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::f16) -> __m256 {
+            // SAFETY: by the caller (8 f16 = 16 bytes); F16C is enabled in every function
+            // that inlines this (gemv_short_f16, dot_f16_avx2).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+        }
+    }
+
     /// See [`super::gemv_short`]; r = v.len() is a multiple of 8, at most 64.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
+        // SAFETY: by the caller.
+        unsafe { gemv_short_any(m, v, y) }
+    }
+
+    /// See [`super::gemv_short_f16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
+        // SAFETY: by the caller.
+        unsafe { gemv_short_any(m, v, y) }
+    }
+
+    #[inline(always)]
+    unsafe fn gemv_short_any<T: Lanes>(m: &[T], v: &[f32], y: &mut [f32]) {
         let r = v.len();
         let k = r / 8;
         let mut vv = [_mm256_setzero_ps(); 8];
@@ -82,8 +163,8 @@ mod x86 {
         let row = |o: usize| -> __m256 {
             let mut acc = _mm256_setzero_ps();
             for (j, x) in vv.iter().take(k).enumerate() {
-                // SAFETY: row o of M holds r floats (length asserted by the caller).
-                acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(m.as_ptr().add(o * r + 8 * j)) }, *x, acc);
+                // SAFETY: row o of M holds r values (length asserted by the caller).
+                acc = _mm256_fmadd_ps(unsafe { T::load8(m.as_ptr().add(o * r + 8 * j)) }, *x, acc);
             }
             acc
         };
@@ -109,13 +190,31 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: inlined into an AVX2+FMA function.
+        unsafe { dot_any(a, b) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_f16_avx2(a: &[half::f16], b: &[f32]) -> f32 {
+        // SAFETY: inlined into an AVX2+FMA+F16C function.
+        unsafe { dot_any(a, b) }
+    }
+
+    pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+        // SAFETY: handed out only after detecting AVX2, FMA and F16C.
+        unsafe { dot_f16_avx2(a, b) }
+    }
+
+    /// Σ a·b over the shorter length: four 8-lane accumulators, then the tail.
+    #[inline(always)]
+    unsafe fn dot_any<T: Lanes + Into<f32>>(a: &[T], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
             for (k, s) in acc.iter_mut().enumerate() {
                 // SAFETY: i + 8k + 8 ≤ n elements are readable in both slices.
-                let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i + 8 * k)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * k))) };
+                let (x, y) = unsafe { (T::load8(a.as_ptr().add(i + 8 * k)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * k))) };
                 *s = _mm256_fmadd_ps(x, y, *s);
             }
             i += 32;
@@ -126,7 +225,7 @@ mod x86 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
         let mut total: f32 = lanes.iter().sum();
         while i < n {
-            total += a[i] * b[i];
+            total += a[i].into() * b[i];
             i += 1;
         }
         total
@@ -292,5 +391,44 @@ impl Backend for Cpu {
         }
         tasks.into_par_iter().for_each(|(ys, rows, rb, (four, one))| rows_by_fours(ys, rows, rb, &split, four, one));
         Ok(ys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+    use rand::{Rng, SeedableRng};
+
+    fn halves(n: usize, seed: u64) -> Vec<f16> {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| f16::from_f32(r.random_range(-1.0f32..1.0))).collect()
+    }
+
+    fn floats(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+    }
+
+    #[test]
+    fn f16_dot_and_gemv_equal_the_f32_kernels_on_the_widened_values_to_the_bit() {
+        // Lengths with and without a 32-value main loop and a tail.
+        for n in [0, 1, 7, 8, 31, 32, 33, 576, 1536 + 5] {
+            let a = halves(n, n as u64);
+            let wide: Vec<f32> = a.iter().map(|h| h.to_f32()).collect();
+            let b = floats(n, 100 + n as u64);
+            assert_eq!(dot_f16(&a, &b).to_bits(), dot(&wide, &b).to_bits(), "dot, n {n}");
+            assert_eq!(dot_f16_scalar(&a, &b).to_bits(), dot_scalar(&wide, &b).to_bits(), "scalar dot, n {n}");
+        }
+        // Ranks the vector kernel takes (multiples of 8 up to 64) and ones it does not.
+        for (r, n_out) in [(8, 13), (16, 576), (64, 9), (4, 10), (12, 7), (72, 3)] {
+            let m = halves(r * n_out, r as u64);
+            let wide: Vec<f32> = m.iter().map(|h| h.to_f32()).collect();
+            let v = floats(r, 7);
+            let (mut y16, mut y32) = (floats(n_out, 9), floats(n_out, 9));
+            gemv_short_f16(&m, &v, &mut y16);
+            gemv_short(&wide, &v, &mut y32);
+            assert_eq!(y16.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), y32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "gemv, r {r}, n_out {n_out}");
+        }
     }
 }

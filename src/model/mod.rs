@@ -18,6 +18,8 @@ pub mod profile;
 pub mod validate;
 pub mod weights;
 
+use std::sync::{Arc, Mutex};
+
 use crate::adapter::LoraAdapter;
 use crate::compute::gpu::Gpu;
 use crate::compute::{Backend, ComputeError};
@@ -26,7 +28,7 @@ use crate::gguf::GgufFile;
 
 use config::ModelConfig;
 use gpu_forward::{GpuCache, GpuForward};
-use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, HalfLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use weights::{Weight, Weights};
 
 /// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
@@ -36,7 +38,18 @@ pub struct NativeModel {
     pub config: ModelConfig,
     gguf: GgufFile,
     exec: Exec,
+    /// f16 copies of recently used adapters' factors for decoding on the host (per
+    /// adapter id: the tensors whose factors are all f16 exactly), most recent last.
+    halves: Mutex<Vec<(u64, Arc<HalfAdapter>)>>,
 }
+
+/// An adapter's f16 factor copies ([`HalfLora`]) by tensor name.
+type HalfAdapter = std::collections::BTreeMap<String, HalfLora>;
+
+/// Adapters whose f16 copies a model keeps (a serving batch may use many; each copy is
+/// half the adapter's f32 size). An adapter must not change in place once used, as for
+/// the GPU's device copies ([`LoraAdapter::id`]).
+const HALF_SLOTS: usize = 16;
 
 /// Where the forward runs.
 enum Exec {
@@ -102,7 +115,7 @@ impl NativeModel {
     pub fn new(gguf: GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         Weights::from_gguf(&gguf, &config)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Host(backend) })
+        Ok(NativeModel { config, gguf, exec: Exec::Host(backend), halves: Default::default() })
     }
 
     /// Opens `gguf` with the whole forward on `gpu`: uploads every weight; fails (with the
@@ -110,7 +123,7 @@ impl NativeModel {
     pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)) })
+        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), halves: Default::default() })
     }
 
     pub fn gguf(&self) -> &GgufFile {
@@ -186,6 +199,29 @@ impl NativeModel {
         rayon::scope(|_| self.forward_on_host(backend.as_ref(), items))
     }
 
+    /// The f16 copies of each adapter in `sets` (made on first use), by adapter id.
+    fn half_copies(&self, sets: &[&[(&LoraAdapter, f32)]]) -> Vec<(u64, Arc<HalfAdapter>)> {
+        let mut slots = self.halves.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u64, Arc<HalfAdapter>)> = Vec::new();
+        for (a, _) in sets.iter().flat_map(|s| s.iter()) {
+            if out.iter().any(|(id, _)| *id == a.id()) {
+                continue;
+            }
+            let copy = match slots.iter().position(|(id, _)| *id == a.id()) {
+                Some(i) => slots.remove(i).1,
+                None => Arc::new(a.tensors.iter().filter_map(|(name, t)| Some((name.clone(), HalfLora::of(t)?))).collect()),
+            };
+            slots.push((a.id(), Arc::clone(&copy)));
+            out.push((a.id(), copy));
+        }
+        let keep = HALF_SLOTS.max(out.len());
+        if slots.len() > keep {
+            let extra = slots.len() - keep;
+            slots.drain(..extra);
+        }
+        out
+    }
+
     /// The host forward of every item's tokens (each continues its own session).
     fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         let c = &self.config;
@@ -204,6 +240,8 @@ impl NativeModel {
         // Per weight: each adapter that targets it, over the rows of the items using it
         // (item i's rows are off[i]..off[i + 1]).
         let sets: Vec<&[(&LoraAdapter, f32)]> = items.iter().map(|it| it.adapters).collect();
+        let halves = self.half_copies(&sets);
+        let half_of = |a: &LoraAdapter, name: &str| halves.iter().find(|(id, _)| *id == a.id()).and_then(|(_, h)| h.get(name));
         let loras_at = |w: &Weight, off: &[usize]| -> Vec<RowLora> {
             let mut groups: Vec<RowLora> = Vec::new();
             for (i, set) in sets.iter().enumerate() {
@@ -212,7 +250,7 @@ impl NativeModel {
                     let seg = (off[i], off[i + 1], *s);
                     match groups.iter_mut().find(|g| std::ptr::eq(g.t, t)) {
                         Some(g) => g.segments.push(seg),
-                        None => groups.push(RowLora { t, segments: vec![seg] }),
+                        None => groups.push(RowLora { t, segments: vec![seg], half: half_of(a, w.name) }),
                     }
                 }
             }

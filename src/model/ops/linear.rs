@@ -13,13 +13,35 @@ use rayon::prelude::*;
 pub struct RowLora<'a> {
     pub t: &'a LoraTensor,
     pub segments: Vec<(usize, usize, f32)>,
+    /// The same factors as f16 ([`HalfLora`]), read instead of `t`'s f32 ones by the
+    /// few-rows path (decoding): half the bytes, the same values and results.
+    pub half: Option<&'a HalfLora>,
+}
+
+/// A LoRA tensor's factors as f16, for decoding: half the bytes of the f32 copies a
+/// [`LoraTensor`] holds. Made only when every value is an f16 exactly (factors read from
+/// f16 files, edgelora's exports), so the products are bit for bit those of the f32
+/// factors (`cpu::dot_f16`, `cpu::gemv_short_f16`).
+pub struct HalfLora {
+    pub a: Vec<half::f16>,
+    pub b: Vec<half::f16>,
+}
+
+impl HalfLora {
+    /// `t`'s factors as f16, or `None` when one of them is not an f16 exactly.
+    pub fn of(t: &LoraTensor) -> Option<HalfLora> {
+        let exact = |v: &[f32]| -> Option<Vec<half::f16>> {
+            v.iter().map(|&x| Some(half::f16::from_f32(x)).filter(|h| h.to_f32().to_bits() == x.to_bits())).collect()
+        };
+        Some(HalfLora { a: exact(&t.a)?, b: exact(&t.b)? })
+    }
 }
 
 /// x [n, n_in] → y [n, n_out]. `loras`: (factors, weight) of each active adapter that
 /// targets this weight, on every row; the effective scale is weight · factors.scale.
 pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[(&LoraTensor, f32)]) -> Result<Vec<f32>, ComputeError> {
     let n = x.len() / w.n_in;
-    let groups: Vec<RowLora> = loras.iter().map(|(t, s)| RowLora { t, segments: vec![(0, n, *s)] }).collect();
+    let groups: Vec<RowLora> = loras.iter().map(|(t, s)| RowLora { t, segments: vec![(0, n, *s)], half: None }).collect();
     linear_forward_rows(backend, x, w, bias, &groups)
 }
 
@@ -109,14 +131,23 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
     let mut ax = vec![0f32; m * t.rank];
     let mut yg = vec![0f32; m * w.n_out];
     if m <= crate::compute::cpu::FEW_ROWS {
-        // Decoding, short prompts: rows of dot products (a GEMM call costs more to set up here).
+        // Decoding, short prompts: rows of dot products (a GEMM call costs more to set up
+        // here), on the f16 copies where there are some.
+        use crate::compute::cpu::{dot_f16, gemv_short, gemv_short_f16};
         for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(w.n_in)).zip(&rows) {
-            for (v, ar) in axr.iter_mut().zip(t.a.chunks_exact(w.n_in)) {
-                *v = s * f32::dot(ar, xr);
+            for (j, v) in axr.iter_mut().enumerate() {
+                let dot = match g.half {
+                    Some(h) => dot_f16(&h.a[j * w.n_in..(j + 1) * w.n_in], xr),
+                    None => f32::dot(&t.a[j * w.n_in..(j + 1) * w.n_in], xr),
+                };
+                *v = s * dot;
             }
         }
         for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
-            crate::compute::cpu::gemv_short(&t.b, axr, ygr);
+            match g.half {
+                Some(h) => gemv_short_f16(&h.b, axr, ygr),
+                None => gemv_short(&t.b, axr, ygr),
+            }
         }
         return (rows, yg);
     }
@@ -184,5 +215,47 @@ pub fn lora_linear_backward<T: Real>(dx: Option<&mut [T]>, dy: &[T], x: &[T], w:
     }
     if let Some(dx) = dx {
         matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::FactorDtype;
+    use crate::compute::cpu::Cpu;
+    use crate::gguf::GgmlType;
+    use rand::{Rng, SeedableRng};
+
+    fn tensor(rank: usize, n_in: usize, n_out: usize, exact: bool) -> LoraTensor {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut v = |n: usize| -> Vec<f32> {
+            (0..n).map(|_| {
+                let x: f32 = r.random_range(-0.5..0.5);
+                if exact { half::f16::from_f32(x).to_f32() } else { x }
+            }).collect()
+        };
+        LoraTensor { rank, n_in, n_out, a: v(rank * n_in), b: v(n_out * rank), scale: 2.0, dtype: FactorDtype::F16 }
+    }
+
+    #[test]
+    fn the_f16_copies_give_the_f32_factors_results_to_the_bit() {
+        let (n_in, n_out) = (64, 40);
+        let w_vals: Vec<f32> = (0..n_in * n_out).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
+        let w = Weight { name: "blk.0.attn_q.weight", t: GgmlType::F32, bytes: bytemuck::cast_slice(&w_vals), n_in, n_out };
+        for rank in [8, 16, 5] {
+            let t = tensor(rank, n_in, n_out, true);
+            let half = HalfLora::of(&t).expect("f16-exact factors");
+            assert_eq!(half.a.len(), t.a.len());
+            for n in [1, 3] {
+                let x: Vec<f32> = (0..n * n_in).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+                let with = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], half: Some(&half) }]).unwrap();
+                let without = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], half: None }]).unwrap();
+                assert_eq!(with.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), without.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rank {rank}, {n} rows");
+                let base = linear_forward_rows(&Cpu, &x, &w, None, &[]).unwrap();
+                assert_ne!(with, base, "the adapter changed nothing");
+            }
+        }
+        // Factors that are not all f16 values get no copy (the f32 ones stay in use).
+        assert!(HalfLora::of(&tensor(8, n_in, n_out, false)).is_none());
     }
 }
