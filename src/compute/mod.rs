@@ -2,8 +2,9 @@
 //! build on), on the CPU (`cpu`: SIMD dequantizers + rayon) or a GPU through wgpu
 //! (`gpu`: one WGSL file per kernel in `shaders/`).
 //!
-//! Kernels: `dequantize` (block bytes → f32), `lora_delta` (acc += s·B·A) and `matmul`
-//! (y = x·Wᵀ with W in its block format) — the last one for the native engine.
+//! Kernels: `dequantize` (block bytes → f32), `lora_delta` (acc += s·B·A), `matmul`
+//! (y = x·Wᵀ with W in its block format) and `matmul_shared` (several W of one input:
+//! q/k/v, gate/up) — the last two for the native engine.
 
 pub mod cholesky;
 pub mod cpu;
