@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // EDGELORA_PROFILE=1 is read here, once: the profile's timers check a flag that only
+    // its first use sets from the environment.
+    edgelora::model::profile::enabled();
     // An assert inside llama.cpp (none should be reachable from a file: README
     // "Reliability") would fork gdb for a backtrace, which can hang; fail fast instead.
     if std::env::var_os("GGML_NO_BACKTRACE").is_none() {

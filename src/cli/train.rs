@@ -193,6 +193,24 @@ fn with_suffix(p: &std::path::Path, suffix: &str) -> PathBuf {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let r = run_training(a);
+    if edgelora::model::profile::enabled() {
+        // EDGELORA_PROFILE=1: where the run's time went, on stderr (stdout is the summary).
+        let wall = t0.elapsed().as_secs_f64();
+        let mut ops: Vec<(String, (f64, u64))> = edgelora::model::profile::take().into_iter().collect();
+        ops.sort_by(|x, y| y.1 .0.total_cmp(&x.1 .0));
+        eprintln!("\nprofile (EDGELORA_PROFILE=1), whole run of {wall:.1} s:\n| operation | seconds | calls | share of the run |\n|---|---:|---:|---:|");
+        for (op, (secs, calls)) in &ops {
+            eprintln!("| {op} | {secs:.2} | {calls} | {:.1}% |", 100.0 * secs / wall.max(1e-9));
+        }
+        let total: f64 = ops.iter().map(|o| o.1 .0).sum();
+        eprintln!("| all profiled | {total:.2} | | {:.1}% |", 100.0 * total / wall.max(1e-9));
+    }
+    r
+}
+
+fn run_training(a: TrainArgs) -> Result<()> {
     if a.device == "gpu" {
         bail!("--device gpu: training on wgpu is not implemented; train on the CPU (--device cpu)");
     }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::config::ModelConfig;
+use super::profile::time;
 use super::ops::attention::{packed_attention_backward, packed_attention_forward, packed_ranges};
 use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward, cross_entropy_hits};
 use super::ops::embedding::embedding_forward;
@@ -182,12 +183,14 @@ impl<'a, T: Real> TrainModel<'a, T> {
     }
 
     fn layer_dense(&self, l: usize) -> Result<[Vec<T>; N_LIN], Error> {
-        let p = projections(&self.weights.layers[l]);
-        let mut out: [Vec<T>; N_LIN] = Default::default();
-        for (o, w) in out.iter_mut().zip(p) {
-            *o = dense(w)?;
-        }
-        Ok(out)
+        time(|| "train: dequantize a layer's weights".into(), || {
+            let p = projections(&self.weights.layers[l]);
+            let mut out: [Vec<T>; N_LIN] = Default::default();
+            for (o, w) in out.iter_mut().zip(p) {
+                *o = dense(w)?;
+            }
+            Ok(out)
+        })
     }
 
     fn positions(batch: &Batch) -> Vec<usize> {
@@ -203,7 +206,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut ax: [Vec<T>; N_LIN] = Default::default();
         let mut lin = |i: usize, x: &[T], bias: Option<&[T]>| {
             let w = ws[i];
-            let (y, a) = lora_linear_forward(x, &dense[i], w.n_in, w.n_out, bias, params.get(w.name).map(LoraParam::as_ref));
+            let (y, a) = time(|| "train forward: linear (base + LoRA)".into(), || lora_linear_forward(x, &dense[i], w.n_in, w.n_out, bias, params.get(w.name).map(LoraParam::as_ref)));
             ax[i] = a;
             y
         };
@@ -224,7 +227,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         };
         rope_forward(&mut q, &c.rope(c.n_head), positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), positions);
-        let (att, probs) = packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads(), true);
+        let (att, probs) = time(|| "train forward: attention".into(), || packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads(), true));
         let o = lin(O, &att, None);
         let x_mid: Vec<T> = x.iter().zip(&o).map(|(a, b)| *a + *b).collect();
         let h2 = rmsnorm_forward(&x_mid, ffn_norm, c.rms_eps);
@@ -249,7 +252,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
                 (Some(p), Some(g)) => Some((p.as_ref(), a.ax[i].as_slice(), g.a.as_mut_slice(), g.b.as_mut_slice())),
                 _ => None,
             };
-            lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora);
+            time(|| "train backward: linear (dx, LoRA grads)".into(), || lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora));
         };
         // x_out = x_mid + down(act)
         let act = swiglu_forward(&a.g, &a.u);
@@ -267,7 +270,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         rmsnorm_backward(&mut dx_mid, &dh2, &a.x_mid, ffn_norm, c.rms_eps);
         let mut datt = vec![T::zero(); a.att.len()];
         lin_back(O, Some(&mut datt), &dx_mid, &a.att);
-        let (mut dq, mut dk, dv) = packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads());
+        let (mut dq, mut dk, dv) = time(|| "train backward: attention".into(), || packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads()));
         rope_backward(&mut dq, &c.rope(c.n_head), positions);
         rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
         if let (Some((qn, kn)), Some(qr), Some(kr)) = (&self.qk_norms[l], &a.q_raw, &a.k_raw) {
@@ -345,12 +348,12 @@ impl<'a, T: Real> TrainModel<'a, T> {
             x = x_out;
         }
         let (xs, hs, tg, rows) = self.head_rows(&x, batch);
-        let losses = cross_entropy_forward(&hs, &self.output, &tg, d, opt.ce_chunk.max(1));
+        let losses = time(|| "train: output head + cross-entropy".into(), || cross_entropy_forward(&hs, &self.output, &tg, d, opt.ce_chunk.max(1)));
         let loss_sum: f64 = losses.iter().sum();
 
         // backward: head, final norm, then the layers in reverse
         let dloss = vec![T::of(opt.grad_scale); tg.len()];
-        let dhs = cross_entropy_backward(&hs, &self.output, &tg, &dloss, d, opt.ce_chunk.max(1));
+        let dhs = time(|| "train: output head + cross-entropy".into(), || cross_entropy_backward(&hs, &self.output, &tg, &dloss, d, opt.ce_chunk.max(1)));
         let mut dxs = vec![T::zero(); xs.len()];
         rmsnorm_backward(&mut dxs, &dhs, &xs, &self.output_norm, c.rms_eps);
         let mut dx = vec![T::zero(); x.len()];

@@ -100,3 +100,27 @@ fn train_dedups_balances_and_refuses_bad_ratios() {
         assert!(err.contains(needle), "--balance {flag}: {err}");
     }
 }
+
+#[test]
+fn train_with_edgelora_profile_prints_where_the_run_went() {
+    let dir = tmpdir();
+    let records: Vec<Value> = (0..4).map(|i| json!({"instruction": ASK, "input": format!("Credit score: {}", 600 + 40 * i), "output": if i > 1 { "approve" } else { "reject" }})).collect();
+    let data = write(dir.path(), "train.jsonl", &records);
+    let out_path = dir.path().join("p.gguf");
+    let m = model_path();
+    let args = ["train", "-m", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out_path.to_str().unwrap(), "--steps", "2", "--batch", "2", "-t", "1", "--max-len", "64"];
+    let out = Command::new(env!("CARGO_BIN_EXE_edgelora")).args(args).env("EDGELORA_PROFILE", "1").output().expect("run edgelora");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let table = err.split("profile (EDGELORA_PROFILE=1)").nth(1).unwrap_or_else(|| panic!("no profile table: {err}"));
+    // 2 steps × 30 layers × 7 projections, forward and backward; the head once per step each way.
+    for (op, calls) in [("train forward: linear (base + LoRA)", 420), ("train backward: linear (dx, LoRA grads)", 420), ("train: output head + cross-entropy", 4)] {
+        let row = table.lines().find(|l| l.starts_with(&format!("| {op} |"))).unwrap_or_else(|| panic!("no row {op}: {table}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], calls.to_string(), "{row}");
+        assert!(cells[2].parse::<f64>().unwrap() > 0.0, "{row}");
+    }
+    // Without the variable: no table.
+    let quiet = edgelora(&args);
+    assert!(quiet.status.success() && !String::from_utf8_lossy(&quiet.stderr).contains("profile ("));
+}
