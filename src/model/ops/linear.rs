@@ -68,9 +68,13 @@ pub fn linear_forward_shared(backend: &dyn Backend, x: &[f32], layers: &[(&Weigh
     }
     let n = x.len() / n_in;
     let ws: Vec<crate::compute::MatrixRef> = layers.iter().map(|(w, _, _)| crate::compute::MatrixRef { t: w.t, bytes: w.bytes, n_out: w.n_out }).collect();
-    let mut types: Vec<String> = layers.iter().map(|(w, _, _)| w.t.to_string()).collect();
-    types.dedup();
-    let mut ys = time(|| format!("matmul {} ({}, {} weights)", types.join("+"), rows_label(n), layers.len()), || backend.matmul_shared(&ws, n_in, x, n))?;
+    // The label is built only when the profile is on (its closure runs then).
+    let label = || {
+        let mut types: Vec<String> = layers.iter().map(|(w, _, _)| w.t.to_string()).collect();
+        types.dedup();
+        format!("matmul {} ({}, {} weights)", types.join("+"), rows_label(n), layers.len())
+    };
+    let mut ys = time(label, || backend.matmul_shared(&ws, n_in, x, n))?;
     for (y, (w, bias, loras)) in ys.iter_mut().zip(layers) {
         add_bias_and_loras(y, x, w, *bias, loras);
     }
