@@ -95,12 +95,23 @@ fn bench_batch(b: BatchBench) -> Result<()> {
         model.forward_batch(&mut items)?;
         drop(items);
         let tokens: Vec<[i32; 1]> = (0..n).map(|i| [198 + i as i32]).collect();
+        edgelora::model::profile::reset();
         let t0 = Instant::now();
         for _ in 0..b.steps {
             let mut items: Vec<BatchItem> = sessions.iter_mut().zip(&sets).zip(&tokens).map(|((s, a), t)| BatchItem { session: s, tokens: t, adapters: a, all_logits: false }).collect();
             model.forward_batch(&mut items)?;
         }
         let secs = t0.elapsed().as_secs_f64();
+        if edgelora::model::profile::enabled() {
+            // EDGELORA_PROFILE=1: where one step of this batch size went, on stderr.
+            let mut ops: Vec<(String, (f64, u64))> = edgelora::model::profile::take().into_iter().collect();
+            ops.sort_by(|x, y| y.1 .0.total_cmp(&x.1 .0));
+            let per = |v: f64| v * 1e3 / b.steps as f64;
+            eprintln!("\nprofile (EDGELORA_PROFILE=1), batch {n}: per step ({:.3} ms wall)\n| operation | ms | calls | share |\n|---|---:|---:|---:|", per(secs));
+            for (op, (s, calls)) in &ops {
+                eprintln!("| {op} | {:.3} | {:.1} | {:.1}% |", per(*s), *calls as f64 / b.steps as f64, 100.0 * s / secs);
+            }
+        }
         rows.push((n, (n * b.steps) as f64 / secs));
     }
     let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);

@@ -52,7 +52,7 @@ pub struct TrainArgs {
     /// rsLoRA scaling: alpha/√rank
     #[arg(long)]
     rslora: bool,
-    /// Modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or attn_q, …) or all-linear
+    /// Modules: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or attn_q, …; qkv_proj and gate_up_proj for both parts, phi3's fused tensors) or all-linear
     /// [default: q_proj,v_proj; with --init-adapter: the adapter's]
     #[arg(long)]
     targets: Option<String>,

@@ -146,7 +146,9 @@ pub fn recode_layers(
     // projection not re-coded).
     let mut recode = |ps: &[&Proj], x_m: &[f32], x_s: &[f32], drift: Option<&[f32]>| -> Result<Vec<Vec<f32>>, Error> {
         let n_in = ps[0].w.n_in;
-        let todo: Vec<bool> = ps.iter().map(|p| (recoder.wanted)(p.w.name) && n_rows >= recoder.min_rows_per_input * n_in).collect();
+        // Parts of a fused tensor (phi3's attn_qkv, ffn_up) are not re-coded: the tensor's
+        // blocks are one unit to the writer, so it goes the refit path (and is listed).
+        let todo: Vec<bool> = ps.iter().map(|p| (recoder.wanted)(p.w.name) && !p.w.is_part() && n_rows >= recoder.min_rows_per_input * n_in).collect();
         if !todo.contains(&true) {
             return Ok(ps.iter().map(|p| p.target.clone()).collect());
         }
@@ -180,7 +182,8 @@ pub fn recode_layers(
     for (l, layer) in weights.layers.iter().enumerate() {
         let proj = |w: &'_ Weight<'_>| -> Result<Vec<f32>, Error> {
             let mut t: Vec<f32> = dense(w)?;
-            let deltas = super::deltas(w.name, inputs);
+            // A fused tensor's part takes its rows of each B.
+            let deltas: Vec<_> = super::deltas(w.name, inputs).into_iter().map(|d| crate::compute::Delta { b: w.b_rows(d.b, d.rank), ..d }).collect();
             Cpu.lora_delta(&mut t, w.n_out, w.n_in, &deltas).map_err(|e| bad(w.name, e.to_string()))?;
             Ok(t)
         };

@@ -40,6 +40,9 @@ pub struct ModelConfig {
     /// `rope_freqs.weight` (rope_dim/2 divisors of the RoPE angles; Llama 3.1-style
     /// long-context scaling), when the file has it.
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// q/k/v in one tensor (`attn_qkv`) and gate/up in one (`ffn_up`, 2·n_ff rows,
+    /// gate first): `phi3`.
+    pub fused_projections: bool,
 }
 
 impl ModelConfig {
@@ -50,12 +53,12 @@ impl ModelConfig {
         let arch = f.architecture()?.to_string();
         let rope_style = match arch.as_str() {
             "llama" => RopeStyle::Adjacent,
-            "qwen2" | "qwen3" => RopeStyle::NeoX,
+            "qwen2" | "qwen3" | "phi3" => RopeStyle::NeoX,
             other => {
                 return Err(GgufError::WrongValue {
                     path: f.path().to_path_buf(),
                     key: "general.architecture".into(),
-                    expected: "llama, qwen2 or qwen3 (the native engine's architectures)".into(),
+                    expected: "llama, qwen2, qwen3 or phi3 (the native engine's architectures)".into(),
                     found: other.into(),
                 }
                 .into())
@@ -116,6 +119,7 @@ impl ModelConfig {
             tied_embeddings: f.tensor("output.weight").is_none(),
             qk_norm: f.tensor("blk.0.attn_q_norm.weight").is_some(),
             rope_freq_factors: rope_freq_factors(f, rope_dim)?,
+            fused_projections: arch == "phi3",
             arch,
         })
     }

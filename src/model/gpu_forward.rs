@@ -26,6 +26,8 @@ struct DeviceWeight {
     t: crate::gguf::GgmlType,
     n_in: usize,
     n_out: usize,
+    /// First row within the tensor `name` (0 unless part of a fused tensor: phi3).
+    row0: usize,
     row_bytes: usize,
     /// (buffer, first row, rows)
     chunks: Vec<(wgpu::Buffer, usize, usize)>,
@@ -51,7 +53,9 @@ struct DeviceLayer {
 /// One adapted weight's factors on the device: A [rank, n_in], B [n_out, rank], f32.
 struct DeviceLora {
     a: wgpu::Buffer,
-    b: wgpu::Buffer,
+    /// B's rows per part of the tensor, by the part's first row: one part (0, all of B)
+    /// unless the tensor is fused (phi3's q/k/v, gate/up: each part its own rows).
+    b: Vec<(usize, wgpu::Buffer)>,
     rank: usize,
     scale: f32,
 }
@@ -109,6 +113,8 @@ pub struct GpuForward {
     identity: Option<wgpu::Buffer>,
     adapters: Mutex<Vec<DeviceAdapter>>,
     scratch: Mutex<Option<Scratch>>,
+    /// Fused tensors' parts: tensor name → (first row, rows) of each part.
+    parts: BTreeMap<String, Vec<(usize, usize)>>,
 }
 
 fn floats(v: &[f32]) -> &[u8] {
@@ -137,8 +143,12 @@ impl GpuForward {
             let row_bytes = w.bytes.len() / w.n_out;
             let per_chunk = (gpu.max_binding() as usize / row_bytes).max(1);
             let chunks = w.bytes.chunks(per_chunk * row_bytes).enumerate().map(|(i, c)| (gpu.upload(w.name, c), i * per_chunk, c.len() / row_bytes)).collect();
-            Ok(DeviceWeight { name: w.name.to_string(), t: w.t, n_in: w.n_in, n_out: w.n_out, row_bytes, chunks })
+            Ok(DeviceWeight { name: w.name.to_string(), t: w.t, n_in: w.n_in, n_out: w.n_out, row0: w.row0, row_bytes, chunks })
         };
+        let mut parts: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        for w in weights.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up]).filter(|w| w.is_part()) {
+            parts.entry(w.name.to_string()).or_default().push((w.row0, w.n_out));
+        }
         let mut layers = Vec::with_capacity(weights.layers.len());
         for l in &weights.layers {
             layers.push(DeviceLayer {
@@ -169,6 +179,7 @@ impl GpuForward {
             }),
             adapters: Mutex::new(Vec::new()),
             scratch: Mutex::new(None),
+            parts,
             config: config.clone(),
             ops,
             gpu,
@@ -290,7 +301,10 @@ impl GpuForward {
             let Some(t) = a.tensors.get(&w.name) else { continue };
             // tmp [n, r] = s·x·Aᵀ;  out += tmp·Bᵀ
             g.dispatch(&self.ops.dense, &[x, &t.a, tmp], &[n as u32, t.rank as u32, w.n_in as u32, 0, t.rank as u32, 0, bits(weight * t.scale)], Grid::Threads((n * t.rank) as u64));
-            g.dispatch(&self.ops.dense, &[tmp, &t.b, out.buf], &[n as u32, w.n_out as u32, t.rank as u32, 1, out.stride as u32, out.base as u32, bits(1.0)], Grid::Threads((n * w.n_out) as u64));
+            let Some((_, b)) = t.b.iter().find(|(row0, _)| *row0 == w.row0) else {
+                return Err(ComputeError::Shape(format!("adapter tensor {}: no B rows for the part at row {}", w.name, w.row0)));
+            };
+            g.dispatch(&self.ops.dense, &[tmp, b, out.buf], &[n as u32, w.n_out as u32, t.rank as u32, 1, out.stride as u32, out.base as u32, bits(1.0)], Grid::Threads((n * w.n_out) as u64));
         }
         Ok(())
     }
@@ -320,7 +334,10 @@ impl GpuForward {
                 if t.a.len() != t.rank * t.n_in || t.b.len() != t.n_out * t.rank {
                     return Err(ComputeError::Shape(format!("adapter tensor {name}: A {} / B {} values for rank {}, [{}, {}]", t.a.len(), t.b.len(), t.rank, t.n_out, t.n_in)));
                 }
-                tensors.insert(name.clone(), DeviceLora { a: self.gpu.upload("lora_a", floats(&t.a)), b: self.gpu.upload("lora_b", floats(&t.b)), rank: t.rank, scale: t.scale });
+                let whole = [(0, t.n_out)];
+                let parts = self.parts.get(name).map_or(&whole[..], Vec::as_slice);
+                let b = parts.iter().map(|&(row0, n)| (row0, self.gpu.upload("lora_b", floats(&t.b[row0 * t.rank..(row0 + n) * t.rank])))).collect();
+                tensors.insert(name.clone(), DeviceLora { a: self.gpu.upload("lora_a", floats(&t.a)), b, rank: t.rank, scale: t.scale });
             }
             if slots.len() >= ADAPTER_SLOTS.max(adapters.len()) {
                 slots.remove(0);

@@ -41,8 +41,10 @@ impl<T: Real> LoraParam<T> {
         LoraParam { a: vec![T::zero(); self.a.len()], b: vec![T::zero(); self.b.len()], ..*self }
     }
 
-    fn as_ref(&self) -> LoraRef<'_, T> {
-        LoraRef { a: &self.a, b: &self.b, rank: self.rank, scale: self.scale }
+    /// The factors as weight `w` sees them: A whole, B's rows of `w` (all of them unless
+    /// `w` is part of a fused tensor).
+    fn for_weight(&self, w: &Weight) -> LoraRef<'_, T> {
+        LoraRef { a: &self.a, b: w.b_rows(&self.b, self.rank), rank: self.rank, scale: self.scale }
     }
 }
 
@@ -155,14 +157,26 @@ impl<'a, T: Real> TrainModel<'a, T> {
         Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, biases, output_norm })
     }
 
-    /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it.
+    /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it (a fused
+    /// tensor's whole shape).
     pub fn matrix_shape(&self, name: &str) -> Option<(usize, usize)> {
-        self.weights.layers.iter().flat_map(projections).find(|w| w.name == name).map(|w| (w.n_in, w.n_out))
+        self.weights.layers.iter().flat_map(projections).find(|w| w.name == name).map(|w| (w.n_in, w.tensor_rows))
     }
 
-    /// Names of every projection matrix in layer order (the LoRA targets there are).
+    /// Names of every projection matrix in layer order (the LoRA targets there are), a
+    /// fused tensor once.
     pub fn matrix_names(&self) -> Vec<String> {
-        self.weights.layers.iter().flat_map(projections).map(|w| w.name.to_string()).collect()
+        let mut names: Vec<String> = self.weights.layers.iter().flat_map(projections).map(|w| w.name.to_string()).collect();
+        names.dedup();
+        names
+    }
+
+    /// The GGUF tensor that holds projection `module` (`attn_q`, …, `ffn_down`, as in
+    /// [`crate::train::trainer::MODULES`]) of layer `l`: `blk.{l}.{module}.weight`, or the
+    /// fused tensor it is part of (`phi3`: `attn_qkv` for q/k/v, `ffn_up` for gate/up).
+    pub fn tensor_for(&self, l: usize, module: &str) -> Option<&str> {
+        let i = crate::train::trainer::MODULES.iter().position(|(g, _)| *g == module)?;
+        Some(projections(self.weights.layers.get(l)?)[i].name)
     }
 
     fn check(&self, params: &LoraParams<T>, batch: &Batch) -> Result<(), Error> {
@@ -206,7 +220,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut ax: [Vec<T>; N_LIN] = Default::default();
         let mut lin = |i: usize, x: &[T], bias: Option<&[T]>| {
             let w = ws[i];
-            let (y, a) = time(|| "train forward: linear (base + LoRA)".into(), || lora_linear_forward(x, &dense[i], w.n_in, w.n_out, bias, params.get(w.name).map(LoraParam::as_ref)));
+            let (y, a) = time(|| "train forward: linear (base + LoRA)".into(), || lora_linear_forward(x, &dense[i], w.n_in, w.n_out, bias, params.get(w.name).map(|p| p.for_weight(w))));
             ax[i] = a;
             y
         };
@@ -249,7 +263,8 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut lin_back = |i: usize, dx: Option<&mut [T]>, dy: &[T], x: &[T]| {
             let w = ws[i];
             let lora = match (params.get(w.name), grads.get_mut(w.name)) {
-                (Some(p), Some(g)) => Some((p.as_ref(), a.ax[i].as_slice(), g.a.as_mut_slice(), g.b.as_mut_slice())),
+                // A fused tensor's parts each add to all of dA and to their own rows of dB.
+                (Some(p), Some(g)) => Some((p.for_weight(w), a.ax[i].as_slice(), g.a.as_mut_slice(), w.b_rows_mut(&mut g.b, p.rank))),
                 _ => None,
             };
             time(|| "train backward: linear (dx, LoRA grads)".into(), || lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora));

@@ -28,7 +28,7 @@ pub const MAX_LAYERS: u64 = 512;
 pub const MAX_EXPERTS: u64 = 1024;
 
 /// The architectures checked key by key (the native engine's).
-pub const VALIDATED_ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub const VALIDATED_ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
 
 /// Checks `f` as a model (see the module docs). An architecture outside
 /// [`VALIDATED_ARCHS`] gets the generic checks only.
@@ -201,7 +201,7 @@ impl Checker<'_> {
         Ok(n_layer)
     }
 
-    /// `llama`, `qwen2` and `qwen3`: hyper-parameters against each other and the tensors.
+    /// `llama`, `qwen2`, `qwen3` and `phi3`: hyper-parameters against each other and the tensors.
     fn llama_family(&self, arch: &str, n_layer: u64) -> Result<(), Error> {
         let key = |k: &str| format!("{arch}.{k}");
         // One value for every layer (the native engine has no per-layer sizes).
@@ -298,18 +298,26 @@ impl Checker<'_> {
             if arch == "qwen3" {
                 expected.extend([(b("attn_q_norm.weight"), vec![head_k], true), (b("attn_k_norm.weight"), vec![head_k], true)]);
             }
+            if arch == "phi3" {
+                // q/k/v fused in attn_qkv, gate/up in ffn_up (as llama.cpp's converter
+                // writes Phi-3; no biases).
+                expected.extend([(b("attn_qkv.weight"), vec![n_embd, q + 2 * kv], true), (b("ffn_up.weight"), vec![n_embd, 2 * n_ff], true)]);
+            } else {
+                expected.extend([
+                    (b("attn_q.weight"), vec![n_embd, q], true),
+                    (b("attn_k.weight"), vec![n_embd, kv], true),
+                    (b("attn_v.weight"), vec![n_embd, kv], true),
+                    (b("attn_q.bias"), vec![q], biases),
+                    (b("attn_k.bias"), vec![kv], biases),
+                    (b("attn_v.bias"), vec![kv], biases),
+                    (b("ffn_gate.weight"), vec![n_embd, n_ff], true),
+                    (b("ffn_up.weight"), vec![n_embd, n_ff], true),
+                ]);
+            }
             expected.extend([
                 (b("attn_norm.weight"), vec![n_embd], true),
-                (b("attn_q.weight"), vec![n_embd, q], true),
-                (b("attn_k.weight"), vec![n_embd, kv], true),
-                (b("attn_v.weight"), vec![n_embd, kv], true),
                 (b("attn_output.weight"), vec![q, n_embd], true),
-                (b("attn_q.bias"), vec![q], biases),
-                (b("attn_k.bias"), vec![kv], biases),
-                (b("attn_v.bias"), vec![kv], biases),
                 (b("ffn_norm.weight"), vec![n_embd], true),
-                (b("ffn_gate.weight"), vec![n_embd, n_ff], true),
-                (b("ffn_up.weight"), vec![n_embd, n_ff], true),
                 (b("ffn_down.weight"), vec![n_ff, n_embd], true),
             ]);
         }
@@ -334,8 +342,13 @@ impl Checker<'_> {
                 return Err(self.bad_tensor(name, format!("type {}, expected f32 (a vector)", t.ggml_type)));
             }
         }
-        // llama.cpp: llama throws on another value, qwen2's graph asserts.
-        if rope_dim != head_k {
+        // llama.cpp: llama throws on another value, qwen2's graph asserts; phi3 rotates
+        // part of each head (Phi-4-mini: partial_rotary_factor 0.75).
+        if arch == "phi3" {
+            if rope_dim == 0 || rope_dim > head_k || rope_dim % 2 != 0 {
+                return Err(self.wrong(&key("rope.dimension_count"), format!("an even number in 2..={head_k} (the head size)"), rope_dim.to_string()));
+            }
+        } else if rope_dim != head_k {
             return Err(self.wrong(&key("rope.dimension_count"), format!("the head size {head_k}"), rope_dim.to_string()));
         }
         let eps_key = key("attention.layer_norm_rms_epsilon");

@@ -206,6 +206,7 @@ mod tests {
             tied_embeddings: true,
             qk_norm: false,
             rope_freq_factors: None,
+            fused_projections: false,
         }
     }
 

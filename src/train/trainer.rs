@@ -33,9 +33,20 @@ pub fn parse_targets(s: &str) -> Result<Vec<String>, Error> {
     }
     let mut out = Vec::new();
     for t in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        // Fused names (phi3's tensors and PEFT modules) stand for their parts; on phi3
+        // the parts map back to the one fused tensor.
+        let parts: &[&str] = match t {
+            "qkv_proj" | "attn_qkv" => &["attn_q", "attn_k", "attn_v"],
+            "gate_up_proj" => &["ffn_gate", "ffn_up"],
+            _ => &[],
+        };
+        if !parts.is_empty() {
+            out.extend(parts.iter().map(|p| p.to_string()).filter(|p| !out.contains(p)).collect::<Vec<_>>());
+            continue;
+        }
         let Some((g, _)) = MODULES.iter().find(|(g, h)| *g == t || *h == t) else {
             let known: Vec<&str> = MODULES.iter().map(|(_, h)| *h).collect();
-            return Err(TrainError::BadOption { option: "--targets".into(), reason: format!("{t:?} is not a projection ({} or all-linear)", known.join(", ")) }.into());
+            return Err(TrainError::BadOption { option: "--targets".into(), reason: format!("{t:?} is not a projection ({}, qkv_proj, gate_up_proj or all-linear)", known.join(", ")) }.into());
         };
         if !out.iter().any(|o| o == g) {
             out.push(g.to_string());
@@ -252,7 +263,20 @@ impl<'a> Trainer<'a> {
         }
         for l in first..=last {
             for t in &config.targets {
-                let name = format!("blk.{l}.{t}.weight");
+                // The tensor holding the projection (a fused one once: phi3's q/k/v).
+                let name = model.tensor_for(l, t).map(str::to_string).unwrap_or_else(|| format!("blk.{l}.{t}.weight"));
+                if params.contains_key(&name) {
+                    continue;
+                }
+                // A fused tensor trains as a whole: all of its parts, or refused.
+                let parts: Vec<&str> = MODULES.iter().map(|(g, _)| *g).filter(|g| model.tensor_for(l, g) == Some(name.as_str())).collect();
+                if let Some(missing) = parts.iter().find(|p| !config.targets.iter().any(|t| t == *p)) {
+                    return Err(TrainError::BadOption {
+                        option: "--targets".into(),
+                        reason: format!("{t} is part of the fused tensor {name} (with {}): target all of them ({missing} is missing; qkv_proj / gate_up_proj name them together)", parts.join(", ")),
+                    }
+                    .into());
+                }
                 let (n_in, n_out) = model.matrix_shape(&name).ok_or_else(|| TrainError::BadOption { option: "--targets".into(), reason: format!("the model has no tensor {name}") })?;
                 let bound = 1.0 / (n_in as f64).sqrt();
                 let a = (0..config.rank * n_in).map(|_| rng.random_range(-bound..bound) as f32).collect();
@@ -612,6 +636,14 @@ mod tests {
         let mut c = vec![0; groups];
         order.iter().for_each(|&i| c[of_example[i]] += 1);
         c
+    }
+
+    #[test]
+    fn fused_module_names_stand_for_their_parts() {
+        assert_eq!(parse_targets("qkv_proj,o_proj").unwrap(), ["attn_q", "attn_k", "attn_v", "attn_output"]);
+        assert_eq!(parse_targets("gate_up_proj,up_proj,down_proj").unwrap(), ["ffn_gate", "ffn_up", "ffn_down"]);
+        assert_eq!(parse_targets("attn_qkv,q_proj").unwrap(), ["attn_q", "attn_k", "attn_v"]);
+        assert!(parse_targets("qkv").unwrap_err().to_string().contains("qkv_proj"));
     }
 
     #[test]

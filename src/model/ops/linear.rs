@@ -130,6 +130,8 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
         &gathered
     };
     let m = xg.len() / w.n_in;
+    // This weight's rows of B (all of it unless the tensor is fused).
+    let b = w.b_rows(&t.b, t.rank);
     let rows: Vec<(usize, f32)> = g.segments.iter().flat_map(|&(a, b, s)| (a..b).map(move |r| (r, s * t.scale))).collect();
     // ax [m, r] = s · xg · Aᵀ;  yg [m, n_out] = ax · Bᵀ
     let mut ax = vec![0f32; m * t.rank];
@@ -149,8 +151,8 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
         }
         for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
             match g.half {
-                Some(h) => gemv_short_f16(&h.b, axr, ygr),
-                None => gemv_short(&t.b, axr, ygr),
+                Some(h) => gemv_short_f16(w.b_rows(&h.b, t.rank), axr, ygr),
+                None => gemv_short(b, axr, ygr),
             }
         }
         return (rows, yg);
@@ -159,7 +161,7 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
     for (axr, &(_, s)) in ax.chunks_exact_mut(t.rank).zip(&rows) {
         axr.iter_mut().for_each(|v| *v *= s);
     }
-    matmul(&mut yg, &ax, Layout::N, &t.b, Layout::T, m, w.n_out, t.rank, false);
+    matmul(&mut yg, &ax, Layout::N, b, Layout::T, m, w.n_out, t.rank, false);
     (rows, yg)
 }
 
@@ -245,7 +247,7 @@ mod tests {
     fn the_f16_copies_give_the_f32_factors_results_to_the_bit() {
         let (n_in, n_out) = (64, 40);
         let w_vals: Vec<f32> = (0..n_in * n_out).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
-        let w = Weight { name: "blk.0.attn_q.weight", t: GgmlType::F32, bytes: bytemuck::cast_slice(&w_vals), n_in, n_out };
+        let w = Weight::whole("blk.0.attn_q.weight", GgmlType::F32, bytemuck::cast_slice(&w_vals), n_in, n_out);
         for rank in [8, 16, 5] {
             let t = tensor(rank, n_in, n_out, true);
             let half = HalfLora::of(&t).expect("f16-exact factors");
