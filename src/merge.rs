@@ -290,7 +290,9 @@ pub fn merge(
     if opts.quantizer == Quantizer::Gptq {
         let keeps = |t: &TensorInfo, ty: GgmlType| ty == t.ggml_type && gptq::supports(ty);
         let mut recoded: std::collections::HashSet<&str> = base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| *m && keeps(t, *ty)).map(|(t, _)| t.name.as_str()).collect();
-        if !recoded.is_empty() {
+        // gemma3: no layer-by-layer pass (its recipe is not in `sequential`): refit.
+        let layered = crate::model::config::ModelConfig::from_gguf(base).map(|c| sequential::supports(&c)).unwrap_or(true);
+        if !recoded.is_empty() && layered {
             let residual_writer = |name: &str| name.ends_with(".attn_output.weight") || name.ends_with(".ffn_down.weight");
             recoded.extend(base.tensors().iter().zip(&plan).filter(|(t, (ty, m))| !*m && keeps(t, *ty) && residual_writer(&t.name)).map(|(t, _)| t.name.as_str()));
             // The re-coded blocks wait in a temporary file beside the output (made first:

@@ -152,7 +152,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         if s.kept_type.is_empty() { String::new() } else { format!(", {} kept their type (row length does not fit {})", s.kept_type.len(), a.out_type) }
     );
     if !s.gptq_refit.is_empty() {
-        eprintln!("gptq: {} merged tensor(s) written by refit (too few calibration rows for their input, not Q4_0/Q4_1/Q8_0, or a fused tensor: phi3's attn_qkv, ffn_up): {}", s.gptq_refit.len(), s.gptq_refit.join(", "));
+        eprintln!("gptq: {} merged tensor(s) written by refit (too few calibration rows for their input, not Q4_0/Q4_1/Q8_0, a fused tensor: phi3's attn_qkv, ffn_up, or any of a gemma3 model's): {}", s.gptq_refit.len(), s.gptq_refit.join(", "));
     }
     Ok(())
 }

@@ -106,6 +106,13 @@ impl Rows<'_> {
     }
 }
 
+/// Whether [`recode_layers`]' layer recipe (its own forward of the calibration rows) is
+/// the model's: not for gemma3 (scaled embedding, post-norms, GELU gate, sliding
+/// windows), whose merged tensors go refit's path instead.
+pub fn supports(c: &ModelConfig) -> bool {
+    !(c.post_norms || c.gelu_gate || c.sliding_window.is_some() || c.embd_scale.is_some())
+}
+
 /// Receives (tensor name, re-coded blocks) from [`recode_layers`].
 pub type TensorSink<'s> = dyn FnMut(&str, Vec<u8>) -> Result<(), Error> + 's;
 
@@ -122,6 +129,9 @@ pub fn recode_layers(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(), Error> {
     let c = ModelConfig::from_gguf(base)?;
+    if !supports(&c) {
+        return Err(EngineError::BadOption(format!("GPTQ's layer-by-layer pass does not implement the {} layer recipe", c.arch)).into());
+    }
     let weights = Weights::from_gguf(base, &c)?;
     let seqs: Vec<&Vec<i32>> = sequences.iter().filter(|s| !s.is_empty()).collect();
     let tokens: Vec<i32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();

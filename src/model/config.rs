@@ -43,6 +43,18 @@ pub struct ModelConfig {
     /// q/k/v in one tensor (`attn_qkv`) and gate/up in one (`ffn_up`, 2·n_ff rows,
     /// gate first): `phi3`.
     pub fused_projections: bool,
+    /// The token embedding is multiplied by this (`gemma3`: √n_embd).
+    pub embd_scale: Option<f32>,
+    /// RMSNorm of the attention and feed-forward outputs before they join the residual
+    /// stream (`blk.N.post_attention_norm`, `post_ffw_norm`: `gemma3`).
+    pub post_norms: bool,
+    /// Feed-forward gate: GELU (tanh approximation) instead of SiLU (`gemma3`).
+    pub gelu_gate: bool,
+    /// Sliding-window attention: (window, pattern) — layer l is local (window keys, RoPE
+    /// base `rope_base_swa`, no RoPE scaling) unless (l + 1) is a multiple of the pattern
+    /// (llama.cpp's layout for `gemma3`, pattern 6 unless the file says otherwise).
+    pub sliding_window: Option<(usize, usize)>,
+    pub rope_base_swa: f32,
 }
 
 impl ModelConfig {
@@ -53,12 +65,12 @@ impl ModelConfig {
         let arch = f.architecture()?.to_string();
         let rope_style = match arch.as_str() {
             "llama" => RopeStyle::Adjacent,
-            "qwen2" | "qwen3" | "phi3" => RopeStyle::NeoX,
+            "qwen2" | "qwen3" | "phi3" | "gemma3" => RopeStyle::NeoX,
             other => {
                 return Err(GgufError::WrongValue {
                     path: f.path().to_path_buf(),
                     key: "general.architecture".into(),
-                    expected: "llama, qwen2, qwen3 or phi3 (the native engine's architectures)".into(),
+                    expected: "llama, qwen2, qwen3, phi3 or gemma3 (the native engine's architectures)".into(),
                     found: other.into(),
                 }
                 .into())
@@ -98,6 +110,28 @@ impl ModelConfig {
             Some("linear") => f.require_f64(&key("rope.scaling.factor"))? as f32,
             Some(other) => return Err(bad("rope.scaling.type", "none or linear (others are not implemented)", other.into())),
         };
+        let gemma3 = arch == "gemma3";
+        if gemma3 {
+            // What the native gemma3 recipe does not cover, refused by key.
+            if let Some(v) = f.get(&key("final_logit_softcapping")) {
+                return Err(bad("final_logit_softcapping", "absent (Gemma 3 has none; soft-capped logits are not implemented)", format!("{v:?}")));
+            }
+            if u("block_count")? == 62 {
+                // llama.cpp scales 27B's queries by 1/√(n_embd/n_head), not 1/√head_dim.
+                return Err(bad("block_count", "not 62 (Gemma 3 27B's query scale is not implemented; use --backend llama)", "62".into()));
+            }
+        }
+        let sliding_window = match (gemma3, f.get(&key("attention.sliding_window")).and_then(MetaValue::as_u64).filter(|w| *w > 0)) {
+            (true, Some(w)) => {
+                let pattern = match f.get(&key("attention.sliding_window_pattern")) {
+                    None => 6,
+                    Some(v) => v.as_u64().filter(|p| *p > 0).ok_or_else(|| bad("attention.sliding_window_pattern", "a positive integer (per-layer arrays are not implemented)", format!("{v:?}")))?,
+                };
+                Some((w as usize, pattern as usize))
+            }
+            _ => None,
+        };
+        let rope_base = if f.get(&key("rope.freq_base")).is_some() { f.require_f64(&key("rope.freq_base"))? as f32 } else { 10_000.0 };
         let n_vocab = match f.get(&key("vocab_size")) {
             Some(_) => u("vocab_size")?,
             None => f.tensor("token_embd.weight").map(|t| t.shape[1] as usize).unwrap_or(0),
@@ -112,7 +146,7 @@ impl ModelConfig {
             n_vocab,
             n_ctx_train: u("context_length")?,
             rms_eps: f.require_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_base: if f.get(&key("rope.freq_base")).is_some() { f.require_f64(&key("rope.freq_base"))? as f32 } else { 10_000.0 },
+            rope_base,
             rope_dim,
             rope_linear_factor,
             rope_style,
@@ -120,6 +154,11 @@ impl ModelConfig {
             qk_norm: f.tensor("blk.0.attn_q_norm.weight").is_some(),
             rope_freq_factors: rope_freq_factors(f, rope_dim)?,
             fused_projections: arch == "phi3",
+            embd_scale: gemma3.then(|| (n_embd as f32).sqrt()),
+            post_norms: gemma3,
+            gelu_gate: gemma3,
+            sliding_window,
+            rope_base_swa: if f.get(&key("rope.freq_base_swa")).is_some() { f.require_f64(&key("rope.freq_base_swa"))? as f32 } else { rope_base },
             arch,
         })
     }
@@ -137,6 +176,26 @@ impl ModelConfig {
         }
     }
 
+    /// Layer l's sliding window, None for a global layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding_window.and_then(|(w, pattern)| ((l + 1) % pattern != 0).then_some(w))
+    }
+
+    /// RoPE parameters of layer `l` for `n_heads` heads: a local (sliding-window) layer
+    /// takes `rope_base_swa` and no linear scaling, as llama.cpp does.
+    pub fn rope_at(&self, l: usize, n_heads: usize) -> crate::model::ops::rope::Rope<'_> {
+        let r = self.rope(n_heads);
+        match self.window(l) {
+            Some(_) => crate::model::ops::rope::Rope { base: self.rope_base_swa, factor: 1.0, ..r },
+            None => r,
+        }
+    }
+
+    /// Layer l's attention heads and window.
+    pub fn heads_at(&self, l: usize) -> crate::model::ops::attention::Heads {
+        crate::model::ops::attention::Heads { window: self.window(l), ..self.heads() }
+    }
+
     /// Width of q (and of the attention output): n_head · head_dim.
     pub fn q_width(&self) -> usize {
         self.n_head * self.head_dim
@@ -148,7 +207,7 @@ impl ModelConfig {
     }
 
     pub fn heads(&self) -> crate::model::ops::attention::Heads {
-        crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim }
+        crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim, window: None }
     }
 }
 

@@ -15,6 +15,7 @@ use super::profile::time;
 use super::ops::attention::{packed_attention_backward, packed_attention_forward, packed_ranges};
 use super::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward, cross_entropy_hits};
 use super::ops::embedding::embedding_forward;
+use super::ops::geglu::{geglu_backward, geglu_forward};
 use super::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
 use super::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::ops::rope::{rope_backward, rope_forward};
@@ -115,6 +116,9 @@ struct Acts<T> {
     x_mid: Vec<T>,
     g: Vec<T>,
     u: Vec<T>,
+    /// The attention and feed-forward outputs before their post-norms (`gemma3`).
+    o_raw: Option<Vec<T>>,
+    dn_raw: Option<Vec<T>>,
     ax: [Vec<T>; N_LIN],
 }
 
@@ -127,6 +131,8 @@ pub struct TrainModel<'a, T> {
     norms: Vec<(Vec<T>, Vec<T>)>,
     /// Per-head q and k norm weights per layer (`qwen3`).
     qk_norms: Vec<Option<(Vec<T>, Vec<T>)>>,
+    /// Post-attention and post-feed-forward norm weights per layer (`gemma3`).
+    post_norms: Vec<Option<(Vec<T>, Vec<T>)>>,
     biases: Vec<[Option<Vec<T>>; 3]>,
     output_norm: Vec<T>,
 }
@@ -152,9 +158,10 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let output = dense(&weights.output)?;
         let norms = weights.layers.iter().map(|l| (cast(&l.attn_norm), cast(&l.ffn_norm))).collect();
         let qk_norms = weights.layers.iter().map(|l| l.q_norm.as_deref().zip(l.k_norm.as_deref()).map(|(q, k)| (cast(q), cast(k)))).collect();
+        let post_norms = weights.layers.iter().map(|l| l.post_attn_norm.as_deref().zip(l.post_ffn_norm.as_deref()).map(|(a, f)| (cast(a), cast(f)))).collect();
         let biases = weights.layers.iter().map(|l| [l.bq.as_deref().map(cast), l.bk.as_deref().map(cast), l.bv.as_deref().map(cast)]).collect();
         let output_norm = cast(&weights.output_norm);
-        Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, biases, output_norm })
+        Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, post_norms, biases, output_norm })
     }
 
     /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it (a fused
@@ -239,18 +246,32 @@ impl<'a, T: Real> TrainModel<'a, T> {
             }
             None => (None, None),
         };
-        rope_forward(&mut q, &c.rope(c.n_head), positions);
-        rope_forward(&mut k, &c.rope(c.n_head_kv), positions);
-        let (att, probs) = time(|| "train forward: attention".into(), || packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads(), true));
-        let o = lin(O, &att, None);
+        rope_forward(&mut q, &c.rope_at(l, c.n_head), positions);
+        rope_forward(&mut k, &c.rope_at(l, c.n_head_kv), positions);
+        let (att, probs) = time(|| "train forward: attention".into(), || packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads_at(l), true));
+        let post = self.post_norms[l].as_ref();
+        // gemma3: the outputs are normed before they join the residual stream.
+        let (o, o_raw) = match post {
+            Some((pa, _)) => {
+                let raw = lin(O, &att, None);
+                (rmsnorm_forward(&raw, pa, c.rms_eps), Some(raw))
+            }
+            None => (lin(O, &att, None), None),
+        };
         let x_mid: Vec<T> = x.iter().zip(&o).map(|(a, b)| *a + *b).collect();
         let h2 = rmsnorm_forward(&x_mid, ffn_norm, c.rms_eps);
         let g = lin(GATE, &h2, None); // [n, n_ff]
         let u = lin(UP, &h2, None); // [n, n_ff]
-        let act = swiglu_forward(&g, &u);
-        let dn = lin(DOWN, &act, None); // [n, d]
+        let act = if c.gelu_gate { geglu_forward(&g, &u) } else { swiglu_forward(&g, &u) };
+        let (dn, dn_raw) = match post {
+            Some((_, pf)) => {
+                let raw = lin(DOWN, &act, None);
+                (rmsnorm_forward(&raw, pf, c.rms_eps), Some(raw))
+            }
+            None => (lin(DOWN, &act, None), None), // [n, d]
+        };
         let x_out: Vec<T> = x_mid.iter().zip(&dn).map(|(a, b)| *a + *b).collect();
-        (x_out, Acts { x, q_raw, k_raw, q, k, v, probs, att, x_mid, g, u, ax })
+        (x_out, Acts { x, q_raw, k_raw, q, k, v, probs, att, x_mid, g, u, o_raw, dn_raw, ax })
     }
 
     /// One layer backward: dx_out [n, d] → dx_in (when `need_dx`), LoRA grads added.
@@ -269,12 +290,21 @@ impl<'a, T: Real> TrainModel<'a, T> {
             };
             time(|| "train backward: linear (dx, LoRA grads)".into(), || lora_linear_backward(dx, dy, x, &dense[i], w.n_in, w.n_out, lora));
         };
-        // x_out = x_mid + down(act)
-        let act = swiglu_forward(&a.g, &a.u);
+        let post = self.post_norms[l].as_ref();
+        // Through a post-norm (gemma3): d(raw output) from d(normed output).
+        let through_post = |dy: &[T], raw: &Option<Vec<T>>, w: Option<&Vec<T>>| -> Option<Vec<T>> {
+            let (raw, w) = (raw.as_ref()?, w?);
+            let mut d = vec![T::zero(); raw.len()];
+            rmsnorm_backward(&mut d, dy, raw, w, c.rms_eps);
+            Some(d)
+        };
+        // x_out = x_mid + [postnorm](down(act))
+        let act = if c.gelu_gate { geglu_forward(&a.g, &a.u) } else { swiglu_forward(&a.g, &a.u) };
         let mut dact = vec![T::zero(); act.len()];
-        lin_back(DOWN, Some(&mut dact), &dx_out, &act);
+        let d_down = through_post(&dx_out, &a.dn_raw, post.map(|p| &p.1));
+        lin_back(DOWN, Some(&mut dact), d_down.as_deref().unwrap_or(&dx_out), &act);
         drop(act);
-        let (dg, du) = swiglu_backward(&dact, &a.g, &a.u);
+        let (dg, du) = if c.gelu_gate { geglu_backward(&dact, &a.g, &a.u) } else { swiglu_backward(&dact, &a.g, &a.u) };
         let h2 = rmsnorm_forward(&a.x_mid, ffn_norm, c.rms_eps);
         let mut dh2 = vec![T::zero(); h2.len()];
         lin_back(GATE, Some(&mut dh2), &dg, &h2);
@@ -284,10 +314,11 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut dx_mid = dx_out;
         rmsnorm_backward(&mut dx_mid, &dh2, &a.x_mid, ffn_norm, c.rms_eps);
         let mut datt = vec![T::zero(); a.att.len()];
-        lin_back(O, Some(&mut datt), &dx_mid, &a.att);
-        let (mut dq, mut dk, dv) = time(|| "train backward: attention".into(), || packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads()));
-        rope_backward(&mut dq, &c.rope(c.n_head), positions);
-        rope_backward(&mut dk, &c.rope(c.n_head_kv), positions);
+        let d_o = through_post(&dx_mid, &a.o_raw, post.map(|p| &p.0));
+        lin_back(O, Some(&mut datt), d_o.as_deref().unwrap_or(&dx_mid), &a.att);
+        let (mut dq, mut dk, dv) = time(|| "train backward: attention".into(), || packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads_at(l)));
+        rope_backward(&mut dq, &c.rope_at(l, c.n_head), positions);
+        rope_backward(&mut dk, &c.rope_at(l, c.n_head_kv), positions);
         if let (Some((qn, kn)), Some(qr), Some(kr)) = (&self.qk_norms[l], &a.q_raw, &a.k_raw) {
             let mut dq_raw = vec![T::zero(); qr.len()];
             rmsnorm_backward(&mut dq_raw, &dq, qr, qn, c.rms_eps);
@@ -307,7 +338,11 @@ impl<'a, T: Real> TrainModel<'a, T> {
     }
 
     fn embed(&self, tokens: &[i32]) -> Result<Vec<T>, Error> {
-        Ok(cast(&embedding_forward(tokens, &self.weights.token_embd).map_err(engine_err)?))
+        let mut x = embedding_forward(tokens, &self.weights.token_embd).map_err(engine_err)?;
+        if let Some(s) = self.config.embd_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(cast(&x))
     }
 
     /// Rows of x with a target, through the final norm: (h [m, d], their targets, their row indices).

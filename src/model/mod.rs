@@ -28,7 +28,7 @@ use crate::gguf::GgufFile;
 
 use config::ModelConfig;
 use gpu_forward::{GpuCache, GpuForward};
-use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, HalfLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, HalfLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward, geglu::geglu_forward};
 use weights::{Weight, Weights};
 
 /// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
@@ -122,6 +122,9 @@ impl NativeModel {
     /// tensor named) when one is in a format the device kernels do not read.
     pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
+        if config.post_norms || config.gelu_gate || config.sliding_window.is_some() || config.embd_scale.is_some() {
+            return Err(EngineError::Backend(format!("the GPU forward does not run {} models yet (scaled embedding, post-norms, GELU gate, sliding window): use the CPU (--device cpu)", config.arch)).into());
+        }
         let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
         Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), halves: Default::default() })
     }
@@ -270,6 +273,9 @@ impl NativeModel {
 
         // x [n, n_embd]
         let mut x = time(|| "embedding".into(), || embedding_forward(&tokens, &weights.token_embd)).map_err(|e| compute_err(e.into()))?;
+        if let Some(s) = c.embd_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.attn_norm, c.rms_eps));
@@ -283,8 +289,8 @@ impl NativeModel {
                 });
             }
             time(|| "rope".into(), || {
-                rope_forward(&mut q, &c.rope(c.n_head), &positions);
-                rope_forward(&mut k, &c.rope(c.n_head_kv), &positions);
+                rope_forward(&mut q, &c.rope_at(l, c.n_head), &positions);
+                rope_forward(&mut k, &c.rope_at(l, c.n_head_kv), &positions);
             });
             // each sequence attends over its own cache
             let mut att = Vec::with_capacity(q.len());
@@ -293,15 +299,22 @@ impl NativeModel {
                     let s = &mut *it.session;
                     s.k[l].extend_from_slice(&k[off[i] * kv_w..off[i + 1] * kv_w]);
                     s.v[l].extend_from_slice(&v[off[i] * kv_w..off[i + 1] * kv_w]);
-                    att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads(), None));
+                    att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads_at(l), None));
                 }
             });
-            let o = lin(&att, &layer.wo, None)?;
+            let mut o = lin(&att, &layer.wo, None)?;
+            if let Some(pn) = &layer.post_attn_norm {
+                o = time(|| "rmsnorm".into(), || rmsnorm_forward(&o, pn, c.rms_eps));
+            }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // feed-forward block
             let h = time(|| "rmsnorm".into(), || rmsnorm_forward(&x, &layer.ffn_norm, c.rms_eps));
             let [g, u]: [Vec<f32>; 2] = lin_shared(&h, &[(&layer.w_gate, None), (&layer.w_up, None)])?.try_into().expect("two products");
-            let d = lin(&time(|| "swiglu".into(), || swiglu_forward(&g, &u)), &layer.w_down, None)?;
+            let act = if c.gelu_gate { time(|| "geglu".into(), || geglu_forward(&g, &u)) } else { time(|| "swiglu".into(), || swiglu_forward(&g, &u)) };
+            let mut d = lin(&act, &layer.w_down, None)?;
+            if let Some(pn) = &layer.post_ffn_norm {
+                d = time(|| "rmsnorm".into(), || rmsnorm_forward(&d, pn, c.rms_eps));
+            }
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         // The rows whose logits are wanted: each item's last, or all of its rows.

@@ -9,7 +9,7 @@
 //!   expert counts llama.cpp asserts on, the RoPE scaling type, per-layer arrays no
 //!   longer than the block count, the keys llama.cpp reads with `gguf_get_val_*` (which
 //!   abort on a wrong type), and the vocabulary arrays (see [`check_vocab`]);
-//! - **architecture** (`llama`, `qwen2`, `qwen3`, the native engine's): every hyper-parameter
+//! - **architecture** (`llama`, `qwen2`, `qwen3`, `phi3`, `gemma3`, the native engine's): every hyper-parameter
 //!   llama.cpp and the native engine read — embedding length, head counts and head
 //!   sizes, feed-forward length, context length, RoPE keys, norm epsilon — with the
 //!   shape of every tensor they imply, the exact set of tensors, and their types.
@@ -28,7 +28,7 @@ pub const MAX_LAYERS: u64 = 512;
 pub const MAX_EXPERTS: u64 = 1024;
 
 /// The architectures checked key by key (the native engine's).
-pub const VALIDATED_ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
+pub const VALIDATED_ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma3"];
 
 /// Checks `f` as a model (see the module docs). An architecture outside
 /// [`VALIDATED_ARCHS`] gets the generic checks only.
@@ -201,7 +201,7 @@ impl Checker<'_> {
         Ok(n_layer)
     }
 
-    /// `llama`, `qwen2`, `qwen3` and `phi3`: hyper-parameters against each other and the tensors.
+    /// `llama`, `qwen2`, `qwen3`, `phi3` and `gemma3`: hyper-parameters against each other and the tensors.
     fn llama_family(&self, arch: &str, n_layer: u64) -> Result<(), Error> {
         let key = |k: &str| format!("{arch}.{k}");
         // One value for every layer (the native engine has no per-layer sizes).
@@ -295,8 +295,11 @@ impl Checker<'_> {
             // qwen2: q/k/v biases required (optional elsewhere, as llama.cpp loads them);
             // qwen3: per-head q/k norms required.
             let biases = arch == "qwen2";
-            if arch == "qwen3" {
+            if arch == "qwen3" || arch == "gemma3" {
                 expected.extend([(b("attn_q_norm.weight"), vec![head_k], true), (b("attn_k_norm.weight"), vec![head_k], true)]);
+            }
+            if arch == "gemma3" {
+                expected.extend([(b("post_attention_norm.weight"), vec![n_embd], true), (b("post_ffw_norm.weight"), vec![n_embd], true)]);
             }
             if arch == "phi3" {
                 // q/k/v fused in attn_qkv, gate/up in ffn_up (as llama.cpp's converter

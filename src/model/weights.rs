@@ -65,6 +65,9 @@ pub struct Layer<'a> {
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
+    /// RMSNorm weights of the attention and feed-forward outputs (`gemma3`).
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
     pub w_gate: Weight<'a>,
     pub w_up: Weight<'a>,
     pub w_down: Weight<'a>,
@@ -133,6 +136,8 @@ impl<'a> Weights<'a> {
                 q_norm: if c.qk_norm { Some(vector(f, &n("attn_q_norm.weight"), c.head_dim)?) } else { None },
                 k_norm: if c.qk_norm { Some(vector(f, &n("attn_k_norm.weight"), c.head_dim)?) } else { None },
                 ffn_norm: vector(f, &n("ffn_norm.weight"), c.n_embd)?,
+                post_attn_norm: if c.post_norms { Some(vector(f, &n("post_attention_norm.weight"), c.n_embd)?) } else { None },
+                post_ffn_norm: if c.post_norms { Some(vector(f, &n("post_ffw_norm.weight"), c.n_embd)?) } else { None },
                 w_gate,
                 w_up,
                 w_down: matrix(f, &n("ffn_down.weight"), c.n_ff, c.n_embd)?,

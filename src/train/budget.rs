@@ -207,6 +207,11 @@ mod tests {
             qk_norm: false,
             rope_freq_factors: None,
             fused_projections: false,
+            embd_scale: None,
+            post_norms: false,
+            gelu_gate: false,
+            sliding_window: None,
+            rope_base_swa: 1e5,
         }
     }
 

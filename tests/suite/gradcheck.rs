@@ -10,6 +10,7 @@ use edgelora::model::ops::embedding::embedding_backward;
 use edgelora::model::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
 use edgelora::model::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use edgelora::model::ops::rope::{rope_backward, rope_forward, Rope};
+use edgelora::model::ops::geglu::{geglu_backward, geglu_forward};
 use edgelora::model::ops::swiglu::{swiglu_backward, swiglu_forward};
 use rand::{Rng, SeedableRng};
 
@@ -99,8 +100,23 @@ fn embedding_backward_matches_finite_differences() {
 }
 
 #[test]
+fn geglu_backward_matches_finite_differences() {
+    let (g, u, r) = (rnd(24, 41), rnd(24, 42), rnd(24, 43));
+    let g: Vec<f64> = g.iter().map(|v| 3.0 * v).collect(); // the tanh's curved range too
+    let (dg, du) = geglu_backward(&r, &g, &u);
+    assert_close("geglu dgate", &dg, &numeric(&g, &|g| dotp(&geglu_forward(g, &u), &r)));
+    assert_close("geglu dup", &du, &numeric(&u, &|u| dotp(&geglu_forward(&g, u), &r)));
+}
+
+#[test]
 fn attention_backward_matches_finite_differences() {
-    let hs = Heads { n_head: 4, n_head_kv: 2, head_dim: 3 };
+    // Full causal attention, and a 2-token sliding window (gemma3's local layers).
+    for window in [None, Some(2)] {
+        attention_check(Heads { n_head: 4, n_head_kv: 2, head_dim: 3, window });
+    }
+}
+
+fn attention_check(hs: Heads) {
     let n = 5;
     let (q, k, v) = (rnd(n * 12, 11), rnd(n * 6, 12), rnd(n * 6, 13));
     let r = rnd(n * 12, 14);

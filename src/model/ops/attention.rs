@@ -5,20 +5,24 @@ use rayon::prelude::*;
 
 use crate::compute::dense::Real;
 
-/// Head counts of the attention.
+/// Head counts of the attention, and its window.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// Sliding window: a query at position p sees keys p − window < j ≤ p (gemma3's local
+    /// layers; llama.cpp's standard SWA); None = every earlier key.
+    pub window: Option<usize>,
 }
 
 /// q [n_tok, n_head, hd] for positions `pos0..pos0+n_tok`; k_cache, v_cache
 /// [pos0+n_tok, n_head_kv, hd] (this batch's keys/values already appended).
 /// Returns o [n_tok, n_head·hd]. With `probs`, also the attention weights
-/// [n_tok, n_head, pos0+n_tok] (zero past each token's causal limit), which backward reads.
+/// [n_tok, n_head, pos0+n_tok] (zero past each token's causal limit and before its
+/// window), which backward reads.
 pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: usize, hs: Heads, mut probs: Option<&mut Vec<T>>) -> Vec<T> {
-    let Heads { n_head, n_head_kv, head_dim: hd } = hs;
+    let Heads { n_head, n_head_kv, head_dim: hd, window } = hs;
     let n_tok = q.len() / (n_head * hd);
     let n_all = pos0 + n_tok;
     let group = n_head / n_head_kv;
@@ -31,13 +35,14 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
     }
     let mut scores = Vec::with_capacity(n_all);
     for t in 0..n_tok {
-        let n_ctx = pos0 + t + 1; // causal: keys 0..=pos
+        let n_ctx = pos0 + t + 1; // causal: keys ..=pos
+        let lo = window.map_or(0, |w| n_ctx.saturating_sub(w)); // and within the window
         for h in 0..n_head {
             let kvh = h / group;
             let qh = &q[(t * n_head + h) * hd..][..hd];
             scores.clear();
             let mut max = T::neg_infinity();
-            for p in 0..n_ctx {
+            for p in lo..n_ctx {
                 let s = T::dot(qh, &k_cache[p * kv_w + kvh * hd..][..hd]) * scale;
                 max = max.max(s);
                 scores.push(s);
@@ -49,12 +54,12 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
             }
             scores.iter_mut().for_each(|s| *s = *s / sum);
             let o = &mut out[(t * n_head + h) * hd..][..hd];
-            for (p, &w) in scores.iter().enumerate() {
+            for (p, &w) in (lo..).zip(&scores) {
                 let v = &v_cache[p * kv_w + kvh * hd..][..hd];
                 o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
             }
             if let Some(pr) = probs.as_deref_mut() {
-                pr[(t * n_head + h) * n_all..][..n_ctx].copy_from_slice(&scores);
+                pr[(t * n_head + h) * n_all..][lo..n_ctx].copy_from_slice(&scores);
             }
         }
     }
@@ -66,7 +71,8 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
 ///   dv[p] += P[t,p]·do[t];  dP[t,p] = do[t]·v[p];  dS = P ⊙ (dP − Σₚ P·dP);
 ///   dq[t] += dS[t,p]·k[p]/√hd;  dk[p] += dS[t,p]·q[t]/√hd.
 pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let Heads { n_head, n_head_kv, head_dim: hd } = hs;
+    // The window needs nothing here: probs are zero outside it.
+    let Heads { n_head, n_head_kv, head_dim: hd, .. } = hs;
     let n = q.len() / (n_head * hd);
     let group = n_head / n_head_kv;
     let kv_w = n_head_kv * hd;

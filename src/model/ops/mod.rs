@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod geglu;
 pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
