@@ -18,6 +18,15 @@ pub struct Cpu;
 /// 8 rows fused beat GEMM by 1.5×, 16 rows lose by 15%. LoRA factors use the same bound.
 pub const FEW_ROWS: usize = 8;
 
+/// Up to this many input rows, formats with four-row split kernels (Q4_1/Q8_0 on
+/// AVX512-VNNI) take them for each input row, so a row of a small batch gets exactly the
+/// values it gets alone (the same kernel on the same row groups). Measured with `edgelora
+/// bench batch -t 2` on this project's machine (aggregate tokens/s, two rounds, rank-16
+/// adapter per sequence): 2 rows 194.5/196.6 vs tiled 132.1/129.4; 3 rows 196.5/193.0 vs
+/// 164.3/158.1; 4 rows 210.1/190.8 vs 199.8/194.2; 6 rows 206.3/196.1 vs 208.7/210.6;
+/// 8 rows 203.8/202.9 vs 246.2/250.7.
+pub const SPLIT_ROWS: usize = 4;
+
 /// Input rows for which the tiled kernel ([`super::tile`]) runs. Measured with
 /// `edgelora bench batch` on this project's machine (1 thread, default model, rank-16
 /// adapter per row; aggregate tokens/s): 2 rows: fused 42.6 vs tiled 35.3; 3 rows: fused
@@ -291,11 +300,35 @@ fn rows_by_fours(ys: &mut [f32], rows: &[u8], row_bytes: usize, x: &quant::simd:
 /// Output rows per parallel task of the one-row kernels.
 const TASK_ROWS: usize = 32;
 
-/// y [n_out] = W · x for one split input row ([`rows_by_fours`]); groups of rows in
-/// parallel, each writing its own part of y.
-fn one_row_by_fours(w: &[u8], row_bytes: usize, n_out: usize, x: &quant::simd::SplitX, four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) -> Vec<f32> {
-    let mut y = vec![0f32; n_out];
-    y.par_chunks_mut(TASK_ROWS).zip(w.par_chunks(TASK_ROWS * row_bytes)).for_each(|(ys, rows)| rows_by_fours(ys, rows, row_bytes, x, four, one));
+/// y [n_x, n_out] = x · Wᵀ for split input rows ([`rows_by_fours`] on each): groups of
+/// TASK_ROWS rows of W in parallel, every input row against a group while it is in
+/// cache. Each row's values do not depend on the other rows (the same groups and kernel
+/// calls as alone).
+fn rows_by_fours_each(w: &[u8], row_bytes: usize, n_out: usize, xs: &[quant::simd::SplitX], four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) -> Vec<f32> {
+    if let [x] = xs {
+        let mut y = vec![0f32; n_out];
+        y.par_chunks_mut(TASK_ROWS).zip(w.par_chunks(TASK_ROWS * row_bytes)).for_each(|(ys, rows)| rows_by_fours(ys, rows, row_bytes, x, four, one));
+        return y;
+    }
+    // Per group: [n_x, rows in the group], then put in place.
+    let parts: Vec<Vec<f32>> = w
+        .par_chunks(TASK_ROWS * row_bytes)
+        .map(|rows| {
+            let nr = rows.len() / row_bytes;
+            let mut out = vec![0f32; xs.len() * nr];
+            for (o, x) in out.chunks_exact_mut(nr).zip(xs) {
+                rows_by_fours(o, rows, row_bytes, x, four, one);
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0f32; xs.len() * n_out];
+    for (g, part) in parts.iter().enumerate() {
+        let nr = part.len() / xs.len();
+        for (r, src) in part.chunks_exact(nr).enumerate() {
+            y[r * n_out + g * TASK_ROWS..][..nr].copy_from_slice(src);
+        }
+    }
     y
 }
 
@@ -332,12 +365,14 @@ impl Backend for Cpu {
         // Few input rows (decoding, short prompts): fused kernels over each row of W, which
         // is never written out as floats. The rows meet x rounded to 16 bits per block
         // (prepared once per input row) in integer byte products — AVX512-VNNI, four rows
-        // of W per call for one input row, or AVX2's `vpmaddubsw` — else f32 fused kernels.
+        // of W per call for each input row up to SPLIT_ROWS rows, or AVX2's `vpmaddubsw` —
+        // else f32 fused kernels.
         // A batch of decoding sequences or a short prompt: W decoded once, in tiles that
         // stay in cache, against every row (`tile`).
-        if n_x == 1 {
+        if n_x <= SPLIT_ROWS {
             if let (Some(four), Some(one)) = (quant::simd::split_dot4_kernel(t), quant::simd::split_dot_kernel(t)) {
-                return Ok(one_row_by_fours(w, row_bytes, n_out, &quant::simd::SplitX::new(x), four, one));
+                let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
+                return Ok(rows_by_fours_each(w, row_bytes, n_out, &xs, four, one));
             }
         }
         if TILE_ROWS.contains(&n_x) && quant::simd::kernel(t).is_some() {

@@ -8,7 +8,7 @@ use edgelora::quant::dequantize_reference;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use crate::common::model_gguf;
+use crate::common::{max_abs_diff, model_gguf};
 
 fn gpu(limit: u64) -> Gpu {
     match Gpu::with_binding_limit(limit) {
@@ -215,7 +215,9 @@ fn simd_dot_equals_the_scalar_twin_up_to_rounding() {
 #[test]
 fn tiled_few_row_products_match_an_f64_reference_in_every_format() {
     // Cpu::matmul with 3..=48 input rows takes the tiled kernel (W decoded a tile at a
-    // time): odd output counts (a short last tile), row counts off the 4-row blocking.
+    // time; Q4_1/Q8_0 up to SPLIT_ROWS rows take the per-row integer kernels where the
+    // CPU has them, held to the same reference): odd output counts (a short last tile),
+    // row counts off the 4-row blocking.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
     let (n_out, n_in) = (37, 512);
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
@@ -277,6 +279,23 @@ fn shared_input_matmuls_equal_one_call_per_weight() {
                 assert_eq!(shared[i], Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x, n_x).unwrap(), "weight {i} of {} at {n_x} rows", ws.len());
             }
         }
+    }
+    // Up to SPLIT_ROWS input rows, each row's products are the ones it gets alone (the
+    // per-row integer kernels), in both formats; beyond, the tiled kernel (rounding only).
+    for (m, n_in) in [w("blk.3.ffn_up.weight"), w("token_embd.weight")] {
+        let rows = edgelora::compute::cpu::SPLIT_ROWS;
+        let x: Vec<f32> = (0..(rows + 1) * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let alone: Vec<Vec<f32>> = x.chunks_exact(n_in).map(|r| Cpu.matmul(m.t, m.bytes, m.n_out, n_in, r, 1).unwrap()).collect();
+        // (Where the CPU has the four-row kernels: AVX512-VNNI.)
+        for n_x in (2..=rows).filter(|_| edgelora::quant::simd::split_dot4_kernel(m.t).is_some()) {
+            let y = Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x[..n_x * n_in], n_x).unwrap();
+            for (r, yr) in y.chunks_exact(m.n_out).enumerate() {
+                assert!(yr == alone[r].as_slice(), "{} at {n_x} rows: row {r} differs from its solo product", m.t);
+            }
+        }
+        let y = Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x, rows + 1).unwrap();
+        let d = y.chunks_exact(m.n_out).zip(&alone).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
+        assert!(d < 1e-2, "{} at {} rows: {d}", m.t, rows + 1);
     }
     // Shapes are checked, not trusted: a weight one row short.
     let (q, n_in) = w("blk.3.attn_q.weight");
