@@ -19,13 +19,15 @@ pub struct Cpu;
 pub const FEW_ROWS: usize = 8;
 
 /// Up to this many input rows, formats with four-row split kernels (Q4_1/Q8_0 on
-/// AVX512-VNNI) take them for each input row, so a row of a small batch gets exactly the
-/// values it gets alone (the same kernel on the same row groups). Measured with `edgelora
-/// bench batch -t 2` on this project's machine (aggregate tokens/s, two rounds, rank-16
-/// adapter per sequence): 2 rows 194.5/196.6 vs tiled 132.1/129.4; 3 rows 196.5/193.0 vs
-/// 164.3/158.1; 4 rows 210.1/190.8 vs 199.8/194.2; 6 rows 206.3/196.1 vs 208.7/210.6;
-/// 8 rows 203.8/202.9 vs 246.2/250.7.
-pub const SPLIT_ROWS: usize = 4;
+/// AVX512-VNNI) take them, each quad of W rows against up to four inputs per call (its
+/// codes unpacked once), with the same operations per (row, input) as decoding one row:
+/// a row of a batch gets exactly the values it gets alone. Measured with `edgelora bench
+/// batch -t 2` on this project's machine (aggregate tokens/s, two rounds, rank-16 adapter
+/// per sequence): 4 rows 235.6/242.3 (the single-input kernel per row: 199.1/200.3); 8 rows
+/// 233.9/240.9 vs tiled 244.0/239.8; 12 rows 238.4/243.1 vs tiled 275.4/278.0; before,
+/// 2 rows took the one-row split kernel (132.1/129.4) and 3–4 the tiled one (164.3/158.1,
+/// 199.8/194.2).
+pub const SPLIT_ROWS: usize = 8;
 
 /// Input rows for which the tiled kernel ([`super::tile`]) runs. Measured with
 /// `edgelora bench batch` on this project's machine (1 thread, default model, rank-16
@@ -304,20 +306,41 @@ const TASK_ROWS: usize = 32;
 /// TASK_ROWS rows of W in parallel, every input row against a group while it is in
 /// cache. Each row's values do not depend on the other rows (the same groups and kernel
 /// calls as alone).
-fn rows_by_fours_each(w: &[u8], row_bytes: usize, n_out: usize, xs: &[quant::simd::SplitX], four: quant::simd::SplitDot4Kernel, one: quant::simd::SplitDotKernel) -> Vec<f32> {
+fn rows_by_fours_each(w: &[u8], row_bytes: usize, n_out: usize, xs: &[quant::simd::SplitX], four: quant::simd::SplitDot4Kernel, four_n: Option<quant::simd::SplitDot4NKernel>, one: quant::simd::SplitDotKernel) -> Vec<f32> {
     if let [x] = xs {
         let mut y = vec![0f32; n_out];
         y.par_chunks_mut(TASK_ROWS).zip(w.par_chunks(TASK_ROWS * row_bytes)).for_each(|(ys, rows)| rows_by_fours(ys, rows, row_bytes, x, four, one));
         return y;
     }
-    // Per group: [n_x, rows in the group], then put in place.
+    // Per group: [n_x, rows in the group], then put in place. Each quad of W rows meets
+    // every input in one call (its codes unpacked once per four inputs).
+    let n_x = xs.len();
     let parts: Vec<Vec<f32>> = w
         .par_chunks(TASK_ROWS * row_bytes)
         .map(|rows| {
             let nr = rows.len() / row_bytes;
-            let mut out = vec![0f32; xs.len() * nr];
-            for (o, x) in out.chunks_exact_mut(nr).zip(xs) {
-                rows_by_fours(o, rows, row_bytes, x, four, one);
+            let mut out = vec![0f32; n_x * nr];
+            match four_n {
+                Some(k) => {
+                    let mut o4 = vec![[0f32; 4]; n_x];
+                    for (qi, w4) in rows.chunks_exact(4 * row_bytes).enumerate() {
+                        k(w4, row_bytes, xs, &mut o4);
+                        for (j, o) in o4.iter().enumerate() {
+                            out[j * nr + 4 * qi..][..4].copy_from_slice(o);
+                        }
+                    }
+                    let done = (nr / 4) * 4;
+                    for (j, x) in xs.iter().enumerate() {
+                        for (i, row) in rows[done * row_bytes..].chunks_exact(row_bytes).enumerate() {
+                            out[j * nr + done + i] = one(row, x);
+                        }
+                    }
+                }
+                None => {
+                    for (o, x) in out.chunks_exact_mut(nr).zip(xs) {
+                        rows_by_fours(o, rows, row_bytes, x, four, one);
+                    }
+                }
             }
             out
         })
@@ -372,7 +395,7 @@ impl Backend for Cpu {
         if n_x <= SPLIT_ROWS {
             if let (Some(four), Some(one)) = (quant::simd::split_dot4_kernel(t), quant::simd::split_dot_kernel(t)) {
                 let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
-                return Ok(rows_by_fours_each(w, row_bytes, n_out, &xs, four, one));
+                return Ok(rows_by_fours_each(w, row_bytes, n_out, &xs, four, quant::simd::split_dot4n_kernel(t), one));
             }
         }
         if TILE_ROWS.contains(&n_x) && quant::simd::kernel(t).is_some() {

@@ -279,6 +279,26 @@ pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
 /// order than the one-row kernel's, so results agree with it up to float rounding.
 pub type SplitDot4Kernel = fn(&[u8], usize, &SplitX, &mut [f32; 4]);
 
+/// Four consecutive rows of W · several [`SplitX`] inputs: out[j] = what
+/// [`SplitDot4Kernel`] gives for xs[j] (the same operations; each row's codes unpacked
+/// once for up to four inputs).
+pub type SplitDot4NKernel = fn(&[u8], usize, &[SplitX], &mut [[f32; 4]]);
+
+/// The several-input four-row kernel for `t` (where [`split_dot4_kernel`] has one).
+pub fn split_dot4n_kernel(t: GgmlType) -> Option<SplitDot4NKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let k = kernels();
+        match t {
+            GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4n_q4_1),
+            GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4n_q8_0),
+            _ => {}
+        }
+    }
+    let _ = t;
+    None
+}
+
 /// The four-row split-input kernel for `t`, where the one-row one exists (AVX512-VNNI:
 /// Q4_1, Q8_0).
 pub fn split_dot4_kernel(t: GgmlType) -> Option<SplitDot4Kernel> {
@@ -744,31 +764,43 @@ mod x86 {
         _mm512_add_epi32(_mm512_slli_epi32::<8>(th), tl)
     }
 
-    /// Four Q4_1 rows · 16-bit split x, two blocks per step: each row's two 16-byte code
-    /// runs are spread to 64 nibbles (block b in the low 256 bits, b + 1 in the high), meet
-    /// the pair's high and low input bytes in two 512-bit `vpdpbusd`; the scales come as
-    /// one vector [d_w·d_x, m_w·Σx] per block (F16C on both blocks' [d, m] at once).
+    /// Four Q4_1 rows · N 16-bit split inputs, two blocks per step: each row's two 16-byte
+    /// code runs are spread to 64 nibbles (block b in the low 256 bits, b + 1 in the high)
+    /// once, and meet each input's high and low bytes in two 512-bit `vpdpbusd`; the
+    /// scales come as one vector [d_w·d_x, m_w·Σx] per block (F16C on both blocks' [d, m]
+    /// at once). Every (row, input) pair gets the same operations in the same order
+    /// whatever N is: an input's results do not depend on the others (N = 1 is the
+    /// decoding kernel).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-    fn split_dot4_q4_1_impl(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+    fn split_dot4_q4_1_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
         let n_blocks = row_bytes / 20;
         assert!(row_bytes == 20 * n_blocks && rows.len() >= 4 * row_bytes);
-        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.dsum.len() >= 2 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        for x in xs {
+            assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.dsum.len() >= 2 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        }
         let mask = _mm512_set1_epi8(0x0f);
         // 16-bit shift counts: 0 for the first copy of each block's codes, 4 for the second.
         let shifts = _mm512_set_epi64(0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0, 0x0004_0004_0004_0004, 0x0004_0004_0004_0004, 0, 0);
         // Lanes 0–7 take element 0 of [dA·dxA, mA·ΣxA, dB·dxB, mB·ΣxB], lanes 8–15 element 2.
         let pick = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut macc = [_mm_setzero_ps(); 4];
+        let mut acc = [[_mm512_setzero_ps(); N]; 4];
+        let mut macc = [[_mm_setzero_ps(); N]; 4];
         let pairs = n_blocks / 2;
         let base = rows.as_ptr();
         for p in 0..pairs {
             let b = 2 * p;
-            // SAFETY: b + 1 < n_blocks (asserted lengths above).
-            let (xh, xl) = unsafe { split_pair(x, b) };
-            // SAFETY: 4 readable floats at 2b of dsum (2·n_blocks ≥ 2b + 4).
-            let xv = unsafe { _mm_loadu_ps(x.dsum.as_ptr().add(2 * b)) };
-            for (r, (a, m)) in acc.iter_mut().zip(macc.iter_mut()).enumerate() {
+            let mut xh = [_mm512_setzero_si512(); N];
+            let mut xl = [_mm512_setzero_si512(); N];
+            let mut xv = [_mm_setzero_ps(); N];
+            for j in 0..N {
+                // SAFETY: b + 1 < n_blocks (asserted lengths above); 4 readable floats at
+                // 2b of dsum (2·n_blocks ≥ 2b + 4).
+                unsafe {
+                    (xh[j], xl[j]) = split_pair(xs[j], b);
+                    xv[j] = _mm_loadu_ps(xs[j].dsum.as_ptr().add(2 * b));
+                }
+            }
+            for r in 0..4 {
                 // SAFETY: row r's blocks b and b + 1 lie within rows (4·row_bytes asserted):
                 // 16 code bytes at 4 and 24 past 20b, 4 scale bytes at 20b and 20b + 20.
                 let (v, dm) = unsafe {
@@ -780,46 +812,61 @@ mod x86 {
                     (v, dm)
                 };
                 let q = _mm512_and_si512(_mm512_srlv_epi16(v, shifts), mask);
-                let t = _mm512_cvtepi32_ps(split_pair_sum(q, xh, xl));
-                let prod = _mm_mul_ps(_mm_cvtph_ps(dm), xv);
-                *a = _mm512_fmadd_ps(t, _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(prod)), *a);
-                *m = _mm_add_ps(*m, prod);
+                let dm = _mm_cvtph_ps(dm);
+                for j in 0..N {
+                    let t = _mm512_cvtepi32_ps(split_pair_sum(q, xh[j], xl[j]));
+                    let prod = _mm_mul_ps(dm, xv[j]);
+                    acc[r][j] = _mm512_fmadd_ps(t, _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(prod)), acc[r][j]);
+                    macc[r][j] = _mm_add_ps(macc[r][j], prod);
+                }
             }
         }
-        for (r, o) in out.iter_mut().enumerate() {
-            // The m·Σx terms sit in lanes 1 and 3.
-            let m = macc[r];
-            let mut total = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(m)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(m, m)));
-            if n_blocks % 2 == 1 {
-                total += q4_1_block(&rows[r * row_bytes + 20 * (n_blocks - 1)..r * row_bytes + row_bytes], x, n_blocks - 1);
+        for j in 0..N {
+            for r in 0..4 {
+                // The m·Σx terms sit in lanes 1 and 3.
+                let m = macc[r][j];
+                let mut total = _mm512_reduce_add_ps(acc[r][j]) + _mm_cvtss_f32(_mm_movehdup_ps(m)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(m, m)));
+                if n_blocks % 2 == 1 {
+                    total += q4_1_block(&rows[r * row_bytes + 20 * (n_blocks - 1)..r * row_bytes + row_bytes], xs[j], n_blocks - 1);
+                }
+                out[j][r] = total;
             }
-            *o = total;
         }
     }
 
-    /// Four Q8_0 rows · 16-bit split x, two blocks per step: the signed codes offset by
-    /// 128 (unsigned for `vpdpbusd`), the offset's share 128·Σx_q per 4 values taken back
-    /// exactly in int32.
+    /// Four Q8_0 rows · N 16-bit split inputs, two blocks per step: the signed codes offset
+    /// by 128 (unsigned for `vpdpbusd`) once per row, the offset's share 128·Σx_q per 4
+    /// values taken back exactly in int32 per input. As the Q4_1 kernel: the same
+    /// operations per (row, input) pair whatever N is.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-    fn split_dot4_q8_0_impl(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+    fn split_dot4_q8_0_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
         let n_blocks = row_bytes / 34;
         assert!(row_bytes == 34 * n_blocks && rows.len() >= 4 * row_bytes);
-        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.qsum4.len() >= 8 * n_blocks && x.d.len() >= n_blocks);
+        for x in xs {
+            assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.qsum4.len() >= 8 * n_blocks && x.d.len() >= n_blocks);
+        }
         let flip = _mm512_set1_epi8(-128);
         // Lanes 0–7 take element 0 of [dA·dxA, dB·dxB], lanes 8–15 element 1.
         let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [[_mm512_setzero_ps(); N]; 4];
         let pairs = n_blocks / 2;
         let base = rows.as_ptr();
         for p in 0..pairs {
             let b = 2 * p;
-            // SAFETY: b + 1 < n_blocks: 64 values of hi, lo and 16 of qsum4 at 8b, two of d
-            // at b (lengths asserted above).
-            let (xh, xl, off, dx) = unsafe {
-                let (xh, xl) = split_pair(x, b);
-                (xh, xl, _mm512_loadu_si512(x.qsum4.as_ptr().add(8 * b).cast()), _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b).cast())))
-            };
-            for (r, a) in acc.iter_mut().enumerate() {
+            let mut xh = [_mm512_setzero_si512(); N];
+            let mut xl = [_mm512_setzero_si512(); N];
+            let mut off = [_mm512_setzero_si512(); N];
+            let mut dx = [_mm_setzero_ps(); N];
+            for j in 0..N {
+                // SAFETY: b + 1 < n_blocks: 64 values of hi, lo and 16 of qsum4 at 8b, two of
+                // d at b (lengths asserted above).
+                unsafe {
+                    (xh[j], xl[j]) = split_pair(xs[j], b);
+                    off[j] = _mm512_loadu_si512(xs[j].qsum4.as_ptr().add(8 * b).cast());
+                    dx[j] = _mm_castpd_ps(_mm_load_sd(xs[j].d.as_ptr().add(b).cast()));
+                }
+            }
+            for r in 0..4 {
                 // SAFETY: row r's blocks b and b + 1 lie within rows (4·row_bytes asserted):
                 // 32 code bytes at 2 and 36 past 34b, the scales at 34b and 34b + 34.
                 let (v, dw) = unsafe {
@@ -828,17 +875,22 @@ mod x86 {
                     let d2 = i32::from(blk.cast::<u16>().read_unaligned()) | (i32::from(blk.add(34).cast::<u16>().read_unaligned()) << 16);
                     (v, _mm_cvtph_ps(_mm_cvtsi32_si128(d2)))
                 };
-                let t = _mm512_sub_epi32(split_pair_sum(_mm512_xor_si512(v, flip), xh, xl), off);
-                let scale = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_mul_ps(dw, dx)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, *a);
+                let v = _mm512_xor_si512(v, flip);
+                for j in 0..N {
+                    let t = _mm512_sub_epi32(split_pair_sum(v, xh[j], xl[j]), off[j]);
+                    let scale = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_mul_ps(dw, dx[j])));
+                    acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[r][j]);
+                }
             }
         }
-        for (r, o) in out.iter_mut().enumerate() {
-            let mut total = _mm512_reduce_add_ps(acc[r]);
-            if n_blocks % 2 == 1 {
-                total += q8_0_block(&rows[r * row_bytes + 34 * (n_blocks - 1)..r * row_bytes + row_bytes], x, n_blocks - 1);
+        for j in 0..N {
+            for r in 0..4 {
+                let mut total = _mm512_reduce_add_ps(acc[r][j]);
+                if n_blocks % 2 == 1 {
+                    total += q8_0_block(&rows[r * row_bytes + 34 * (n_blocks - 1)..r * row_bytes + row_bytes], xs[j], n_blocks - 1);
+                }
+                out[j][r] = total;
             }
-            *o = total;
         }
     }
 
@@ -874,13 +926,52 @@ mod x86 {
     }
 
     pub fn split_dot4_q4_1(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let mut o = [[0f32; 4]; 1];
         // SAFETY: selected only when AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL are available.
-        unsafe { split_dot4_q4_1_impl(rows, row_bytes, x, out) }
+        unsafe { split_dot4_q4_1_impl::<1>(rows, row_bytes, [x], &mut o) };
+        *out = o[0];
     }
 
     pub fn split_dot4_q8_0(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let mut o = [[0f32; 4]; 1];
         // SAFETY: as above.
-        unsafe { split_dot4_q8_0_impl(rows, row_bytes, x, out) }
+        unsafe { split_dot4_q8_0_impl::<1>(rows, row_bytes, [x], &mut o) };
+        *out = o[0];
+    }
+
+    /// [`split_dot4_q4_1`] for several inputs: groups of up to 4 share each row's unpacked
+    /// codes; out[j] = the four rows · xs[j], as the one-input call gives it.
+    pub fn split_dot4n_q4_1(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
+        assert_eq!(xs.len(), out.len());
+        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
+            // SAFETY: as above.
+            unsafe {
+                match (x, o) {
+                    ([a, b, c, d], o) => split_dot4_q4_1_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
+                    ([a, b, c], o) => split_dot4_q4_1_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
+                    ([a, b], o) => split_dot4_q4_1_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
+                    ([a], o) => split_dot4_q4_1_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
+                    _ => unreachable!("chunks of 1 to 4"),
+                }
+            }
+        }
+    }
+
+    /// [`split_dot4_q8_0`] for several inputs, as [`split_dot4n_q4_1`].
+    pub fn split_dot4n_q8_0(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
+        assert_eq!(xs.len(), out.len());
+        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
+            // SAFETY: as above.
+            unsafe {
+                match (x, o) {
+                    ([a, b, c, d], o) => split_dot4_q8_0_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
+                    ([a, b, c], o) => split_dot4_q8_0_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
+                    ([a, b], o) => split_dot4_q8_0_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
+                    ([a], o) => split_dot4_q8_0_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
+                    _ => unreachable!("chunks of 1 to 4"),
+                }
+            }
+        }
     }
 
     pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {

@@ -72,31 +72,31 @@ fn batched_forward_with_a_different_adapter_set_per_sequence_equals_each_alone()
     for (t, a) in together.iter().zip(&alone) {
         assert_eq!(t.n_past(), a.n_past());
     }
-    // Four sequences stepping together (≤ SPLIT_ROWS rows: the per-row integer kernels,
-    // where the CPU has them) give exactly their solo logits, from the same caches (each
-    // prefilled alone twice).
-    let four = &sets[..4];
+    // Five sequences stepping together (≤ SPLIT_ROWS rows: the integer kernels, four
+    // inputs per call and one, where the CPU has them) give exactly their solo logits,
+    // from the same caches (each prefilled alone twice).
+    let four = &sets[..5];
     let prefill = |s: &mut Session, i: usize| {
         model.forward(s, prompts[i], &four[i], false).unwrap();
     };
-    let mut together: Vec<Session> = (0..4).map(|_| Session::default()).collect();
-    let mut alone: Vec<Session> = (0..4).map(|_| Session::default()).collect();
-    for i in 0..4 {
+    let mut together: Vec<Session> = (0..5).map(|_| Session::default()).collect();
+    let mut alone: Vec<Session> = (0..5).map(|_| Session::default()).collect();
+    for i in 0..5 {
         prefill(&mut together[i], i);
         prefill(&mut alone[i], i);
     }
     for step in 0..2 {
-        let feeds: Vec<[i32; 1]> = (0..4).map(|i| [300 + step + 7 * i as i32]).collect();
+        let feeds: Vec<[i32; 1]> = (0..5).map(|i| [300 + step + 7 * i as i32]).collect();
         let mut items: Vec<BatchItem> = together.iter_mut().zip(&feeds).zip(four).map(|((s, f), a)| BatchItem { session: s, tokens: f, adapters: a, all_logits: false }).collect();
         let got = model.forward_batch(&mut items).unwrap();
         drop(items);
-        for i in 0..4 {
+        for i in 0..5 {
             let want = model.forward(&mut alone[i], &feeds[i], &four[i], false).unwrap();
             let d = max_abs_diff(&got[i][0], &want[0]);
             if edgelora::quant::simd::split_dot4_kernel(edgelora::gguf::GgmlType::Q4_1).is_some() {
-                assert!(got[i] == want, "step {step}: sequence {i} of 4 differs from its solo run by {d}");
+                assert!(got[i] == want, "step {step}: sequence {i} of 5 differs from its solo run by {d}");
             } else {
-                assert!(d < 2e-2, "step {step}: sequence {i} of 4: {d}");
+                assert!(d < 2e-2, "step {step}: sequence {i} of 5: {d}");
             }
         }
     }
