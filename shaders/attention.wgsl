@@ -1,6 +1,7 @@
 // Causal grouped-query attention, one workgroup per (query row, head), for query rows
 // q0..q0+n_q of a batch at positions pos0..: o = softmax(q·kᵀ·scale) · v over keys
-// 0..=pos0+r of the KV cache [pos, n_head_kv, head_dim]. `scores` is scratch
+// 0..=pos0+r of the KV cache [pos, n_head_kv, head_dim] — with a sliding `window` (> 0),
+// only the last `window` of them (gemma3's local layers). `scores` is scratch
 // [n_q, n_head, ctx].
 struct Params {
     n_q: u32,
@@ -11,6 +12,10 @@ struct Params {
     q0: u32,
     ctx: u32,
     scale: f32,
+    window: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -34,12 +39,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let kvh = h / (params.n_head / params.n_head_kv);
     let kv_w = params.n_head_kv * hd;
     let n_ctx = params.pos0 + r + 1u;
+    var lo = 0u;
+    if (params.window > 0u && n_ctx > params.window) {
+        lo = n_ctx - params.window;
+    }
     let qb = (r * params.n_head + h) * hd;
     let sb = w * params.ctx;
 
     // scores and their max
     var m = -3.4e38;
-    for (var t = tid; t < n_ctx; t = t + 64u) {
+    for (var t = lo + tid; t < n_ctx; t = t + 64u) {
         var s = 0.0;
         for (var d = 0u; d < hd; d = d + 1u) {
             s = s + q[qb + d] * kc[t * kv_w + kvh * hd + d];
@@ -61,7 +70,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     // exponentials and their sum
     var sum = 0.0;
-    for (var t = tid; t < n_ctx; t = t + 64u) {
+    for (var t = lo + tid; t < n_ctx; t = t + 64u) {
         let e = exp(scores[sb + t] - mx);
         scores[sb + t] = e;
         sum = sum + e;
@@ -80,7 +89,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // weighted sum of the values
     for (var d = tid; d < hd; d = d + 64u) {
         var acc = 0.0;
-        for (var t = 0u; t < n_ctx; t = t + 1u) {
+        for (var t = lo; t < n_ctx; t = t + 1u) {
             acc = acc + scores[sb + t] * vc[t * kv_w + kvh * hd + d];
         }
         o[qb + d] = acc / total;

@@ -1,7 +1,8 @@
-// SwiGLU in place on the gate: g[i] = silu(g[i]) · u[i], silu(g) = g / (1 + e^(−g)).
+// SwiGLU in place on the gate: g[i] = silu(g[i]) · u[i], silu(g) = g / (1 + e^(−g));
+// with `gelu` = 1, GeGLU (gemma3): gelu(g) = ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))).
 struct Params {
     len: u32,
-    _pad0: u32,
+    gelu: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -17,5 +18,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let v = g[idx];
-    g[idx] = v / (1.0 + exp(-v)) * u[idx];
+    if (params.gelu == 1u) {
+        g[idx] = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) * u[idx];
+    } else {
+        g[idx] = v / (1.0 + exp(-v)) * u[idx];
+    }
 }

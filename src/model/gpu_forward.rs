@@ -35,6 +35,8 @@ struct DeviceWeight {
 
 struct DeviceLayer {
     attn_norm: wgpu::Buffer,
+    /// Post-attention and post-feed-forward norm weights (gemma3).
+    post_norms: Option<(wgpu::Buffer, wgpu::Buffer)>,
     wq: DeviceWeight,
     wk: DeviceWeight,
     wv: DeviceWeight,
@@ -77,6 +79,8 @@ struct Scratch {
     n: usize,
     ids: wgpu::Buffer,
     cs: wgpu::Buffer,
+    /// The (cos, sin) table of sliding-window layers (their own RoPE base; gemma3).
+    cs_swa: wgpu::Buffer,
     x: wgpu::Buffer,
     h: wgpu::Buffer,
     /// [n, n_head·head_dim]
@@ -134,6 +138,10 @@ impl GpuForward {
     /// Uploads the model's weights; fails naming the first weight whose format has no
     /// device kernel (every format the native engine reads has one today).
     pub fn new(gpu: Gpu, weights: &Weights, config: &ModelConfig) -> Result<GpuForward, ComputeError> {
+        if config.post_norms && config.n_ff < config.n_embd {
+            // The post-norms' output borrows the [n, n_ff] `up` scratch.
+            return Err(ComputeError::Shape(format!("post-norms with feed_forward_length {} < embedding_length {}", config.n_ff, config.n_embd)));
+        }
         let ops = Ops::new(&gpu)?;
         let vec = |label: &str, v: &[f32]| gpu.upload(label, floats(v));
         let mat = |w: &Weight| -> Result<DeviceWeight, ComputeError> {
@@ -153,6 +161,7 @@ impl GpuForward {
         for l in &weights.layers {
             layers.push(DeviceLayer {
                 attn_norm: vec("attn_norm", &l.attn_norm),
+                post_norms: l.post_attn_norm.as_deref().zip(l.post_ffn_norm.as_deref()).map(|(a, f)| (vec("post_attn_norm", a), vec("post_ffn_norm", f))),
                 wq: mat(&l.wq)?,
                 wk: mat(&l.wk)?,
                 wv: mat(&l.wv)?,
@@ -212,7 +221,10 @@ impl GpuForward {
 
         let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
         gpu.write(&s.ids, 0, bytemuck::cast_slice(&ids));
-        gpu.write(&s.cs, 0, floats(&rope_table(c, n_past, n)));
+        gpu.write(&s.cs, 0, floats(&rope_table(&c.rope(1), n_past, n)));
+        if let Some(l) = (0..c.n_layer).find(|&l| c.window(l).is_some()) {
+            gpu.write(&s.cs_swa, 0, floats(&rope_table(&c.rope_at(l, 1), n_past, n)));
+        }
 
         let mut g = Graph::new(gpu);
         let ops = &self.ops;
@@ -220,6 +232,9 @@ impl GpuForward {
         let e = &self.token_embd;
         for (buf, row0, rows) in &e.chunks {
             g.dispatch(ops.get_rows(e.t)?, &[buf, &s.ids, &s.x], &[d as u32, e.row_bytes as u32, n as u32, *row0 as u32, *rows as u32], Grid::Threads((n * d) as u64));
+        }
+        if let Some(scale) = c.embd_scale {
+            g.dispatch(&ops.scale, &[&s.x], &[(n * d) as u32, bits(scale)], Grid::Threads((n * d) as u64));
         }
         let kv_base = n_past * kv;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -246,23 +261,39 @@ impl GpuForward {
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.wv, layer.bv.as_ref(), Out { buf: &cache.v[l], base: kv_base, stride: kv, accumulate: false })?;
             let neox = u32::from(c.rope_style == RopeStyle::NeoX);
             let half = c.rope_dim / 2;
+            let cs = if c.window(l).is_some() { &s.cs_swa } else { &s.cs };
             for (buf, heads, base) in [(&s.q, c.n_head, 0), (&cache.k[l], c.n_head_kv, kv_base)] {
-                g.dispatch(&ops.rope, &[buf, &s.cs], &[n as u32, heads as u32, hd as u32, half as u32, neox, base as u32], Grid::Threads((n * heads * half) as u64));
+                g.dispatch(&ops.rope, &[buf, cs], &[n as u32, heads as u32, hd as u32, half as u32, neox, base as u32], Grid::Threads((n * heads * half) as u64));
             }
             // att [n, n_head·hd] = softmax(q·kᵀ/√hd)·v, in chunks of query rows
             for q0 in (0..n).step_by(q_chunk) {
                 let rows = q_chunk.min(n - q0);
-                let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt())];
+                let window = c.window(l).unwrap_or(0) as u32;
+                let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt()), window];
                 g.dispatch(&ops.attention, &[&s.q, &cache.k[l], &cache.v[l], &s.scores, &s.att], &p, Grid::Groups((rows * c.n_head) as u64));
             }
-            // x += att·Woᵀ
-            self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?;
-            // feed-forward block: x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ
+            // x += att·Woᵀ (gemma3: x += norm(att·Woᵀ), through h and up, free here)
+            match &layer.post_norms {
+                None => self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?,
+                Some((pa, _)) => {
+                    self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.h, base: 0, stride: d, accumulate: false })?;
+                    self.rmsnorm(&mut g, &s.h, 0, pa, &s.up, n);
+                    g.dispatch(&ops.add, &[&s.up, &s.x], &[(n * d) as u32, (n * d) as u32, 0], Grid::Threads((n * d) as u64));
+                }
+            }
+            // feed-forward block: x += (act(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ, act silu or (gemma3) gelu
             self.rmsnorm(&mut g, &s.x, 0, &layer.ffn_norm, &s.h, n);
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_gate, None, Out { buf: &s.gate, base: 0, stride: c.n_ff, accumulate: false })?;
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_up, None, Out { buf: &s.up, base: 0, stride: c.n_ff, accumulate: false })?;
-            g.dispatch(&ops.swiglu, &[&s.gate, &s.up], &[(n * c.n_ff) as u32], Grid::Threads((n * c.n_ff) as u64));
-            self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?;
+            g.dispatch(&ops.swiglu, &[&s.gate, &s.up], &[(n * c.n_ff) as u32, u32::from(c.gelu_gate)], Grid::Threads((n * c.n_ff) as u64));
+            match &layer.post_norms {
+                None => self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?,
+                Some((_, pf)) => {
+                    self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.h, base: 0, stride: d, accumulate: false })?;
+                    self.rmsnorm(&mut g, &s.h, 0, pf, &s.up, n);
+                    g.dispatch(&ops.add, &[&s.up, &s.x], &[(n * d) as u32, (n * d) as u32, 0], Grid::Threads((n * d) as u64));
+                }
+            }
         }
         // Output head over the rows asked for, in chunks of `head_rows`; the first chunk
         // rides in the layers' graph, later ones get their own.
@@ -385,6 +416,7 @@ impl GpuForward {
                 n,
                 ids: f("ids", n),
                 cs: f("rope_cs", n * c.rope_dim),
+                cs_swa: f("rope_cs_swa", if c.sliding_window.is_some() { n * c.rope_dim } else { 1 }),
                 x: f("x", n * c.n_embd),
                 h: f("h", n * c.n_embd),
                 q: f("q", n * c.q_width()),
@@ -406,11 +438,11 @@ impl GpuForward {
 
 /// (cos, sin) [n, rope_dim/2, 2] for positions `pos0..pos0+n`, computed in f64 as the
 /// CPU path does.
-fn rope_table(c: &ModelConfig, pos0: usize, n: usize) -> Vec<f32> {
-    let inv_freq = c.rope(1).inv_freq();
+fn rope_table(r: &crate::model::ops::rope::Rope, pos0: usize, n: usize) -> Vec<f32> {
+    let inv_freq = r.inv_freq();
     let mut t = Vec::with_capacity(n * inv_freq.len() * 2);
     for p in pos0..pos0 + n {
-        let pos = p as f64 / f64::from(c.rope_linear_factor);
+        let pos = p as f64 / f64::from(r.factor);
         for f in &inv_freq {
             let theta = pos * f;
             t.push(theta.cos() as f32);

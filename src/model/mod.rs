@@ -122,9 +122,6 @@ impl NativeModel {
     /// tensor named) when one is in a format the device kernels do not read.
     pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
-        if config.post_norms || config.gelu_gate || config.sliding_window.is_some() || config.embd_scale.is_some() {
-            return Err(EngineError::Backend(format!("the GPU forward does not run {} models yet (scaled embedding, post-norms, GELU gate, sliding window): use the CPU (--device cpu)", config.arch)).into());
-        }
         let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
         Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), halves: Default::default() })
     }
