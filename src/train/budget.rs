@@ -74,8 +74,25 @@ impl RunShape {
     /// examples of these token lengths.
     pub fn of(mc: &ModelConfig, config: &crate::train::TrainConfig, model_file_bytes: u64, example_lengths: Vec<usize>) -> RunShape {
         let (d, q, kv, ff) = (mc.n_embd, mc.n_head * mc.head_dim, mc.n_head_kv * mc.head_dim, mc.n_ff);
+        // The trained tensors: phi3 fuses q/k/v and gate/up (one LoRA pair each).
+        let tensor = |t: &str| -> &'static str {
+            match t {
+                "attn_q" | "attn_k" | "attn_v" if mc.fused_projections => "attn_qkv",
+                "ffn_gate" | "ffn_up" if mc.fused_projections => "ffn_gate_up",
+                "attn_q" => "attn_q",
+                "attn_k" => "attn_k",
+                "attn_v" => "attn_v",
+                "attn_output" => "attn_output",
+                "ffn_gate" => "ffn_gate",
+                "ffn_up" => "ffn_up",
+                "ffn_down" => "ffn_down",
+                _ => "other",
+            }
+        };
         let dims = |t: &str| -> (usize, usize) {
             match t {
+                "attn_qkv" => (d, q + 2 * kv),
+                "ffn_gate_up" => (d, 2 * ff),
                 "attn_q" => (d, q),
                 "attn_k" | "attn_v" => (d, kv),
                 "attn_output" => (q, d),
@@ -84,13 +101,16 @@ impl RunShape {
                 _ => (d, d),
             }
         };
+        let mut tensors: Vec<&str> = config.targets.iter().map(|t| tensor(t)).collect();
+        tensors.sort_unstable();
+        tensors.dedup();
         let (first, last) = config.layers.unwrap_or((0, mc.n_layer.saturating_sub(1)));
-        let per_layer: usize = config.targets.iter().map(|t| dims(t)).map(|(i, o)| config.rank * (i + o)).sum();
+        let per_layer: usize = tensors.iter().map(|t| dims(t)).map(|(i, o)| config.rank * (i + o)).sum();
         let layers = last.saturating_sub(first) + 1;
         RunShape {
             model_file_bytes,
             lora_params: (per_layer * layers) as u64,
-            rank_sum_per_layer: (config.rank * config.targets.len()) as u64,
+            rank_sum_per_layer: (config.rank * tensors.len()) as u64,
             layers_in_backward: mc.n_layer.saturating_sub(first),
             example_lengths,
         }
@@ -107,7 +127,9 @@ pub fn estimate(mc: &ModelConfig, shape: &RunShape, micro_batch: usize, checkpoi
     // The batch feeds tokens[..len-1] of each example.
     let n: u64 = top.iter().map(|&l| l.saturating_sub(1) as u64).sum();
     let sq: u64 = top.iter().map(|&l| (l.saturating_sub(1) as u64).pow(2)).sum();
-    let per_layer_acts = n * (3 * d + 2 * q + 2 * kv + 2 * ff + shape.rank_sum_per_layer) * f + h * sq * f;
+    // gemma3 also keeps the attention and feed-forward outputs before their post-norms.
+    let post = if mc.post_norms { 2 * d } else { 0 };
+    let per_layer_acts = n * (3 * d + post + 2 * q + 2 * kv + 2 * ff + shape.rank_sum_per_layer) * f + h * sq * f;
     let layers = shape.layers_in_backward as u64;
     let activations = if checkpoint { layers * n * d * f + per_layer_acts } else { layers * per_layer_acts };
     let dense = (2 * q * d + 2 * kv * d + 3 * d * ff) * f;
@@ -217,6 +239,20 @@ mod tests {
 
     fn shape() -> RunShape {
         RunShape { model_file_bytes: 98 << 20, lora_params: 1_000_000, rank_sum_per_layer: 32, layers_in_backward: 30, example_lengths: vec![100; 64] }
+    }
+
+    #[test]
+    fn fused_projections_count_one_lora_pair_each() {
+        // phi3's q/k/v and gate/up are one tensor each: all-linear trains 4 pairs a layer.
+        let mc = ModelConfig { fused_projections: true, arch: "phi3".into(), ..smol() };
+        let config = crate::train::TrainConfig { rank: 8, targets: crate::train::trainer::parse_targets("all-linear").unwrap(), ..Default::default() };
+        let s = RunShape::of(&mc, &config, 0, vec![10]);
+        let (d, q, kv, ff) = (576, 576, 192, 1536);
+        let want = 8 * ((d + q + 2 * kv) + (q + d) + (d + 2 * ff) + (ff + d)) * 30;
+        assert_eq!(s.lora_params, want as u64);
+        assert_eq!(s.rank_sum_per_layer, 32);
+        let split = RunShape::of(&smol(), &config, 0, vec![10]);
+        assert_eq!(split.rank_sum_per_layer, 56);
     }
 
     #[test]
