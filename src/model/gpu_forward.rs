@@ -272,28 +272,14 @@ impl GpuForward {
                 let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt()), window];
                 g.dispatch(&ops.attention, &[&s.q, &cache.k[l], &cache.v[l], &s.scores, &s.att], &p, Grid::Groups((rows * c.n_head) as u64));
             }
-            // x += att·Woᵀ (gemma3: x += norm(att·Woᵀ), through h and up, free here)
-            match &layer.post_norms {
-                None => self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?,
-                Some((pa, _)) => {
-                    self.linear(&mut g, &active, &s.lora, &s.att, n, &layer.wo, None, Out { buf: &s.h, base: 0, stride: d, accumulate: false })?;
-                    self.rmsnorm(&mut g, &s.h, 0, pa, &s.up, n);
-                    g.dispatch(&ops.add, &[&s.up, &s.x], &[(n * d) as u32, (n * d) as u32, 0], Grid::Threads((n * d) as u64));
-                }
-            }
+            // x += att·Woᵀ (gemma3: x += norm(att·Woᵀ))
+            self.residual_add(&mut g, &active, s, &s.att, n, &layer.wo, layer.post_norms.as_ref().map(|p| &p.0))?;
             // feed-forward block: x += (act(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ, act silu or (gemma3) gelu
             self.rmsnorm(&mut g, &s.x, 0, &layer.ffn_norm, &s.h, n);
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_gate, None, Out { buf: &s.gate, base: 0, stride: c.n_ff, accumulate: false })?;
             self.linear(&mut g, &active, &s.lora, &s.h, n, &layer.w_up, None, Out { buf: &s.up, base: 0, stride: c.n_ff, accumulate: false })?;
             g.dispatch(&ops.swiglu, &[&s.gate, &s.up], &[(n * c.n_ff) as u32, u32::from(c.gelu_gate)], Grid::Threads((n * c.n_ff) as u64));
-            match &layer.post_norms {
-                None => self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true })?,
-                Some((_, pf)) => {
-                    self.linear(&mut g, &active, &s.lora, &s.gate, n, &layer.w_down, None, Out { buf: &s.h, base: 0, stride: d, accumulate: false })?;
-                    self.rmsnorm(&mut g, &s.h, 0, pf, &s.up, n);
-                    g.dispatch(&ops.add, &[&s.up, &s.x], &[(n * d) as u32, (n * d) as u32, 0], Grid::Threads((n * d) as u64));
-                }
-            }
+            self.residual_add(&mut g, &active, s, &s.gate, n, &layer.w_down, layer.post_norms.as_ref().map(|p| &p.1))?;
         }
         // Output head over the rows asked for, in chunks of `head_rows`; the first chunk
         // rides in the layers' graph, later ones get their own.
@@ -311,6 +297,21 @@ impl GpuForward {
             out.extend(values.chunks_exact(c.n_vocab).map(<[f32]>::to_vec));
         }
         Ok(out)
+    }
+
+    /// s.x += x·Wᵀ (+ LoRA), or with a post-norm (gemma3) s.x += rmsnorm(x·Wᵀ) · w, the
+    /// product and its norm through `h` and `up` (free at both call sites; `up` holds
+    /// n_ff ≥ n_embd values per row, checked in `new`).
+    #[allow(clippy::too_many_arguments)]
+    fn residual_add<'a>(&'a self, g: &mut Graph<'a>, active: &[(&'a DeviceAdapter, f32)], s: &'a Scratch, x: &'a wgpu::Buffer, n: usize, w: &'a DeviceWeight, post_norm: Option<&'a wgpu::Buffer>) -> Result<(), ComputeError> {
+        let d = self.config.n_embd;
+        let Some(pn) = post_norm else {
+            return self.linear(g, active, &s.lora, x, n, w, None, Out { buf: &s.x, base: 0, stride: d, accumulate: true });
+        };
+        self.linear(g, active, &s.lora, x, n, w, None, Out { buf: &s.h, base: 0, stride: d, accumulate: false })?;
+        self.rmsnorm(g, &s.h, 0, pn, &s.up, n);
+        g.dispatch(&self.ops.add, &[&s.up, &s.x], &[(n * d) as u32, (n * d) as u32, 0], Grid::Threads((n * d) as u64));
+        Ok(())
     }
 
     /// out = x·Wᵀ (+ bias) + Σ s·(x·Aᵀ)·Bᵀ over the active adapters targeting W.
