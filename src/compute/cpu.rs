@@ -392,7 +392,7 @@ impl Backend for Cpu {
         // else f32 fused kernels.
         // A batch of decoding sequences or a short prompt: W decoded once, in tiles that
         // stay in cache, against every row (`tile`).
-        if n_x <= SPLIT_ROWS {
+        if (1..=SPLIT_ROWS).contains(&n_x) {
             if let (Some(four), Some(one)) = (quant::simd::split_dot4_kernel(t), quant::simd::split_dot_kernel(t)) {
                 let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
                 return Ok(rows_by_fours_each(w, row_bytes, n_out, &xs, four, quant::simd::split_dot4n_kernel(t), one));

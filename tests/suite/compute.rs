@@ -293,6 +293,8 @@ fn shared_input_matmuls_equal_one_call_per_weight() {
                 assert!(yr == alone[r].as_slice(), "{} at {n_x} rows: row {r} differs from its solo product", m.t);
             }
         }
+        // No rows: no products (and no division by the row count).
+        assert!(Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &[], 0).unwrap().is_empty());
         let y = Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x, rows + 1).unwrap();
         let d = y.chunks_exact(m.n_out).zip(&alone).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
         assert!(d < 1e-2, "{} at {} rows: {d}", m.t, rows + 1);
