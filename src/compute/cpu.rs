@@ -385,6 +385,9 @@ impl Backend for Cpu {
 
     fn matmul(&self, t: GgmlType, w: &[u8], n_out: usize, n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<f32>, ComputeError> {
         let row_bytes = check_matmul(t, w, n_out, n_in, x, n_x)?;
+        if n_x == 0 {
+            return Ok(Vec::new());
+        }
         // Few input rows (decoding, short prompts): fused kernels over each row of W, which
         // is never written out as floats. The rows meet x rounded to 16 bits per block
         // (prepared once per input row) in integer byte products — AVX512-VNNI, four rows
