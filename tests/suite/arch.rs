@@ -307,20 +307,9 @@ fn arch_phi3_variants_the_engine_does_not_run_are_refused_naming_the_tensor() {
 fn arch_qwen3_without_its_qk_norms_is_refused_naming_the_tensor() {
     // The qwen3 fixture copied without blk.1.attn_k_norm.weight: refused before any
     // weight is read, by the native engine and by the llama.cpp backend's checks.
-    let src = gguf("qwen3");
-    let specs: Vec<edgelora::gguf::TensorSpec> = src
-        .tensors()
-        .iter()
-        .filter(|t| t.name != "blk.1.attn_k_norm.weight")
-        .map(|t| edgelora::gguf::TensorSpec::new(t.name.clone(), &t.shape, t.ggml_type))
-        .collect();
     let tmp = crate::common::tmpdir();
     let path = tmp.path().join("qwen3-no-k-norm.gguf");
-    let mut w = edgelora::gguf::GgufWriter::create(&path, src.metadata(), &specs).unwrap();
-    for s in &specs {
-        w.write_tensor(&s.name, src.tensor_bytes(&s.name).unwrap().1).unwrap();
-    }
-    w.finish().unwrap();
+    copy_fixture("qwen3", &path, |t| t.retain(|x| x.0 != "blk.1.attn_k_norm.weight"));
     let e = NativeModel::new(GgufFile::open(&path).unwrap(), Box::new(Cpu)).err().expect("accepted without a k norm").to_string();
     assert!(e.contains("blk.1.attn_k_norm.weight"), "{e}");
     let opts = RuntimeOptions { threads: 1, n_ctx: 64, ..RuntimeOptions::default() };
