@@ -5,7 +5,8 @@
 //! compute backend (CPU: SIMD + rows in parallel; GPU: wgpu kernels),
 //! and are quantized to the base's own type by default — with the error-minimizing
 //! block quantizer (`quant::requant`) for Q4_0/Q4_1/Q8_0, which also tries each block's
-//! pre-merge grid, or with ggml's quantizer for the other types; or, with
+//! pre-merge grid, or with ggml's reference quantizer (ported, `quant::ggml_ref`) for the
+//! other types; or, with
 //! [`Quantizer::Gptq`], into the base's own Q4_0/Q4_1/Q8_0 types with codes chosen by GPTQ
 //! and grids refit, both for the smallest output error on calibration inputs, layer by
 //! layer ([`calibration`], [`sequential`], `quant::gptq`). Untouched tensors are

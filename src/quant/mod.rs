@@ -2,18 +2,17 @@
 //! of truth, cross-checked bit-exactly against ggml's `to_float` in the test suite).
 //!
 //! Dequantization covers F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
-//! Q5_K and Q6_K. Quantization calls ggml's own quantizer (`ggml_quantize_chunk`, through
-//! the sys crate) so that its output is ggml's bit for bit; `requant` adds an
+//! Q5_K and Q6_K. Quantization is ggml's reference quantizers ported (`ggml_ref`), so that
+//! its output is ggml's bit for bit without linking llama.cpp; `requant` adds an
 //! error-minimizing quantizer for the 32-wide formats used by merge.
 
 pub mod blocks;
+pub mod ggml_ref;
 pub mod gptq;
 pub mod quantize;
 pub mod reference;
 pub mod requant;
 pub mod simd;
-
-use bytemuck::Zeroable;
 
 use crate::gguf::GgmlType;
 
@@ -28,49 +27,29 @@ pub enum QuantError {
 
 /// Types [`quantize_ggml`] writes.
 pub fn can_quantize(t: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(t, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+    ggml_ref::supports(t)
 }
 
 /// Quantizes `src` (rows of `n_per_row` values) to `t` exactly as llama.cpp's tools do:
-/// with ggml's own quantizer (`ggml_quantize_chunk`), or for Q4_1 with our SIMD twin of
-/// it (`quantize`), tested byte-identical.
+/// with [`ggml_ref`], our port of ggml's reference quantizers (the test suite checks its
+/// bytes against `ggml_quantize_chunk` for every type), in every build — with or without
+/// llama.cpp — so a merge writes the same file either way.
 pub fn quantize_ggml(t: GgmlType, src: &[f32], n_per_row: usize) -> Result<Vec<u8>, QuantError> {
     if !can_quantize(t) {
         return Err(QuantError::Unsupported(t));
     }
     let size_err = || QuantError::Size { ggml_type: t, bytes: 0, n: src.len(), expected: 0 };
-    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) {
+    if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) || !(n_per_row as u64).is_multiple_of(t.block_size()) {
         return Err(size_err());
     }
     let row_bytes = t.bytes_for(n_per_row as u64).ok_or_else(size_err)? as usize;
-    let n_rows = src.len() / n_per_row;
-    if t == GgmlType::Q4_1 {
-        // Our twin of ggml's Q4_1 reference (same bytes, SIMD): rows in parallel.
-        use rayon::prelude::*;
-        let mut blocks = vec![blocks::BlockQ4_1::zeroed(); src.len() / blocks::QK];
-        blocks.par_chunks_mut(4096).zip(src.par_chunks(4096 * blocks::QK)).for_each(|(b, x)| quantize::quantize_row_q4_1(x, b));
-        return Ok(bytemuck::cast_slice(&blocks).to_vec());
-    }
-    let mut out = vec![0u8; row_bytes * n_rows];
-    // Chunks of rows in parallel; ggml's quantizers are pure functions of their rows.
+    let mut out = vec![0u8; row_bytes * (src.len() / n_per_row)];
+    // Chunks of rows in parallel; the quantizers are pure functions of their rows.
     const ROWS: usize = 64;
     use rayon::prelude::*;
-    let written: usize = out
-        .par_chunks_mut(row_bytes * ROWS)
-        .zip(src.par_chunks(n_per_row * ROWS))
-        .map(|(dst, rows)| {
-            let n = rows.len() / n_per_row;
-            // SAFETY: `rows` holds n × n_per_row floats and `dst` n × row_bytes bytes, the
-            // size ggml writes for this type and row length; no importance matrix is
-            // passed, which every type accepted by `can_quantize` allows.
-            unsafe {
-                llama_cpp_sys_2::ggml_quantize_chunk(t as _, rows.as_ptr(), dst.as_mut_ptr().cast(), 0, n as i64, n_per_row as i64, std::ptr::null())
-            }
-        })
-        .sum();
-    if written != out.len() {
-        return Err(QuantError::Size { ggml_type: t, bytes: written, n: src.len(), expected: out.len() as u64 });
+    let all_written = out.par_chunks_mut(row_bytes * ROWS).zip(src.par_chunks(n_per_row * ROWS)).all(|(dst, rows)| ggml_ref::quantize_rows(t, rows, n_per_row, dst));
+    if !all_written {
+        return Err(size_err());
     }
     Ok(out)
 }

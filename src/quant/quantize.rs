@@ -1,6 +1,6 @@
 //! Quantizers written to match ggml's reference (`quantize_row_*_ref`) bit for bit, with a
-//! SIMD kernel beside the scalar twin. Types without one here go to ggml's own quantizer
-//! (`quant::quantize_ggml`). The test suite checks both against ggml on random data.
+//! SIMD kernel beside the scalar twin. The other types' ports are scalar (`ggml_ref`, which
+//! calls this one for Q4_1). The test suite checks both against ggml on random data.
 
 use std::sync::OnceLock;
 
