@@ -65,7 +65,8 @@ typedef enum EdgeloraQuantizer {
 // A cancellation flag shared between a running request and other threads. Opaque.
 typedef struct EdgeloraCancel EdgeloraCancel;
 
-// A loaded model with its adapters. Opaque.
+// A loaded model with its adapters (on llama.cpp, or on the native engine in builds
+// without the `llama` feature). Opaque.
 typedef struct EdgeloraRuntime EdgeloraRuntime;
 
 // An adapter store folder. Opaque.

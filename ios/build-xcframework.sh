@@ -10,7 +10,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 
 for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do
   # No JNI on iOS.
-  cargo build --manifest-path "$root/Cargo.toml" --release --no-default-features --lib --target "$t"
+  cargo build --manifest-path "$root/Cargo.toml" --release --no-default-features --features llama --lib --target "$t"
 done
 
 rm -rf "$out" && mkdir -p "$out/headers" "$out/sim"

@@ -34,5 +34,7 @@ pub mod serve;
 pub mod tokenizer;
 pub mod train;
 
-pub use engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
+pub use engine::{GenerateRequest, Prompt, RuntimeOptions};
+#[cfg(feature = "llama")]
+pub use engine::Runtime;
 pub use error::{AdapterError, EngineError, Error, GgufError, Result, ServeError, TrainError};

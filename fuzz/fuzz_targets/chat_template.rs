@@ -1,7 +1,8 @@
-//! Chat rendering and tokenization through llama.cpp: messages built from the input
+//! Chat rendering and tokenization on the llama.cpp backend: messages built from the input
 //! (see `edgelora_fuzz::chat_messages`: fields split on U+0001, role/content pairs, at
 //! most 8 messages; content may hold special-token text such as `<|im_start|>`) are
-//! rendered with the default model's chat template and tokenized by `Runtime::tokenize`;
+//! rendered with the default model's Jinja chat template (edgelora's renderer, as on both
+//! backends) and tokenized by llama.cpp's tokenizer (`Runtime::tokenize`);
 //! the tokens are detokenized again. An `Err` is fine (NUL byte, empty prompt); a panic
 //! or an abort is not, and every token returned is inside the vocabulary.
 #![no_main]

@@ -260,7 +260,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 
     let prompt: Vec<i32> = (0..a.n_prompt).map(|i| ((i * 7919 + 13) % n_vocab) as i32).collect();
-    let profiling = a.profile && loaded.llama().is_none();
+    let profiling = a.profile && !loaded.is_llama();
     if a.profile && !profiling {
         eprintln!("--profile: the llama.cpp backend is not profiled (use --backend native)");
     }
@@ -302,6 +302,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // backend's switch; the native engine has no per-set state but its KV cache).
     let sets: Vec<Vec<(String, f32)>> = names.iter().map(|n| vec![(n.clone(), 1.0)]).collect();
     let mut switch = Vec::with_capacity(a.switches);
+    #[cfg(feature = "llama")]
     if let Some(llama) = loaded.llama() {
         for i in 0..a.switches {
             let t = Instant::now();
@@ -310,7 +311,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     // Switch plus the first decoded token, against the same token with no switch.
-    let n_first = if loaded.llama().is_some() { a.switches.min(200) } else { 0 };
+    let n_first = if loaded.is_llama() { a.switches.min(200) } else { 0 };
     let mut first_switch = Vec::new();
     let mut first_same = Vec::new();
     for i in 0..n_first {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use edgelora::engine::{Runtime, RuntimeOptions};
+use edgelora::engine::Vocabulary;
 use edgelora::train::data::read_jsonl;
 use edgelora::train::report::{DataFile, DataReport};
 
@@ -50,7 +50,7 @@ fn stats(a: StatsArgs) -> Result<()> {
         if !a.model.exists() && a.model == std::path::Path::new(super::DEFAULT_MODEL) {
             anyhow::bail!("the default model {} is missing: run models/fetch first (or pass --model, or --model none for no token figures)", super::DEFAULT_MODEL);
         }
-        Some(Runtime::load(&a.model, RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..RuntimeOptions::default() }).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?)
+        Some(Vocabulary::open(&a.model).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?)
     };
     let report = DataReport::build(&files, rt.as_ref(), a.max_len, a.train_on_prompt)?;
     if !a.json {

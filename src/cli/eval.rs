@@ -161,7 +161,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         compare(&a, metric)?
     } else if metric == Metric::Loss {
         let base = GgufFile::open(&a.model.model).with_context(|| format!("reading {}", a.model.model.display()))?;
-        let vocab = edgelora::Runtime::load(&a.model.model, edgelora::RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..Default::default() })?;
+        let vocab = edgelora::engine::Vocabulary::open(&a.model.model)?;
         let data = Dataset::load(&vocab, &a.data, a.max_len, false)?;
         let mut adapters = Vec::new();
         for arg in &a.model.adapters {

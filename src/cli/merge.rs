@@ -72,7 +72,7 @@ const MAX_CALIBRATION_TOKENS: usize = 512;
 /// 512 tokens.
 pub fn calibration_tokens(model: &Path, file: &Path) -> Result<Vec<Vec<i32>>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading calibration text {}", file.display()))?;
-    let vocab = edgelora::engine::Runtime::load(model, edgelora::engine::RuntimeOptions { n_ctx: 64, n_batch: 64, ..Default::default() })
+    let vocab = edgelora::engine::Vocabulary::open(model)
         .with_context(|| format!("loading {}'s vocabulary to tokenize the calibration text", model.display()))?;
     let mut seqs = Vec::new();
     for para in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {

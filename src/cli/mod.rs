@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 
 use edgelora::adapter::ReadOptions;
 use edgelora::compute::Device;
-use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, Runtime, RuntimeOptions, SamplingParams};
+use edgelora::engine::{parse_adapter_arg, Engine, NativeRuntime, RuntimeOptions, SamplingParams};
+#[cfg(feature = "llama")]
+use edgelora::engine::Runtime;
 
 mod adapter;
 mod bench;
@@ -110,7 +112,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = merge::quantizer_names(), default_value = "refit", requires = "merge")]
     pub merge_quantizer: String,
     /// Generation backend: llama (llama.cpp) or native (edgelora's own engine)
-    #[arg(long, value_parser = ["llama", "native"], default_value = "llama")]
+    #[arg(long, value_parser = ["llama", "native"], default_value = DEFAULT_BACKEND)]
     pub backend: String,
     /// Compute device of the native backend: cpu, or gpu (wgpu; fails if no adapter)
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
@@ -130,8 +132,12 @@ pub fn load_adapter(rt: &dyn Engine, name: &str, path: &std::path::Path, lenient
     Ok(())
 }
 
+/// `--backend`'s default: llama.cpp where the build has it (feature `llama`).
+pub const DEFAULT_BACKEND: &str = if cfg!(feature = "llama") { "llama" } else { "native" };
+
 /// The loaded backend.
 pub enum Loaded {
+    #[cfg(feature = "llama")]
     Llama(Runtime),
     Native(NativeRuntime),
 }
@@ -146,17 +152,30 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn engine(&self) -> &dyn Engine {
-        match &self.loaded {
-            Loaded::Llama(r) => r,
-            Loaded::Native(n) => n,
-        }
+        self.loaded.engine()
     }
 
     /// The llama.cpp runtime, for what only that backend has.
+    #[cfg(feature = "llama")]
     pub fn llama(&self) -> Option<&Runtime> {
         match &self.loaded {
             Loaded::Llama(r) => Some(r),
             Loaded::Native(_) => None,
+        }
+    }
+
+    /// Whether the model runs on llama.cpp.
+    pub fn is_llama(&self) -> bool {
+        !matches!(self.loaded, Loaded::Native(_))
+    }
+}
+
+impl Loaded {
+    pub fn engine(&self) -> &dyn Engine {
+        match self {
+            #[cfg(feature = "llama")]
+            Loaded::Llama(r) => r,
+            Loaded::Native(n) => n,
         }
     }
 }
@@ -188,7 +207,15 @@ impl ModelArgs {
         if self.device == "gpu" {
             anyhow::bail!("--device gpu needs --backend native (the llama.cpp backend here is built for the CPU)");
         }
-        Ok(Loaded::Llama(Runtime::load(path, self.options()).with_context(what)?))
+        #[cfg(feature = "llama")]
+        {
+            Ok(Loaded::Llama(Runtime::load(path, self.options()).with_context(what)?))
+        }
+        #[cfg(not(feature = "llama"))]
+        {
+            let _ = what;
+            anyhow::bail!("--backend llama: this edgelora was built without llama.cpp (cargo feature `llama`); use --backend native")
+        }
     }
 
     /// Loads the model and every `--adapter`, named by position (`a0`, `a1`, …), or with
@@ -207,10 +234,7 @@ impl ModelArgs {
             return Ok(LoadedModel { loaded, adapters: Vec::new(), _merged: Some(dir) });
         }
         let loaded = self.open(&self.model)?;
-        let rt = match &loaded {
-            Loaded::Llama(r) => r as &dyn Engine,
-            Loaded::Native(n) => n as &dyn Engine,
-        };
+        let rt = loaded.engine();
         let mut set = Vec::new();
         for (i, arg) in self.adapters.iter().enumerate() {
             let (path, scale) = parse_adapter_arg(arg)?;

@@ -109,6 +109,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     }
     let api_key = read_key(&a)?;
     let (engine, batcher): (Arc<dyn Engine>, Option<Arc<Batcher>>) = match a.model.open(&a.model.model)? {
+        #[cfg(feature = "llama")]
         Loaded::Llama(r) => (Arc::new(r), None),
         Loaded::Native(n) if a.model.device == "gpu" => (Arc::new(n), None),
         Loaded::Native(n) => {

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use edgelora::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage};
-use edgelora::engine::{Runtime, RuntimeOptions};
+use edgelora::engine::Vocabulary;
 use edgelora::gguf::GgufFile;
 use edgelora::train::data::{fingerprint, Dataset};
 use edgelora::train::optim::{AdamW, Schedule};
@@ -228,7 +228,7 @@ fn run_training(a: TrainArgs) -> Result<()> {
     }
     let t_start = Instant::now();
     let base = GgufFile::open(&a.model).with_context(|| format!("reading base model {}", a.model.display()))?;
-    let vocab = Runtime::load(&a.model, RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..RuntimeOptions::default() }).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?;
+    let vocab = Vocabulary::open(&a.model).with_context(|| format!("loading the vocabulary of {}", a.model.display()))?;
     let mut data = Dataset::load(&vocab, &a.data, a.max_len, a.train_on_prompt)?;
     let report = DataReport::build(&[DataFile { path: a.data.clone(), records: data.records.clone() }], Some(&vocab), a.max_len, a.train_on_prompt)?;
     eprintln!("{}", report.summary());

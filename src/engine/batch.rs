@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::decode::{Decoder, Vocab};
 use super::native::{ActiveSet, NativeRuntime};
-use super::runtime::{CancelFlag, GenerateRequest, Generation, StopReason};
+use super::request::{CancelFlag, GenerateRequest, Generation, StopReason};
 use super::sampler::Sampler;
 use crate::adapter::LoraAdapter;
 use crate::error::{EngineError, Result};

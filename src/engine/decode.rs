@@ -2,7 +2,7 @@
 //! [`Decoder`] takes one step per call (the batcher interleaves many sequences);
 //! [`decode_loop`] drives one sequence to the end.
 
-use super::runtime::{CancelFlag, GenerateRequest, Generation, StopReason};
+use super::request::{CancelFlag, GenerateRequest, Generation, StopReason};
 use super::sampler::Sampler;
 use super::text::TextStream;
 use crate::error::Result;

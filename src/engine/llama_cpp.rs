@@ -158,6 +158,12 @@ impl Model {
     }
 
     /// The end-of-sequence token (−1 in llama.cpp when the vocabulary has none).
+    pub fn bos_token(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        let t = unsafe { sys::llama_vocab_bos(self.vocab()) };
+        (t >= 0).then_some(t)
+    }
+
     pub fn eos_token(&self) -> Option<Token> {
         // SAFETY: valid vocab pointer.
         let t = unsafe { sys::llama_vocab_eos(self.vocab()) };

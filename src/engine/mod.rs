@@ -1,33 +1,54 @@
 //! The runtime every front end uses: load a model once, load and unload named adapters
 //! at any time, and run requests that each name their own adapter set with scales.
 //!
-//! Two backends sit behind the [`Engine`] trait: llama.cpp ([`Runtime`], `llama_cpp`)
-//! and the native engine ([`NativeRuntime`], `crate::model` on CPU or wgpu, tokenized by
-//! `crate::tokenizer` with no llama.cpp in it). Sampling and detokenization are ours
-//! (`sampler`, `text`) and chat prompts are rendered alike (`chat`: llama.cpp's built-in
-//! formats), so that every backend behaves alike.
+//! Two backends sit behind the [`Engine`] trait: llama.cpp (`Runtime`, `llama_cpp`; only
+//! in builds with the `llama` feature, the default) and the native engine
+//! ([`NativeRuntime`], `crate::model` on CPU or wgpu, tokenized by `crate::tokenizer`
+//! with no llama.cpp in it). Sampling and detokenization are ours (`sampler`, `text`) and
+//! chat prompts are rendered alike (the model's Jinja template, `request::render_chat`),
+//! so that every backend behaves alike.
 
 pub mod batch;
-pub mod chat;
 mod decode;
+#[cfg(feature = "llama")]
 pub mod llama_cpp;
 mod native;
+#[cfg(feature = "llama")]
 mod registry;
+mod request;
+#[cfg(feature = "llama")]
 mod runtime;
 pub mod sampler;
 pub mod text;
+mod vocabulary;
 
 pub use batch::{BatchOptions, BatchSink, BatchStats, Batcher, FnSink};
 pub use native::NativeRuntime;
+#[cfg(feature = "llama")]
 pub use registry::AdapterInfo;
-pub use runtime::{
-    parse_adapter_arg, CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt, Runtime, RuntimeOptions, StopReason,
-};
+pub use request::{parse_adapter_arg, CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt, RuntimeOptions, StopReason};
+#[cfg(feature = "llama")]
+pub use runtime::Runtime;
+pub use vocabulary::Vocabulary;
 pub use sampler::{argmax, top_k, SamplingParams};
 
 use std::path::Path;
 
 use crate::error::Result;
+
+/// The engine an SDK handle (C ABI, JNI) runs on: llama.cpp in builds with the `llama`
+/// feature (the default), the native engine on the CPU in builds without it; `options`
+/// gives both their thread count, llama.cpp also its context sizes.
+pub fn load_sdk_engine(path: &Path, options: RuntimeOptions) -> Result<Box<dyn Engine>> {
+    #[cfg(feature = "llama")]
+    {
+        Ok(Box::new(Runtime::load(path, options)?))
+    }
+    #[cfg(not(feature = "llama"))]
+    {
+        Ok(Box::new(NativeRuntime::load(path, crate::compute::Device::Cpu, options.threads)?))
+    }
+}
 
 /// What every generation backend offers: the llama.cpp one ([`Runtime`]) and the native
 /// engine ([`NativeRuntime`]). Front ends hold a `Box<dyn Engine>` and pick with
@@ -52,6 +73,7 @@ pub trait Engine: Send + Sync {
     fn clear_cache(&self);
 }
 
+#[cfg(feature = "llama")]
 impl Engine for Runtime {
     fn backend_name(&self) -> String {
         "llama.cpp".into()

@@ -1,15 +1,16 @@
 //! The native backend behind the engine: edgelora's own transformer (`crate::model`)
 //! on CPU or wgpu, with the adapters applied on the fly. Tokenization, detokenization and
 //! end-of-generation tokens come from edgelora's own tokenizer ([`Tokenizer`], read from
-//! the GGUF's vocabulary), chat prompts are rendered by the port of llama.cpp's built-in
-//! chat formats (`chat`); sampling and stop strings are the engine's own. No llama.cpp
+//! the GGUF's vocabulary), chat prompts are rendered from the model's Jinja chat template
+//! (`tokenizer::ChatTemplate`, as the llama.cpp backend renders them); sampling and stop
+//! strings are the engine's own. No llama.cpp
 //! model or context is created: a vocabulary the tokenizer does not implement is refused
 //! at load ([`EngineError::UnsupportedVocab`]) and runs on the llama.cpp backend instead.
 //!
-//! Prompts mean what they mean on the llama.cpp backend ([`Runtime::tokenize`]): text is
+//! Prompts mean what they mean on the llama.cpp backend (`Runtime::tokenize`): text is
 //! tokenized with BOS/EOS as the vocabulary asks and special tokens written in it parsed;
-//! chat messages are rendered with the model's `tokenizer.chat_template` as llama.cpp's
-//! `llama_chat_apply_template` renders it, then tokenized the same way; a model without a
+//! chat messages are rendered with the model's `tokenizer.chat_template` (Jinja, as
+//! Hugging Face transformers renders it), then tokenized the same way; a model without a
 //! chat template refuses chat prompts ([`EngineError::NoChatTemplate`]); token prompts
 //! are taken as they are. Both backends give the same tokens for the same request.
 //!
@@ -23,9 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::runtime::{CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt};
-#[cfg(doc)]
-use super::runtime::Runtime;
+use super::request::{prompt_tokens, render_chat, CancelFlag, ChatMessage, GenerateRequest, Generation, Prompt};
 use super::decode::{decode_loop, Vocab};
 use super::sampler::Sampler;
 use crate::adapter::{self, LoraAdapter};
@@ -33,7 +32,7 @@ use crate::compute::{self, Device};
 use crate::error::{EngineError, Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{NativeModel, Session};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::{ChatTemplate, Tokenizer, TokenizerError};
 
 /// A loaded adapter: unique load id (for the cache key) and the shared factors.
 struct Loaded {
@@ -54,6 +53,7 @@ struct Cache {
 /// A model on the native engine with named adapters.
 pub struct NativeRuntime {
     tokenizer: Tokenizer,
+    chat: Option<ChatTemplate>,
     pub(super) model: NativeModel,
     adapters: Mutex<(BTreeMap<String, Loaded>, u64)>,
     cache: Mutex<Cache>,
@@ -62,7 +62,7 @@ pub struct NativeRuntime {
 impl NativeRuntime {
     /// Opens `path` for the native engine on `device` (the GPU fails with an error when no
     /// adapter exists, or when a weight's format has no device kernel). The model is
-    /// checked as [`Runtime::load`] checks it; its vocabulary is read by edgelora's
+    /// checked as `Runtime::load` checks it; its vocabulary is read by edgelora's
     /// tokenizer, and one of a type or pre-tokenizer the tokenizer does not implement is
     /// [`EngineError::UnsupportedVocab`] (the llama.cpp backend reads those llama.cpp knows). `threads` is
     /// unused (the CPU kernels run on rayon's global pool).
@@ -84,7 +84,7 @@ impl NativeRuntime {
             let reason = format!("the vocabulary has {} tokens but the model's embedding has {} rows", tokenizer.n_vocab(), model.config.n_vocab);
             return Err(EngineError::ModelLoad { path: path.into(), reason }.into());
         }
-        Ok(NativeRuntime { tokenizer, model, adapters: Mutex::new((BTreeMap::new(), 0)), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
+        Ok(NativeRuntime { chat: tokenizer.chat(), tokenizer, model, adapters: Mutex::new((BTreeMap::new(), 0)), cache: Mutex::new(Cache { key: Vec::new(), tokens: Vec::new(), session: Session::default() }) })
     }
 
     pub fn backend_name(&self) -> String {
@@ -106,17 +106,16 @@ impl NativeRuntime {
     }
 
     /// Renders chat messages with the model's chat template (assistant turn opened), as
-    /// [`Runtime::render_chat`] does.
+    /// `Runtime::render_chat` does.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         self.render_chat_with(messages, true)
     }
 
     /// Renders chat messages; `add_assistant` opens the assistant's turn at the end. The
-    /// template is `tokenizer.chat_template`, rendered as llama.cpp's built-in formats
-    /// render it (`chat`); without one, [`EngineError::NoChatTemplate`].
+    /// template is `tokenizer.chat_template` (Jinja); without one,
+    /// [`EngineError::NoChatTemplate`].
     pub fn render_chat_with(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
-        let template = self.tokenizer.chat_template().ok_or(EngineError::NoChatTemplate)?;
-        Ok(super::chat::apply_template(template, messages, add_assistant)?)
+        render_chat(self.chat.as_ref(), messages, add_assistant)
     }
 
     /// Tokens of `text` (special tokens in it parsed as such); `add_special` adds the
@@ -125,10 +124,10 @@ impl NativeRuntime {
         self.tokenizer.encode(text, add_special, true).map_err(|e| EngineError::Tokenize(e.to_string()).into())
     }
 
-    /// The tokens a prompt turns into, as [`Runtime::tokenize`]: not empty, every one in
+    /// The tokens a prompt turns into, as `Runtime::tokenize`: not empty, every one in
     /// the vocabulary.
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<i32>> {
-        super::runtime::prompt_tokens(prompt, self.n_vocab(), &|t| self.tokenize_text(t, true), &|m| self.render_chat(m))
+        prompt_tokens(prompt, self.n_vocab(), &|t| self.tokenize_text(t, true), &|m| self.render_chat(m))
     }
 
     /// Whether `token` ends generation (EOS, EOT, …).
@@ -247,7 +246,7 @@ impl NativeRuntime {
         Ok(self.eval(tokens, &self.resolve(set)?, true, None)?.expect("not cancelled"))
     }
 
-    /// As [`Runtime::generate`], on the native engine.
+    /// As `Runtime::generate`, on the native engine.
     pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
         let mut tokens = self.tokenize(&req.prompt)?;
         let mut sampler = Sampler::new(req.sampling.clone())?;
@@ -272,7 +271,7 @@ impl NativeRuntime {
 /// A vocabulary the tokenizer refuses: a type or pre-tokenizer it does not implement is
 /// [`EngineError::UnsupportedVocab`] (saying whether llama.cpp knows it); a malformed one
 /// is the tokenizer's own error (naming the key).
-fn vocab_error(path: &Path, e: TokenizerError) -> Error {
+pub(super) fn vocab_error(path: &Path, e: TokenizerError) -> Error {
     match &e {
         TokenizerError::UnsupportedModel { reason, .. } | TokenizerError::UnsupportedPreTokenizer { reason, .. } => {
             // The tokenizer's two reasons: "llama.cpp knows this … but edgelora's tokenizer

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use crate::engine::{CancelFlag, ChatMessage, GenerateRequest, Prompt, Runtime, RuntimeOptions, SamplingParams, StopReason};
+use crate::engine::{load_sdk_engine, CancelFlag, ChatMessage, Engine, GenerateRequest, Prompt, RuntimeOptions, SamplingParams, StopReason};
 use crate::error::{AdapterError, EngineError, Error, GgufError, TrainError};
 
 /// Result of every fallible call.
@@ -49,9 +49,10 @@ pub enum EdgeloraStopReason {
     ContextFull = 4,
 }
 
-/// A loaded model with its adapters. Opaque.
+/// A loaded model with its adapters (on llama.cpp, or on the native engine in builds
+/// without the `llama` feature). Opaque.
 pub struct EdgeloraRuntime {
-    rt: Runtime,
+    rt: Box<dyn Engine>,
 }
 
 /// A cancellation flag shared between a running request and other threads. Opaque.
@@ -245,7 +246,7 @@ pub unsafe extern "C" fn edgelora_runtime_open(
         if o.n_ctx > 0 {
             opts.n_ctx = o.n_ctx;
         }
-        let rt = Runtime::load(path, opts).map_err(lib_err)?;
+        let rt = load_sdk_engine(std::path::Path::new(path), opts).map_err(lib_err)?;
         // SAFETY: as above.
         unsafe { *out = Box::into_raw(Box::new(EdgeloraRuntime { rt })) };
         Ok(())
@@ -277,7 +278,7 @@ pub unsafe extern "C" fn edgelora_adapter_load(rt: *const EdgeloraRuntime, name:
     guard(|| {
         // SAFETY: caller contract for each argument.
         let (rt, name, path) = unsafe { (runtime_arg(rt)?, str_arg(name, "name")?, str_arg(path, "path")?) };
-        rt.rt.load_adapter(name, path).map_err(lib_err)?;
+        rt.rt.load_adapter(name, std::path::Path::new(path), crate::adapter::ReadOptions::default()).map_err(lib_err)?;
         Ok(())
     })
 }
@@ -295,8 +296,8 @@ pub unsafe extern "C" fn edgelora_adapter_load_lenient(rt: *const EdgeloraRuntim
     let status = guard(|| {
         // SAFETY: caller contract for each argument.
         let (rt, name, path) = unsafe { (runtime_arg(rt)?, str_arg(name, "name")?, str_arg(path, "path")?) };
-        let info = rt.rt.load_adapter_with(name, path, crate::adapter::ReadOptions { lenient: true }).map_err(lib_err)?;
-        warnings = info.warnings.join("\n");
+        let loaded = rt.rt.load_adapter(name, std::path::Path::new(path), crate::adapter::ReadOptions { lenient: true }).map_err(lib_err)?;
+        warnings = loaded.join("\n");
         Ok(())
     });
     if status == EdgeloraStatus::Ok {

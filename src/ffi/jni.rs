@@ -10,7 +10,11 @@ use jni::sys::{jboolean, jfloat, jint, jlong, jobject, JNI_TRUE};
 use jni::JNIEnv;
 
 use super::capi::EdgeloraStatus;
-use crate::engine::{CancelFlag, ChatMessage, GenerateRequest, Prompt, Runtime, RuntimeOptions, SamplingParams, StopReason};
+use crate::engine::{load_sdk_engine, CancelFlag, ChatMessage, Engine, GenerateRequest, Prompt, RuntimeOptions, SamplingParams, StopReason};
+
+/// What a Java `Model` handle points to: the SDK's engine (llama.cpp, or the native one in
+/// builds without the `llama` feature), boxed once more for a thin pointer.
+type Handle = Box<dyn Engine>;
 use crate::error::Error;
 
 const EXCEPTION: &str = "dev/edgelora/EdgeLoraException";
@@ -50,13 +54,13 @@ pub(super) fn jstr(env: &mut JNIEnv, s: &JString, what: &str) -> Result<String, 
     env.get_string(s).map(Into::into).map_err(|_| throw(env, EdgeloraStatus::InvalidArgument, &format!("{what} is not a valid string")))
 }
 
-fn runtime<'a>(env: &mut JNIEnv, handle: jlong) -> Result<&'a Runtime, ()> {
+fn runtime<'a>(env: &mut JNIEnv, handle: jlong) -> Result<&'a dyn Engine, ()> {
     if handle == 0 {
         throw(env, EdgeloraStatus::InvalidArgument, "the model is closed");
         return Err(());
     }
     // SAFETY: the Java side passes the pointer from nativeOpen until close() zeroes it.
-    Ok(unsafe { &*(handle as *const Runtime) })
+    Ok(unsafe { &**(handle as *const Handle) })
 }
 
 #[no_mangle]
@@ -70,7 +74,7 @@ pub extern "system" fn Java_dev_edgelora_Model_nativeOpen<'l>(mut env: JNIEnv<'l
         if n_ctx > 0 {
             opts.n_ctx = n_ctx as u32;
         }
-        match Runtime::load(&path, opts) {
+        match load_sdk_engine(std::path::Path::new(&path), opts) {
             Ok(rt) => Ok(Box::into_raw(Box::new(rt)) as jlong),
             Err(e) => {
                 lib_error(env, &e);
@@ -85,7 +89,7 @@ pub extern "system" fn Java_dev_edgelora_Model_nativeClose<'l>(_env: JNIEnv<'l>,
     if handle != 0 {
         let _ = catch_unwind(|| {
             // SAFETY: from nativeOpen; the Java side calls close once.
-            drop(unsafe { Box::from_raw(handle as *mut Runtime) })
+            drop(unsafe { Box::from_raw(handle as *mut Handle) })
         });
     }
 }
@@ -102,8 +106,8 @@ pub extern "system" fn Java_dev_edgelora_Model_nativeLoadAdapter<'l>(
     guarded(&mut env, std::ptr::null_mut(), |env| {
         let rt = runtime(env, handle)?;
         let (name, path) = (jstr(env, &name, "name")?, jstr(env, &path, "path")?);
-        let info = rt.load_adapter_with(&name, &path, crate::adapter::ReadOptions { lenient: lenient != 0 }).map_err(|e| lib_error(env, &e))?;
-        env.new_string(info.warnings.join("\n")).map(|s| s.into_raw()).map_err(|_| ())
+        let warnings = rt.load_adapter(&name, std::path::Path::new(&path), crate::adapter::ReadOptions { lenient: lenient != 0 }).map_err(|e| lib_error(env, &e))?;
+        env.new_string(warnings.join("\n")).map(|s| s.into_raw()).map_err(|_| ())
     })
 }
 

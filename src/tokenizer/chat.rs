@@ -29,6 +29,34 @@ fn template_error(e: &Error) -> TokenizerError {
     TokenizerError::ChatTemplate { reason }
 }
 
+/// A model's chat template with the token texts it may use: what both backends render
+/// chat prompts with, so that a conversation is the same text on either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// `source` is the Jinja text (`tokenizer.chat_template`); `bos_token` / `eos_token`
+    /// are the texts of the model's BOS and EOS tokens ("" where it has none).
+    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> ChatTemplate {
+        ChatTemplate { source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into() }
+    }
+
+    /// The Jinja text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages` (role, content) with `add_generation_prompt = add_assistant`.
+    pub fn render<R: AsRef<str>, C: AsRef<str>>(&self, messages: &[(R, C)], add_assistant: bool) -> Result<String, TokenizerError> {
+        let msgs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_ref(), c.as_ref())).collect();
+        render(&self.source, &msgs, add_assistant, &self.bos_token, &self.eos_token)
+    }
+}
+
 pub(crate) fn render(
     template: &str,
     messages: &[(&str, &str)],

@@ -36,6 +36,7 @@ mod vocab;
 
 use std::sync::Arc;
 
+pub use chat::ChatTemplate;
 pub use error::TokenizerError;
 pub use vocab::{TokenAttr, VocabKind};
 
@@ -179,12 +180,23 @@ impl Tokenizer {
         self.vocab.chat_template.as_deref()
     }
 
+    /// The vocabulary's chat template (`tokenizer.chat_template`) with its BOS/EOS texts,
+    /// if the file has one.
+    pub fn chat(&self) -> Option<ChatTemplate> {
+        self.chat_template().map(|t| self.chat_with(t))
+    }
+
+    /// `template` with this vocabulary's BOS/EOS texts.
+    pub fn chat_with(&self, template: &str) -> ChatTemplate {
+        let text = |id: Option<i32>| id.and_then(|t| self.token_text(t)).unwrap_or("").to_string();
+        ChatTemplate::new(template, text(self.bos()), text(self.eos()))
+    }
+
     /// Renders `messages` (role, content) with the vocabulary's chat template
     /// (`tokenizer.chat_template`, Jinja, rendered by MiniJinja with `bos_token`,
     /// `eos_token` and `add_generation_prompt = add_assistant`).
     pub fn apply_chat_template<R: AsRef<str>, C: AsRef<str>>(&self, messages: &[(R, C)], add_assistant: bool) -> Result<String, TokenizerError> {
-        let template = self.chat_template().ok_or(TokenizerError::NoChatTemplate)?;
-        self.apply_chat_template_with(template, messages, add_assistant)
+        self.chat().ok_or(TokenizerError::NoChatTemplate)?.render(messages, add_assistant)
     }
 
     /// As [`apply_chat_template`](Self::apply_chat_template) with another template.
@@ -194,9 +206,7 @@ impl Tokenizer {
         messages: &[(R, C)],
         add_assistant: bool,
     ) -> Result<String, TokenizerError> {
-        let text = |id: Option<i32>| id.and_then(|t| self.token_text(t)).unwrap_or("").to_string();
-        let msgs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_ref(), c.as_ref())).collect();
-        chat::render(template, &msgs, add_assistant, &text(self.bos()), &text(self.eos()))
+        self.chat_with(template).render(messages, add_assistant)
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::engine::{ChatMessage, Prompt, Runtime};
+use crate::engine::{ChatMessage, Prompt, Vocabulary};
 use crate::error::{Error, TrainError};
 use crate::model::grad::Batch;
 
@@ -186,8 +186,8 @@ impl Record {
     }
 
     /// Text segments in order with whether each is trained.
-    fn segments(&self, rt: &Runtime) -> Result<Vec<(String, bool)>, Error> {
-        let eos = || rt.eos_token().map(|t| String::from_utf8_lossy(&rt.token_piece(t)).into_owned()).unwrap_or_default();
+    fn segments(&self, rt: &Vocabulary) -> Result<Vec<(String, bool)>, Error> {
+        let eos = || rt.eos_piece();
         Ok(match self {
             Record::Text(t) => vec![(format!("{t}{}", eos()), true)],
             Record::PromptCompletion { prompt, completion } => vec![(prompt.clone(), false), (format!("{completion}{}", eos()), true)],
@@ -199,7 +199,7 @@ impl Record {
 
 /// Splits a rendered chat into segments: each assistant message's span (its content and
 /// the template's end-of-turn text) trained, everything else not.
-fn chat_segments(rt: &Runtime, msgs: &[ChatMessage]) -> Result<Vec<(String, bool)>, Error> {
+fn chat_segments(rt: &Vocabulary, msgs: &[ChatMessage]) -> Result<Vec<(String, bool)>, Error> {
     let mut out = Vec::new();
     let mut done = String::new();
     for (i, m) in msgs.iter().enumerate() {
@@ -226,7 +226,7 @@ fn chat_segments(rt: &Runtime, msgs: &[ChatMessage]) -> Result<Vec<(String, bool
 
 /// Tokenizes a record: segments one by one (the first with the model's BOS), truncated
 /// to `max_len` tokens. Errors (naming the line) when no trained token survives.
-pub fn tokenize(rt: &Runtime, rec: &Sourced, path: &Path, max_len: usize, train_on_prompt: bool) -> Result<Example, Error> {
+pub fn tokenize(rt: &Vocabulary, rec: &Sourced, path: &Path, max_len: usize, train_on_prompt: bool) -> Result<Example, Error> {
     let mut ex = Example { tokens: Vec::new(), trained: Vec::new() };
     for (i, (text, trained)) in rec.record.segments(rt)?.iter().enumerate() {
         let t = rt.tokenize_text(text, i == 0)?;
@@ -261,7 +261,7 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn load(rt: &Runtime, path: &Path, max_len: usize, train_on_prompt: bool) -> Result<Dataset, Error> {
+    pub fn load(rt: &Vocabulary, path: &Path, max_len: usize, train_on_prompt: bool) -> Result<Dataset, Error> {
         let records = read_jsonl(path)?;
         let examples = records.iter().map(|r| tokenize(rt, r, path, max_len, train_on_prompt)).collect::<Result<_, _>>()?;
         Ok(Dataset { path: path.to_path_buf(), examples, records })

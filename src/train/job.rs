@@ -28,7 +28,7 @@ use super::eval::Validation;
 use super::trainer::{StepMetrics, TrainConfig, Trainer};
 use super::parent::read_parent;
 use crate::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage, LoraAdapter, ParentRef};
-use crate::engine::{Runtime, RuntimeOptions};
+use crate::engine::Vocabulary;
 use crate::error::{Error, TrainError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
@@ -111,7 +111,7 @@ enum Base {
 pub struct TrainJob {
     model_path: PathBuf,
     options: JobOptions,
-    tokenizer: Runtime,
+    tokenizer: Vocabulary,
     base: Base,
     train: Vec<(Sourced, Example)>,
     eval: Vec<(Sourced, Example)>,
@@ -162,7 +162,7 @@ impl TrainJob {
         if let Some(dir) = &options.checkpoint_dir {
             check_writable(dir)?;
         }
-        let tokenizer = Runtime::load(&model_path, RuntimeOptions { n_ctx: 64, n_batch: 64, threads: 1, ..RuntimeOptions::default() })?;
+        let tokenizer = Vocabulary::open(&model_path)?;
         let pool = match options.threads {
             0 => None,
             n => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| bad("threads", e.to_string()))?),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::data::{field_values, tokenize, Record, Sourced};
 use super::eval::label_word;
 use super::metrics::percentile;
-use crate::engine::{Prompt, Runtime};
+use crate::engine::{Prompt, Vocabulary};
 use crate::error::{Error, TrainError};
 
 /// A data file and its records, as read by `read_jsonl`.
@@ -144,7 +144,7 @@ fn groups_by(files: &[DataFile], mut key: impl FnMut(&Record) -> String) -> Vec<
 impl DataReport {
     /// The report of `files`; with `rt`, token lengths and the records over `max_len` (as
     /// training tokenizes them, `train_on_prompt` deciding what is trained).
-    pub fn build(files: &[DataFile], rt: Option<&Runtime>, max_len: usize, train_on_prompt: bool) -> Result<DataReport, Error> {
+    pub fn build(files: &[DataFile], rt: Option<&Vocabulary>, max_len: usize, train_on_prompt: bool) -> Result<DataReport, Error> {
         let mut formats = BTreeMap::new();
         let mut labels = BTreeMap::new();
         let mut scenarios = BTreeMap::new();

@@ -52,7 +52,7 @@ public class JvmTest {
             try (Adapter wq = model.loadAdapter("wq", args[4], true)) {
                 check(wq.warnings().startsWith("warning: ") && wq.warnings().contains("\"wq\""), "lenient warnings: " + wq.warnings());
             }
-            String q = "What is the capital of France?";
+            String q = "Tell me about the weather today."; // open-ended: the fixture adapters change the greedy answer
             StringBuilder streamed = new StringBuilder();
             Generation ga = model.generate(new GenerateRequest(q).chat(true).maxTokens(24).adapter(a, 2f), piece -> {
                 streamed.append(piece);

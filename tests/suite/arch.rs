@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use edgelora::adapter::{read_peft, LoraAdapter};
 use edgelora::compute::cpu::Cpu;
-use edgelora::engine::{argmax, GenerateRequest, Prompt, Runtime, RuntimeOptions};
+use edgelora::engine::{argmax, GenerateRequest, Prompt};
+#[cfg(feature = "llama")]
+use edgelora::engine::{Runtime, RuntimeOptions};
 use edgelora::gguf::GgufFile;
 use edgelora::model::config::ModelConfig;
 use edgelora::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
@@ -129,6 +131,7 @@ fn arch_native_matches_transformers() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn arch_native_matches_llama_cpp() {
     // The same F32 file through llama.cpp (F32 KV cache, no flash attention: nothing
     // rounded below f32), with the same PEFT adapter loaded by the runtime.
@@ -304,6 +307,7 @@ fn arch_phi3_variants_the_engine_does_not_run_are_refused_naming_the_tensor() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn arch_qwen3_without_its_qk_norms_is_refused_naming_the_tensor() {
     // The qwen3 fixture copied without blk.1.attn_k_norm.weight: refused before any
     // weight is read, by the native engine and by the llama.cpp backend's checks.

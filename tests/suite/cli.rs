@@ -242,6 +242,7 @@ fn merge_with_gptq_on_a_calibration_text() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn native_backend_from_the_cli() {
     let m = model_path();
     let m = m.to_str().unwrap();

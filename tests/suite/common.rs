@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+#[cfg(feature = "llama")]
 use edgelora::engine::{Runtime, RuntimeOptions};
 use edgelora::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorSpec};
 use rand::{Rng, SeedableRng};
@@ -35,12 +36,14 @@ pub fn f32_model_path() -> PathBuf {
 
 /// A runtime on the F32 model with an F32 KV cache and no flash attention (whose CPU
 /// kernel rounds Q to F16): nothing is rounded below f32.
+#[cfg(feature = "llama")]
 pub fn f32_runtime() -> Runtime {
     let opts = RuntimeOptions { threads: 1, n_ctx: 1024, f32_kv_cache: true, flash_attention: Some(false), ..RuntimeOptions::default() };
     Runtime::load(f32_model_path(), opts).expect("F32 model loads")
 }
 
 /// A runtime on the default model with one thread (tests run in parallel on few cores).
+#[cfg(feature = "llama")]
 pub fn runtime() -> Runtime {
     let opts = RuntimeOptions { threads: 1, n_ctx: 1024, ..RuntimeOptions::default() };
     Runtime::load(model_path(), opts).expect("default model loads")

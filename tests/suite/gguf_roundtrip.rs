@@ -152,6 +152,7 @@ fn writer_rejects_wrong_sizes_and_order() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn block_sizes_match_ggml() {
     for t in GgmlType::ALL {
         let id = t as u32;

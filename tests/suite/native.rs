@@ -9,7 +9,9 @@ use edgelora::engine::argmax;
 use edgelora::model::{NativeModel, Session};
 use safetensors::SafeTensors;
 
-use crate::common::{kl, model_gguf, runtime};
+use crate::common::{kl, model_gguf};
+#[cfg(feature = "llama")]
+use crate::common::runtime;
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -52,6 +54,7 @@ fn native_cpu_matches_transformers_on_the_q4_1_model() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn native_and_llama_cpp_agree_teacher_forced() {
     // Teacher forcing: the same token sequence through both backends, the argmax at every
     // position compared (llama.cpp rounds activations to Q8_1 on this model, so near-ties

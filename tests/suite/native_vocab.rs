@@ -1,18 +1,16 @@
 //! The native engine tokenizes without llama.cpp (issue 19): its tokens, pieces, chat
 //! renderings and end-of-generation tokens equal the llama.cpp backend's on the default
-//! model; the port of llama.cpp's built-in chat formats (`engine::chat`) equals
-//! llama.cpp's renderer on every format; a vocabulary the tokenizer does not implement is
+//! model; both backends render chats with the model's Jinja template; a vocabulary the
+//! tokenizer does not implement is
 //! refused at load with a typed error while the llama.cpp backend still runs it; loading
 //! the native runtime loads no llama.cpp model.
 
-use std::ffi::CString;
 use std::path::Path;
 
 use edgelora::compute::Device;
-use edgelora::engine::{chat, llama_cpp, top_k, ChatMessage, Engine, GenerateRequest, NativeRuntime, Prompt, Runtime, RuntimeOptions};
+use edgelora::engine::{llama_cpp, top_k, ChatMessage, Engine, GenerateRequest, NativeRuntime, Prompt, Runtime, RuntimeOptions};
 use edgelora::gguf::{GgufFile, GgufWriter, MetaValue, TensorSpec, ValueType};
 use edgelora::{EngineError, Error};
-use llama_cpp_sys_2 as sys;
 
 use crate::common::{model_path, runtime, tiny_model, tmpdir};
 
@@ -79,8 +77,7 @@ fn conversations() -> Vec<Vec<ChatMessage>> {
 }
 
 /// Text, chat and token prompts: the native engine's tokens equal the llama.cpp
-/// backend's (and its errors are the same kinds: empty prompt, bad token, NUL in a chat
-/// message); so do renderings, detokenization, pieces and end-of-generation tokens.
+/// backend's (and its errors are the same kinds: empty prompt, bad token); so do renderings, detokenization, pieces and end-of-generation tokens.
 #[test]
 fn native_tokens_equal_llama_cpp_on_the_default_model() {
     let ours = native();
@@ -103,10 +100,18 @@ fn native_tokens_equal_llama_cpp_on_the_default_model() {
         same_result(&format!("chat {conv:?}"), o.tokenize(&Prompt::Chat(conv.clone())), t.tokenize(&Prompt::Chat(conv.clone())));
         n += 1;
     }
+    // Both render the model's Jinja template: without a system turn, SmolLM2's template
+    // opens with its default system prompt (as transformers' apply_chat_template does).
+    let user = msgs(&[("user", "Hi")]);
+    let want = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(ours.render_chat(&user).unwrap(), want);
+    assert_eq!(theirs.render_chat(&user).unwrap(), want);
     // The chat prompts hold what they should.
     let chat = o.tokenize(&Prompt::Chat(conversations()[2].clone())).unwrap();
     assert_eq!(o.detokenize(&chat), "<|im_start|>system\nRéponds en français.<|im_end|>\n<|im_start|>user\nBonjour 👋, ça va ? 我很好。<|im_end|>\n<|im_start|>assistant\nTrès bien !<|im_end|>\n<|im_start|>user\nEt toi ?<|im_end|>\n<|im_start|>assistant\n");
-    assert!(matches!(engine_err(&o.tokenize(&Prompt::Chat(conversations()[7].clone())).unwrap_err()), EngineError::ChatTemplate(_)));
+    // A NUL byte in a message is text like any other for the Jinja renderer (llama.cpp's
+    // C renderer refused it), on both backends alike (`same_result` above).
+    assert!(o.detokenize(&o.tokenize(&Prompt::Chat(conversations()[7].clone())).unwrap()).contains("a\u{0}b"));
     for tokens in [vec![1, 2, 3], vec![0], vec![49151], vec![49152], vec![-1], vec![]] {
         same_result(&format!("tokens {tokens:?}"), o.tokenize(&Prompt::Tokens(tokens.clone())), t.tokenize(&Prompt::Tokens(tokens.clone())));
     }
@@ -123,9 +128,10 @@ fn native_tokens_equal_llama_cpp_on_the_default_model() {
 }
 
 /// Greedy generations of the two backends on chat and text prompts: the same prompt
-/// tokens, the same first tokens, and where the continuations part, a near-tie of the two
-/// engines' arithmetic (llama.cpp rounds activations to Q8_1 on this model): each
-/// engine's pick is among the other's top 3 at that position.
+/// tokens, and where the continuations part (possibly at the first token: with SmolLM2's
+/// default system prompt, "What is the capital of France?" opens on a near-tie), a near-tie
+/// of the two engines' arithmetic (llama.cpp rounds activations to Q8_1 on this model):
+/// each engine's pick is among the other's top 3 at that position.
 #[test]
 fn native_and_llama_cpp_greedy_generations_agree_on_chat_prompts() {
     let ours = native();
@@ -146,7 +152,6 @@ fn native_and_llama_cpp_greedy_generations_agree_on_chat_prompts() {
         assert_eq!(a.n_prompt, b.n_prompt, "{p:?}");
         let common = a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x == y).count();
         eprintln!("{p:?}: native {:?} / llama.cpp {:?}: {common} tokens agree", a.text, b.text);
-        assert!(common >= 4.min(a.tokens.len().min(b.tokens.len())), "{p:?}: native {:?} vs llama.cpp {:?}", a.text, b.text);
         if common == a.tokens.len() && common == b.tokens.len() {
             assert_eq!((a.text.as_str(), a.stop_reason), (b.text.as_str(), b.stop_reason));
         } else if common < a.tokens.len() && common < b.tokens.len() {
@@ -174,149 +179,6 @@ fn the_native_runtime_loads_no_llama_cpp_model() {
     assert_eq!(llama_cpp::model_loads_on_this_thread(), before, "NativeRuntime loaded a llama.cpp model");
     let _llama = runtime();
     assert_eq!(llama_cpp::model_loads_on_this_thread(), before + 1);
-}
-
-// ---------------------------------------------------------------------------------------
-// llama.cpp's built-in chat formats
-
-fn llama_render(template: &str, messages: &[ChatMessage], add: bool) -> Option<String> {
-    let tmpl = CString::new(template).unwrap();
-    let owned: Vec<(CString, CString)> = messages.iter().map(|m| (CString::new(m.role.as_str()).unwrap(), CString::new(m.content.as_str()).unwrap())).collect();
-    let chat: Vec<sys::llama_chat_message> = owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
-    let mut buf = vec![0u8; 1 << 16];
-    // SAFETY: valid C strings kept alive by `owned`/`tmpl`; the buffer is writable for its length.
-    let n = unsafe { sys::llama_chat_apply_template(tmpl.as_ptr(), chat.as_ptr(), chat.len(), add, buf.as_mut_ptr().cast(), buf.len() as i32) };
-    if n < 0 {
-        return None;
-    }
-    assert!((n as usize) < buf.len());
-    buf.truncate(n as usize);
-    Some(String::from_utf8(buf).unwrap())
-}
-
-fn chat_cases() -> Vec<Vec<ChatMessage>> {
-    let mut v = conversations();
-    v.pop(); // the NUL one cannot cross the C interface
-    v.extend([
-        msgs(&[("system", " \t sys with spaces \n"), ("user", "\x0b\x0c user \r\n"), ("assistant", "  answer  "), ("user", "next")]),
-        msgs(&[("system", "s1"), ("system", "s2"), ("user", "u"), ("assistant", "a"), ("assistant", "a2"), ("user", "u2")]),
-        msgs(&[("assistant", "starts with the assistant"), ("user", "then a user")]),
-        msgs(&[("assistant_tool_call", "{}"), ("function", "f"), ("", "empty role"), ("ünïcode-role", "x"), ("user", "y")]),
-        msgs(&[("user", "only\n\nuser"), ("user", "twice")]),
-        msgs(&[("system", "only a system turn")]),
-    ]);
-    v
-}
-
-/// Text that makes llama.cpp's detection pick each branch (markers from
-/// `llm_chat_detect_template`), plus the Jinja templates of real models.
-fn detection_cases() -> Vec<String> {
-    let mut v: Vec<String> = [
-        "{{ '<|im_start|>' }}",
-        "<|im_start|><|im_sep|>",
-        "<|im_start|><end_of_utterance>",
-        "mistral anything",
-        "[INST][SYSTEM_PROMPT]",
-        "' [INST] ' + system_message",
-        "[AVAILABLE_TOOLS]\"[INST]\"",
-        "[AVAILABLE_TOOLS][INST]",
-        "[INST] content.strip()",
-        "bos_token + '[INST]",
-        "[INST]<<SYS>>",
-        "[INST]",
-        "<|assistant|><|end|>",
-        "[gMASK]<sop>",
-        "<|assistant|><|user|><|tool_declare|>",
-        "<|assistant|><|user|></s>",
-        "<|assistant|><|user|>",
-        "<|{{ item['role'] }}|><|begin_of_image|>",
-        "<|user|><|endoftext|>",
-        "bos_token + message['role']",
-        "<start_of_turn>",
-        "'\\n\\nAssistant: ' + eos_token",
-        "GPT4 Correct ",
-        "USER: ASSISTANT: SYSTEM: ",
-        "USER: ASSISTANT: ",
-        "### Instruction:<|EOT|>",
-        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>",
-        "<|start_header_id|><|end_header_id|>",
-        "[gMASK]sop",
-        "<用户>",
-        "'Assistant: ' + message['content'] + eos_token",
-        "<｜Assistant｜><｜User｜><｜end▁of▁sentence｜>",
-        "[|system|][|assistant|][|endofturn|][|tool|]",
-        "[|system|][|assistant|][|endofturn|]",
-        "rwkv-world template",
-        "{{- 'User: ' + message['content']|trim + '\\n\\n' -}}",
-        "<|start_of_role|><tool_call>g4_default_system_message",
-        "<|start_of_role|><tools>",
-        "<|start_of_role|>",
-        "message['role'] + additional_special_tokens[0] + message['content'] + additional_special_tokens[1]",
-        "<|role_start|>",
-        " Ассистент:",
-        "<role>ASSISTANT</role>'HUMAN'",
-        "<role>ASSISTANT</role>\"HUMAN\"<think>",
-        "<role>ASSISTANT</role><role>HUMAN</role><|role_end|>",
-        "<|header_start|><|header_end|>",
-        "<|endofuserprompt|>",
-        "<|extra_0|><|extra_4|>",
-        "<|start|><|channel|>",
-        "<｜hy_Assistant｜><｜hy_begin▁of▁sentence｜>",
-        "<｜hy_Assistant｜><｜hy_place▁holder▁no▁3｜>",
-        "<|im_assistant|>assistant<|im_middle|>",
-        "<seed:bos>",
-        "'Assistant: '  + message['content'] + '<|separator|>",
-        "[unused9]系统：[unused10]",
-        "<|begin|><|end|><|content|>",
-        "no marker at all",
-        "",
-        "CHATML",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/vocab/templates");
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e} (run models/fetch-vocabs)", dir.display())) {
-        v.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
-    }
-    v.push(edgelora::tokenizer::Tokenizer::from_gguf(crate::common::model_gguf()).unwrap().chat_template().unwrap().to_string());
-    v
-}
-
-#[test]
-fn builtin_chat_formats_equal_llama_cpp() {
-    // The names: the same set as llama_chat_builtin_templates.
-    let n = unsafe { sys::llama_chat_builtin_templates(std::ptr::null_mut(), 0) } as usize;
-    let mut names = vec![std::ptr::null(); n];
-    // SAFETY: `names` has room for `n` pointers to llama.cpp's static strings.
-    unsafe { sys::llama_chat_builtin_templates(names.as_mut_ptr(), n) };
-    // SAFETY: each is a NUL-terminated static string.
-    let mut theirs: Vec<String> = names.iter().map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap().to_string()).collect();
-    let mut ours: Vec<String> = chat::BUILTIN_NAMES.iter().map(|(n, _)| n.to_string()).collect();
-    theirs.sort();
-    ours.sort();
-    assert_eq!(ours, theirs, "llama.cpp's built-in chat formats changed: update src/engine/chat.rs");
-    let mut templates = theirs;
-    templates.extend(detection_cases());
-    let mut n = 0;
-    for tmpl in &templates {
-        for conv in chat_cases() {
-            for add in [false, true] {
-                let want = llama_render(tmpl, &conv, add);
-                let got = chat::apply_template(tmpl, &conv, add);
-                match (got, want) {
-                    (Ok(g), Some(w)) => assert_eq!(g, w, "template {tmpl:?}, {conv:?}, add_assistant={add}"),
-                    (Err(e), None) => assert!(matches!(e, EngineError::ChatTemplate(_)), "{e:?}"),
-                    (g, w) => panic!("template {tmpl:?}: ours {g:?}, llama.cpp {w:?}"),
-                }
-                n += 1;
-            }
-        }
-    }
-    assert!(n > 100 * 10 * 2, "{n}");
-    assert_eq!(chat::detect("{{ '<|im_start|>' }}"), Some(chat::ChatFormat::Chatml));
-    // A message with a NUL byte: refused, as by the llama.cpp backend.
-    assert!(matches!(chat::apply_template("chatml", &msgs(&[("user", "a\0b")]), true), Err(EngineError::ChatTemplate(_))));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -416,12 +278,19 @@ fn a_vocabulary_the_tokenizer_does_not_implement_is_refused_by_the_native_runtim
 
 /// A supported vocabulary on a tiny model: both backends give the same tokens; without
 /// `tokenizer.chat_template` a chat prompt is `NoChatTemplate` on both (text prompts
-/// still work); with a ChatML template both render it alike, and a template none of
-/// llama.cpp's formats matches is `ChatTemplate` on both.
+/// still work); with one, both render its Jinja alike (a template that does not parse, or
+/// raises, is `ChatTemplate` on both).
 #[test]
 fn tiny_models_tokenize_alike_and_chat_needs_a_template_on_both_backends() {
     let dir = tmpdir();
-    for (name, template) in [("none", None), ("chatml", Some("{% for m in messages %}{{ '<|im_start|>' + m['role'] }}{% endfor %}")), ("jinja-only", Some("{{ messages[0]['content'] }}"))] {
+    let templates = [
+        ("none", None),
+        ("chatml", Some("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")),
+        ("first-content", Some("{{ messages[0]['content'] }}!")),
+        ("broken", Some("{% for m in messages %}")),
+        ("raises", Some("{{ raise_exception('no chat here') }}")),
+    ];
+    for (name, template) in templates {
         let path = tiny_with_vocab(dir.path(), name, "gpt-2", template);
         let ours = NativeRuntime::load(&path, Device::Cpu, 1).unwrap();
         let theirs = llama_load(&path).unwrap();
@@ -436,12 +305,16 @@ fn tiny_models_tokenize_alike_and_chat_needs_a_template_on_both_backends() {
                 assert!(matches!(engine_err(b.as_ref().unwrap_err()), EngineError::NoChatTemplate), "{b:?}");
                 assert!(a.unwrap_err().chain().contains("tokenizer.chat_template"));
             }
-            "chatml" => {
-                assert_eq!(ours.render_chat(&conv).unwrap(), "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n");
+            "chatml" | "first-content" => {
+                let want = if name == "chatml" { "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n" } else { "hello!" };
+                assert_eq!(ours.render_chat(&conv).unwrap(), want);
+                assert_eq!(theirs.render_chat(&conv).unwrap(), want);
                 same_result(name, a, b);
             }
             _ => {
                 assert!(matches!(engine_err(a.as_ref().unwrap_err()), EngineError::ChatTemplate(_)), "{a:?}");
+                let chain = a.as_ref().unwrap_err().chain();
+                assert!(name != "raises" || chain.contains("no chat here"), "{chain}");
                 same_result(name, a, b);
             }
         }

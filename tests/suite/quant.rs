@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::model_gguf;
 
+#[cfg(feature = "llama")]
 fn ggml_to_float(t: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
     // SAFETY: the traits table is static; `to_float` reads whole blocks of `t` from
@@ -54,6 +55,7 @@ fn random_blocks(t: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn dequantize_matches_ggml_bit_for_bit() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     // F32 has no to_float in ggml (it is the identity); every other supported type does.
@@ -70,6 +72,7 @@ fn dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn dequantize_the_default_models_tensors_like_ggml() {
     let f = model_gguf();
     for name in ["blk.0.attn_q.weight", "blk.29.ffn_down.weight", "token_embd.weight"] {
@@ -217,6 +220,7 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn q4_1_quantizer_matches_ggmls_reference_byte_for_byte() {
     use edgelora::quant::blocks::BlockQ4_1;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);

@@ -393,6 +393,7 @@ fn serve_answers_as_generate_routes_records_feedback_and_survives_hostile_reques
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn serve_refuses_a_missing_key_and_answers_429_when_its_queue_is_full() {
     // The llama.cpp backend: one request at a time (the batcher's path is the default).
     let server = Server::start(&["--backend", "llama", "--api-key", "sekret", "--max-queue", "0"]);

@@ -4,12 +4,15 @@
 //! model through our llama.cpp engine, typed errors for vocabularies we refuse, and chat
 //! templates.
 
+#[cfg(feature = "llama")]
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "llama")]
 use edgelora::engine::llama_cpp;
 use edgelora::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
 use edgelora::tokenizer::{TokenAttr, Tokenizer, TokenizerError, VocabKind};
+#[cfg(feature = "llama")]
 use llama_cpp_sys_2 as sys;
 use rand::{Rng, SeedableRng};
 
@@ -69,11 +72,13 @@ fn reference_cases(vocab: &str) -> Vec<(String, Vec<i32>)> {
 // ---------------------------------------------------------------------------------------
 // llama.cpp's tokenizer on a vocabulary-only load
 
+#[cfg(feature = "llama")]
 struct LlamaVocab {
     model: *mut sys::llama_model,
     vocab: *const sys::llama_vocab,
 }
 
+#[cfg(feature = "llama")]
 impl LlamaVocab {
     fn open(path: &Path) -> LlamaVocab {
         llama_cpp::backend();
@@ -166,6 +171,7 @@ impl LlamaVocab {
     }
 }
 
+#[cfg(feature = "llama")]
 impl Drop for LlamaVocab {
     fn drop(&mut self) {
         // SAFETY: the model was loaded here and is freed once.
@@ -302,6 +308,7 @@ fn random_texts(tok: &Tokenizer, n: usize, seed: u64) -> Vec<String> {
 
 /// Our tokens, pieces and detokenization equal llama.cpp's on every text, with every
 /// combination of flags. Returns the number of (text, flags) cases compared.
+#[cfg(feature = "llama")]
 fn compare_texts(ours: &Tokenizer, theirs: &LlamaVocab, label: &str, texts: &[String]) -> usize {
     let mut failures = Vec::new();
     let mut n = 0;
@@ -345,6 +352,7 @@ fn compare_texts(ours: &Tokenizer, theirs: &LlamaVocab, label: &str, texts: &[St
 
 /// Per-token facts: attributes, pieces with and without special rendering, end of
 /// generation; and the special ids and flags.
+#[cfg(feature = "llama")]
 fn compare_vocab(ours: &Tokenizer, theirs: &LlamaVocab, label: &str) {
     assert_eq!(ours.n_vocab() as i32, theirs.n_tokens(), "{label}: vocabulary size");
     let mut failures = Vec::new();
@@ -371,6 +379,7 @@ fn compare_vocab(ours: &Tokenizer, theirs: &LlamaVocab, label: &str) {
 }
 
 /// Every comparison on one vocabulary file; returns the number of cases compared.
+#[cfg(feature = "llama")]
 fn parity(path: &Path, label: &str) -> usize {
     let ours = open_tokenizer(path);
     let theirs = LlamaVocab::open(path);
@@ -442,6 +451,7 @@ macro_rules! parity_tests {
     )*};
 }
 
+#[cfg(feature = "llama")]
 parity_tests! {
     llama_cpp_parity_gpt_2: "gpt-2";
     llama_cpp_parity_mpt: "mpt";
@@ -476,6 +486,7 @@ fn variant(src: &Path, dst: &Path, changes: &[(&str, Option<MetaValue>)]) {
 /// leading space (as Gemma 3's), one that adds EOS, Llama 3's splitter on Qwen2's merges
 /// (`dbrx`: no ignore_merges), newline runs before Qwen2's (`laguna`).
 #[test]
+#[cfg(feature = "llama")]
 fn llama_cpp_parity_variants() {
     let dir = tmpdir();
     let s = |v: &str| Some(MetaValue::String(v.into()));
@@ -499,6 +510,7 @@ fn llama_cpp_parity_variants() {
 
 /// The default model through our llama.cpp engine: tokens, pieces and detokenization.
 #[test]
+#[cfg(feature = "llama")]
 fn llama_cpp_engine_parity_default_model() {
     let ours = Tokenizer::from_gguf(model_gguf()).unwrap();
     assert_eq!((ours.model(), ours.pre(), ours.kind()), ("gpt2", "smollm", VocabKind::Bpe));
@@ -533,6 +545,7 @@ fn llama_cpp_engine_parity_default_model() {
 /// Pathological inputs: long whitespace runs, long words, many special tokens, equal to
 /// llama.cpp (these finish in well under a second; a quadratic splitter would not).
 #[test]
+#[cfg(feature = "llama")]
 fn pathological_inputs_match_llama_cpp() {
     let ours_smol = Tokenizer::from_gguf(model_gguf()).unwrap();
     let model = llama_cpp::Model::load(&model_path(), true).unwrap();
@@ -723,6 +736,7 @@ fn conversations() -> Vec<Vec<(String, String)>> {
 /// one, the template adds SmolLM's default system prompt, which llama.cpp's built-in
 /// ChatML renderer leaves out.
 #[test]
+#[cfg(feature = "llama")]
 fn chat_template_matches_llama_cpp_on_default_model() {
     let tok = Tokenizer::from_gguf(model_gguf()).unwrap();
     let model = llama_cpp::Model::load(&model_path(), true).unwrap();
@@ -757,6 +771,7 @@ fn template(name: &str) -> String {
 /// environment and equal llama.cpp's built-in renderer of the same template up to what
 /// the Jinja adds (BOS, default system prompts, Llama 3's date header).
 #[test]
+#[cfg(feature = "llama")]
 fn chat_templates_of_other_families() {
     let qwen = open_tokenizer(&vocab_path("qwen2"));
     let llama3 = open_tokenizer(&vocab_path("llama-bpe"));

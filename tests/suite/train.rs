@@ -14,7 +14,9 @@ use edgelora::train::data::{pack, parse_record, read_jsonl, tokenize, Example, R
 use edgelora::train::{parse_targets, StepMetrics, TrainConfig, Trainer};
 use edgelora::{Error, TrainError};
 
-use crate::common::{model_gguf, model_path, runtime, tiny_model, tmpdir};
+use crate::common::{model_gguf, model_path, tiny_model, tmpdir};
+#[cfg(feature = "llama")]
+use crate::common::runtime;
 
 fn edgelora_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgelora"))
@@ -75,26 +77,31 @@ fn record_formats_parse_and_bad_records_name_line_and_field() {
 
 #[test]
 fn chat_records_train_only_on_the_assistant_turn() {
-    let rt = runtime();
+    let vocab = edgelora::engine::Vocabulary::open(&model_path()).unwrap();
+    assert_eq!(vocab.tokenizer_name(), "edgelora");
+    let tok = edgelora::tokenizer::Tokenizer::from_gguf(model_gguf()).unwrap();
+    let rt = &vocab;
     let p = Path::new("d.jsonl");
     let rec = |s: &str| Sourced { record: parse_record(s, p, 1).unwrap(), line: 1 };
-    let ex = tokenize(&rt, &rec(r#"{"instruction":"Say yes.","input":"","output":"yes"}"#), p, 512, false).unwrap();
+    let ex = tokenize(rt, &rec(r#"{"instruction":"Say yes.","input":"","output":"yes"}"#), p, 512, false).unwrap();
     let trained: Vec<i32> = ex.tokens.iter().zip(&ex.trained).filter(|(_, &t)| t).map(|(&t, _)| t).collect();
-    let text = rt.detokenize(&trained);
+    let text = tok.decode(&trained);
     assert_eq!(text.trim_end(), "yes<|im_end|>", "trained span: {text:?}");
-    let full = rt.detokenize(&ex.tokens);
+    let full = tok.decode(&ex.tokens);
     assert!(full.contains("<|im_start|>user\nSay yes.<|im_end|>") && full.ends_with("<|im_start|>assistant\nyes<|im_end|>\n"), "{full:?}");
+    // The model's Jinja template: SmolLM2's default system turn opens a chat without one.
+    assert!(full.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{full:?}");
     // messages: both assistant turns trained, the user turns not
-    let ex = tokenize(&rt, &rec(r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"A1"},{"role":"user","content":"again"},{"role":"assistant","content":"B2"}]}"#), p, 512, false).unwrap();
+    let ex = tokenize(rt, &rec(r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"A1"},{"role":"user","content":"again"},{"role":"assistant","content":"B2"}]}"#), p, 512, false).unwrap();
     let trained: Vec<i32> = ex.tokens.iter().zip(&ex.trained).filter(|(_, &t)| t).map(|(&t, _)| t).collect();
-    let text = rt.detokenize(&trained);
+    let text = tok.decode(&trained);
     assert!(text.contains("A1") && text.contains("B2") && !text.contains("again") && !text.contains("hi"), "{text:?}");
     // prompt/completion: completion + EOS trained
-    let ex = tokenize(&rt, &rec(r#"{"prompt":"2+2=","completion":" 4"}"#), p, 512, false).unwrap();
+    let ex = tokenize(rt, &rec(r#"{"prompt":"2+2=","completion":" 4"}"#), p, 512, false).unwrap();
     assert_eq!(ex.n_targets(), ex.trained.iter().filter(|&&t| t).count());
     assert!(!ex.trained[0]);
     // too short a max_len leaves nothing to learn: an error naming the line
-    let e = tokenize(&rt, &rec(r#"{"instruction":"Say yes please, in a long sentence.","output":"yes"}"#), p, 8, false).unwrap_err().to_string();
+    let e = tokenize(rt, &rec(r#"{"instruction":"Say yes please, in a long sentence.","output":"yes"}"#), p, 8, false).unwrap_err().to_string();
     assert!(e.contains("d.jsonl:1") && e.contains("max-len"), "{e}");
     // packing: targets are the next tokens where trained
     let b = pack(&[&ex, &ex]);
@@ -117,6 +124,7 @@ fn step_zero_is_the_base_model_exactly() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn step_zero_export_gives_the_base_logits_in_llama_cpp() {
     let base = model_gguf();
     let exs = vec![Example { tokens: vec![1, 2, 3, 4], trained: vec![false, true, true, true] }];
@@ -300,6 +308,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_curve() {
 }
 
 #[test]
+#[cfg(feature = "llama")]
 fn exported_adapter_has_its_manifest_and_agrees_across_backends_and_formats() {
     let dir = tmpdir();
     // A constant answer the base never gives: the trained adapter must change the answer
