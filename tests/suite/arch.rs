@@ -416,3 +416,30 @@ fn arch_training_lowers_the_loss_on_every_architecture() {
         }
     }
 }
+
+/// Each fixture's prompts, tokenized by edgelora's tokenizer from the converted GGUF's
+/// vocabulary, are the ids the reference script fed transformers (BOS, then the
+/// SentencePiece model's ids for the text). Gemma's converter writes
+/// `add_space_prefix = false` (Gemma's own tokenizer adds no dummy prefix, and neither
+/// does llama.cpp's on that file) where the script's SentencePiece model adds one: there
+/// the text is given with the leading space the prefix stands for.
+#[test]
+fn arch_fixture_prompts_tokenize_as_the_references() {
+    for arch in ARCHS {
+        let gguf = edgelora::gguf::GgufFile::open(dir(arch).join("model.f32.gguf")).unwrap();
+        let tok = edgelora::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+        let prefix = match gguf.get("tokenizer.ggml.add_space_prefix") {
+            Some(edgelora::gguf::MetaValue::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        assert_eq!(prefix == Some(false), arch == "gemma3", "{arch}: add_space_prefix {prefix:?}");
+        let r = Reference::load(arch);
+        for (p, (name, want)) in r.json["prompts"].as_array().unwrap().iter().zip(r.prompts()) {
+            let text = p["text"].as_str().unwrap();
+            let text = if arch == "gemma3" { format!(" {text}") } else { text.to_string() };
+            let got = tok.encode(&text, true, false).unwrap();
+            assert_eq!(got, want, "{arch} {name} ({:?}, {})", tok.kind(), tok.model());
+        }
+        eprintln!("{arch}: {:?} vocabulary ({} tokens, model {:?}, pre {:?}): the 3 prompts' ids equal the references", tok.kind(), tok.n_vocab(), tok.model(), tok.pre());
+    }
+}
