@@ -26,12 +26,14 @@ enum Inner {
 }
 
 impl Vocabulary {
-    /// Reads the vocabulary of the model at `path` (a GGUF file).
+    /// Reads the vocabulary of the model at `path` (a GGUF file), checked as every entry
+    /// point checks a model (`model::validate::check_model`).
     pub fn open(path: &Path) -> Result<Vocabulary> {
         let gguf = GgufFile::open(path)?;
         if gguf.get("general.type").and_then(|v| v.as_str()) == Some("adapter") {
             return Err(EngineError::ModelLoad { path: path.into(), reason: "this is a LoRA adapter, not a model (pass it with --adapter)".into() }.into());
         }
+        crate::model::validate::check_model(&gguf)?;
         match Tokenizer::from_gguf(&gguf) {
             Ok(tokenizer) => Ok(Vocabulary { inner: Inner::Ours { chat: tokenizer.chat(), tokenizer } }),
             Err(e) => {

@@ -45,6 +45,10 @@ pub struct ModelConfig {
     pub fused_projections: bool,
     /// The token embedding is multiplied by this (`gemma3`: √n_embd).
     pub embd_scale: Option<f32>,
+    /// Attention scores are q·k times this: 1/√head_dim, except Gemma 3 27B (62 blocks),
+    /// whose queries llama.cpp (after gemma_pytorch) scales by 1/√(n_embd / n_head) with
+    /// the integer quotient.
+    pub attn_scale: f64,
     /// RMSNorm of the attention and feed-forward outputs before they join the residual
     /// stream (`blk.N.post_attention_norm`, `post_ffw_norm`: `gemma3`).
     pub post_norms: bool,
@@ -116,10 +120,6 @@ impl ModelConfig {
             if let Some(v) = f.get(&key("final_logit_softcapping")) {
                 return Err(bad("final_logit_softcapping", "absent (Gemma 3 has none; soft-capped logits are not implemented)", format!("{v:?}")));
             }
-            if u("block_count")? == 62 {
-                // llama.cpp scales 27B's queries by 1/√(n_embd/n_head), not 1/√head_dim.
-                return Err(bad("block_count", "not 62 (Gemma 3 27B's query scale is not implemented; use --backend llama)", "62".into()));
-            }
         }
         let sliding_window = match (gemma3, f.get(&key("attention.sliding_window")).and_then(MetaValue::as_u64).filter(|w| *w > 0)) {
             (true, Some(w)) => {
@@ -155,6 +155,7 @@ impl ModelConfig {
             rope_freq_factors: rope_freq_factors(f, rope_dim)?,
             fused_projections: arch == "phi3",
             embd_scale: gemma3.then(|| (n_embd as f32).sqrt()),
+            attn_scale: if gemma3 && u("block_count")? == 62 { 1.0 / ((n_embd / n_head) as f64).sqrt() } else { 1.0 / (head_dim as f64).sqrt() },
             post_norms: gemma3,
             gelu_gate: gemma3,
             sliding_window,
@@ -207,7 +208,7 @@ impl ModelConfig {
     }
 
     pub fn heads(&self) -> crate::model::ops::attention::Heads {
-        crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim, window: None }
+        crate::model::ops::attention::Heads { n_head: self.n_head, n_head_kv: self.n_head_kv, head_dim: self.head_dim, window: None, scale: self.attn_scale }
     }
 }
 

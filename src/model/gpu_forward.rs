@@ -269,7 +269,7 @@ impl GpuForward {
             for q0 in (0..n).step_by(q_chunk) {
                 let rows = q_chunk.min(n - q0);
                 let window = c.window(l).unwrap_or(0) as u32;
-                let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(1.0 / (hd as f32).sqrt()), window];
+                let p = [rows as u32, c.n_head as u32, c.n_head_kv as u32, hd as u32, n_past as u32, q0 as u32, ctx as u32, bits(c.attn_scale as f32), window];
                 g.dispatch(&ops.attention, &[&s.q, &cache.k[l], &cache.v[l], &s.scores, &s.att], &p, Grid::Groups((rows * c.n_head) as u64));
             }
             // x += att·Woᵀ (gemma3: x += norm(att·Woᵀ))

@@ -230,6 +230,7 @@ mod tests {
             rope_freq_factors: None,
             fused_projections: false,
             embd_scale: None,
+            attn_scale: 0.125,
             post_norms: false,
             gelu_gate: false,
             sliding_window: None,

@@ -443,3 +443,73 @@ fn arch_fixture_prompts_tokenize_as_the_references() {
         eprintln!("{arch}: {:?} vocabulary ({} tokens, model {:?}, pre {:?}): the 3 prompts' ids equal the references", tok.kind(), tok.n_vocab(), tok.model(), tok.pre());
     }
 }
+
+/// Gemma 3 27B (62 blocks) scales its queries by 1/√(n_embd / n_head) rather than
+/// 1/√head_dim (llama.cpp's rule, after gemma_pytorch). A 62-block model built from the
+/// gemma3 fixture's layers (the local/global pattern of 6 kept) with 8 heads of 16 on a
+/// 64-wide embedding (so the two scales differ: 1/√8 vs 1/√16; new random q/k/v/o weights
+/// for that head layout) runs on the native engine as on llama.cpp, and the default scale
+/// on the same weights would not.
+#[test]
+#[cfg(feature = "llama")]
+fn arch_gemma3_27b_query_scale_matches_llama_cpp() {
+    use edgelora::gguf::{GgmlType, MetaValue, TensorSpec};
+    let src = gguf("gemma3");
+    let tmp = crate::common::tmpdir();
+    let path = tmp.path().join("gemma3-62.gguf");
+    let (n_embd, n_head, n_head_kv, hd, n_src) = (64u64, 8u64, 2u64, 16u64, 6usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(27);
+    let mut random = |n: u64| -> Vec<u8> { (0..n).flat_map(|_| (rng.random::<f32>() * 0.5 - 0.25).to_le_bytes()).collect() };
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    for t in src.tensors().iter().filter(|t| !t.name.starts_with("blk.")) {
+        tensors.push((t.name.clone(), t.shape.clone(), src.tensor_bytes(&t.name).unwrap().1.to_vec()));
+    }
+    for l in 0..62 {
+        let from = format!("blk.{}.", l % n_src);
+        for t in src.tensors().iter().filter(|t| t.name.starts_with(&from)) {
+            let part = &t.name[from.len()..];
+            let shape = match part {
+                "attn_q.weight" => vec![n_embd, n_head * hd],
+                "attn_k.weight" | "attn_v.weight" => vec![n_embd, n_head_kv * hd],
+                "attn_output.weight" => vec![n_head * hd, n_embd],
+                _ => t.shape.clone(),
+            };
+            let bytes = if shape == t.shape { src.tensor_bytes(&t.name).unwrap().1.to_vec() } else { random(shape.iter().product()) };
+            tensors.push((format!("blk.{l}.{part}"), shape, bytes));
+        }
+    }
+    let mut meta = src.metadata().to_vec();
+    for (k, v) in meta.iter_mut() {
+        match k.as_str() {
+            "gemma3.block_count" => *v = MetaValue::U32(62),
+            "gemma3.attention.head_count" => *v = MetaValue::U32(n_head as u32),
+            "gemma3.attention.head_count_kv" => *v = MetaValue::U32(n_head_kv as u32),
+            _ => {}
+        }
+    }
+    for k in ["gemma3.attention.key_length", "gemma3.attention.value_length"] {
+        meta.retain(|(m, _)| m != k);
+        meta.push((k.into(), MetaValue::U32(hd as u32)));
+    }
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(n, s, _)| TensorSpec::new(n.clone(), s, GgmlType::F32)).collect();
+    let mut w = edgelora::gguf::GgufWriter::create(&path, &meta, &specs).unwrap();
+    for (n, _, b) in &tensors {
+        w.write_tensor(n, b).unwrap();
+    }
+    w.finish().unwrap();
+
+    let model = NativeModel::new(GgufFile::open(&path).unwrap(), Box::new(Cpu)).unwrap();
+    assert_eq!(model.config.attn_scale, 1.0 / 8f64.sqrt());
+    let opts = RuntimeOptions { threads: 1, n_ctx: 64, f32_kv_cache: true, flash_attention: Some(false), ..RuntimeOptions::default() };
+    let rt = Runtime::load(&path, opts).unwrap();
+    let mut usual = NativeModel::new(GgufFile::open(&path).unwrap(), Box::new(Cpu)).unwrap();
+    usual.config.attn_scale = 1.0 / (hd as f64).sqrt();
+    for (name, ids) in Reference::load("gemma3").prompts() {
+        let theirs = rt.logits_all(&ids, &[]).unwrap();
+        let (k, d) = compare(&theirs, &model.forward(&mut Session::default(), &ids, &[], true).unwrap());
+        let (k_usual, _) = compare(&theirs, &usual.forward(&mut Session::default(), &ids, &[], true).unwrap());
+        eprintln!("gemma3 62 blocks {name}: native vs llama.cpp max KL {k:.2e}, |Δlogit| {d:.2e}; with 1/√head_dim instead: KL {k_usual:.2e}");
+        assert!(k <= KL_BUDGET, "{name}: KL {k}");
+        assert!(k_usual > 100.0 * k.max(1e-9), "{name}: the query scale made no difference ({k_usual} vs {k})");
+    }
+}

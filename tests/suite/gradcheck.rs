@@ -112,7 +112,8 @@ fn geglu_backward_matches_finite_differences() {
 fn attention_backward_matches_finite_differences() {
     // Full causal attention, and a 2-token sliding window (gemma3's local layers).
     for window in [None, Some(2)] {
-        attention_check(Heads { n_head: 4, n_head_kv: 2, head_dim: 3, window });
+        attention_check(Heads { n_head: 4, n_head_kv: 2, head_dim: 3, window, scale: 1.0 / 3f64.sqrt() });
+        attention_check(Heads { n_head: 4, n_head_kv: 2, head_dim: 3, window, scale: 0.3 });
     }
 }
 

@@ -201,6 +201,8 @@ fn each_bad_hyper_parameter_is_refused_at_every_rust_entry_point() {
         }
         let e = NativeRuntime::load(&path, Device::Cpu, 1).err().unwrap_or_else(|| panic!("{stem}: NativeRuntime::load accepted it")).to_string();
         assert!(e.contains(want), "{stem}: NativeRuntime::load: {e}");
+        let e = edgelora::engine::Vocabulary::open(&path).err().unwrap_or_else(|| panic!("{stem}: Vocabulary::open accepted it")).to_string();
+        assert!(e.contains(want), "{stem}: Vocabulary::open: {e}");
     }
 }
 

@@ -14,6 +14,8 @@ pub struct Heads {
     /// Sliding window: a query at position p sees keys p − window < j ≤ p (gemma3's local
     /// layers; llama.cpp's standard SWA); None = every earlier key.
     pub window: Option<usize>,
+    /// Scores are q·k times this (1/√head_dim for every model but Gemma 3 27B).
+    pub scale: f64,
 }
 
 /// q [n_tok, n_head, hd] for positions `pos0..pos0+n_tok`; k_cache, v_cache
@@ -22,12 +24,12 @@ pub struct Heads {
 /// [n_tok, n_head, pos0+n_tok] (zero past each token's causal limit and before its
 /// window), which backward reads.
 pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: usize, hs: Heads, mut probs: Option<&mut Vec<T>>) -> Vec<T> {
-    let Heads { n_head, n_head_kv, head_dim: hd, window } = hs;
+    let Heads { n_head, n_head_kv, head_dim: hd, window, scale } = hs;
     let n_tok = q.len() / (n_head * hd);
     let n_all = pos0 + n_tok;
     let group = n_head / n_head_kv;
     let kv_w = n_head_kv * hd;
-    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let scale = T::of(scale);
     let mut out = vec![T::zero(); q.len()];
     if let Some(p) = probs.as_deref_mut() {
         p.clear();
@@ -72,11 +74,11 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
 ///   dq[t] += dS[t,p]·k[p]/√hd;  dk[p] += dS[t,p]·q[t]/√hd.
 pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
     // The window needs nothing here: probs are zero outside it.
-    let Heads { n_head, n_head_kv, head_dim: hd, .. } = hs;
+    let Heads { n_head, n_head_kv, head_dim: hd, scale, .. } = hs;
     let n = q.len() / (n_head * hd);
     let group = n_head / n_head_kv;
     let kv_w = n_head_kv * hd;
-    let scale = T::of(1.0 / (hd as f64).sqrt());
+    let scale = T::of(scale);
     let mut dq = vec![T::zero(); q.len()];
     let mut dk = vec![T::zero(); k.len()];
     let mut dv = vec![T::zero(); v.len()];
