@@ -2,11 +2,14 @@
 //!
 //! An edge runtime for quantized LLMs with LoRA adapters. It memory-maps a quantized GGUF
 //! base model, loads GGUF-LoRA adapters by name at any time, and runs requests that each
-//! name their own adapter set with scales (several at once), on llama.cpp.
+//! name their own adapter set with scales (several at once), on its native engine (CPU or
+//! wgpu) or, in builds with the `llama` feature (the default), on llama.cpp
+//! (`engine::Runtime`, the same calls).
 //!
 //! ```no_run
-//! use edgelora::engine::{GenerateRequest, Prompt, Runtime, RuntimeOptions};
-//! let rt = Runtime::load("models/SmolLM2-135M-Instruct.Q4_1.gguf", RuntimeOptions::default())?;
+//! use edgelora::compute::Device;
+//! use edgelora::engine::{GenerateRequest, NativeRuntime, Prompt};
+//! let rt = NativeRuntime::load("models/SmolLM2-135M-Instruct.Q4_1.gguf", Device::Cpu, 2)?;
 //! rt.load_adapter("finance", "finance.gguf")?;
 //! let mut req = GenerateRequest::new(Prompt::Text("The capital of France is".into()));
 //! req.adapters = vec![("finance".into(), 0.7)];
