@@ -489,14 +489,10 @@ fn q3_k_scale(scales: &[u8; 12], j: usize) -> i32 {
 fn q3_k(x: &[f32]) -> BlockQ3K {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    let (mut amax, mut max_scale) = (0.0f32, 0.0f32);
-    for (j, (xg, lg)) in x.chunks_exact(16).zip(l.chunks_exact_mut(16)).enumerate() {
-        scales[j] = make_q3_quants(4, xg, lg);
-        if scales[j].abs() > amax {
-            amax = scales[j].abs();
-            max_scale = scales[j];
-        }
+    for (s, (xg, lg)) in scales.iter_mut().zip(x.chunks_exact(16).zip(l.chunks_exact_mut(16))) {
+        *s = make_q3_quants(4, xg, lg);
     }
+    let (_, max_scale) = signed_absmax(&scales);
     let mut b = BlockQ3K::zeroed();
     if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
@@ -638,14 +634,10 @@ fn q5_k(x: &[f32]) -> BlockQ5K {
 fn q6_k(x: &[f32]) -> BlockQ6K {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    let (mut max_abs, mut max_scale) = (0.0f32, 0.0f32);
-    for (j, (xg, lg)) in x.chunks_exact(16).zip(l.chunks_exact_mut(16)).enumerate() {
-        scales[j] = make_qx_quants(32, xg, lg);
-        if scales[j].abs() > max_abs {
-            max_abs = scales[j].abs();
-            max_scale = scales[j];
-        }
+    for (s, (xg, lg)) in scales.iter_mut().zip(x.chunks_exact(16).zip(l.chunks_exact_mut(16))) {
+        *s = make_qx_quants(32, xg, lg);
     }
+    let (max_abs, max_scale) = signed_absmax(&scales);
     let mut b = BlockQ6K::zeroed();
     if max_abs < GROUP_MAX_EPS {
         return b;
