@@ -102,7 +102,7 @@ impl Rows<'_> {
         }
         rope_forward(&mut q, &c.rope(c.n_head), &self.positions);
         rope_forward(&mut k, &c.rope(c.n_head_kv), &self.positions);
-        packed_attention_forward(&q, &k, &v, &self.ranges, c.heads(), false).0
+        packed_attention_forward(&q, &k, &v, 0, &self.ranges, c.heads(), false).0
     }
 }
 

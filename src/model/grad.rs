@@ -54,14 +54,27 @@ pub type LoraParams<T> = BTreeMap<String, LoraParam<T>>;
 
 /// A packed batch: sequences end to end. `targets[i]` is the token position i must
 /// predict (the next token), or −1 where the loss is masked.
+///
+/// With `prefix` > 0 the first `prefix` rows are an opening every sequence shares (the
+/// chat template's system prompt and the instruction, say), stored and computed once:
+/// each sequence's `seq_lens` rows continue it at position `prefix`. The loss and the
+/// gradients are those of the batch with the prefix copied into every sequence (up to the
+/// order of float additions); the prefix holds no target.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
     pub tokens: Vec<i32>,
     pub seq_lens: Vec<usize>,
     pub targets: Vec<i32>,
+    pub prefix: usize,
 }
 
 impl Batch {
+    /// The input tokens of the sequences it stands for, the shared prefix counted once per
+    /// sequence (what tokens/s figures count, as when every sequence held its copy).
+    pub fn n_tokens(&self) -> usize {
+        self.prefix * self.seq_lens.len() + self.seq_lens.iter().sum::<usize>()
+    }
+
     pub fn n_targets(&self) -> usize {
         self.targets.iter().filter(|&&t| t >= 0).count()
     }
@@ -188,8 +201,13 @@ impl<'a, T: Real> TrainModel<'a, T> {
 
     fn check(&self, params: &LoraParams<T>, batch: &Batch) -> Result<(), Error> {
         let c = &self.config;
-        if batch.tokens.is_empty() || batch.seq_lens.iter().sum::<usize>() != batch.tokens.len() || batch.targets.len() != batch.tokens.len() {
-            return Err(EngineError::BadOption(format!("bad batch: {} tokens, sequence lengths {:?}, {} targets", batch.tokens.len(), batch.seq_lens, batch.targets.len())).into());
+        if batch.tokens.is_empty() || batch.prefix + batch.seq_lens.iter().sum::<usize>() != batch.tokens.len() || batch.targets.len() != batch.tokens.len() {
+            return Err(EngineError::BadOption(format!("bad batch: {} tokens, shared prefix {}, sequence lengths {:?}, {} targets", batch.tokens.len(), batch.prefix, batch.seq_lens, batch.targets.len())).into());
+        }
+        // A shared prefix predicts nothing (its last row's next token is each sequence's
+        // own) and every sequence continues it with rows of its own.
+        if batch.prefix > 0 && (batch.seq_lens.is_empty() || batch.seq_lens.contains(&0) || batch.targets[..batch.prefix].iter().any(|&t| t >= 0)) {
+            return Err(EngineError::BadOption(format!("bad batch: a shared prefix of {} rows needs sequences of at least one row each (got {:?}) and no target in it", batch.prefix, batch.seq_lens)).into());
         }
         if let Some(&bad) = batch.tokens.iter().chain(&batch.targets).find(|&&t| t < -1 || t >= c.n_vocab as i32) {
             return Err(EngineError::BadToken { id: bad.into(), n_vocab: c.n_vocab }.into());
@@ -215,7 +233,8 @@ impl<'a, T: Real> TrainModel<'a, T> {
     }
 
     fn positions(batch: &Batch) -> Vec<usize> {
-        batch.seq_lens.iter().flat_map(|&n| 0..n).collect()
+        let p = batch.prefix;
+        (0..p).chain(batch.seq_lens.iter().flat_map(|&n| p..p + n)).collect()
     }
 
     /// One layer forward: x [n, d] → x_out, with the saved activations.
@@ -248,7 +267,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         };
         rope_forward(&mut q, &c.rope_at(l, c.n_head), positions);
         rope_forward(&mut k, &c.rope_at(l, c.n_head_kv), positions);
-        let (att, probs) = time(|| "train forward: attention".into(), || packed_attention_forward(&q, &k, &v, &seq_ranges(batch), c.heads_at(l), true));
+        let (att, probs) = time(|| "train forward: attention".into(), || packed_attention_forward(&q, &k, &v, batch.prefix, &seq_ranges(batch), c.heads_at(l), true));
         let post = self.post_norms[l].as_ref();
         // gemma3: the outputs are normed before they join the residual stream.
         let (o, o_raw) = match post {
@@ -316,7 +335,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut datt = vec![T::zero(); a.att.len()];
         let d_o = through_post(&dx_mid, &a.o_raw, post.map(|p| &p.0));
         lin_back(O, Some(&mut datt), d_o.as_deref().unwrap_or(&dx_mid), &a.att);
-        let (mut dq, mut dk, dv) = time(|| "train backward: attention".into(), || packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, &seq_ranges(batch), c.heads_at(l)));
+        let (mut dq, mut dk, dv) = time(|| "train backward: attention".into(), || packed_attention_backward(&datt, &a.q, &a.k, &a.v, &a.probs, batch.prefix, &seq_ranges(batch), c.heads_at(l)));
         rope_backward(&mut dq, &c.rope_at(l, c.n_head), positions);
         rope_backward(&mut dk, &c.rope_at(l, c.n_head_kv), positions);
         if let (Some((qn, kn)), Some(qr), Some(kr)) = (&self.qk_norms[l], &a.q_raw, &a.k_raw) {
@@ -423,7 +442,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
     }
 }
 
-/// [start, end) token ranges of the batch's sequences.
+/// [start, end) token ranges of the batch's sequences (after the shared prefix).
 fn seq_ranges(batch: &Batch) -> Vec<(usize, usize)> {
-    packed_ranges(batch.seq_lens.iter().copied())
+    packed_ranges(batch.seq_lens.iter().copied()).into_iter().map(|(s, e)| (s + batch.prefix, e + batch.prefix)).collect()
 }

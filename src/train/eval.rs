@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::data::{pack, Example, Sourced};
+use super::data::{pack_shared, Example, Sourced};
 use super::metrics::{classification, percentile, ClassificationMetrics};
 use crate::adapter::{compose, ComposeMethod, LoraAdapter};
 use crate::engine::{Engine, GenerateRequest, Prompt, SamplingParams};
@@ -265,7 +265,7 @@ pub fn loss_sum(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[E
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let l = model.losses(params, &pack(&refs), 32)?;
+        let l = model.losses(params, &pack_shared(&refs), 32)?;
         n += l.len();
         sum += l.iter().sum::<f64>();
     }
@@ -288,7 +288,7 @@ pub fn validate(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[E
     let (mut sum, mut n, mut exact) = (0.0, 0usize, 0usize);
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let scores = model.losses_and_hits(params, &pack(&refs), 32)?;
+        let scores = model.losses_and_hits(params, &pack_shared(&refs), 32)?;
         // Targets come in example order, each example's trained tokens together.
         let mut at = 0;
         for e in chunk {

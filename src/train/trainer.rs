@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointState};
-use super::data::{pack, Example};
+use super::data::{pack_shared, Example};
 use super::optim::{clip_grad_norm, lr_at, AdamW, Moments, Schedule};
 use crate::adapter::{FactorDtype, LoraAdapter, LoraTensor};
 use crate::error::{Error, TrainError};
@@ -221,6 +221,9 @@ pub struct Trainer<'a> {
     pub step: usize,
     epoch_cache: BTreeMap<usize, Vec<Vec<usize>>>,
     sampling: Sampling,
+    /// Where the current data's micro-batches start counting and the epochs run before
+    /// them: (0, 0) unless [`Trainer::extend_train`] added examples mid-run.
+    data_origin: (usize, f64),
 }
 
 /// How an epoch picks its examples.
@@ -284,7 +287,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let moments = Moments::zeros_like(&params);
-        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), sampling: Sampling::Uniform })
+        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), sampling: Sampling::Uniform, data_origin: (0, 0.0) })
     }
 
     /// Continues from a checkpoint written by a run with the same configuration, base and data.
@@ -312,6 +315,11 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn save_checkpoint(&self, dir: &std::path::Path) -> Result<(), Error> {
+        if self.data_origin.0 != 0 {
+            // A checkpoint records the step, not where the data changed: resuming it
+            // would replay other micro-batches.
+            return Err(TrainError::Checkpoint { path: checkpoint::file_in(dir), reason: format!("this run added training examples at step {}; it cannot be checkpointed", self.data_origin.0 / self.config.grad_accum.max(1)) }.into());
+        }
         let state = CheckpointState {
             format: 1,
             step: self.step,
@@ -410,6 +418,26 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Adds training examples mid-run (`--auto`'s final stage continues its best candidate
+    /// on the training and validation splits together): from the next step, epochs are
+    /// shuffles of all the examples, counted from here; the factors, the optimizer moments
+    /// and the step carry on. Uniform sampling only.
+    pub fn extend_train(&mut self, more: Vec<Example>) -> Result<(), Error> {
+        let bad = |reason: String| -> Error { TrainError::BadOption { option: "examples".into(), reason }.into() };
+        if self.sampling != Sampling::Uniform {
+            return Err(bad("examples can be added only to a run with uniform sampling (no --balance or --replay)".into()));
+        }
+        if let Some(i) = more.iter().position(|e| e.tokens.len() < 2 || e.trained.len() != e.tokens.len()) {
+            return Err(bad(format!("added example {i} has fewer than 2 tokens or a mask of another length")));
+        }
+        let k = self.step * self.config.grad_accum;
+        let epochs = self.data_origin.1 + (k - self.data_origin.0) as f64 / self.micro_per_epoch() as f64;
+        self.train.extend(more);
+        self.data_origin = (k, epochs);
+        self.epoch_cache.clear();
+        Ok(())
+    }
+
     /// Examples drawn per epoch.
     pub fn epoch_len(&self) -> usize {
         match &self.sampling {
@@ -424,6 +452,7 @@ impl<'a> Trainer<'a> {
 
     /// The examples of global micro-batch k.
     fn micro_batch(&mut self, k: usize) -> Vec<usize> {
+        let k = k - self.data_origin.0;
         let per = self.micro_per_epoch();
         let (epoch, i) = (k / per, k % per);
         if !self.epoch_cache.contains_key(&epoch) {
@@ -471,11 +500,11 @@ impl<'a> Trainer<'a> {
             let idx = self.micro_batch(self.step * g + j);
             for chunk in idx.chunks(piece) {
                 let exs: Vec<&Example> = chunk.iter().map(|&i| &self.train[i]).collect();
-                batches.push(pack(&exs));
+                batches.push(pack_shared(&exs));
             }
         }
         let n_targets: usize = batches.iter().map(Batch::n_targets).sum();
-        let tokens: usize = batches.iter().map(|b| b.tokens.len()).sum();
+        let tokens: usize = batches.iter().map(Batch::n_tokens).sum();
         let opt = self.grad_options(1.0 / n_targets.max(1) as f64);
         let mut grads: LoraParams<f32> = self.params.iter().map(|(k, p)| (k.clone(), p.zeros_like())).collect();
         let mut loss_sum = 0.0;
@@ -497,7 +526,7 @@ impl<'a> Trainer<'a> {
         self.step += 1;
         self.config.optimizer.step(&mut self.params, &grads, &mut self.moments, self.step, lr);
         let secs = t0.elapsed().as_secs_f64();
-        let epoch = (self.step * g) as f64 / self.micro_per_epoch() as f64;
+        let epoch = self.data_origin.1 + (self.step * g - self.data_origin.0) as f64 / self.micro_per_epoch() as f64;
         Ok(StepMetrics { step: self.step, epoch, loss, grad_norm, lr, tokens, targets: n_targets, tokens_per_s: tokens as f64 / secs.max(1e-9), secs })
     }
 

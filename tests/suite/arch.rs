@@ -234,7 +234,7 @@ fn gradient_check(arch: &str) {
         let mut v = |n: usize| (0..n).map(|_| r.random_range(-0.3..0.3)).collect::<Vec<f64>>();
         params.insert(name.to_string(), LoraParam { rank: 1, n_in, n_out, scale: 2.0, a: v(n_in), b: v(n_out) });
     }
-    let batch = Batch { tokens: vec![1, 70, 33, 200, 5, 1, 99, 150], seq_lens: vec![5, 3], targets: vec![70, 33, -1, 5, 12, 99, 150, 7] };
+    let batch = Batch { tokens: vec![1, 70, 33, 200, 5, 1, 99, 150], seq_lens: vec![5, 3], targets: vec![70, 33, -1, 5, 12, 99, 150, 7], prefix: 0 };
     let g = model.loss_and_grad(&params, &batch, GradOptions { checkpoint: false, ce_chunk: 3, grad_scale: 1.0 }).unwrap();
     let loss = |p: &LoraParams<f64>| model.losses(p, &batch, 4).unwrap().iter().sum::<f64>();
     assert!((loss(&params) - g.loss_sum).abs() < 1e-10);

@@ -1,6 +1,7 @@
 //! `train --auto` (`train::auto::search`): every candidate screened the same number of
 //! steps, the best extended with early stopping, the chosen recipe retrained on all the
-//! data — or stage 2's best kept when the budget cannot hold it; the teacher-forced
+//! data (or, stopped by the budget, continued on all of it) — or stage 2's best kept when
+//! the budget cannot hold it; examples added to a run mid-way; the teacher-forced
 //! validation score it ranks by; and the CLI's refusals.
 
 use std::process::Command;
@@ -99,6 +100,64 @@ fn without_budget_for_the_final_run_the_best_extended_factors_are_kept() {
     let Err(e) = search(&base, &base_config(), examples(5, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}) else { panic!("5 examples were accepted") };
     let e = e.to_string();
     assert!(e.contains("--auto") && e.contains("at least 8 training"), "{e}");
+}
+
+#[test]
+fn stopped_by_the_budget_the_final_stage_continues_stage_twos_run_on_all_the_data() {
+    let dir = tmpdir();
+    let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 6);
+    // Patience and epochs out of reach: only the budget ends stage 2, with 60% of it left
+    // for stage 3 (the tiny model's steps take milliseconds).
+    let opts = AutoOptions { budget_secs: 3.0, space: space(), max_epochs: 1e6, patience: usize::MAX, screen_share: 0.1, final_share: 0.6 };
+    let mut lines = Vec::new();
+    let (trainer, report) = search(&base, &base_config(), examples(24, 0), examples(8, 100), "d".into(), &opts, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(report.stopped, "the budget");
+    assert_eq!(report.final_on, "all");
+    let from = report.continued_from.unwrap_or_else(|| panic!("stage 3 trained anew: {lines:?}"));
+    // It picked up where stage 2's last score was taken, and ran its own steps after it,
+    // on the schedule re-planned to end at its last step.
+    assert_eq!(report.trials[report.chosen].points.last().map(|p| p.step), Some(from));
+    assert!(report.final_steps > 0);
+    assert_eq!(trainer.step, from + report.final_steps);
+    assert_eq!(trainer.config.steps, trainer.step);
+    assert!((report.final_epochs - report.final_steps as f64 / 8.0).abs() < 1e-9, "{report:?}");
+    assert!(lines.iter().any(|l| l.contains(&format!("continues from step {from}"))), "{lines:?}");
+}
+
+#[test]
+fn examples_added_mid_run_join_the_next_epochs_and_the_run_goes_on() {
+    let dir = tmpdir();
+    let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 7);
+    // The first 8 examples train one token each; the 4 added ones train 5 each, so a step's
+    // target count shows which examples it drew.
+    let first = examples(8, 0);
+    let added: Vec<Example> = examples(4, 40).into_iter().map(|mut e| {
+        let n = e.tokens.len();
+        e.trained = (0..n).map(|j| j + 5 >= n).collect();
+        e
+    }).collect();
+    let config = TrainConfig { rank: 4, alpha: 8.0, targets: parse_targets("all-linear").unwrap(), lr: 1e-2, steps: 100, batch: 4, warmup_ratio: 0.0, ..TrainConfig::default() };
+    let mut t = Trainer::new(&base, config.clone(), first.clone(), first.clone(), "d".into()).unwrap();
+    let mut plain = Trainer::new(&base, config, first.clone(), first, "d".into()).unwrap();
+    for _ in 0..3 {
+        let (a, b) = (t.train_step().unwrap(), plain.train_step().unwrap());
+        assert_eq!(a.targets, 4);
+        assert_eq!(a.loss, b.loss);
+    }
+    t.extend_train(added).unwrap();
+    // Three steps are one epoch of the 12: every example once, 8·1 + 4·5 targets; the epoch
+    // count goes on from 1.5 (3 steps of 2 per epoch).
+    let m: Vec<_> = (0..3).map(|_| t.train_step().unwrap()).collect();
+    assert_eq!(m.iter().map(|m| m.targets).sum::<usize>(), 28, "{m:?}");
+    assert!(m.iter().any(|m| m.targets > 4), "{m:?}");
+    assert!((m[2].epoch - 2.5).abs() < 1e-9, "{m:?}");
+    assert_eq!(t.step, 6);
+    // A run whose data changed mid-way cannot be checkpointed (a resume would replay other
+    // batches); a bad added example is refused.
+    let e = t.save_checkpoint(&dir.path().join("ck")).unwrap_err().to_string();
+    assert!(e.contains("added training examples at step 3"), "{e}");
+    let e = t.extend_train(vec![Example { tokens: vec![1], trained: vec![true] }]).unwrap_err().to_string();
+    assert!(e.contains("fewer than 2 tokens"), "{e}");
 }
 
 #[test]

@@ -172,7 +172,7 @@ fn tiny_params<T: Real>(model: &TrainModel<T>, seed: u64) -> LoraParams<T> {
 
 fn tiny_batch() -> Batch {
     // two sequences packed: lengths 5 and 4; targets masked on some positions.
-    Batch { tokens: vec![1, 7, 3, 9, 22, 5, 5, 31, 2], seq_lens: vec![5, 4], targets: vec![-1, 3, 9, 22, 4, -1, 31, 2, 17] }
+    Batch { tokens: vec![1, 7, 3, 9, 22, 5, 5, 31, 2], seq_lens: vec![5, 4], targets: vec![-1, 3, 9, 22, 4, -1, 31, 2, 17], prefix: 0 }
 }
 
 #[test]
@@ -204,6 +204,66 @@ fn whole_model_lora_gradients_match_finite_differences() {
             }
         }
     }
+}
+
+#[test]
+fn a_shared_prefix_gives_the_loss_and_gradients_of_its_copies() {
+    use edgelora::train::data::{pack, pack_shared, Example};
+    // Three examples opening with the same 4 untrained tokens, then their own rows; the
+    // answers are trained.
+    let ex = |tail: &[i32], trained_from: usize| {
+        let tokens: Vec<i32> = [1, 7, 3, 9].iter().chain(tail).copied().collect();
+        let trained = (0..tokens.len()).map(|j| j >= trained_from).collect();
+        Example { tokens, trained }
+    };
+    let exs = [ex(&[22, 5, 31], 5), ex(&[4, 12], 5), ex(&[22, 8, 2, 17, 3], 6)];
+    let refs: Vec<&Example> = exs.iter().collect();
+    let (plain, shared) = (pack(&refs), pack_shared(&refs));
+    // Rows 0..4 are shared (input tokens 1 7 3 9; the first trained target is token 5).
+    assert_eq!(shared.prefix, 4);
+    assert_eq!(shared.tokens.len(), plain.tokens.len() - 2 * 4);
+    assert_eq!(shared.targets.iter().filter(|&&t| t >= 0).count(), plain.targets.iter().filter(|&&t| t >= 0).count());
+    // A trained token inside the opening ends the shared part before it; one example or
+    // a first token that differs shares nothing.
+    let early = [ex(&[22, 5, 31], 5), ex(&[4, 12], 3)];
+    assert_eq!(pack_shared(&early.iter().collect::<Vec<_>>()).prefix, 2);
+    assert_eq!(pack_shared(&refs[..1]), pack(&refs[..1]));
+    let other = Example { tokens: vec![2, 7, 3, 9, 4], trained: vec![false, false, false, false, true] };
+    assert_eq!(pack_shared(&[refs[0], &other]).prefix, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let f = tiny_model(&dir.path().join(format!("{arch}.gguf")), arch, 11);
+        let config = ModelConfig::from_gguf(&f).unwrap();
+        let model = TrainModel::<f64>::new(&f, &config).unwrap();
+        let params = tiny_params(&model, 5);
+        for checkpoint in [false, true] {
+            let opt = GradOptions { checkpoint, ce_chunk: 2, grad_scale: 0.25 };
+            let (a, b) = (model.loss_and_grad(&params, &plain, opt).unwrap(), model.loss_and_grad(&params, &shared, opt).unwrap());
+            assert_eq!(a.n_targets, b.n_targets);
+            assert!((a.loss_sum - b.loss_sum).abs() <= 1e-12 * a.loss_sum.abs(), "{arch}: loss {} vs {}", a.loss_sum, b.loss_sum);
+            for (name, g) in &a.grads {
+                let h = &b.grads[name];
+                for (x, y) in g.a.iter().chain(&g.b).zip(h.a.iter().chain(&h.b)) {
+                    assert!((x - y).abs() <= 1e-10 * (1.0 + x.abs()), "{arch} checkpoint={checkpoint} {name}: {x} vs {y}");
+                }
+                assert!(g.a.iter().chain(&g.b).any(|v| v.abs() > 1e-6), "{name}: no gradient to compare");
+            }
+            let (la, lb) = (model.losses(&params, &plain, 3).unwrap(), model.losses(&params, &shared, 3).unwrap());
+            assert!(la.iter().zip(&lb).all(|(x, y)| (x - y).abs() <= 1e-12 * x.abs().max(1.0)), "{la:?} {lb:?}");
+        }
+    }
+    // A prefix with a target in it, or a sequence of no rows after it, is refused.
+    let f = tiny_model(&dir.path().join("c.gguf"), "llama", 1);
+    let model = TrainModel::<f64>::new(&f, &ModelConfig::from_gguf(&f).unwrap()).unwrap();
+    let params = tiny_params(&model, 5);
+    let opt = GradOptions { checkpoint: false, ce_chunk: 2, grad_scale: 1.0 };
+    let mut bad = shared.clone();
+    bad.targets[1] = 3;
+    let Err(e) = model.loss_and_grad(&params, &bad, opt) else { panic!("a target in the prefix was accepted") };
+    assert!(e.to_string().contains("shared prefix of 4 rows"), "{e}");
+    let bad = Batch { tokens: vec![1, 7, 3], seq_lens: vec![3, 0], targets: vec![-1, -1, 4], prefix: 0 };
+    assert!(model.loss_and_grad(&params, &Batch { prefix: 1, seq_lens: vec![2, 0], ..bad }, opt).is_err());
 }
 
 #[test]

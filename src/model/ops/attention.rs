@@ -68,8 +68,9 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
     out
 }
 
-/// Backward of a whole sequence (pos0 = 0): given do [n, n_head·hd] and the forward's
-/// q, k, v and probs, returns (dq [n, n_head·hd], dk, dv [n, n_head_kv·hd]).
+/// Backward of [`attention_forward`]: given do [n, n_head·hd] and the forward's q, k, v
+/// and probs, returns (dq [n, n_head·hd], dk, dv [pos0+n, n_head_kv·hd]). k and v may hold
+/// pos0 = rows(k) − n earlier keys (a shared prefix) before the queries' own.
 ///   dv[p] += P[t,p]·do[t];  dP[t,p] = do[t]·v[p];  dS = P ⊙ (dP − Σₚ P·dP);
 ///   dq[t] += dS[t,p]·k[p]/√hd;  dk[p] += dS[t,p]·q[t]/√hd.
 pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[T], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
@@ -78,15 +79,17 @@ pub fn attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs:
     let n = q.len() / (n_head * hd);
     let group = n_head / n_head_kv;
     let kv_w = n_head_kv * hd;
+    let n_all = k.len() / kv_w;
+    let pos0 = n_all - n;
     let scale = T::of(scale);
     let mut dq = vec![T::zero(); q.len()];
     let mut dk = vec![T::zero(); k.len()];
     let mut dv = vec![T::zero(); v.len()];
-    let mut ds = Vec::with_capacity(n);
+    let mut ds = Vec::with_capacity(n_all);
     for t in 0..n {
         for h in 0..n_head {
             let kvh = h / group;
-            let p_row = &probs[(t * n_head + h) * n..][..t + 1];
+            let p_row = &probs[(t * n_head + h) * n_all..][..pos0 + t + 1];
             let do_h = &dout[(t * n_head + h) * hd..][..hd];
             ds.clear();
             let mut sum = T::zero();
@@ -121,22 +124,46 @@ pub fn packed_ranges(lens: impl IntoIterator<Item = usize>) -> Vec<(usize, usize
         .collect()
 }
 
-/// Attention of sequences packed end to end, each over itself (positions from 0, no
-/// cache): q [rows, n_head·hd], k, v [rows, n_head_kv·hd], `ranges` each sequence's rows
-/// ([`packed_ranges`]). Returns o [rows, n_head·hd] and, with `keep_probs`, each
-/// sequence's attention weights (for [`packed_attention_backward`]); sequences in parallel.
-pub fn packed_attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], ranges: &[(usize, usize)], hs: Heads, keep_probs: bool) -> (Vec<T>, Vec<Vec<T>>) {
+/// The keys (or values) a segment attends over: its own rows, after the shared prefix's
+/// rows when it continues one.
+fn with_prefix<T: Real>(x: &[T], w: usize, prefix: usize, (s, e): (usize, usize)) -> std::borrow::Cow<'_, [T]> {
+    if prefix == 0 || s == 0 {
+        std::borrow::Cow::Borrowed(&x[s * w..e * w])
+    } else {
+        std::borrow::Cow::Owned([&x[..prefix * w], &x[s * w..e * w]].concat())
+    }
+}
+
+/// The row segments of a packed batch: the shared prefix (rows 0..prefix) when there is
+/// one, then the sequences, which must tile the rows after it in order.
+fn segments(prefix: usize, ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    debug_assert!(ranges.iter().scan(prefix, |at, &(s, e)| { let ok = s == *at && e > s; *at = e; Some(ok) }).all(|ok| ok), "ranges must tile the rows after the prefix");
+    (prefix > 0).then_some((0, prefix)).into_iter().chain(ranges.iter().copied()).collect()
+}
+
+/// Attention of sequences packed end to end (positions from 0, no cache): q [rows,
+/// n_head·hd], k, v [rows, n_head_kv·hd]. With `prefix` > 0 the first `prefix` rows are a
+/// prefix every sequence shares (computed once: a batch whose examples open with the same
+/// system prompt and instruction): it attends over itself, and each sequence over the
+/// prefix and then itself, exactly as if each held its own copy. `ranges` are the
+/// sequences' rows after the prefix ([`packed_ranges`], offset by `prefix`). Returns o
+/// [rows, n_head·hd] and, with `keep_probs`, each segment's attention weights (the prefix
+/// first; for [`packed_attention_backward`]); segments in parallel.
+pub fn packed_attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], prefix: usize, ranges: &[(usize, usize)], hs: Heads, keep_probs: bool) -> (Vec<T>, Vec<Vec<T>>) {
     let (qw, kw) = (hs.n_head * hs.head_dim, hs.n_head_kv * hs.head_dim);
-    let per_seq: Vec<(Vec<T>, Vec<T>)> = ranges
+    let segs = segments(prefix, ranges);
+    let per_seq: Vec<(Vec<T>, Vec<T>)> = segs
         .par_iter()
         .map(|&(s, e)| {
             let mut probs = Vec::new();
-            let o = attention_forward(&q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], 0, hs, keep_probs.then_some(&mut probs));
+            let (kc, vc) = (with_prefix(k, kw, prefix, (s, e)), with_prefix(v, kw, prefix, (s, e)));
+            let pos0 = kc.len() / kw - (e - s);
+            let o = attention_forward(&q[s * qw..e * qw], &kc, &vc, pos0, hs, keep_probs.then_some(&mut probs));
             (o, probs)
         })
         .collect();
     let mut o = Vec::with_capacity(q.len());
-    let mut probs = Vec::with_capacity(if keep_probs { ranges.len() } else { 0 });
+    let mut probs = Vec::with_capacity(if keep_probs { segs.len() } else { 0 });
     for (seq_o, p) in per_seq {
         o.extend_from_slice(&seq_o);
         if keep_probs {
@@ -147,19 +174,26 @@ pub fn packed_attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], ranges: &[(u
 }
 
 /// Backward of [`packed_attention_forward`]: given do [rows, n_head·hd] and the forward's
-/// q, k, v and per-sequence probs, returns (dq, dk, dv) packed as q, k, v.
-pub fn packed_attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[Vec<T>], ranges: &[(usize, usize)], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
+/// q, k, v and per-segment probs, returns (dq, dk, dv) packed as q, k, v. The shared
+/// prefix's dk and dv are its own backward's plus every sequence's share, added in
+/// sequence order (deterministic).
+pub fn packed_attention_backward<T: Real>(dout: &[T], q: &[T], k: &[T], v: &[T], probs: &[Vec<T>], prefix: usize, ranges: &[(usize, usize)], hs: Heads) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (qw, kw) = (hs.n_head * hs.head_dim, hs.n_head_kv * hs.head_dim);
-    let per_seq: Vec<(Vec<T>, Vec<T>, Vec<T>)> = ranges
+    let segs = segments(prefix, ranges);
+    let per_seq: Vec<(Vec<T>, Vec<T>, Vec<T>)> = segs
         .par_iter()
         .zip(probs)
-        .map(|(&(s, e), p)| attention_backward(&dout[s * qw..e * qw], &q[s * qw..e * qw], &k[s * kw..e * kw], &v[s * kw..e * kw], p, hs))
+        .map(|(&(s, e), p)| attention_backward(&dout[s * qw..e * qw], &q[s * qw..e * qw], &with_prefix(k, kw, prefix, (s, e)), &with_prefix(v, kw, prefix, (s, e)), p, hs))
         .collect();
     let (mut dq, mut dk, mut dv) = (Vec::with_capacity(q.len()), Vec::with_capacity(k.len()), Vec::with_capacity(v.len()));
-    for (q, k, v) in per_seq {
+    for (i, (q, k, v)) in per_seq.into_iter().enumerate() {
         dq.extend_from_slice(&q);
-        dk.extend_from_slice(&k);
-        dv.extend_from_slice(&v);
+        // A sequence after a shared prefix: its first rows of dk/dv are the prefix's.
+        let shared = if prefix > 0 && i > 0 { prefix * kw } else { 0 };
+        dk[..shared].iter_mut().zip(&k[..shared]).for_each(|(a, b)| *a += *b);
+        dv[..shared].iter_mut().zip(&v[..shared]).for_each(|(a, b)| *a += *b);
+        dk.extend_from_slice(&k[shared..]);
+        dv.extend_from_slice(&v[shared..]);
     }
     (dq, dk, dv)
 }
