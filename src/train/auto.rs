@@ -175,23 +175,45 @@ pub fn search<'a>(
 
     // Stage 1: the screen, two rungs of successive halving. Rung 1 trains every candidate
     // S steps; the better half (rounded up) continue to 2·S; the best of those goes on.
-    // S: the screen's share of the budget over 5·S + 3·S steps (5 candidates), ≥ 8 and
-    // ≤ half an epoch, sized by the first candidate's first three steps.
+    // S: the screen's share of the budget over 5·S + 3·S steps and 8 scores (5
+    // candidates), ≥ 8 and ≤ half an epoch, sized by the first candidate's first three
+    // steps. A machine too slow for that screens in one rung, and if even that does not
+    // fit, only the first candidates of the space (the first is the default recipe), so
+    // the screen keeps its share and the final run its steps.
     let k = opts.space.len();
     let survivors = k.div_ceil(2);
     let mut trials: Vec<Trial> = Vec::new();
     let mut alive: Vec<(usize, Trainer<'a>, Validation)> = Vec::new();
     let half_epoch = (epoch_steps / 2).max(1);
+    let floor = 8.min(half_epoch);
     let mut screen_steps = half_epoch;
+    let (mut n_screen, mut two_rungs) = (k, k > 1);
     for (i, recipe) in opts.space.iter().enumerate() {
+        if i >= n_screen {
+            break;
+        }
         let mut t = Trainer::new(base, config_for(base_config, recipe, planned)?, train.clone(), val.clone(), data_fingerprint.clone())?;
         let mut secs = 0.0;
         while t.step < screen_steps {
             secs += t.train_step()?.secs;
             if i == 0 && t.step == 3 {
                 let per_step = secs / 3.0;
-                let fit = (opts.screen_share * opts.budget_secs / ((k + survivors) as f64 * per_step)) as usize;
-                screen_steps = fit.min(half_epoch).max(8.min(half_epoch));
+                // A score: one forward (about a third of a step) per validation batch.
+                let score_secs = per_step / 3.0 * (n_val as f64 / base_config.batch.max(1) as f64).ceil();
+                let share = opts.screen_share * opts.budget_secs;
+                // The longest S that `runs` candidate-rungs fit in the share.
+                let fit = |runs: usize| ((share - runs as f64 * score_secs) / (runs as f64 * per_step)).max(0.0) as usize;
+                if two_rungs && fit(k + survivors) >= floor {
+                    screen_steps = fit(k + survivors).min(half_epoch);
+                } else if fit(k) >= floor {
+                    two_rungs = false;
+                    screen_steps = fit(k).min(half_epoch);
+                } else {
+                    two_rungs = false;
+                    n_screen = ((share / (floor as f64 * per_step + score_secs)) as usize).clamp(1, k);
+                    screen_steps = floor;
+                    on_event(&format!("screen: {per_step:.1} s per step; the screen's share ({share:.0} s) holds {n_screen} of {k} candidates at {floor} steps"));
+                }
             }
         }
         let (v, p) = score(&t, elapsed())?;
@@ -203,7 +225,7 @@ pub fn search<'a>(
         alive.truncate(survivors);
     }
     let mut best: Option<(usize, Trainer<'a>, Validation)> = None;
-    if k > 1 {
+    if two_rungs {
         alive.sort_by_key(|a| a.0);
         for (i, mut t, _) in alive {
             let mut secs = 0.0;
@@ -220,7 +242,8 @@ pub fn search<'a>(
             }
         }
     } else {
-        best = alive.pop();
+        // One rung: the lowest validation loss (`alive` is sorted by it).
+        best = alive.into_iter().next();
     }
     let (chosen, mut t, first) = best.expect("a non-empty space");
     on_event(&format!("chosen: {}", opts.space[chosen].label()));

@@ -87,15 +87,18 @@ fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data()
 fn without_budget_for_the_final_run_the_best_extended_factors_are_kept() {
     let dir = tmpdir();
     let base = tiny_model(&dir.path().join("tiny.gguf"), "llama", 4);
-    // A budget already spent: the screen still runs (half an epoch of 40/4, then twice
-    // that for the better two), nothing more.
+    // A budget already spent: the screen's share holds no candidate, so only the first
+    // recipe of the space is screened (half an epoch of 40/4, one rung), nothing more.
     let opts = AutoOptions { budget_secs: 1e-6, space: space(), max_epochs: 3.0, patience: 2, screen_share: 0.3, final_share: 0.45 };
-    let (trainer, report) = search(&base, &base_config(), examples(40, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}).unwrap();
+    let mut lines = Vec::new();
+    let (trainer, report) = search(&base, &base_config(), examples(40, 0), examples(8, 50), "d".into(), &opts, &mut |l| lines.push(l.to_string())).unwrap();
     assert_eq!(report.stopped, "the budget");
     assert_eq!(report.final_on, "train-split");
     assert_eq!(report.screen_steps, 5);
-    assert_eq!(trainer.step, 10);
-    assert_eq!(report.trials[report.chosen].points.len(), 2);
+    assert_eq!((report.trials.len(), report.chosen), (1, 0));
+    assert_eq!(trainer.step, 5);
+    assert_eq!(report.trials[0].points.len(), 1);
+    assert!(lines.iter().any(|l| l.contains("holds 1 of 3 candidates")), "{lines:?}");
     // Too little data is refused, naming the option.
     let Err(e) = search(&base, &base_config(), examples(5, 0), examples(8, 50), "d".into(), &opts, &mut |_| {}) else { panic!("5 examples were accepted") };
     let e = e.to_string();
@@ -217,7 +220,13 @@ fn auto_with_plot_draws_every_recipes_search_curve() {
     assert!(r.status.success(), "{err}");
     assert!(out.exists());
     let svg = std::fs::read_to_string(&plot).unwrap();
-    for recipe in edgelora::train::auto::default_space() {
+    // Every recipe the search screened (the summary's trials: all five of the default
+    // space unless the machine is too slow for the screen's share) has its curve.
+    let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let trials = summary["auto"]["trials"].as_array().unwrap();
+    assert!(!trials.is_empty() && trials.len() <= 5, "{trials:?}");
+    for (t, recipe) in trials.iter().zip(edgelora::train::auto::default_space()) {
+        assert_eq!(t["recipe"]["targets"], recipe.targets.as_str(), "trials follow the space's order");
         assert!(svg.contains(&recipe.label()), "the plot lacks {}", recipe.label());
     }
     assert_eq!(svg.matches("(chosen)").count(), 1, "exactly one recipe is marked chosen");
