@@ -57,9 +57,10 @@ def main():
             continue
         r = json.loads(line)
         user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-        # ChatML as edgelora renders it (llama.cpp's template for this model: no default
-        # system turn, which the Jinja template would add), so both see the same tokens.
-        prompt = tok(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        # The model's own chat template (the GGUF's Jinja, as edgelora renders it: for
+        # SmolLM2 it adds the default system turn), so both see the same tokens.
+        text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
         full = prompt + tok(f"{r['output']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
         full = full[: a.max_len]
         labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
