@@ -241,7 +241,6 @@ pub fn tokenize(rt: &Vocabulary, rec: &Sourced, path: &Path, max_len: usize, tra
     Ok(ex)
 }
 
-/// Packs examples into a batch: inputs are tokens[..n−1], targets tokens[1..] where trained.
 /// [`pack`], with the opening the examples share stored once ([`Batch::prefix`]): the
 /// longest run of input tokens every example starts with that trains no target, leaving
 /// each example at least one row of its own. On chat data that is the system prompt and
@@ -265,6 +264,7 @@ pub fn pack_shared(examples: &[&Example]) -> Batch {
     b
 }
 
+/// Packs examples into a batch: inputs are tokens[..n−1], targets tokens[1..] where trained.
 pub fn pack(examples: &[&Example]) -> Batch {
     let mut b = Batch::default();
     for ex in examples {

@@ -159,7 +159,10 @@ fn a_memory_budget_picks_micro_batches_with_the_same_result_or_refuses_before_st
     assert!(err.to_string().contains("16 MiB"), "{err}");
 
     // A budget between the micro-batch-of-2 and of-4 estimates: micro-batches of 2,
-    // accumulated to batch 4: the same step as batch 4 up to float rounding.
+    // accumulated to batch 4: the same step as batch 4 up to float rounding (the shared
+    // chat prefix is summed over 2 sequences then 2 micro-batches instead of over 4, and
+    // AdamW's normalised first steps magnify such differences where a gradient is near
+    // zero: measured 2e-3 of |B| max on an AVX2 host; a lost micro-batch would be ~50%).
     let mut full_opts = small_options(2, None);
     full_opts.config.batch = 4;
     let mut full = job_with_data(full_opts.clone(), 8);
@@ -180,7 +183,7 @@ fn a_memory_budget_picks_micro_batches_with_the_same_result_or_refuses_before_st
         let u = &b.tensors[name];
         let diff = t.b.iter().zip(&u.b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         let mag = t.b.iter().map(|x| x.abs()).fold(0f32, f32::max);
-        assert!(diff <= 1e-3 * mag.max(1e-6) + 1e-6, "{name}: B differs by {diff} (|B| max {mag})");
+        assert!(diff <= 1e-2 * mag.max(1e-6) + 1e-6, "{name}: B differs by {diff} (|B| max {mag})");
     }
     assert!(peak_rss_bytes().is_some());
 }
