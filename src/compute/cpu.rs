@@ -33,7 +33,10 @@ pub const SPLIT_ROWS: usize = 8;
 /// `edgelora bench batch` on this project's machine (1 thread, default model, rank-16
 /// adapter per row; aggregate tokens/s): 2 rows: fused 42.6 vs tiled 35.3; 3 rows: fused
 /// 47.1 vs tiled 55.0; 8 rows: fused 53.8 vs tiled 98.2; 48 rows: GEMM 147.8 vs tiled
-/// 164.6; 64 rows: GEMM 166.3 vs tiled 159.5.
+/// 164.6; 64 rows: GEMM 166.3 vs tiled 159.5. On an AVX2-only host (AMD Zen 3, 1 thread,
+/// a Q4_1 [1536, 576] product, `examples`-style timing of `Cpu::matmul`) with the AVX2
+/// tile kernel blocked for 16 registers: 2 rows one-row split kernel 98 µs per row vs
+/// tiled ~98; 3 rows 65; 8 rows 36; 48 rows 24.5; GEMM at 64 rows 28 µs per row.
 pub const TILE_ROWS: std::ops::RangeInclusive<usize> = 3..=48;
 
 /// Dot product, the kernel chosen once by CPU features (AVX2+FMA: eight lanes, four

@@ -237,17 +237,22 @@ fn tiled_few_row_products_match_an_f64_reference_in_every_format() {
             }
         }
     }
-    // The scalar twin on one tile: 16 rows of W × 4 rows of x.
-    let k = 64;
+    // Every tile kernel this CPU has (the scalar twin, AVX2, AVX-512) on one tile: TILE
+    // rows of W × 8 rows of x (two of the kernels' 4-row blocks), k past one vector.
+    let k = 80;
     let tile = edgelora::compute::tile::TILE;
     let w: Vec<f32> = (0..tile * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let x: Vec<f32> = (0..4 * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mut out = vec![0f32; 4 * tile];
-    edgelora::compute::tile::tile_plain(&w, &x, k, &mut out);
-    for r in 0..4 {
-        for o in 0..tile {
-            let want: f64 = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum();
-            assert!((f64::from(out[r * tile + o]) - want).abs() < 1e-4, "plain tile [{r}, {o}]");
+    let x: Vec<f32> = (0..8 * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let kernels = edgelora::compute::tile::all_kernels();
+    assert!(kernels.len() >= 2 || !cfg!(target_arch = "x86_64"), "an x86_64 CI host has AVX2: {:?}", kernels.iter().map(|k| k.0).collect::<Vec<_>>());
+    for (name, kernel) in kernels {
+        let mut out = vec![f32::NAN; 8 * tile];
+        kernel(&w, &x, k, &mut out);
+        for r in 0..8 {
+            for o in 0..tile {
+                let want: f64 = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[o * k + i])).sum();
+                assert!((f64::from(out[r * tile + o]) - want).abs() < 1e-4, "{name} tile [{r}, {o}]: {} vs {want}", out[r * tile + o]);
+            }
         }
     }
 }
