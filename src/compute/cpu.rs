@@ -19,7 +19,7 @@ pub struct Cpu;
 pub const FEW_ROWS: usize = 8;
 
 /// Up to this many input rows, formats with four-row split kernels (Q4_1/Q8_0 on
-/// AVX512-VNNI) take them, each quad of W rows against up to four inputs per call (its
+/// AVX512-VNNI; AVX2's up to [`AVX2_SPLIT_ROWS`], see [`split_rows`]) take them, each quad of W rows against up to four inputs per call (its
 /// codes unpacked once), with the same operations per (row, input) as decoding one row:
 /// a row of a batch gets exactly the values it gets alone. Measured with `edgelora bench
 /// batch -t 2` on this project's machine (aggregate tokens/s, two rounds, rank-16 adapter
@@ -28,6 +28,26 @@ pub const FEW_ROWS: usize = 8;
 /// 2 rows took the one-row split kernel (132.1/129.4) and 3–4 the tiled one (164.3/158.1,
 /// 199.8/194.2).
 pub const SPLIT_ROWS: usize = 8;
+
+/// Input rows up to which the four-row split kernels take a product, on this CPU:
+/// [`SPLIT_ROWS`] with AVX512-VNNI, [`AVX2_SPLIT_ROWS`] with AVX2's; beyond, the tiled
+/// kernel. `EDGELORA_SPLIT_ROWS=N` overrides it (to measure the crossover).
+pub fn split_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| match std::env::var("EDGELORA_SPLIT_ROWS").ok().and_then(|v| v.parse().ok()) {
+        Some(n) => n,
+        None if quant::simd::selected_split() == Some("avx2") => AVX2_SPLIT_ROWS,
+        None => SPLIT_ROWS,
+    })
+}
+
+/// [`split_rows`] where the split kernels are AVX2's. Measured on an AVX2-only host (AMD
+/// Zen 3; a [1536, 576] product, µs per input row, the best of 7 runs, 1 thread / 2):
+/// Q4_1 four-row split vs tiled — 1 row 65.5 / 38.9 (the one-row kernel 78.4 / 43.4),
+/// 2 rows 52.9 / 30.0 (one-row 94.3 / 51.0), 3 rows 53.7 / 29.9 vs 63.9 / 38.3, 4 rows
+/// 52.7 / 27.7 vs 49.8 / 28.2, 6 rows 55.4 / 26.5 vs 49.2 / 26.1, 8 rows 51.3 / 25.2 vs
+/// 37.5 / 20.2; Q8_0 4 rows 43.2 / 23.9 vs 59.9 / 30.5, 8 rows 44.0 / 22.1 vs 41.3 / 20.2.
+pub const AVX2_SPLIT_ROWS: usize = 4;
 
 /// Input rows for which the tiled kernel ([`super::tile`]) runs. Measured with
 /// `edgelora bench batch` on this project's machine (1 thread, default model, rank-16
@@ -394,11 +414,11 @@ impl Backend for Cpu {
         // Few input rows (decoding, short prompts): fused kernels over each row of W, which
         // is never written out as floats. The rows meet x rounded to 16 bits per block
         // (prepared once per input row) in integer byte products — AVX512-VNNI, four rows
-        // of W per call for each input row up to SPLIT_ROWS rows, or AVX2's `vpmaddubsw` —
+        // of W per call for each input row up to split_rows() rows, or AVX2's `vpmaddwd` —
         // else f32 fused kernels.
         // A batch of decoding sequences or a short prompt: W decoded once, in tiles that
         // stay in cache, against every row (`tile`).
-        if (1..=SPLIT_ROWS).contains(&n_x) {
+        if (1..=split_rows()).contains(&n_x) {
             if let (Some(four), Some(one)) = (quant::simd::split_dot4_kernel(t), quant::simd::split_dot_kernel(t)) {
                 let xs: Vec<quant::simd::SplitX> = x.chunks_exact(n_in).map(quant::simd::SplitX::new).collect();
                 return Ok(rows_by_fours_each(w, row_bytes, n_out, &xs, four, quant::simd::split_dot4n_kernel(t), one));

@@ -41,6 +41,9 @@ pub struct SplitX {
     /// make them unsigned and takes the offset back with these, exactly in int32).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     qsum4: Vec<i32>,
+    /// The 16-bit codes q themselves (= 256·hi + lo), for the AVX2 kernels' `vpmaddwd`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    q: Vec<i16>,
 }
 
 impl SplitX {
@@ -77,6 +80,7 @@ impl SplitX {
             sums16: x.chunks(16).map(|c| c.iter().sum()).collect(),
             dsum: Vec::with_capacity(n / 16),
             qsum4: Vec::with_capacity(n / 4),
+            q: Vec::with_capacity(n),
         };
         for b in x.chunks(32) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -93,6 +97,7 @@ impl SplitX {
             sx.hi.extend(q.iter().map(|&q| ((q + 128) >> 8) as i8));
             sx.lo.extend(q.iter().map(|&q| (q - 256 * ((q + 128) >> 8)) as i8));
             sx.qsum4.extend(q.chunks(4).map(|f| 128 * f.iter().sum::<i32>()));
+            sx.q.extend(q.iter().map(|&q| q as i16));
             let sum: f32 = b.iter().sum();
             sx.d.push(d);
             sx.sums.push(sum);
@@ -123,8 +128,10 @@ struct Kernels {
     split_dot_q8_0: Option<SplitDotKernel>,
     split_dot_q4_k: Option<SplitDotKernel>,
     split_dot_q6_k: Option<SplitDotKernel>,
-    /// The split kernels are the AVX512-VNNI ones (the four-row kernels exist for those).
+    /// The split kernels are the AVX512-VNNI ones.
     split_vnni: bool,
+    /// The split kernels are the AVX2 (`vpmaddwd` on 16-bit codes) ones.
+    split_avx2: bool,
 }
 
 /// The AVX2 dequantizers (with F16C, which every AVX2 CPU has in practice: the block
@@ -161,7 +168,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false, split_avx2: false };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -181,7 +188,7 @@ fn kernels() -> &'static Kernels {
                     && std::arch::is_x86_feature_detected!("avx512vnni")
                     && std::arch::is_x86_feature_detected!("avx512vl");
                 // Without VNNI (or with EDGELORA_SIMD=avx2-split), the same integer products
-                // by `vpmaddubsw` (AVX2).
+                // by `vpmaddwd` on 16-bit codes (AVX2).
                 let avx2_split = fma && wanted.as_deref() != Some("avx2") && (!vnni || wanted.as_deref() == Some("avx2-split"));
                 let (vnni, q4_1_split, q8_0_split) = if avx2_split {
                     (false, x86::split_dot_q4_1_avx2 as SplitDotKernel, x86::split_dot_q8_0_avx2 as SplitDotKernel)
@@ -195,14 +202,14 @@ fn kernels() -> &'static Kernels {
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni, split_avx2: avx2_split };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni, split_avx2: avx2_split };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false, split_avx2: false };
         }
         scalar
     })
@@ -225,6 +232,18 @@ fn neon_set() -> Vec<(GgmlType, Kernel)> {
         (GgmlType::Q5_K, neon::q5_k),
         (GgmlType::Q6_K, neon::q6_k),
     ]
+}
+
+/// Which split-input kernels the dispatcher picked ("avx512vnni", "avx2"), if any.
+pub fn selected_split() -> Option<&'static str> {
+    let k = kernels();
+    if k.split_vnni {
+        Some("avx512vnni")
+    } else if k.split_avx2 {
+        Some("avx2")
+    } else {
+        None
+    }
 }
 
 /// The instruction set the dispatcher picked ("avx512", "avx2" or "scalar").
@@ -260,8 +279,7 @@ pub fn all_kernels(t: GgmlType) -> Vec<(&'static str, Kernel)> {
 }
 
 /// The split-input dot kernel for `t`, if this CPU has one (AVX512-VNNI: Q4_1, Q8_0, Q4_K,
-/// Q6_K): exact
-/// integer products of the weight codes with the 16-bit input, so the result differs from
+/// Q6_K; AVX2 alone: Q4_1, Q8_0): exact integer products of the weight codes with the 16-bit input, so the result differs from
 /// the f32 dot only by the input's rounding (≤ max|x_block| / 65278 per value).
 pub fn split_dot_kernel(t: GgmlType) -> Option<SplitDotKernel> {
     match t {
@@ -292,6 +310,8 @@ pub fn split_dot4n_kernel(t: GgmlType) -> Option<SplitDot4NKernel> {
         match t {
             GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4n_q4_1),
             GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4n_q8_0),
+            GgmlType::Q4_1 if k.split_avx2 => return Some(x86::split_dot4n_q4_1_avx2),
+            GgmlType::Q8_0 if k.split_avx2 => return Some(x86::split_dot4n_q8_0_avx2),
             _ => {}
         }
     }
@@ -299,8 +319,8 @@ pub fn split_dot4n_kernel(t: GgmlType) -> Option<SplitDot4NKernel> {
     None
 }
 
-/// The four-row split-input kernel for `t`, where the one-row one exists (AVX512-VNNI:
-/// Q4_1, Q8_0).
+/// The four-row split-input kernel for `t`, where the one-row one exists (AVX512-VNNI or
+/// AVX2: Q4_1, Q8_0). The AVX2 ones give each row exactly the one-row kernel's value.
 pub fn split_dot4_kernel(t: GgmlType) -> Option<SplitDot4Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -308,6 +328,8 @@ pub fn split_dot4_kernel(t: GgmlType) -> Option<SplitDot4Kernel> {
         match t {
             GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4_q4_1),
             GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4_q8_0),
+            GgmlType::Q4_1 if k.split_avx2 => return Some(x86::split_dot4_q4_1_avx2),
+            GgmlType::Q8_0 if k.split_avx2 => return Some(x86::split_dot4_q8_0_avx2),
             _ => {}
         }
     }
@@ -685,53 +707,194 @@ mod x86 {
         unsafe { split_dot_q6_k_impl(bytes, x) }
     }
 
-    /// Q4_1 row · 16-bit split x without VNNI: the nibbles as unsigned bytes against the
-    /// input's high and low signed bytes by `vpmaddubsw` (pairs of products stay within
-    /// i16: 2·15·128 < 2¹⁵), then `vpmaddwd` by 256 and by 1 to int32: exact.
+    /// A Q4_1 block's 32 codes as 16-bit lanes: elements 0..16 (low nibbles) and 16..32
+    /// (high nibbles).
+    ///
+    /// # Safety
+    /// `blk` points at a 20-byte Q4_1 block; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_1_codes16(blk: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: 16 readable bytes at 4 in the block (the caller's contract).
+        let v = unsafe { _mm_loadu_si128(blk.add(4).cast()) };
+        let mask = _mm_set1_epi8(0x0f);
+        (_mm256_cvtepu8_epi16(_mm_and_si128(v, mask)), _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), mask)))
+    }
+
+    /// A Q8_0 block's 32 codes as 16-bit lanes (elements 0..16, 16..32).
+    ///
+    /// # Safety
+    /// `blk` points at a 34-byte Q8_0 block; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q8_0_codes16(blk: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: 32 readable bytes at 2 in the block (the caller's contract).
+        unsafe { (_mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(2).cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(18).cast()))) }
+    }
+
+    /// Σ w·q over one block in 8 int32 lanes: the weight codes (16-bit lanes) times the
+    /// input's 16-bit codes by `vpmaddwd`, exact (|w| ≤ 128, |q| ≤ 32639: a pair's sum is
+    /// within 2³¹).
+    ///
+    /// # Safety
+    /// 32 readable codes at `x`; the CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_sum16(w: (__m256i, __m256i), x: *const i16) -> __m256i {
+        // SAFETY: 32 readable i16 at x (the caller's contract); unaligned loads.
+        let (x0, x1) = unsafe { (_mm256_loadu_si256(x.cast()), _mm256_loadu_si256(x.add(16).cast())) };
+        _mm256_add_epi32(_mm256_madd_epi16(w.0, x0), _mm256_madd_epi16(w.1, x1))
+    }
+
+    /// Q4_1 row · 16-bit split x without VNNI: each block's codes widened to 16 bits meet
+    /// the input's 16-bit codes in two `vpmaddwd` (exact int32 sums), then d_w·d_x in
+    /// f32, plus m_w·Σx.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot_q4_1_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
         let n_blocks = bytes.len() / 20;
-        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
-        let mask = _mm_set1_epi8(0x0f);
+        assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
         let (mut acc, mut msum) = (_mm256_setzero_ps(), 0f32);
-        // Zipped (no index checks in the loop): each block with its input bytes and scales.
-        let xs = x.hi.chunks_exact(32).zip(x.lo.chunks_exact(32)).zip(x.d.iter().zip(&x.sums));
-        for (blk, ((xh, xl), (&dx, &sum))) in bytes.chunks_exact(20).zip(xs) {
-            // SAFETY: 16 readable bytes at 4 in the 20-byte block, 32 in xh and xl;
-            // unaligned loads.
-            let (v, xh, xl) = unsafe { (_mm_loadu_si128(blk.as_ptr().add(4).cast()), _mm256_loadu_si256(xh.as_ptr().cast()), _mm256_loadu_si256(xl.as_ptr().cast())) };
-            let q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), _mm_and_si128(v, mask));
-            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xh), _mm256_set1_epi16(256));
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xl), _mm256_set1_epi16(1));
+        for (b, blk) in bytes.chunks_exact(20).enumerate() {
+            // SAFETY: a 20-byte block; 32 codes at 32·b of x.q and values at b of d and
+            // sums (asserted lengths).
+            let (t, dx, sum) = unsafe { (block_sum16(q4_1_codes16(blk.as_ptr()), x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b), *x.sums.get_unchecked(b)) };
             let (d, m) = f16_pair(blk);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ph, pl)), _mm256_set1_ps(d * dx), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc);
             msum += m * sum;
         }
         hsum_shuffle(acc) + msum
     }
 
-    /// Q8_0 row · 16-bit split x without VNNI: the input's bytes as magnitudes (unsigned,
-    /// ≤ 128) against the codes with the input's signs moved onto them (`vpsignb`), pairs
-    /// by `vpmaddubsw` (≤ 2·128·127 < 2¹⁵), then to int32 as in the Q4_1 kernel. Exact
-    /// for codes −127…127 (what ggml's quantizer writes); a code of −128 meeting a negative
-    /// input byte counts as −128 instead of +128 (a crafted file gets wrong numbers, not
-    /// undefined behaviour).
+    /// Q8_0 row · 16-bit split x without VNNI, as the Q4_1 kernel: exact for every code
+    /// (−128 included).
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot_q8_0_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
         let n_blocks = bytes.len() / 34;
-        assert!(x.hi.len() >= 32 * n_blocks && x.lo.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
+        assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
         let mut acc = _mm256_setzero_ps();
-        let xs = x.hi.chunks_exact(32).zip(x.lo.chunks_exact(32)).zip(&x.d);
-        for (blk, ((xh, xl), &dx)) in bytes.chunks_exact(34).zip(xs) {
-            // SAFETY: 32 readable bytes at 2 in the 34-byte block and in xh, xl; unaligned
-            // loads.
-            let (q, xh, xl) = unsafe { (_mm256_loadu_si256(blk.as_ptr().add(2).cast()), _mm256_loadu_si256(xh.as_ptr().cast()), _mm256_loadu_si256(xl.as_ptr().cast())) };
-            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xh), _mm256_sign_epi8(q, xh)), _mm256_set1_epi16(256));
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xl), _mm256_sign_epi8(q, xl)), _mm256_set1_epi16(1));
-            let t = _mm256_add_epi32(ph, pl);
+        for (b, blk) in bytes.chunks_exact(34).enumerate() {
+            // SAFETY: a 34-byte block; 32 codes at 32·b of x.q, a value at b of d.
+            let (t, dx) = unsafe { (block_sum16(q8_0_codes16(blk.as_ptr()), x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b)) };
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(f16_pair(blk).0 * dx), acc);
         }
         hsum_shuffle(acc)
+    }
+
+    /// Four Q4_1 rows · N split inputs without VNNI (N ≤ 2 per call: 8 accumulators):
+    /// each row's codes widened once per block for the N inputs, each input's codes read
+    /// once per block for the four rows. Every (row, input) pair gets exactly the
+    /// operations of [`split_dot_q4_1_avx2_impl`] in its order, so each value equals the
+    /// one-row kernel's to the bit, whatever N and whichever rows it comes with.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn split_dot4_q4_1_avx2_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
+        let n_blocks = row_bytes / 20;
+        assert!(row_bytes == 20 * n_blocks && rows.len() >= 4 * row_bytes);
+        for x in xs {
+            assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        let mut msum = [[0f32; 4]; N];
+        let base = rows.as_ptr();
+        for b in 0..n_blocks {
+            for r in 0..4 {
+                // SAFETY: block b of row r lies within the 4·row_bytes asserted above.
+                let blk = unsafe { base.add(r * row_bytes + 20 * b) };
+                // SAFETY: a 20-byte block at blk; 4 readable bytes.
+                let (w, dm) = unsafe { (q4_1_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()))) };
+                // The block's d and m, as f16_pair gives them.
+                let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+                for j in 0..N {
+                    let x = xs[j];
+                    // SAFETY: 32 codes at 32·b of x.q, values at b of d and sums (asserted).
+                    let (t, dx, sum) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b), *x.sums.get_unchecked(b)) };
+                    acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j][r]);
+                    msum[j][r] += m * sum;
+                }
+            }
+        }
+        for j in 0..N {
+            for r in 0..4 {
+                out[j][r] = hsum_shuffle(acc[j][r]) + msum[j][r];
+            }
+        }
+    }
+
+    /// Four Q8_0 rows · N split inputs without VNNI, as [`split_dot4_q4_1_avx2_impl`]:
+    /// each (row, input) pair gets exactly [`split_dot_q8_0_avx2_impl`]'s operations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn split_dot4_q8_0_avx2_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
+        let n_blocks = row_bytes / 34;
+        assert!(row_bytes == 34 * n_blocks && rows.len() >= 4 * row_bytes);
+        for x in xs {
+            assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 4]; N];
+        let base = rows.as_ptr();
+        for b in 0..n_blocks {
+            for r in 0..4 {
+                // SAFETY: block b of row r lies within the 4·row_bytes asserted above.
+                let blk = unsafe { base.add(r * row_bytes + 34 * b) };
+                // SAFETY: a 34-byte block at blk; 4 readable bytes.
+                let (w, dm) = unsafe { (q8_0_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()))) };
+                // The block's d, as f16_pair gives it.
+                let d = _mm_cvtss_f32(dm);
+                for j in 0..N {
+                    let x = xs[j];
+                    // SAFETY: 32 codes at 32·b of x.q, a value at b of d (asserted).
+                    let (t, dx) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b)) };
+                    acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j][r]);
+                }
+            }
+        }
+        for j in 0..N {
+            for r in 0..4 {
+                out[j][r] = hsum_shuffle(acc[j][r]);
+            }
+        }
+    }
+
+    pub fn split_dot4_q4_1_avx2(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let mut o = [[0f32; 4]; 1];
+        // SAFETY: selected only when AVX2, FMA and F16C are available.
+        unsafe { split_dot4_q4_1_avx2_impl::<1>(rows, row_bytes, [x], &mut o) };
+        *out = o[0];
+    }
+
+    pub fn split_dot4_q8_0_avx2(rows: &[u8], row_bytes: usize, x: &super::SplitX, out: &mut [f32; 4]) {
+        let mut o = [[0f32; 4]; 1];
+        // SAFETY: as above.
+        unsafe { split_dot4_q8_0_avx2_impl::<1>(rows, row_bytes, [x], &mut o) };
+        *out = o[0];
+    }
+
+    /// [`split_dot4_q4_1_avx2`] for several inputs, in pairs.
+    pub fn split_dot4n_q4_1_avx2(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
+        assert_eq!(xs.len(), out.len());
+        for (x, o) in xs.chunks(2).zip(out.chunks_mut(2)) {
+            // SAFETY: as above.
+            unsafe {
+                match (x, o) {
+                    ([a, b], o) => split_dot4_q4_1_avx2_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
+                    ([a], o) => split_dot4_q4_1_avx2_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
+                    _ => unreachable!("chunks of 1 or 2"),
+                }
+            }
+        }
+    }
+
+    /// [`split_dot4_q8_0_avx2`] for several inputs, in pairs.
+    pub fn split_dot4n_q8_0_avx2(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
+        assert_eq!(xs.len(), out.len());
+        for (x, o) in xs.chunks(2).zip(out.chunks_mut(2)) {
+            // SAFETY: as above.
+            unsafe {
+                match (x, o) {
+                    ([a, b], o) => split_dot4_q8_0_avx2_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
+                    ([a], o) => split_dot4_q8_0_avx2_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
+                    _ => unreachable!("chunks of 1 or 2"),
+                }
+            }
+        }
     }
 
     pub fn split_dot_q4_1_avx2(bytes: &[u8], x: &super::SplitX) -> f32 {

@@ -285,13 +285,13 @@ fn shared_input_matmuls_equal_one_call_per_weight() {
             }
         }
     }
-    // Up to SPLIT_ROWS input rows, each row's products are the ones it gets alone (the
+    // Up to split_rows() input rows, each row's products are the ones it gets alone (the
     // per-row integer kernels), in both formats; beyond, the tiled kernel (rounding only).
     for (m, n_in) in [w("blk.3.ffn_up.weight"), w("token_embd.weight")] {
-        let rows = edgelora::compute::cpu::SPLIT_ROWS;
+        let rows = edgelora::compute::cpu::split_rows();
         let x: Vec<f32> = (0..(rows + 1) * n_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let alone: Vec<Vec<f32>> = x.chunks_exact(n_in).map(|r| Cpu.matmul(m.t, m.bytes, m.n_out, n_in, r, 1).unwrap()).collect();
-        // (Where the CPU has the four-row kernels: AVX512-VNNI.)
+        // (Where the CPU has the four-row kernels: AVX512-VNNI or AVX2.)
         for n_x in (2..=rows).filter(|_| edgelora::quant::simd::split_dot4_kernel(m.t).is_some()) {
             let y = Cpu.matmul(m.t, m.bytes, m.n_out, n_in, &x[..n_x * n_in], n_x).unwrap();
             for (r, yr) in y.chunks_exact(m.n_out).enumerate() {

@@ -212,6 +212,24 @@ fn fused_dot_kernels_match_dequantize_then_dot() {
                 dequantize_reference(t, row, &mut w).unwrap();
                 let scale: f64 = w.iter().zip(&x).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
                 assert!((f64::from(*g) - f64::from(want)).abs() <= 1e-5 * scale.max(1.0), "{t} ({n_blocks} blocks) row {r}: four-row {g} vs one-row {want}");
+                // AVX2's four-row kernels run the one-row kernel's operations per row.
+                if simd::selected_split() == Some("avx2") {
+                    assert_eq!(g.to_bits(), want.to_bits(), "{t} ({n_blocks} blocks) row {r}: AVX2 four-row {g} vs one-row {want}");
+                }
+            }
+            // Several inputs at once (the batch kernel): each input's four values are the
+            // ones it gets alone, to the bit, for counts on and off the kernels' groups.
+            if let Some(four_n) = simd::split_dot4n_kernel(t) {
+                let xs: Vec<simd::SplitX> = (0..5).map(|j| simd::SplitX::new(&x.iter().map(|v| v * (j as f32 - 1.5)).collect::<Vec<f32>>())).collect();
+                for m in 1..=5 {
+                    let mut outs = vec![[f32::NAN; 4]; m];
+                    four_n(&rows, row_bytes, &xs[..m], &mut outs);
+                    for (j, o) in outs.iter().enumerate() {
+                        let mut alone = [0f32; 4];
+                        four(&rows, row_bytes, &xs[j], &mut alone);
+                        assert_eq!(o.map(f32::to_bits), alone.map(f32::to_bits), "{t} ({n_blocks} blocks): input {j} of {m}");
+                    }
+                }
             }
             checked += 1;
         }
