@@ -73,5 +73,27 @@ fn matvec_formats(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, open_header, dequantize_tensors, dequantize_formats, matvec_formats);
+/// y = x·Wᵀ by input rows (a batch of decoding sequences, a short prompt) through the CPU
+/// backend, for the default model's ffn_up shape [1536, 576] in Q4_1 and Q8_0: where the
+/// split kernels hand over to the tiled kernel, and the tiled kernel to the GEMM. Set
+/// `EDGELORA_SPLIT_ROWS=0|8` to time the split or the tiled kernel at every count, and
+/// `RAYON_NUM_THREADS` for the thread count (the figures by `cpu::AVX2_SPLIT_ROWS` and
+/// `cpu::TILE_ROWS` come from this shape).
+fn matmul_rows(c: &mut Criterion) {
+    use edgelora::compute::{cpu::Cpu, Backend};
+    let (rows, cols) = (1536, 576);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut g = c.benchmark_group("matmul_rows");
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let bytes = quantize_ggml(t, &w, cols).unwrap();
+        for n_x in [1, 2, 3, 4, 6, 8, 16, 48, 64] {
+            let x: Vec<f32> = (0..n_x * cols).map(|i| ((i * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect();
+            g.throughput(Throughput::Elements((n_x * rows * cols) as u64));
+            g.bench_function(format!("{}/{t}/{n_x} rows", simd::selected()), |b| b.iter(|| Cpu.matmul(t, &bytes, rows, cols, &x, n_x).unwrap()));
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, open_header, dequantize_tensors, dequantize_formats, matvec_formats, matmul_rows);
 criterion_main!(benches);

@@ -42,7 +42,8 @@ pub fn split_rows() -> usize {
 }
 
 /// [`split_rows`] where the split kernels are AVX2's. Measured on an AVX2-only host (AMD
-/// Zen 3; a [1536, 576] product, µs per input row, the best of 7 runs, 1 thread / 2):
+/// Zen 3; a [1536, 576] product, µs per input row, the best of 7 runs, 1 thread / 2;
+/// `cargo bench --bench gguf -- matmul_rows` times the same shape):
 /// Q4_1 four-row split vs tiled — 1 row 65.5 / 38.9 (the one-row kernel 78.4 / 43.4),
 /// 2 rows 52.9 / 30.0 (one-row 94.3 / 51.0), 3 rows 53.7 / 29.9 vs 63.9 / 38.3, 4 rows
 /// 52.7 / 27.7 vs 49.8 / 28.2, 6 rows 55.4 / 26.5 vs 49.2 / 26.1, 8 rows 51.3 / 25.2 vs
@@ -55,7 +56,8 @@ pub const AVX2_SPLIT_ROWS: usize = 4;
 /// 47.1 vs tiled 55.0; 8 rows: fused 53.8 vs tiled 98.2; 48 rows: GEMM 147.8 vs tiled
 /// 164.6; 64 rows: GEMM 166.3 vs tiled 159.5. On an AVX2-only host (AMD Zen 3, 1 thread,
 /// a Q4_1 [1536, 576] product, `examples`-style timing of `Cpu::matmul`) with the AVX2
-/// tile kernel blocked for 16 registers: 2 rows one-row split kernel 98 µs per row vs
+/// tile kernel blocked for 16 registers (`cargo bench --bench gguf -- matmul_rows`'s
+/// shape): 2 rows one-row split kernel 98 µs per row vs
 /// tiled ~98; 3 rows 65; 8 rows 36; 48 rows 24.5; GEMM at 64 rows 28 µs per row.
 pub const TILE_ROWS: std::ops::RangeInclusive<usize> = 3..=48;
 
