@@ -19,7 +19,8 @@ pub struct Cpu;
 pub const FEW_ROWS: usize = 8;
 
 /// Up to this many input rows, formats with four-row split kernels (Q4_1/Q8_0 on
-/// AVX512-VNNI; AVX2's up to [`AVX2_SPLIT_ROWS`], see [`split_rows`]) take them, each quad of W rows against up to four inputs per call (its
+/// AVX512-VNNI; AVX2's up to [`AVX2_SPLIT_ROWS`], see [`split_rows`]) take them, each
+/// quad of W rows against up to four inputs per call (its
 /// codes unpacked once), with the same operations per (row, input) as decoding one row:
 /// a row of a batch gets exactly the values it gets alone. Measured with `edgelora bench
 /// batch -t 2` on this project's machine (aggregate tokens/s, two rounds, rank-16 adapter
@@ -55,10 +56,9 @@ pub const AVX2_SPLIT_ROWS: usize = 4;
 /// adapter per row; aggregate tokens/s): 2 rows: fused 42.6 vs tiled 35.3; 3 rows: fused
 /// 47.1 vs tiled 55.0; 8 rows: fused 53.8 vs tiled 98.2; 48 rows: GEMM 147.8 vs tiled
 /// 164.6; 64 rows: GEMM 166.3 vs tiled 159.5. On an AVX2-only host (AMD Zen 3, 1 thread,
-/// a Q4_1 [1536, 576] product, `examples`-style timing of `Cpu::matmul`) with the AVX2
-/// tile kernel blocked for 16 registers (`cargo bench --bench gguf -- matmul_rows`'s
-/// shape): 2 rows one-row split kernel 98 µs per row vs
-/// tiled ~98; 3 rows 65; 8 rows 36; 48 rows 24.5; GEMM at 64 rows 28 µs per row.
+/// a Q4_1 [1536, 576] product — the shape `cargo bench --bench gguf -- matmul_rows` times
+/// — with the AVX2 tile kernel blocked for 16 registers): 2 rows one-row split kernel 98
+/// µs per row vs tiled ~98; 3 rows 65; 8 rows 36; 48 rows 24.5; GEMM at 64 rows 28.
 pub const TILE_ROWS: std::ops::RangeInclusive<usize> = 3..=48;
 
 /// Dot product, the kernel chosen once by CPU features (AVX2+FMA: eight lanes, four

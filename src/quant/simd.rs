@@ -128,10 +128,18 @@ struct Kernels {
     split_dot_q8_0: Option<SplitDotKernel>,
     split_dot_q4_k: Option<SplitDotKernel>,
     split_dot_q6_k: Option<SplitDotKernel>,
-    /// The split kernels are the AVX512-VNNI ones.
-    split_vnni: bool,
-    /// The split kernels are the AVX2 (`vpmaddwd` on 16-bit codes) ones.
-    split_avx2: bool,
+    /// Whose split kernels those are (the four-row kernels come from the same set).
+    split: Option<SplitSet>,
+}
+
+/// The instruction sets with split-input kernels.
+#[derive(Clone, Copy, PartialEq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum SplitSet {
+    /// AVX512-VNNI's `vpdpbusd` on the input's high and low bytes.
+    Vnni,
+    /// AVX2's `vpmaddwd` on 16-bit codes.
+    Avx2,
 }
 
 /// The AVX2 dequantizers (with F16C, which every AVX2 CPU has in practice: the block
@@ -168,7 +176,7 @@ fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let wanted = std::env::var("EDGELORA_SIMD").ok();
-        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false, split_avx2: false };
+        let scalar = Kernels { name: "scalar", dequant: Vec::new(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split: None };
         if wanted.as_deref() == Some("scalar") {
             return scalar;
         }
@@ -195,21 +203,22 @@ fn kernels() -> &'static Kernels {
                 } else {
                     (vnni, x86::split_dot_q4_1 as SplitDotKernel, x86::split_dot_q8_0 as SplitDotKernel)
                 };
-                let split_dot_q4_1 = (vnni || avx2_split).then_some(q4_1_split);
-                let split_dot_q8_0 = (vnni || avx2_split).then_some(q8_0_split);
+                let split = if avx2_split { Some(SplitSet::Avx2) } else { vnni.then_some(SplitSet::Vnni) };
+                let split_dot_q4_1 = split.map(|_| q4_1_split);
+                let split_dot_q8_0 = split.map(|_| q8_0_split);
                 let split_dot_q4_k = vnni.then_some(x86::split_dot_q4_k as SplitDotKernel);
                 let split_dot_q6_k = vnni.then_some(x86::split_dot_q6_k as SplitDotKernel);
                 if avx512 {
                     let mut dequant = avx512_set();
                     dequant.extend(avx2_set().into_iter().filter(|(t, _)| !avx512_set().iter().any(|(u, _)| u == t)));
-                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni, split_avx2: avx2_split };
+                    return Kernels { name: "avx512", dequant, dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split };
                 }
-                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split_vnni: vnni, split_avx2: avx2_split };
+                return Kernels { name: "avx2", dequant: avx2_set(), dot_q4_1, dot_q8_0, split_dot_q4_1, split_dot_q8_0, split_dot_q4_k, split_dot_q6_k, split };
             }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
-            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split_vnni: false, split_avx2: false };
+            return Kernels { name: "neon", dequant: neon_set(), dot_q4_1: None, dot_q8_0: None, split_dot_q4_1: None, split_dot_q8_0: None, split_dot_q4_k: None, split_dot_q6_k: None, split: None };
         }
         scalar
     })
@@ -236,14 +245,10 @@ fn neon_set() -> Vec<(GgmlType, Kernel)> {
 
 /// Which split-input kernels the dispatcher picked ("avx512vnni", "avx2"), if any.
 pub fn selected_split() -> Option<&'static str> {
-    let k = kernels();
-    if k.split_vnni {
-        Some("avx512vnni")
-    } else if k.split_avx2 {
-        Some("avx2")
-    } else {
-        None
-    }
+    kernels().split.map(|s| match s {
+        SplitSet::Vnni => "avx512vnni",
+        SplitSet::Avx2 => "avx2",
+    })
 }
 
 /// The instruction set the dispatcher picked ("avx512", "avx2" or "scalar").
@@ -308,10 +313,10 @@ pub fn split_dot4n_kernel(t: GgmlType) -> Option<SplitDot4NKernel> {
     {
         let k = kernels();
         match t {
-            GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4n_q4_1),
-            GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4n_q8_0),
-            GgmlType::Q4_1 if k.split_avx2 => return Some(x86::split_dot4n_q4_1_avx2),
-            GgmlType::Q8_0 if k.split_avx2 => return Some(x86::split_dot4n_q8_0_avx2),
+            GgmlType::Q4_1 if k.split == Some(SplitSet::Vnni) => return Some(x86::split_dot4n_q4_1),
+            GgmlType::Q8_0 if k.split == Some(SplitSet::Vnni) => return Some(x86::split_dot4n_q8_0),
+            GgmlType::Q4_1 if k.split == Some(SplitSet::Avx2) => return Some(x86::split_dot4n_q4_1_avx2),
+            GgmlType::Q8_0 if k.split == Some(SplitSet::Avx2) => return Some(x86::split_dot4n_q8_0_avx2),
             _ => {}
         }
     }
@@ -326,10 +331,10 @@ pub fn split_dot4_kernel(t: GgmlType) -> Option<SplitDot4Kernel> {
     {
         let k = kernels();
         match t {
-            GgmlType::Q4_1 if k.split_vnni => return Some(x86::split_dot4_q4_1),
-            GgmlType::Q8_0 if k.split_vnni => return Some(x86::split_dot4_q8_0),
-            GgmlType::Q4_1 if k.split_avx2 => return Some(x86::split_dot4_q4_1_avx2),
-            GgmlType::Q8_0 if k.split_avx2 => return Some(x86::split_dot4_q8_0_avx2),
+            GgmlType::Q4_1 if k.split == Some(SplitSet::Vnni) => return Some(x86::split_dot4_q4_1),
+            GgmlType::Q8_0 if k.split == Some(SplitSet::Vnni) => return Some(x86::split_dot4_q8_0),
+            GgmlType::Q4_1 if k.split == Some(SplitSet::Avx2) => return Some(x86::split_dot4_q4_1_avx2),
+            GgmlType::Q8_0 if k.split == Some(SplitSet::Avx2) => return Some(x86::split_dot4_q8_0_avx2),
             _ => {}
         }
     }
@@ -389,6 +394,27 @@ pub fn dot_kernel(t: GgmlType) -> Option<DotKernel> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// `$kernel::<N>` (a four-row kernel over N ≤ 4 inputs) on each group of up to four of
+    /// `$xs`, into the matching `$out` entries: the several-input entry points. Expands to
+    /// unsafe calls (the kernels need their instruction sets; the caller vouches for them).
+    macro_rules! in_fours {
+        ($kernel:ident, $rows:expr, $row_bytes:expr, $xs:expr, $out:expr) => {{
+            assert_eq!($xs.len(), $out.len());
+            for (x, o) in $xs.chunks(4).zip($out.chunks_mut(4)) {
+                #[allow(unused_unsafe)]
+                unsafe {
+                    match (x, o) {
+                        ([a, b, c, d], o) => $kernel::<4>($rows, $row_bytes, [a, b, c, d], o.try_into().expect("4")),
+                        ([a, b, c], o) => $kernel::<3>($rows, $row_bytes, [a, b, c], o.try_into().expect("3")),
+                        ([a, b], o) => $kernel::<2>($rows, $row_bytes, [a, b], o.try_into().expect("2")),
+                        ([a], o) => $kernel::<1>($rows, $row_bytes, [a], o.try_into().expect("1")),
+                        _ => unreachable!("chunks of 1 to 4"),
+                    }
+                }
+            }
+        }};
+    }
 
     use super::f16_at;
 
@@ -746,44 +772,88 @@ mod x86 {
         _mm256_add_epi32(_mm256_madd_epi16(w.0, x0), _mm256_madd_epi16(w.1, x1))
     }
 
-    /// Q4_1 row · 16-bit split x without VNNI: each block's codes widened to 16 bits meet
-    /// the input's 16-bit codes in two `vpmaddwd` (exact int32 sums), then d_w·d_x in
-    /// f32, plus m_w·Σx.
+    /// One Q4_1 row (`n_blocks` blocks from `row`) · N 16-bit split inputs without VNNI:
+    /// each block's codes widened to 16 bits once, meeting each input's 16-bit codes in
+    /// two `vpmaddwd` (exact int32 sums), then d_w·d_x in f32, plus m_w·Σx. An input's
+    /// value does not depend on N (the one-row and four-row kernels both run this).
+    ///
+    /// # Safety
+    /// `row` points at `n_blocks` 20-byte blocks; every input holds `32·n_blocks` codes and
+    /// `n_blocks` scales and sums; the CPU has AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_row_avx2<const N: usize>(row: *const u8, n_blocks: usize, xs: [&super::SplitX; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut msum = [0f32; N];
+        for b in 0..n_blocks {
+            // SAFETY: block b lies within the row, its scales in its first 4 bytes (the
+            // caller's contract).
+            let (w, dm) = unsafe {
+                let blk = row.add(20 * b);
+                (q4_1_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned())))
+            };
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            for j in 0..N {
+                let x = xs[j];
+                // SAFETY: 32 codes at 32·b of x.q, values at b of d and sums (the caller's
+                // contract).
+                let (t, dx, sum) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b), *x.sums.get_unchecked(b)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j]);
+                msum[j] += m * sum;
+            }
+        }
+        std::array::from_fn(|j| hsum_shuffle(acc[j]) + msum[j])
+    }
+
+    /// One Q8_0 row · N split inputs without VNNI, as [`q4_1_row_avx2`]: exact for every
+    /// code (−128 included).
+    ///
+    /// # Safety
+    /// `row` points at `n_blocks` 34-byte blocks; every input holds `32·n_blocks` codes and
+    /// `n_blocks` scales; the CPU has AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_row_avx2<const N: usize>(row: *const u8, n_blocks: usize, xs: [&super::SplitX; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..n_blocks {
+            // SAFETY: block b lies within the row (the caller's contract).
+            let (w, dm) = unsafe {
+                let blk = row.add(34 * b);
+                (q8_0_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned())))
+            };
+            let d = _mm_cvtss_f32(dm);
+            for j in 0..N {
+                let x = xs[j];
+                // SAFETY: 32 codes at 32·b of x.q, a value at b of d (the caller's contract).
+                let (t, dx) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b)) };
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j]);
+            }
+        }
+        std::array::from_fn(|j| hsum_shuffle(acc[j]))
+    }
+
+    /// Q4_1 row · 16-bit split x without VNNI ([`q4_1_row_avx2`] on one input).
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot_q4_1_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
         let n_blocks = bytes.len() / 20;
         assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
-        let (mut acc, mut msum) = (_mm256_setzero_ps(), 0f32);
-        for (b, blk) in bytes.chunks_exact(20).enumerate() {
-            // SAFETY: a 20-byte block; 32 codes at 32·b of x.q and values at b of d and
-            // sums (asserted lengths).
-            let (t, dx, sum) = unsafe { (block_sum16(q4_1_codes16(blk.as_ptr()), x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b), *x.sums.get_unchecked(b)) };
-            let (d, m) = f16_pair(blk);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc);
-            msum += m * sum;
-        }
-        hsum_shuffle(acc) + msum
+        // SAFETY: n_blocks whole blocks in bytes; the input's lengths asserted.
+        unsafe { q4_1_row_avx2::<1>(bytes.as_ptr(), n_blocks, [x])[0] }
     }
 
-    /// Q8_0 row · 16-bit split x without VNNI, as the Q4_1 kernel: exact for every code
-    /// (−128 included).
+    /// Q8_0 row · 16-bit split x without VNNI ([`q8_0_row_avx2`] on one input).
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot_q8_0_avx2_impl(bytes: &[u8], x: &super::SplitX) -> f32 {
         let n_blocks = bytes.len() / 34;
         assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
-        let mut acc = _mm256_setzero_ps();
-        for (b, blk) in bytes.chunks_exact(34).enumerate() {
-            // SAFETY: a 34-byte block; 32 codes at 32·b of x.q, a value at b of d.
-            let (t, dx) = unsafe { (block_sum16(q8_0_codes16(blk.as_ptr()), x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b)) };
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(f16_pair(blk).0 * dx), acc);
-        }
-        hsum_shuffle(acc)
+        // SAFETY: as above.
+        unsafe { q8_0_row_avx2::<1>(bytes.as_ptr(), n_blocks, [x])[0] }
     }
 
-    /// Four Q4_1 rows · N split inputs without VNNI (N ≤ 4 per call): each row's codes
-    /// widened once per block for the N inputs. Every (row, input) pair gets exactly the
-    /// operations of [`split_dot_q4_1_avx2_impl`] in its order, so each value equals the
-    /// one-row kernel's to the bit, whatever N and whichever rows it comes with.
+    /// Four Q4_1 rows · N split inputs without VNNI (N ≤ 4 per call): [`q4_1_row_avx2`] on
+    /// each row, one after another (a block of every row in turn measured slower while
+    /// decoding, where W streams from memory: 60–64 vs 72–77 tokens/s), so each value
+    /// equals the one-row kernel's to the bit, whatever N and whichever rows it comes with.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot4_q4_1_avx2_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
         let n_blocks = row_bytes / 20;
@@ -791,35 +861,17 @@ mod x86 {
         for x in xs {
             assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks && x.sums.len() >= n_blocks);
         }
-        let base = rows.as_ptr();
-        // Row after row, each read front to back (a block of every row in turn measured
-        // slower while decoding, where W streams from memory: 60-64 vs 72-77 tokens/s).
         for r in 0..4 {
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut msum = [0f32; N];
-            for b in 0..n_blocks {
-                // SAFETY: block b of row r lies within the 4·row_bytes asserted above.
-                let blk = unsafe { base.add(r * row_bytes + 20 * b) };
-                // SAFETY: a 20-byte block at blk; 4 readable bytes.
-                let (w, dm) = unsafe { (q4_1_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()))) };
-                // The block's d and m, as f16_pair gives them.
-                let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-                for j in 0..N {
-                    let x = xs[j];
-                    // SAFETY: 32 codes at 32·b of x.q, values at b of d and sums (asserted).
-                    let (t, dx, sum) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b), *x.sums.get_unchecked(b)) };
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j]);
-                    msum[j] += m * sum;
-                }
-            }
+            // SAFETY: row r's n_blocks blocks lie within the 4·row_bytes asserted above; the
+            // inputs' lengths asserted.
+            let v = unsafe { q4_1_row_avx2(rows.as_ptr().add(r * row_bytes), n_blocks, xs) };
             for j in 0..N {
-                out[j][r] = hsum_shuffle(acc[j]) + msum[j];
+                out[j][r] = v[j];
             }
         }
     }
 
-    /// Four Q8_0 rows · N split inputs without VNNI, as [`split_dot4_q4_1_avx2_impl`]:
-    /// each (row, input) pair gets exactly [`split_dot_q8_0_avx2_impl`]'s operations.
+    /// Four Q8_0 rows · N split inputs without VNNI, as [`split_dot4_q4_1_avx2_impl`].
     #[target_feature(enable = "avx2,fma,f16c")]
     fn split_dot4_q8_0_avx2_impl<const N: usize>(rows: &[u8], row_bytes: usize, xs: [&super::SplitX; N], out: &mut [[f32; 4]; N]) {
         let n_blocks = row_bytes / 34;
@@ -827,25 +879,11 @@ mod x86 {
         for x in xs {
             assert!(x.q.len() >= 32 * n_blocks && x.d.len() >= n_blocks);
         }
-        let base = rows.as_ptr();
         for r in 0..4 {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for b in 0..n_blocks {
-                // SAFETY: block b of row r lies within the 4·row_bytes asserted above.
-                let blk = unsafe { base.add(r * row_bytes + 34 * b) };
-                // SAFETY: a 34-byte block at blk; 4 readable bytes.
-                let (w, dm) = unsafe { (q8_0_codes16(blk), _mm_cvtph_ps(_mm_cvtsi32_si128(blk.cast::<i32>().read_unaligned()))) };
-                // The block's d, as f16_pair gives it.
-                let d = _mm_cvtss_f32(dm);
-                for j in 0..N {
-                    let x = xs[j];
-                    // SAFETY: 32 codes at 32·b of x.q, a value at b of d (asserted).
-                    let (t, dx) = unsafe { (block_sum16(w, x.q.as_ptr().add(32 * b)), *x.d.get_unchecked(b)) };
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[j]);
-                }
-            }
+            // SAFETY: as above.
+            let v = unsafe { q8_0_row_avx2(rows.as_ptr().add(r * row_bytes), n_blocks, xs) };
             for j in 0..N {
-                out[j][r] = hsum_shuffle(acc[j]);
+                out[j][r] = v[j];
             }
         }
     }
@@ -866,36 +904,14 @@ mod x86 {
 
     /// [`split_dot4_q4_1_avx2`] for several inputs, up to four per pass.
     pub fn split_dot4n_q4_1_avx2(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
-        assert_eq!(xs.len(), out.len());
-        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
-            // SAFETY: as above.
-            unsafe {
-                match (x, o) {
-                    ([a, b, c, d], o) => split_dot4_q4_1_avx2_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
-                    ([a, b, c], o) => split_dot4_q4_1_avx2_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
-                    ([a, b], o) => split_dot4_q4_1_avx2_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
-                    ([a], o) => split_dot4_q4_1_avx2_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
-                    _ => unreachable!("chunks of 1 to 4"),
-                }
-            }
-        }
+        // SAFETY: selected only where the kernel's instruction sets are available.
+        in_fours!(split_dot4_q4_1_avx2_impl, rows, row_bytes, xs, out)
     }
 
     /// [`split_dot4_q8_0_avx2`] for several inputs, up to four per pass.
     pub fn split_dot4n_q8_0_avx2(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
-        assert_eq!(xs.len(), out.len());
-        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
-            // SAFETY: as above.
-            unsafe {
-                match (x, o) {
-                    ([a, b, c, d], o) => split_dot4_q8_0_avx2_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
-                    ([a, b, c], o) => split_dot4_q8_0_avx2_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
-                    ([a, b], o) => split_dot4_q8_0_avx2_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
-                    ([a], o) => split_dot4_q8_0_avx2_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
-                    _ => unreachable!("chunks of 1 to 4"),
-                }
-            }
-        }
+        // SAFETY: selected only where the kernel's instruction sets are available.
+        in_fours!(split_dot4_q8_0_avx2_impl, rows, row_bytes, xs, out)
     }
 
     pub fn split_dot_q4_1_avx2(bytes: &[u8], x: &super::SplitX) -> f32 {
@@ -1106,36 +1122,14 @@ mod x86 {
     /// [`split_dot4_q4_1`] for several inputs: groups of up to 4 share each row's unpacked
     /// codes; out[j] = the four rows · xs[j], as the one-input call gives it.
     pub fn split_dot4n_q4_1(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
-        assert_eq!(xs.len(), out.len());
-        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
-            // SAFETY: as above.
-            unsafe {
-                match (x, o) {
-                    ([a, b, c, d], o) => split_dot4_q4_1_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
-                    ([a, b, c], o) => split_dot4_q4_1_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
-                    ([a, b], o) => split_dot4_q4_1_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
-                    ([a], o) => split_dot4_q4_1_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
-                    _ => unreachable!("chunks of 1 to 4"),
-                }
-            }
-        }
+        // SAFETY: selected only where the kernel's instruction sets are available.
+        in_fours!(split_dot4_q4_1_impl, rows, row_bytes, xs, out)
     }
 
     /// [`split_dot4_q8_0`] for several inputs, as [`split_dot4n_q4_1`].
     pub fn split_dot4n_q8_0(rows: &[u8], row_bytes: usize, xs: &[super::SplitX], out: &mut [[f32; 4]]) {
-        assert_eq!(xs.len(), out.len());
-        for (x, o) in xs.chunks(4).zip(out.chunks_mut(4)) {
-            // SAFETY: as above.
-            unsafe {
-                match (x, o) {
-                    ([a, b, c, d], o) => split_dot4_q8_0_impl::<4>(rows, row_bytes, [a, b, c, d], o.try_into().expect("4")),
-                    ([a, b, c], o) => split_dot4_q8_0_impl::<3>(rows, row_bytes, [a, b, c], o.try_into().expect("3")),
-                    ([a, b], o) => split_dot4_q8_0_impl::<2>(rows, row_bytes, [a, b], o.try_into().expect("2")),
-                    ([a], o) => split_dot4_q8_0_impl::<1>(rows, row_bytes, [a], o.try_into().expect("1")),
-                    _ => unreachable!("chunks of 1 to 4"),
-                }
-            }
-        }
+        // SAFETY: selected only where the kernel's instruction sets are available.
+        in_fours!(split_dot4_q8_0_impl, rows, row_bytes, xs, out)
     }
 
     pub fn split_dot_q8_0(bytes: &[u8], x: &super::SplitX) -> f32 {
