@@ -80,6 +80,17 @@ impl Batch {
     }
 }
 
+/// Where a forward starts: the residual stream at the input of `layer`, [batch rows, d].
+/// A run whose LoRA factors all lie at or above `layer` can compute the frozen layers
+/// below once per example and start every later step here (`train::frozen`): their
+/// output does not change while the factors train, and backward stops at the lowest
+/// factor anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start<T> {
+    pub layer: usize,
+    pub x: Vec<T>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct GradOptions {
     /// Keep only each layer's input in the forward and recompute the layer in backward.
@@ -219,6 +230,46 @@ impl<'a, T: Real> TrainModel<'a, T> {
             }
         }
         Ok(())
+    }
+
+    /// `start` fits the batch (rows × width) and no factor in `params` lies below it.
+    fn check_start(&self, params: &LoraParams<T>, batch: &Batch, start: &Start<T>) -> Result<(), Error> {
+        let (n, d) = (batch.tokens.len(), self.config.n_embd);
+        if start.layer > self.config.n_layer || start.x.len() != n * d {
+            return Err(EngineError::BadOption(format!("a forward starting at layer {} with {} values: the model has {} layers and the batch needs {n} rows × {d}", start.layer, start.x.len(), self.config.n_layer)).into());
+        }
+        if let Some(name) = params.keys().find(|n| layer_of(n).is_some_and(|l| l < start.layer)) {
+            return Err(EngineError::BadOption(format!("a forward starting at layer {} skips the LoRA factor {name}", start.layer)).into());
+        }
+        Ok(())
+    }
+
+    /// The residual stream at the input of layer `upto` (0 ≤ upto ≤ n_layer) for the
+    /// batch's rows, through the base alone: what a [`Start`] at `upto` holds.
+    pub fn hidden_states(&self, batch: &Batch, upto: usize) -> Result<Vec<T>, Error> {
+        self.check(&LoraParams::new(), batch)?;
+        if upto > self.config.n_layer {
+            return Err(EngineError::BadOption(format!("hidden states at layer {upto}: the model has {} layers", self.config.n_layer)).into());
+        }
+        let positions = Self::positions(batch);
+        let none = LoraParams::new();
+        let mut x = self.embed(&batch.tokens)?;
+        for l in 0..upto {
+            let dense = self.layer_dense(l)?;
+            x = self.layer_forward(l, x, &dense, &none, batch, &positions).0;
+        }
+        Ok(x)
+    }
+
+    /// The embeddings, or `start` checked against the batch: (first layer to run, x).
+    fn first_input(&self, params: &LoraParams<T>, batch: &Batch, start: Option<Start<T>>) -> Result<(usize, Vec<T>), Error> {
+        match start {
+            Some(s) => {
+                self.check_start(params, batch, &s)?;
+                Ok((s.layer, s.x))
+            }
+            None => Ok((0, self.embed(&batch.tokens)?)),
+        }
     }
 
     fn layer_dense(&self, l: usize) -> Result<[Vec<T>; N_LIN], Error> {
@@ -381,10 +432,15 @@ impl<'a, T: Real> TrainModel<'a, T> {
     /// Per-target (loss, greedy hit) in target order with `params` applied: a hit when
     /// the target token is the arg-max of its logits. No gradients.
     pub fn losses_and_hits(&self, params: &LoraParams<T>, batch: &Batch, ce_chunk: usize) -> Result<Vec<(f64, bool)>, Error> {
+        self.losses_and_hits_from(params, batch, None, ce_chunk)
+    }
+
+    /// [`TrainModel::losses_and_hits`] from `start` (the embeddings when `None`).
+    pub fn losses_and_hits_from(&self, params: &LoraParams<T>, batch: &Batch, start: Option<Start<T>>, ce_chunk: usize) -> Result<Vec<(f64, bool)>, Error> {
         self.check(params, batch)?;
         let positions = Self::positions(batch);
-        let mut x = self.embed(&batch.tokens)?;
-        for l in 0..self.config.n_layer {
+        let (first, mut x) = self.first_input(params, batch, start)?;
+        for l in first..self.config.n_layer {
             let dense = self.layer_dense(l)?;
             x = self.layer_forward(l, x, &dense, params, batch, &positions).0;
         }
@@ -395,19 +451,24 @@ impl<'a, T: Real> TrainModel<'a, T> {
     /// Forward and backward: the loss and the gradients of grad_scale · Σ losses with
     /// respect to every LoRA factor in `params`.
     pub fn loss_and_grad(&self, params: &LoraParams<T>, batch: &Batch, opt: GradOptions) -> Result<LossGrad<T>, Error> {
+        self.loss_and_grad_from(params, batch, None, opt)
+    }
+
+    /// [`TrainModel::loss_and_grad`] from `start` (the embeddings when `None`): the same
+    /// loss and gradients when `start` holds the base's hidden states at its layer.
+    pub fn loss_and_grad_from(&self, params: &LoraParams<T>, batch: &Batch, start: Option<Start<T>>, opt: GradOptions) -> Result<LossGrad<T>, Error> {
         self.check(params, batch)?;
         let c = &self.config;
         let d = c.n_embd;
         let positions = Self::positions(batch);
         let mut grads: LoraParams<T> = params.iter().map(|(k, p)| (k.clone(), p.zeros_like())).collect();
         // Backward stops at the lowest layer holding a LoRA factor.
-        let layer_of = |name: &str| name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
         let l_min = params.keys().filter_map(|n| layer_of(n)).min().unwrap_or(c.n_layer);
 
-        let mut x = self.embed(&batch.tokens)?;
-        let mut saved: Vec<Option<Acts<T>>> = Vec::with_capacity(c.n_layer);
+        let (first, mut x) = self.first_input(params, batch, start)?;
+        let mut saved: Vec<Option<Acts<T>>> = (0..first).map(|_| None).collect();
         let mut inputs: Vec<Vec<T>> = Vec::with_capacity(c.n_layer);
-        for l in 0..c.n_layer {
+        for l in first..c.n_layer {
             let dense = self.layer_dense(l)?;
             if l >= l_min && opt.checkpoint {
                 inputs.push(x.clone());
@@ -440,6 +501,11 @@ impl<'a, T: Real> TrainModel<'a, T> {
         }
         Ok(LossGrad { loss_sum, n_targets: tg.len(), grads })
     }
+}
+
+/// The layer of a per-layer tensor name (`blk.3.attn_q.weight` → 3).
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok())
 }
 
 /// [start, end) token ranges of the batch's sequences (after the shared prefix).

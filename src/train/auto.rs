@@ -28,7 +28,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::eval::Validation;
-use super::trainer::{parse_targets, TrainConfig, Trainer};
+use super::trainer::{parse_targets, FrozenPair, TrainConfig, Trainer};
 use super::data::Example;
 use crate::error::{Error, TrainError};
 use crate::gguf::GgufFile;
@@ -43,18 +43,46 @@ pub struct Recipe {
     pub alpha: f32,
     /// `q_proj,v_proj` or `all-linear`, as `--targets` takes them.
     pub targets: String,
+    /// The layers that get factors.
+    pub layers: Layers,
+}
+
+/// Which layers a recipe trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layers {
+    All,
+    /// Layers n/2 … n−1. The frozen lower half runs once per example ([`super::frozen`])
+    /// and backward stops at the middle: a step costs about half of an all-layer one.
+    UpperHalf,
+}
+
+impl Layers {
+    /// `--layers` for a model of `n_layer` layers.
+    pub fn range(self, n_layer: usize) -> Option<(usize, usize)> {
+        match self {
+            Layers::All => None,
+            Layers::UpperHalf => Some((n_layer / 2, n_layer.saturating_sub(1))),
+        }
+    }
 }
 
 impl Recipe {
     pub fn label(&self) -> String {
-        format!("{} r{} lr {:.0e}", self.targets, self.rank, self.lr)
+        let layers = match self.layers {
+            Layers::All => "",
+            Layers::UpperHalf => ", upper half",
+        };
+        format!("{} r{} lr {:.0e}{layers}", self.targets, self.rank, self.lr)
     }
 }
 
-/// The default space: all-linear r16 at three learning rates around the 1e-3 that trained
-/// the credit example, q/v-only and rank 8 at 1e-3.
+/// The default space: the upper half of the layers (measured on the credit example at
+/// 256 steps: 87.5% held out, as all layers reached at 232–284 steps, with steps 1.4–1.8×
+/// cheaper), all-linear r16 at three learning rates around the 1e-3 that trained the
+/// credit example, q/v-only and rank 8 at 1e-3.
 pub fn default_space() -> Vec<Recipe> {
-    let r = |lr: f64, rank: usize, targets: &str| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into() };
+    let r = |lr: f64, rank: usize, targets: &str| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into(), layers: Layers::UpperHalf };
     vec![r(1e-3, 16, "all-linear"), r(5e-4, 16, "all-linear"), r(2e-3, 16, "all-linear"), r(1e-3, 16, "q_proj,v_proj"), r(1e-3, 8, "all-linear")]
 }
 
@@ -140,8 +168,20 @@ fn screens_better(a: &Validation, b: &Validation) -> bool {
     a.loss < b.loss
 }
 
-fn config_for(base: &TrainConfig, r: &Recipe, steps: usize) -> Result<TrainConfig, Error> {
-    Ok(TrainConfig { lr: r.lr, rank: r.rank, alpha: r.alpha, targets: parse_targets(&r.targets)?, steps, ..base.clone() })
+fn config_for(base: &TrainConfig, r: &Recipe, steps: usize, n_layer: usize) -> Result<TrainConfig, Error> {
+    Ok(TrainConfig { lr: r.lr, rank: r.rank, alpha: r.alpha, targets: parse_targets(&r.targets)?, layers: r.layers.range(n_layer), steps, ..base.clone() })
+}
+
+/// A new candidate shares the frozen-layer states of an earlier one on the same splits
+/// (the screen's candidates, the final run's first examples and its validation split).
+fn share_frozen(t: &mut Trainer, shared: &mut Option<FrozenPair>) {
+    match (t.frozen_states(), shared.as_ref()) {
+        (Some(mine), Some(other)) if mine.train.layer() == other.train.layer() => {
+            t.share_frozen_states(other.clone()).expect("same layer");
+        }
+        (Some(mine), _) => *shared = Some(mine),
+        (None, _) => {}
+    }
 }
 
 /// Runs the search. `base_config` gives everything but lr, rank, alpha, targets and steps
@@ -165,6 +205,8 @@ pub fn search<'a>(
     }
     let t0 = Instant::now();
     let elapsed = || t0.elapsed().as_secs_f64();
+    let n_layer = crate::model::config::ModelConfig::from_gguf(base)?.n_layer;
+    let mut shared: Option<FrozenPair> = None;
     let (n_train, n_val) = (train.len(), val.len());
     let epoch_steps = base_config.steps_for_epochs(1, n_train);
     let planned = ((opts.max_epochs * epoch_steps as f64).ceil() as usize).max(1);
@@ -192,7 +234,8 @@ pub fn search<'a>(
         if i >= n_screen {
             break;
         }
-        let mut t = Trainer::new(base, config_for(base_config, recipe, planned)?, train.clone(), val.clone(), data_fingerprint.clone())?;
+        let mut t = Trainer::new(base, config_for(base_config, recipe, planned, n_layer)?, train.clone(), val.clone(), data_fingerprint.clone())?;
+        share_frozen(&mut t, &mut shared);
         let mut secs = 0.0;
         while t.step < screen_steps {
             secs += t.train_step()?.secs;
@@ -248,10 +291,12 @@ pub fn search<'a>(
     let (chosen, mut t, first) = best.expect("a non-empty space");
     on_event(&format!("chosen: {}", opts.space[chosen].label()));
 
-    // Stage 2: extend the best, scored every half epoch.
-    let step_secs = trials[chosen].step_secs;
+    // Stage 2: extend the best, scored every half epoch. A step's time is re-measured on
+    // each stretch: the screen's steps also computed the frozen layers' states of the
+    // examples they met first, so they overstate a later step.
+    let mut step_secs = trials[chosen].step_secs;
     let all_steps_per_epoch = base_config.steps_for_epochs(1, n_train + n_val) as f64;
-    let final_secs = |epochs: f64| epochs * all_steps_per_epoch * step_secs;
+    let final_secs = |epochs: f64, step_secs: f64| epochs * all_steps_per_epoch * step_secs;
     let every = half_epoch;
     let (mut best_v, mut best_step, mut best_params): (Validation, usize, LoraParams<f32>) = (first, t.step, t.params.clone());
     let mut since_better = 0;
@@ -265,13 +310,16 @@ pub fn search<'a>(
         let next = (t.step + every).min(planned);
         // Time for the next scores and for stage 3 at that length.
         let stretch = (next - t.step) as f64 * step_secs;
-        let needed = stretch + final_secs(next as f64 / epoch_steps as f64);
+        let needed = stretch + final_secs(next as f64 / epoch_steps as f64, step_secs);
         if elapsed() + needed > opts.budget_secs || elapsed() + stretch > opts.budget_secs * (1.0 - opts.final_share) {
             break "the budget".into();
         }
+        let mut secs = 0.0;
+        let from = t.step;
         while t.step < next {
-            t.train_step()?;
+            secs += t.train_step()?.secs;
         }
+        step_secs = secs / (t.step - from).max(1) as f64;
         let (v, p) = score(&t, elapsed())?;
         on_event(&format!("extend {}: step {} ({:.1} epochs), validation exact {:.1}% loss {:.4} [{:.0} s]", opts.space[chosen].label(), p.step, p.epoch, v.exact * 100.0, v.loss, p.at_secs));
         trials[chosen].points.push(p);
@@ -312,7 +360,9 @@ pub fn search<'a>(
             on_event(&format!("final: {} on all {} examples, {final_steps} steps", opts.space[chosen].label(), n_train + n_val));
             let mut all = train;
             all.extend(val.iter().cloned());
-            let mut f = Trainer::new(base, config_for(base_config, &opts.space[chosen], final_steps)?, all, val, data_fingerprint)?;
+            let mut f = Trainer::new(base, config_for(base_config, &opts.space[chosen], final_steps, n_layer)?, all, val, data_fingerprint)?;
+            // Its first examples are the training split, in order: their states carry over.
+            share_frozen(&mut f, &mut shared);
             keep_budget(&mut f, opts.budget_secs, &elapsed, on_event)?;
             let done = f.step;
             (f, "all".to_string(), done, None)

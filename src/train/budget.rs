@@ -14,6 +14,7 @@
 //! | one layer's dequantized projections (forward and backward) | (2qd + 2kv·d + 3d·ff)·4 |
 //! | one layer's backward temporaries | n·(4d + 2q + 2kv + 4ff)·4 |
 //! | the output head's chunked cross-entropy | (32·V + 3m·d)·4 |
+//! | with `--layers` above 0: the frozen layers' states, per example (capped, [`crate::train::frozen`]) | min(Σ(ℓ−1)·d·4, cap) |
 //! | the process itself (code, allocator, threads, the tokenizer's llama.cpp context) | [`BASE_BYTES`] |
 //!
 //! (n: tokens of the largest micro-batch, ℓ: its sequence lengths, m: its target rows,
@@ -38,6 +39,8 @@ pub struct MemoryEstimate {
     pub activations: u64,
     pub transient: u64,
     pub base: u64,
+    /// The frozen layers' states kept per example (0 when training starts at layer 0).
+    pub frozen: u64,
     /// Gradient checkpointing assumed.
     pub checkpoint: bool,
     /// Examples per forward/backward assumed.
@@ -46,7 +49,7 @@ pub struct MemoryEstimate {
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.model + self.head + self.lora_state + self.activations + self.transient + self.base
+        self.model + self.head + self.lora_state + self.activations + self.transient + self.base + self.frozen
     }
 
     pub fn total_mb(&self) -> f64 {
@@ -67,6 +70,8 @@ pub struct RunShape {
     pub layers_in_backward: usize,
     /// Token lengths of the training examples (the longest ones bound a micro-batch).
     pub example_lengths: Vec<usize>,
+    /// Bytes of frozen-layer states the run keeps (training from a layer above 0).
+    pub frozen_bytes: u64,
 }
 
 impl RunShape {
@@ -112,6 +117,7 @@ impl RunShape {
             lora_params: (per_layer * layers) as u64,
             rank_sum_per_layer: (config.rank * tensors.len()) as u64,
             layers_in_backward: mc.n_layer.saturating_sub(first),
+            frozen_bytes: if first > 0 { crate::train::frozen::bytes_for(example_lengths.iter().copied(), d).min(crate::train::frozen::CAP_BYTES) as u64 } else { 0 },
             example_lengths,
         }
     }
@@ -141,6 +147,7 @@ pub fn estimate(mc: &ModelConfig, shape: &RunShape, micro_batch: usize, checkpoi
         activations,
         transient,
         base: BASE_BYTES,
+        frozen: shape.frozen_bytes,
         checkpoint,
         micro_batch: micro_batch.max(1),
     }
@@ -177,13 +184,14 @@ pub fn fit(mc: &ModelConfig, shape: &RunShape, batch: usize, checkpoint: bool, b
         estimate_mb: least.total_mb(),
         budget_mb: budget_bytes as f64 / (1u64 << 20) as f64,
         reason: format!(
-            "even one example per micro-batch with gradient checkpointing needs about {:.0} MiB (model {:.0}, output head {:.0}, LoRA state {:.0}, activations {:.0}, temporaries {:.0}, process {:.0}); as asked ({} per micro-batch{}) it needs {:.0} MiB",
+            "even one example per micro-batch with gradient checkpointing needs about {:.0} MiB (model {:.0}, output head {:.0}, LoRA state {:.0}, activations {:.0}, temporaries {:.0}, frozen-layer states {:.0}, process {:.0}); as asked ({} per micro-batch{}) it needs {:.0} MiB",
             least.total_mb(),
             mib(least.model),
             mib(least.head),
             mib(least.lora_state),
             mib(least.activations),
             mib(least.transient),
+            mib(least.frozen),
             mib(least.base),
             batch,
             if checkpoint { ", checkpointing" } else { "" },
@@ -239,7 +247,7 @@ mod tests {
     }
 
     fn shape() -> RunShape {
-        RunShape { model_file_bytes: 98 << 20, lora_params: 1_000_000, rank_sum_per_layer: 32, layers_in_backward: 30, example_lengths: vec![100; 64] }
+        RunShape { model_file_bytes: 98 << 20, lora_params: 1_000_000, rank_sum_per_layer: 32, layers_in_backward: 30, example_lengths: vec![100; 64], frozen_bytes: 0 }
     }
 
     #[test]

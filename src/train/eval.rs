@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::data::{pack_shared, Example, Sourced};
+use super::frozen::FrozenStates;
 use super::metrics::{classification, percentile, ClassificationMetrics};
 use crate::adapter::{compose, ComposeMethod, LoraAdapter};
 use crate::engine::{Engine, GenerateRequest, Prompt, SamplingParams};
@@ -261,11 +262,12 @@ pub struct LossReport {
 }
 
 /// (Σ loss, target tokens) of `examples` on `model` with `params`, `batch` examples at a time.
-pub fn loss_sum(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize) -> Result<(f64, usize), Error> {
+/// With `frozen`, the forwards start at its layer from the states it holds for
+/// `examples` (keyed by their index in the slice).
+pub fn loss_sum(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize, frozen: Option<&FrozenStates>) -> Result<(f64, usize), Error> {
     let (mut sum, mut n) = (0.0, 0usize);
-    for chunk in examples.chunks(batch.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let l = model.losses(params, &pack_shared(&refs), 32)?;
+    for (c, chunk) in examples.chunks(batch.max(1)).enumerate() {
+        let l: Vec<f64> = scores(model, params, c * batch.max(1), chunk, frozen)?.into_iter().map(|(l, _)| l).collect();
         n += l.len();
         sum += l.iter().sum::<f64>();
     }
@@ -284,11 +286,11 @@ pub struct Validation {
 }
 
 /// [`Validation`] of `examples` on `model` with `params`, `batch` examples at a time.
-pub fn validate(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize) -> Result<Validation, Error> {
+/// With `frozen`, as in [`loss_sum`].
+pub fn validate(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[Example], batch: usize, frozen: Option<&FrozenStates>) -> Result<Validation, Error> {
     let (mut sum, mut n, mut exact) = (0.0, 0usize, 0usize);
-    for chunk in examples.chunks(batch.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let scores = model.losses_and_hits(params, &pack_shared(&refs), 32)?;
+    for (c, chunk) in examples.chunks(batch.max(1)).enumerate() {
+        let scores = scores(model, params, c * batch.max(1), chunk, frozen)?;
         // Targets come in example order, each example's trained tokens together.
         let mut at = 0;
         for e in chunk {
@@ -302,12 +304,24 @@ pub fn validate(model: &TrainModel<f32>, params: &LoraParams<f32>, examples: &[E
     Ok(Validation { n_examples: examples.len(), loss: sum / n.max(1) as f64, exact: exact as f64 / examples.len().max(1) as f64 })
 }
 
+/// Per-target (loss, hit) of one chunk of examples (the first at index `first`), packed
+/// with their shared prefix; from `frozen`'s layer when given.
+fn scores(model: &TrainModel<f32>, params: &LoraParams<f32>, first: usize, chunk: &[Example], frozen: Option<&FrozenStates>) -> Result<Vec<(f64, bool)>, Error> {
+    let refs: Vec<&Example> = chunk.iter().collect();
+    let b = pack_shared(&refs);
+    let start = match frozen {
+        Some(f) => Some(f.start_for(model, &chunk.iter().enumerate().map(|(j, e)| (first + j, e)).collect::<Vec<_>>(), &b)?),
+        None => None,
+    };
+    model.losses_and_hits_from(params, &b, start, 32)
+}
+
 /// Mean loss per trained token of `examples` on the base with `adapters`.
 pub fn loss(base: &GgufFile, adapters: &[(&LoraAdapter, f32)], examples: &[Example], batch: usize) -> Result<LossReport, Error> {
     let config = ModelConfig::from_gguf(base)?;
     let model = TrainModel::<f32>::new(base, &config)?;
     let params = adapters_as_params(adapters)?;
-    let (sum, n) = loss_sum(&model, &params, examples, batch)?;
+    let (sum, n) = loss_sum(&model, &params, examples, batch, None)?;
     let loss = sum / n.max(1) as f64;
     Ok(LossReport { n_examples: examples.len(), n_tokens: n, loss, perplexity: loss.exp() })
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointState};
 use super::data::{pack_shared, Example};
+use super::frozen::FrozenStates;
 use super::optim::{clip_grad_norm, lr_at, AdamW, Moments, Schedule};
 use crate::adapter::{FactorDtype, LoraAdapter, LoraTensor};
 use crate::error::{Error, TrainError};
@@ -224,6 +226,17 @@ pub struct Trainer<'a> {
     /// Where the current data's micro-batches start counting and the epochs run before
     /// them: (0, 0) unless [`Trainer::extend_train`] added examples mid-run.
     data_origin: (usize, f64),
+    /// The training and evaluation examples' states below the lowest trained layer, when
+    /// that layer is above 0 (`--layers`): computed once per example, see [`super::frozen`].
+    frozen: Option<FrozenPair>,
+}
+
+/// A run's frozen-layer states: training examples by their index in `train`, evaluation
+/// examples by theirs in `eval`.
+#[derive(Clone)]
+pub struct FrozenPair {
+    pub train: Arc<FrozenStates>,
+    pub eval: Arc<FrozenStates>,
 }
 
 /// How an epoch picks its examples.
@@ -287,7 +300,8 @@ impl<'a> Trainer<'a> {
             }
         }
         let moments = Moments::zeros_like(&params);
-        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), sampling: Sampling::Uniform, data_origin: (0, 0.0) })
+        let frozen = (first > 0).then(|| FrozenPair { train: Arc::new(FrozenStates::new(first)), eval: Arc::new(FrozenStates::new(first)) });
+        Ok(Trainer { config, model, base_fingerprint: base.tensor_info_fingerprint(), data_fingerprint, train, eval, params, moments, step: 0, epoch_cache: BTreeMap::new(), sampling: Sampling::Uniform, data_origin: (0, 0.0), frozen })
     }
 
     /// Continues from a checkpoint written by a run with the same configuration, base and data.
@@ -495,21 +509,25 @@ impl<'a> Trainer<'a> {
         let t0 = Instant::now();
         let g = self.config.grad_accum;
         let piece = self.config.micro_batch.filter(|&m| m > 0).unwrap_or(self.config.batch);
-        let mut batches: Vec<Batch> = Vec::with_capacity(g);
+        let mut batches: Vec<(Vec<usize>, Batch)> = Vec::with_capacity(g);
         for j in 0..g {
             let idx = self.micro_batch(self.step * g + j);
             for chunk in idx.chunks(piece) {
                 let exs: Vec<&Example> = chunk.iter().map(|&i| &self.train[i]).collect();
-                batches.push(pack_shared(&exs));
+                batches.push((chunk.to_vec(), pack_shared(&exs)));
             }
         }
-        let n_targets: usize = batches.iter().map(Batch::n_targets).sum();
-        let tokens: usize = batches.iter().map(Batch::n_tokens).sum();
+        let n_targets: usize = batches.iter().map(|(_, b)| b.n_targets()).sum();
+        let tokens: usize = batches.iter().map(|(_, b)| b.n_tokens()).sum();
         let opt = self.grad_options(1.0 / n_targets.max(1) as f64);
         let mut grads: LoraParams<f32> = self.params.iter().map(|(k, p)| (k.clone(), p.zeros_like())).collect();
         let mut loss_sum = 0.0;
-        for b in &batches {
-            let r = self.model.loss_and_grad(&self.params, b, opt)?;
+        for (idx, b) in &batches {
+            let start = match &self.frozen {
+                Some(f) => Some(f.train.start_for(&self.model, &idx.iter().map(|&i| (i, &self.train[i])).collect::<Vec<_>>(), b)?),
+                None => None,
+            };
+            let r = self.model.loss_and_grad_from(&self.params, b, start, opt)?;
             loss_sum += r.loss_sum;
             for (name, gr) in r.grads {
                 let acc = grads.get_mut(&name).expect("same keys");
@@ -560,7 +578,7 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss per target token over `examples` with the current factors.
     pub fn loss_on(&self, examples: &[Example]) -> Result<Option<f64>, Error> {
-        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch)?;
+        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch, None)?;
         Ok((n > 0).then(|| sum / n as f64))
     }
 
@@ -569,16 +587,38 @@ impl<'a> Trainer<'a> {
         if self.eval.is_empty() {
             return Ok(None);
         }
-        super::eval::validate(&self.model, &self.params, &self.eval, self.config.batch).map(Some)
+        super::eval::validate(&self.model, &self.params, &self.eval, self.config.batch, self.frozen.as_ref().map(|f| &*f.eval)).map(Some)
     }
 
     /// [`Trainer::validate`] on other examples.
     pub fn validate_on(&self, examples: &[Example]) -> Result<super::eval::Validation, Error> {
-        super::eval::validate(&self.model, &self.params, examples, self.config.micro_batch.unwrap_or(self.config.batch))
+        super::eval::validate(&self.model, &self.params, examples, self.config.micro_batch.unwrap_or(self.config.batch), None)
     }
 
     pub fn eval_loss(&self) -> Result<Option<f64>, Error> {
-        self.loss_on(&self.eval)
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, &self.eval, self.config.batch, self.frozen.as_ref().map(|f| &*f.eval))?;
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    /// The frozen-layer states this run keeps (`None` when it trains from layer 0).
+    pub fn frozen_states(&self) -> Option<FrozenPair> {
+        self.frozen.clone()
+    }
+
+    /// Takes over another run's frozen-layer states (`--auto`'s candidates on the same
+    /// splits share them): refused unless both start at the same layer. The caller
+    /// vouches that both runs index the same training and evaluation examples.
+    pub fn share_frozen_states(&mut self, other: FrozenPair) -> Result<(), Error> {
+        match &self.frozen {
+            Some(f) if f.train.layer() == other.train.layer() => {
+                self.frozen = Some(other);
+                Ok(())
+            }
+            _ => Err(TrainError::BadOption { option: "frozen states".into(), reason: format!("they start at layer {}, this run at {:?}", other.train.layer(), self.frozen.as_ref().map(|f| f.train.layer())) }.into()),
+        }
     }
 
     /// The trained adapter: factors rounded to f16 (the export format), manifest filled

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use edgelora::train::auto::{search, AutoOptions, Recipe};
+use edgelora::train::auto::{search, AutoOptions, Layers, Recipe};
 use edgelora::train::data::Example;
 use edgelora::train::eval::validate;
 use edgelora::train::{parse_targets, TrainConfig, Trainer};
@@ -27,8 +27,9 @@ fn examples(n: usize, seed: usize) -> Vec<Example> {
 }
 
 fn space() -> Vec<Recipe> {
-    let r = |lr: f64, rank: usize, targets: &str| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into() };
-    vec![r(1e-2, 4, "all-linear"), r(1e-4, 4, "all-linear"), r(1e-2, 2, "q_proj,v_proj")]
+    // The first two train the upper layer only (they share its frozen states), the third all.
+    let r = |lr: f64, rank: usize, targets: &str, layers| Recipe { lr, rank, alpha: 2.0 * rank as f32, targets: targets.into(), layers };
+    vec![r(1e-2, 4, "all-linear", Layers::UpperHalf), r(1e-4, 4, "all-linear", Layers::UpperHalf), r(1e-2, 2, "q_proj,v_proj", Layers::All)]
 }
 
 fn base_config() -> TrainConfig {
@@ -75,6 +76,8 @@ fn the_search_screens_each_candidate_extends_the_best_and_retrains_on_all_data()
     assert_eq!(trainer.step, report.final_steps);
     assert_eq!(trainer.config.lr, space()[best].lr);
     assert_eq!(trainer.config.targets, parse_targets(&space()[best].targets).unwrap());
+    assert_eq!(trainer.config.layers, space()[best].layers.range(2));
+    assert_eq!(trainer.frozen_states().is_some(), space()[best].layers == Layers::UpperHalf);
     assert!(lines.iter().any(|l| l.starts_with("screen 3/3")) && lines.iter().any(|l| l.starts_with("screen rung 2")) && lines.iter().any(|l| l.starts_with("final:")), "{lines:?}");
 
     // Deterministic: the same inputs give the same choice and the same factors.
@@ -180,7 +183,7 @@ fn validation_counts_an_answer_exact_when_every_trained_token_is_the_greedy_choi
     // The batch size does not change the figures (examples are scored independently).
     let cfg = edgelora::model::config::ModelConfig::from_gguf(&base).unwrap();
     let model = edgelora::model::grad::TrainModel::<f32>::new(&base, &cfg).unwrap();
-    let one = validate(&model, &t.params, &data, 1).unwrap();
+    let one = validate(&model, &t.params, &data, 1, None).unwrap();
     assert_eq!(one.exact, after.exact);
     assert!((one.loss - after.loss).abs() < 1e-4, "{} {}", one.loss, after.loss);
 }

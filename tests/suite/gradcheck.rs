@@ -284,3 +284,93 @@ fn f32_gradients_agree_with_f64() {
         }
     }
 }
+
+#[test]
+fn a_forward_started_at_the_base_hidden_states_gives_the_same_loss_and_gradients() {
+    use edgelora::model::grad::Start;
+    let dir = tempfile::tempdir().unwrap();
+    let f = tiny_model(&dir.path().join("m.gguf"), "qwen2", 21);
+    let config = ModelConfig::from_gguf(&f).unwrap();
+    let model = TrainModel::<f64>::new(&f, &config).unwrap();
+    // Factors in layer 1 only: layer 0 is frozen and its output can be computed once.
+    let params: LoraParams<f64> = tiny_params(&model, 4).into_iter().filter(|(k, _)| k.starts_with("blk.1.")).collect();
+    assert_eq!(params.len(), 2);
+    let batch = tiny_batch();
+    let x1 = model.hidden_states(&batch, 1).unwrap();
+    assert_eq!(x1.len(), batch.tokens.len() * config.n_embd);
+    for checkpoint in [false, true] {
+        let opt = GradOptions { checkpoint, ce_chunk: 2, grad_scale: 0.5 };
+        let full = model.loss_and_grad(&params, &batch, opt).unwrap();
+        let from = model.loss_and_grad_from(&params, &batch, Some(Start { layer: 1, x: x1.clone() }), opt).unwrap();
+        assert_eq!(full.n_targets, from.n_targets);
+        assert!((full.loss_sum - from.loss_sum).abs() <= 1e-12 * full.loss_sum.abs(), "loss {} vs {}", full.loss_sum, from.loss_sum);
+        for (name, g) in &full.grads {
+            let h = &from.grads[name];
+            assert!(g.a.iter().chain(&g.b).any(|v| v.abs() > 1e-6), "{name}: no gradient to compare");
+            for (x, y) in g.a.iter().chain(&g.b).zip(h.a.iter().chain(&h.b)) {
+                assert!((x - y).abs() <= 1e-12 * (1.0 + x.abs()), "checkpoint={checkpoint} {name}: {x} vs {y}");
+            }
+        }
+    }
+    let full = model.losses_and_hits(&params, &batch, 3).unwrap();
+    let from = model.losses_and_hits_from(&params, &batch, Some(Start { layer: 1, x: x1.clone() }), 3).unwrap();
+    assert_eq!(full.iter().map(|s| s.1).collect::<Vec<_>>(), from.iter().map(|s| s.1).collect::<Vec<_>>());
+    assert!(full.iter().zip(&from).all(|(a, b)| (a.0 - b.0).abs() <= 1e-12 * a.0.abs().max(1.0)));
+    // All layers' states: the forward runs only the head. Starting above a factor, or with
+    // states of the wrong size, is refused with what was expected.
+    let top = model.hidden_states(&batch, 2).unwrap();
+    let none = LoraParams::new();
+    let l = model.losses_and_hits_from(&none, &batch, Some(Start { layer: 2, x: top }), 3).unwrap();
+    assert!(l.iter().zip(&model.losses_and_hits(&none, &batch, 3).unwrap()).all(|(a, b)| (a.0 - b.0).abs() <= 1e-12 * a.0.abs().max(1.0)));
+    let all = tiny_params(&model, 4);
+    let opt = GradOptions { checkpoint: false, ce_chunk: 2, grad_scale: 1.0 };
+    let Err(e) = model.loss_and_grad_from(&all, &batch, Some(Start { layer: 1, x: x1.clone() }), opt) else { panic!("a start above blk.0's factors was accepted") };
+    assert!(e.to_string().contains("skips the LoRA factor blk.0."), "{e}");
+    let Err(e) = model.loss_and_grad_from(&params, &batch, Some(Start { layer: 1, x: x1[..16].to_vec() }), opt) else { panic!("short states were accepted") };
+    assert!(e.to_string().contains("needs 9 rows"), "{e}");
+    assert!(model.hidden_states(&batch, 3).is_err());
+}
+
+#[test]
+fn frozen_states_computed_in_other_batches_give_each_batch_its_own_hidden_states() {
+    use edgelora::train::data::{pack_shared, Example};
+    use edgelora::train::frozen::FrozenStates;
+    let dir = tempfile::tempdir().unwrap();
+    let f = tiny_model(&dir.path().join("m.gguf"), "llama", 8);
+    let config = ModelConfig::from_gguf(&f).unwrap();
+    let model = TrainModel::<f32>::new(&f, &config).unwrap();
+    let ex = |tail: &[i32]| {
+        let tokens: Vec<i32> = [1, 7, 3, 9].iter().chain(tail).copied().collect();
+        let trained = (0..tokens.len()).map(|j| j >= tokens.len() - 2).collect();
+        Example { tokens, trained }
+    };
+    // Examples 0 and 2 share a longer opening than all four do.
+    let exs = [ex(&[22, 5, 31]), ex(&[4, 12, 6]), ex(&[22, 5, 8, 2]), ex(&[30, 11, 13])];
+    let frozen = FrozenStates::new(1);
+    // Filled by batches {3, 1} then {0}; asked for {2, 0}, {0, 1, 2, 3}, {1} and {2, 3}:
+    // each must equal that batch's own hidden states.
+    for group in [&[3usize, 1][..], &[0], &[2, 0], &[0, 1, 2, 3], &[1], &[2, 3]] {
+        let pairs: Vec<(usize, &Example)> = group.iter().map(|&i| (i, &exs[i])).collect();
+        let refs: Vec<&Example> = pairs.iter().map(|p| p.1).collect();
+        let b = pack_shared(&refs);
+        let start = frozen.start_for(&model, &pairs, &b).unwrap();
+        let want = model.hidden_states(&b, 1).unwrap();
+        assert_eq!(start.layer, 1);
+        assert_eq!(start.x.len(), want.len(), "{group:?}");
+        for (a, w) in start.x.iter().zip(&want) {
+            assert!((a - w).abs() <= 1e-5 * (1.0 + w.abs()), "{group:?}: {a} vs {w}");
+        }
+    }
+    // Every example is held now: rows − 1 per example, d wide.
+    let d = config.n_embd;
+    assert_eq!(frozen.bytes(), exs.iter().map(|e| (e.tokens.len() - 1) * d * 4).sum::<usize>());
+    // A cap keeps what fits and computes the rest each time.
+    let small = FrozenStates::with_cap(1, (exs[0].tokens.len() - 1) * d * 4);
+    let pairs: Vec<(usize, &Example)> = exs.iter().enumerate().collect();
+    let b = pack_shared(&exs.iter().collect::<Vec<_>>());
+    let start = small.start_for(&model, &pairs, &b).unwrap();
+    assert!(small.bytes() <= (exs[0].tokens.len() - 1) * d * 4 && small.bytes() > 0);
+    assert!(start.x.iter().zip(&model.hidden_states(&b, 1).unwrap()).all(|(a, w)| (a - w).abs() <= 1e-5 * (1.0 + w.abs())));
+    // Examples that do not match the batch are refused.
+    assert!(frozen.start_for(&model, &pairs[..2], &b).is_err());
+}
