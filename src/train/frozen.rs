@@ -60,6 +60,23 @@ impl FrozenStates {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Copies `other`'s state of its example `from` (if held, at the same layer) as this
+    /// one's example `to`: the same example under another index (`--auto`'s validation
+    /// split joining the training data). False when nothing was copied.
+    pub fn adopt(&self, other: &FrozenStates, from: usize, to: usize) -> bool {
+        if other.layer != self.layer || std::ptr::eq(self, other) {
+            return false;
+        }
+        let Some(rows) = other.lock().get(&from).cloned() else { return false };
+        let mut held = self.lock();
+        let used: usize = held.values().map(|v| v.len() * 4).sum();
+        if used + rows.len() * 4 > self.cap_bytes {
+            return false;
+        }
+        held.insert(to, rows);
+        true
+    }
+
     /// Where `batch`'s forward starts: `batch` is [`pack_shared`] of `examples` (index,
     /// example) in this order. Examples not held yet are computed through the base's
     /// first `layer` layers together (one packed batch) and kept while the cap allows.

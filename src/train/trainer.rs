@@ -446,6 +446,14 @@ impl<'a> Trainer<'a> {
         }
         let k = self.step * self.config.grad_accum;
         let epochs = self.data_origin.1 + (k - self.data_origin.0) as f64 / self.micro_per_epoch() as f64;
+        if let Some(f) = &self.frozen {
+            // An added example that is an evaluation example keeps the states computed for it.
+            for (j, e) in more.iter().enumerate() {
+                if let Some(i) = self.eval.iter().position(|v| v.tokens == e.tokens) {
+                    f.train.adopt(&f.eval, i, self.train.len() + j);
+                }
+            }
+        }
         self.train.extend(more);
         self.data_origin = (k, epochs);
         self.epoch_cache.clear();

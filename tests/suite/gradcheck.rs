@@ -373,4 +373,14 @@ fn frozen_states_computed_in_other_batches_give_each_batch_its_own_hidden_states
     assert!(start.x.iter().zip(&model.hidden_states(&b, 1).unwrap()).all(|(a, w)| (a - w).abs() <= 1e-5 * (1.0 + w.abs())));
     // Examples that do not match the batch are refused.
     assert!(frozen.start_for(&model, &pairs[..2], &b).is_err());
+    // Another index of the same example can take over its states (a validation example
+    // joining the training data); nothing is copied from a split that lacks it.
+    let moved = FrozenStates::new(1);
+    assert!(moved.adopt(&frozen, 2, 7));
+    assert!(!moved.adopt(&frozen, 99, 8));
+    assert!(!moved.adopt(&FrozenStates::new(0), 2, 9));
+    assert_eq!(moved.bytes(), (exs[2].tokens.len() - 1) * d * 4);
+    let b = pack_shared(&[&exs[2]]);
+    let start = moved.start_for(&model, &[(7, &exs[2])], &b).unwrap();
+    assert!(start.x.iter().zip(&model.hidden_states(&b, 1).unwrap()).all(|(a, w)| (a - w).abs() <= 1e-5 * (1.0 + w.abs())));
 }
