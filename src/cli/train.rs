@@ -56,7 +56,8 @@ pub struct TrainArgs {
     /// [default: q_proj,v_proj; with --init-adapter: the adapter's]
     #[arg(long)]
     targets: Option<String>,
-    /// Layers trained, FIRST-LAST (default: all)
+    /// Layers trained, FIRST-LAST (default: all). Above 0, the frozen layers below FIRST run
+    /// once per example, not once per step (their outputs are kept, up to 256 MiB)
     #[arg(long, value_name = "FIRST-LAST")]
     layers: Option<String>,
     /// Peak learning rate

@@ -247,12 +247,12 @@ impl<'a, T: Real> TrainModel<'a, T> {
     /// The residual stream at the input of layer `upto` (0 ≤ upto ≤ n_layer) for the
     /// batch's rows, through the base alone: what a [`Start`] at `upto` holds.
     pub fn hidden_states(&self, batch: &Batch, upto: usize) -> Result<Vec<T>, Error> {
-        self.check(&LoraParams::new(), batch)?;
+        let none = LoraParams::new();
+        self.check(&none, batch)?;
         if upto > self.config.n_layer {
             return Err(EngineError::BadOption(format!("hidden states at layer {upto}: the model has {} layers", self.config.n_layer)).into());
         }
         let positions = Self::positions(batch);
-        let none = LoraParams::new();
         let mut x = self.embed(&batch.tokens)?;
         for l in 0..upto {
             let dense = self.layer_dense(l)?;
