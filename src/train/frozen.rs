@@ -26,9 +26,29 @@ pub const CAP_BYTES: usize = 256 << 20;
 /// Per-example hidden states at the input of one layer, filled as batches ask for them.
 pub struct FrozenStates {
     layer: usize,
-    /// Example index → its rows [tokens − 1, d] (the rows a batch feeds for it).
-    states: Mutex<HashMap<usize, Vec<f32>>>,
+    states: Mutex<Held>,
     cap_bytes: usize,
+}
+
+/// The states held and their size.
+#[derive(Default)]
+struct Held {
+    /// Example index → its rows [tokens − 1, d] (the rows a batch feeds for it).
+    rows: HashMap<usize, Vec<f32>>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `rows` as example `i`'s while the total stays within `cap` bytes.
+    fn insert_within(&mut self, cap: usize, i: usize, rows: Vec<f32>) -> bool {
+        let b = rows.len() * 4;
+        if self.rows.contains_key(&i) || self.bytes + b > cap {
+            return false;
+        }
+        self.bytes += b;
+        self.rows.insert(i, rows);
+        true
+    }
 }
 
 /// Bytes the states of examples of these token lengths take (before the cap), d wide.
@@ -43,7 +63,7 @@ impl FrozenStates {
     }
 
     pub fn with_cap(layer: usize, cap_bytes: usize) -> FrozenStates {
-        FrozenStates { layer, states: Mutex::new(HashMap::new()), cap_bytes }
+        FrozenStates { layer, states: Mutex::new(Held::default()), cap_bytes }
     }
 
     pub fn layer(&self) -> usize {
@@ -52,10 +72,10 @@ impl FrozenStates {
 
     /// Bytes held now.
     pub fn bytes(&self) -> usize {
-        self.lock().values().map(|v| v.len() * 4).sum()
+        self.lock().bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Vec<f32>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         // The map is only ever extended by whole entries: a panic elsewhere leaves it valid.
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -67,14 +87,8 @@ impl FrozenStates {
         if other.layer != self.layer || std::ptr::eq(self, other) {
             return false;
         }
-        let Some(rows) = other.lock().get(&from).cloned() else { return false };
-        let mut held = self.lock();
-        let used: usize = held.values().map(|v| v.len() * 4).sum();
-        if used + rows.len() * 4 > self.cap_bytes {
-            return false;
-        }
-        held.insert(to, rows);
-        true
+        let Some(rows) = other.lock().rows.get(&from).cloned() else { return false };
+        self.lock().insert_within(self.cap_bytes, to, rows)
     }
 
     /// Where `batch`'s forward starts: `batch` is [`pack_shared`] of `examples` (index,
@@ -89,7 +103,7 @@ impl FrozenStates {
         let missing: Vec<(usize, &Example)> = {
             let held = self.lock();
             let mut seen = std::collections::HashSet::new();
-            examples.iter().copied().filter(|(i, _)| !held.contains_key(i) && seen.insert(*i)).collect()
+            examples.iter().copied().filter(|(i, _)| !held.rows.contains_key(i) && seen.insert(*i)).collect()
         };
         if !missing.is_empty() {
             let refs: Vec<&Example> = missing.iter().map(|(_, e)| *e).collect();
@@ -107,7 +121,7 @@ impl FrozenStates {
         }
         let mut held = self.lock();
         let x = {
-            let get = |i: usize| -> &Vec<f32> { fresh.get(&i).or_else(|| held.get(&i)).expect("every example is held or fresh") };
+            let get = |i: usize| -> &Vec<f32> { fresh.get(&i).or_else(|| held.rows.get(&i)).expect("every example is held or fresh") };
             let p = batch.prefix * d;
             let n_rows = batch.tokens.len();
             let mut x = Vec::with_capacity(n_rows * d);
@@ -127,12 +141,8 @@ impl FrozenStates {
             }
             x
         };
-        let mut used: usize = held.values().map(|v| v.len() * 4).sum();
         for (i, rows) in fresh {
-            if used + rows.len() * 4 <= self.cap_bytes {
-                used += rows.len() * 4;
-                held.insert(i, rows);
-            }
+            held.insert_within(self.cap_bytes, i, rows);
         }
         Ok(Start { layer: self.layer, x })
     }

@@ -586,7 +586,13 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss per target token over `examples` with the current factors.
     pub fn loss_on(&self, examples: &[Example]) -> Result<Option<f64>, Error> {
-        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch, None)?;
+        self.mean_loss(examples, None)
+    }
+
+    /// Mean loss per target token, the forwards from `frozen`'s states when given (they
+    /// must be keyed by the examples' index in `examples`).
+    fn mean_loss(&self, examples: &[Example], frozen: Option<&FrozenStates>) -> Result<Option<f64>, Error> {
+        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, examples, self.config.batch, frozen)?;
         Ok((n > 0).then(|| sum / n as f64))
     }
 
@@ -604,11 +610,7 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn eval_loss(&self) -> Result<Option<f64>, Error> {
-        if self.eval.is_empty() {
-            return Ok(None);
-        }
-        let (sum, n) = super::eval::loss_sum(&self.model, &self.params, &self.eval, self.config.batch, self.frozen.as_ref().map(|f| &*f.eval))?;
-        Ok((n > 0).then(|| sum / n as f64))
+        self.mean_loss(&self.eval, self.frozen.as_ref().map(|f| &*f.eval))
     }
 
     /// The frozen-layer states this run keeps (`None` when it trains from layer 0).
