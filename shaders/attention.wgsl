@@ -1,6 +1,7 @@
 // Causal grouped-query attention, one workgroup per (query row, head), for query rows
-// q0..q0+n_q of a batch at positions pos0..: o = softmax(q·kᵀ·scale) · v over keys
-// 0..=pos0+r of the KV cache [pos, n_head_kv, head_dim] — with a sliding `window` (> 0),
+// q0..q0+n_q of one sequence, whose rows start at row0 of q and o (a batch holds several
+// sequences) and whose row r sits at position pos0 + r: o = softmax(q·kᵀ·scale) · v over
+// keys 0..=pos0+r of its KV cache [pos, n_head_kv, head_dim] — with a sliding `window` (> 0),
 // only the last `window` of them (gemma3's local layers). `scores` is scratch
 // [n_q, n_head, ctx].
 struct Params {
@@ -13,7 +14,7 @@ struct Params {
     ctx: u32,
     scale: f32,
     window: u32,
-    _pad0: u32,
+    row0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -43,7 +44,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (params.window > 0u && n_ctx > params.window) {
         lo = n_ctx - params.window;
     }
-    let qb = (r * params.n_head + h) * hd;
+    let qb = ((params.row0 + r) * params.n_head + h) * hd;
     let sb = w * params.ctx;
 
     // scores and their max

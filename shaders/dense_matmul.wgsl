@@ -1,4 +1,5 @@
-// out[out_base + r·out_stride + o] (+)= scale · Σ_i x[r, i] · m[o, i], with m [n_out, n_in]
+// out[out_base + r·out_stride + o] (+)= scale · Σ_i x[x_base + r·n_in + i] · m[o, i], with
+// m [n_out, n_in]
 // f32: the two products of a LoRA adapter on the fly (t = s·x·Aᵀ, then y += t·Bᵀ).
 // One thread per output.
 struct Params {
@@ -9,7 +10,7 @@ struct Params {
     out_stride: u32,
     out_base: u32,
     scale: f32,
-    _pad: u32,
+    x_base: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -27,7 +28,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let o = idx % params.n_out;
     var sum = 0.0;
     for (var i = 0u; i < params.n_in; i = i + 1u) {
-        sum = sum + x[r * params.n_in + i] * m[o * params.n_in + i];
+        sum = sum + x[params.x_base + r * params.n_in + i] * m[o * params.n_in + i];
     }
     let at = params.out_base + r * params.out_stride + o;
     if (params.accumulate != 0u) {

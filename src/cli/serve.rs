@@ -47,8 +47,8 @@ pub struct ServeArgs {
     /// Requests waiting beyond the running ones (then 429)
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
-    /// Requests decoded together, each with its own adapters (native engine on the CPU;
-    /// the llama.cpp backend and --device gpu serve one request at a time)
+    /// Requests decoded together, each with its own adapters (native engine, on the CPU or
+    /// with --device gpu on the device; the llama.cpp backend serves one request at a time)
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
     /// KV cache pool of the batch: each request reserves prompt + max_tokens positions
@@ -111,7 +111,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let (engine, batcher): (Arc<dyn Engine>, Option<Arc<Batcher>>) = match a.model.open(&a.model.model)? {
         #[cfg(feature = "llama")]
         Loaded::Llama(r) => (Arc::new(r), None),
-        Loaded::Native(n) if a.model.device == "gpu" => (Arc::new(n), None),
         Loaded::Native(n) => {
             let n = Arc::new(n);
             let n_train = n.model_config().n_ctx_train;

@@ -3,10 +3,11 @@
 //! finished sequences leave and waiting ones join. Each step is one
 //! [`NativeModel::forward_batch`](crate::model::NativeModel::forward_batch): every base
 //! projection runs once over all rows, each adapter's B·(A·x) over the rows of the
-//! sequences that use it. Prompts enter in chunks (`prefill_chunk` tokens per step across
+//! sequences that use it — on the host, or on the device when the model runs its whole
+//! forward there (`--device gpu`). Prompts enter in chunks (`prefill_chunk` tokens per step across
 //! all sequences), so a long prompt does not stall the others' decoding.
 //!
-//! Each sequence has its own KV cache, reserved in full when it is admitted (prompt +
+//! Each sequence has its own KV cache (host or device memory), reserved in full when it is admitted (prompt +
 //! `max_tokens` positions, at most `n_ctx`) from a pool of `kv_memory_bytes`: a request
 //! waits while the pool is full and is refused when it could never fit. Finished
 //! sequences' caches stay in the pool as a prompt cache (oldest evicted first when
@@ -122,12 +123,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the scheduler thread over `rt` (a host engine: the whole-GPU forward takes
-    /// one sequence at a time and is refused here).
+    /// Starts the scheduler thread over `rt` (on the host, or the whole forward on the
+    /// device: the KV pool is then device memory).
     pub fn start(rt: Arc<NativeRuntime>, opts: BatchOptions) -> Result<Batcher> {
-        if rt.model.backend_name().starts_with("gpu (whole forward)") {
-            return Err(EngineError::BadOption("continuous batching runs on the CPU engine; the whole-GPU forward serves one request at a time".into()).into());
-        }
         if opts.max_batch == 0 || opts.prefill_chunk == 0 || opts.n_ctx == 0 {
             return Err(EngineError::BadOption(format!("batching: max_batch {}, prefill_chunk {} and n_ctx {} must be at least 1", opts.max_batch, opts.prefill_chunk, opts.n_ctx)).into());
         }
@@ -267,8 +265,11 @@ impl Scheduler {
                 }
                 None => (Session::default(), 0),
             };
-            let c = &self.rt.model.config;
-            session.reserve(c.n_layer, c.n_head_kv * c.head_dim, job.positions);
+            if let Err(e) = self.rt.model.reserve(&mut session, job.positions) {
+                // The device could not allocate it: this request fails, the others go on.
+                job.sink.done(Err(e));
+                continue;
+            }
             let reserved = session.kv_bytes().max(need);
             self.used += reserved;
             self.stats.cached_tokens.fetch_add(fed as u64, Ordering::Relaxed);

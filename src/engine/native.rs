@@ -91,6 +91,11 @@ impl NativeRuntime {
         self.model.backend_name()
     }
 
+    /// The model under it (for batched forwards: [`NativeModel::forward_batch`]).
+    pub fn model(&self) -> &NativeModel {
+        &self.model
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.model.config.n_vocab
     }

@@ -27,7 +27,7 @@ use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
 
 use config::ModelConfig;
-use gpu_forward::{GpuCache, GpuForward};
+use gpu_forward::{GpuCache, GpuForward, GpuItem};
 use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, HalfLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward, geglu::geglu_forward};
 use weights::{Weight, Weights};
 
@@ -74,9 +74,9 @@ impl Session {
         self.n_past
     }
 
-    /// Bytes its KV cache has allocated.
+    /// Bytes its KV cache has allocated (on the host, or on the device).
     pub fn kv_bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|c| c.capacity() * 4).sum()
+        self.k.iter().chain(&self.v).map(|c| c.capacity() * 4).sum::<usize>() + self.gpu.as_ref().map_or(0, GpuCache::bytes)
     }
 
     /// Makes room for `positions` positions in all (of `width` floats per layer, K and V)
@@ -169,6 +169,18 @@ impl NativeModel {
         }
     }
 
+    /// Makes room in `session`'s KV cache for `positions` positions in all, on the host or
+    /// on the device, so that growing to them allocates nothing more: how a bounded KV pool
+    /// holds.
+    pub fn reserve(&self, session: &mut Session, positions: usize) -> Result<(), Error> {
+        let c = &self.config;
+        match &self.exec {
+            Exec::Host(_) => session.reserve(c.n_layer, c.kv_width(), positions),
+            Exec::Device(f) => f.reserve_cache(&mut session.gpu, session.n_past, positions).map_err(compute_err)?,
+        }
+        Ok(())
+    }
+
     /// Steps `sessions.len()` sequences at once: one token each (`tokens[i]` continues
     /// `sessions[i]`), on the host, with `adapters` on the fly. Returns each sequence's logits. The
     /// products take all sequences' rows together (a matrix product per weight instead of
@@ -184,8 +196,8 @@ impl NativeModel {
     /// Steps several sequences in one forward, each with its own tokens (a decode step's
     /// one, or a chunk of its prompt) and its own adapter set: every base projection runs
     /// once over all rows, each adapter over the rows of the sequences that use it. Returns,
-    /// per item, the logits of its last token (or of every token when `all_logits`).
-    /// Host only (the whole-GPU forward takes one sequence at a time).
+    /// per item, the logits of its last token (or of every token when `all_logits`). On
+    /// the host or, for a model [`on_gpu`](NativeModel::on_gpu), on the device.
     pub fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -193,10 +205,18 @@ impl NativeModel {
         for it in items.iter() {
             self.check_tokens(it.tokens)?;
         }
-        let Exec::Host(backend) = &self.exec else {
-            return Err(EngineError::Backend("a batched forward needs a host backend (the GPU forward takes one sequence at a time)".into()).into());
-        };
-        rayon::scope(|_| self.forward_on_host(backend.as_ref(), items))
+        match &self.exec {
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), items)),
+            Exec::Device(f) => {
+                let mut on_device: Vec<GpuItem> = items.iter_mut().map(|it| GpuItem { cache: &mut it.session.gpu, n_past: it.session.n_past, tokens: it.tokens, adapters: it.adapters, all_logits: it.all_logits }).collect();
+                let logits = f.forward_batch(&mut on_device).map_err(compute_err)?;
+                drop(on_device);
+                for it in items.iter_mut() {
+                    it.session.n_past += it.tokens.len();
+                }
+                Ok(logits)
+            }
+        }
     }
 
     /// The f16 copies of each adapter in `sets` (made on first use), by adapter id.

@@ -4,10 +4,10 @@
 //! and A/B arms (`router`), feedback capture into a training log, adapters loaded and
 //! unloaded at run time (`/admin/*`), `/health` and Prometheus `/metrics` (`metrics`).
 //!
-//! With a [`Batcher`] (the native engine on the CPU) requests are decoded together,
-//! each with its own adapter set, joining and leaving the batch between steps
-//! (`engine::batch`); otherwise (llama.cpp, the whole-GPU forward) they run one at a
-//! time in arrival order. Either way at most `max_queue` wait beyond the running ones;
+//! With a [`Batcher`] (the native engine, on the CPU or the whole forward on the GPU)
+//! requests are decoded together, each with its own adapter set, joining and leaving the
+//! batch between steps (`engine::batch`); otherwise (llama.cpp) they run one at a time in
+//! arrival order. Either way at most `max_queue` wait beyond the running ones;
 //! more get 429.
 
 pub mod metrics;
@@ -91,7 +91,7 @@ struct Completed {
 /// Everything the handlers share.
 pub struct ServerState {
     engine: Arc<dyn Engine>,
-    /// Continuous batching over `engine` (the native CPU engine), else one at a time.
+    /// Continuous batching over `engine` (the native engine, host or device), else one at a time.
     batcher: Option<Arc<Batcher>>,
     opts: ServeOptions,
     /// Loaded adapters by name with the scale a request naming one gets.

@@ -200,6 +200,115 @@ fn arch_gpu_forward_equals_cpu() {
 }
 
 #[test]
+fn arch_gpu_batches_sequences_with_different_adapter_sets_as_each_alone() {
+    // The device forward over several sequences at once (what `serve --device gpu`
+    // steps), each with its own KV cache and adapter set, against each alone on the
+    // device, on every architecture (qwen3's normalized keys and phi3's fused tensors go
+    // through the batch's key/value rows before their copy into each cache; gemma3's
+    // windows see each sequence's own positions).
+    use edgelora::model::BatchItem;
+    // Alone, calls of ≤ 4 rows take the matvec kernel, batches of more the matmul kernel:
+    // the same products summed in another order.
+    const BUDGET: f32 = 1e-3;
+    for arch in ARCHS {
+        let gpu = edgelora::compute::gpu::Gpu::new().unwrap_or_else(|e| panic!("{e}: install mesa-vulkan-drivers for lavapipe"));
+        let model = NativeModel::on_gpu(gguf(arch), gpu).unwrap();
+        let adapter = read_peft(&dir(arch).join("adapter"), model.gguf()).unwrap();
+        let trained = read_peft(&dir(arch).join("trained"), model.gguf()).unwrap();
+        let prompts: Vec<Vec<i32>> = Reference::load(arch).prompts().into_iter().map(|(_, ids)| ids).collect();
+        let (p0, p1, p2) = (&prompts[0], &prompts[1], &prompts[2]);
+        let sets: Vec<Vec<(&LoraAdapter, f32)>> = vec![vec![], vec![(&adapter, 1.0)], vec![(&trained, 1.0)], vec![(&adapter, 0.5), (&trained, -0.7)], vec![(&trained, 1.0)]];
+        let feeds: Vec<&[i32]> = vec![p1, p1, &p0[..9], &p2[..5], &p2[..3]];
+        let check = |step: &str, got: &[Vec<Vec<f32>>], want: &[Vec<Vec<f32>>]| {
+            assert_eq!(got.len(), want.len(), "{arch} {step}: items");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(g.len(), w.len(), "{arch} {step}: sequence {i} rows");
+                for (gr, wr) in g.iter().zip(w) {
+                    let d = max_abs_diff(gr, wr);
+                    assert!(d < BUDGET, "{arch} {step}: sequence {i} differs from its own run by {d}");
+                    assert_eq!(argmax(gr), argmax(wr), "{arch} {step}: sequence {i}");
+                }
+            }
+        };
+        let mut together: Vec<Session> = (0..5).map(|_| Session::default()).collect();
+        let mut alone: Vec<Session> = (0..5).map(|_| Session::default()).collect();
+        // Prefill: five prompts in one forward (the first with every position's logits).
+        let mut items: Vec<BatchItem> = together.iter_mut().zip(&feeds).zip(&sets).enumerate().map(|(i, ((s, p), a))| BatchItem { session: s, tokens: p, adapters: a, all_logits: i == 0 }).collect();
+        let got = model.forward_batch(&mut items).unwrap();
+        drop(items);
+        let want: Vec<Vec<Vec<f32>>> = alone.iter_mut().zip(&feeds).zip(&sets).enumerate().map(|(i, ((s, p), a))| model.forward(s, p, a, i == 0).unwrap()).collect();
+        assert_eq!(got[0].len(), p1.len());
+        check("prefill", &got, &want);
+        // The same prompt under two sets differs (else a mix-up of rows could not show).
+        assert!(max_abs_diff(got[0].last().unwrap(), got[1].last().unwrap()) > 1e-2, "{arch}: the adapter changes nothing");
+        // Decode steps through the device caches: one token each, one sequence reading
+        // two, one sitting out.
+        for step in 0..3 {
+            let next: Vec<Vec<i32>> = (0..5).map(|i| if i == 3 { vec![p0[30 + step], p0[31 + step]] } else { vec![p0[10 + step + i]] }).collect();
+            let active: Vec<usize> = (0..5).filter(|&i| !(i == 4 && step == 1)).collect();
+            let mut sess: Vec<(usize, &mut Session)> = together.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).collect();
+            let mut items: Vec<BatchItem> = sess.iter_mut().map(|(i, s)| BatchItem { session: s, tokens: &next[*i], adapters: &sets[*i], all_logits: false }).collect();
+            let got = model.forward_batch(&mut items).unwrap();
+            drop(items);
+            let want: Vec<Vec<Vec<f32>>> = active.iter().map(|&i| model.forward(&mut alone[i], &next[i], &sets[i], false).unwrap()).collect();
+            check(&format!("decode step {step}"), &got, &want);
+        }
+        for (t, a) in together.iter().zip(&alone) {
+            assert_eq!(t.n_past(), a.n_past());
+        }
+        // A rewound cache beside one going on.
+        together[1].truncate(4);
+        alone[1].truncate(4);
+        let (a, b) = together.split_at_mut(2);
+        let mut items = vec![BatchItem { session: &mut a[1], tokens: &p0[20..23], adapters: &sets[1], all_logits: true }, BatchItem { session: &mut b[0], tokens: &p0[23..24], adapters: &sets[2], all_logits: false }];
+        let got = model.forward_batch(&mut items).unwrap();
+        drop(items);
+        let want = vec![model.forward(&mut alone[1], &p0[20..23], &sets[1], true).unwrap(), model.forward(&mut alone[2], &p0[23..24], &sets[2], false).unwrap()];
+        check("after a rewind", &got, &want);
+    }
+}
+
+#[test]
+fn arch_gpu_batcher_answers_mixed_adapter_requests_as_each_alone() {
+    // `serve --device gpu`'s scheduler over the device forward (lavapipe where there is
+    // no GPU): requests for different adapter sets share steps, the KV pool is device
+    // memory, and each answer equals the request's run alone.
+    use edgelora::compute::Device;
+    use edgelora::engine::{BatchOptions, Batcher, FnSink, NativeRuntime};
+    use std::sync::atomic::Ordering::SeqCst;
+    let rt = std::sync::Arc::new(NativeRuntime::load(dir("qwen3").join("model.f32.gguf"), Device::Gpu, 1).unwrap());
+    assert!(rt.backend_name().starts_with("gpu (whole forward)"), "{}", rt.backend_name());
+    rt.load_adapter("adapter", dir("qwen3").join("adapter")).unwrap();
+    rt.load_adapter("trained", dir("qwen3").join("trained")).unwrap();
+    let request = |prompt: &str, set: &[(&str, f32)]| {
+        let mut r = GenerateRequest::new(Prompt::Text(prompt.into()));
+        r.adapters = set.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        r.max_tokens = 8;
+        r.ignore_eog = true;
+        r
+    };
+    let reqs = [request("The history of the Roman Empire spans", &[("adapter", 1.0)]), request("def fibonacci(n):", &[("trained", 1.0)]), request("The history of the Roman Empire spans", &[]), request("A customer earns 5200 a month", &[("adapter", 0.5), ("trained", 0.5)])];
+    let alone: Vec<Vec<i32>> = reqs.iter().map(|r| rt.generate(r, &mut |_| true).unwrap().tokens).collect();
+    let b = Batcher::start(rt.clone(), BatchOptions { max_batch: 4, prefill_chunk: 16, ..BatchOptions::default() }).unwrap();
+    let rxs: Vec<_> = reqs
+        .iter()
+        .map(|r| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            b.submit(r.clone(), Box::new(FnSink { text: |_: &str| true, done: move |g| drop(tx.send(g)) })).unwrap();
+            rx
+        })
+        .collect();
+    for (i, (rx, want)) in rxs.iter().zip(&alone).enumerate() {
+        let got = rx.recv_timeout(std::time::Duration::from_secs(300)).expect("answered within 5 minutes").unwrap();
+        assert_eq!(&got.tokens, want, "request {i}: batched tokens differ from its run alone");
+    }
+    let (steps, seqs) = (b.stats.steps.load(SeqCst), b.stats.sequences.load(SeqCst));
+    assert!(seqs as f64 / steps as f64 > 1.5, "mean batch {seqs}/{steps}: the requests did not share steps");
+    assert!(b.stats.kv_used.load(SeqCst) > 0, "the finished requests' device caches are counted in the pool");
+    b.shutdown();
+}
+
+#[test]
 fn arch_lora_gradients_match_finite_differences() {
     // dA/dB through each whole fixture (f64), LoRA on q and k (through RoPE — llama3's
     // scaled frequencies, qwen3's per-head q/k norms), v, o and down, against central

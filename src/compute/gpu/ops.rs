@@ -1,7 +1,7 @@
 //! The native engine's kernels on the device, compiled once per model: quantized matmul
 //! and embedding rows per weight format, RMSNorm, bias add, RoPE, attention (with an
-//! optional sliding window), SwiGLU / GeGLU, a scale, and the dense product the LoRA
-//! factors go through. Each is one WGSL file in `shaders/`.
+//! optional sliding window), SwiGLU / GeGLU, a scale, a copy of rows, and the dense
+//! product the LoRA factors go through. Each is one WGSL file in `shaders/`.
 
 use super::{block_shader, forward_types, product_shader, Gpu, Kernel, WORKGROUP};
 use crate::compute::ComputeError;
@@ -24,6 +24,7 @@ pub struct Ops {
     pub swiglu: Kernel,
     pub dense: Kernel,
     pub scale: Kernel,
+    pub copy: Kernel,
 }
 
 impl Ops {
@@ -44,6 +45,7 @@ impl Ops {
             swiglu: plain("swiglu", include_str!("../../../shaders/swiglu.wgsl"), WORKGROUP),
             dense: plain("dense_matmul", include_str!("../../../shaders/dense_matmul.wgsl"), WORKGROUP),
             scale: plain("scale", include_str!("../../../shaders/scale.wgsl"), WORKGROUP),
+            copy: plain("copy", include_str!("../../../shaders/copy.wgsl"), WORKGROUP),
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ComputeError::Gpu(format!("compiling the native engine's shaders: {e}")));
