@@ -26,7 +26,7 @@ impl Metrics {
         let requests = IntCounterVec::new(Opts::new("edgelora_requests_total", "HTTP requests by endpoint and status"), &["endpoint", "status"]).expect("valid metric");
         let tokens = IntCounterVec::new(Opts::new("edgelora_tokens_total", "Prompt and completion tokens by scenario, arm and adapter names (not scales: bounded label values)"), &["kind", "scenario", "arm", "adapters"]).expect("valid metric");
         let queue_depth = IntGauge::new("edgelora_queue_depth", "Generation requests waiting for the engine").expect("valid metric");
-        let running = IntGauge::new("edgelora_batch_size", "Generation requests running on the engine (in the batch; 1 at most on the llama.cpp backend and the GPU)").expect("valid metric");
+        let running = IntGauge::new("edgelora_batch_size", "Generation requests running on the engine (in the batch; 1 at most on the llama.cpp backend)").expect("valid metric");
         let batch_steps = IntGauge::new("edgelora_batch_steps", "Forward steps the batcher has run").expect("valid metric");
         let batch_sequences = IntGauge::new("edgelora_batch_sequences", "Sequences summed over the batcher's steps (divided by steps: the mean batch)").expect("valid metric");
         let batch_rows = IntGauge::new("edgelora_batch_rows", "Token rows summed over the batcher's steps").expect("valid metric");
