@@ -68,6 +68,10 @@ pub struct BatchBench {
     /// Decode steps timed per batch size (after an 8-token prompt)
     #[arg(long, default_value_t = 32)]
     steps: usize,
+    /// cpu, or gpu: the whole forward on wgpu, batched there (what `serve --device gpu`
+    /// steps; fails if no adapter)
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    device: String,
     #[arg(long)]
     json: bool,
 }
@@ -85,8 +89,10 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     let base = open()?;
     let max_b = b.batch.iter().copied().max().unwrap_or(1);
     let adapters: Vec<LoraAdapter> = if b.rank == 0 { Vec::new() } else { (0..max_b).map(|i| random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1)).collect() };
-    let model = NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))?;
-    let prompt: Vec<i32> = vec![1, 9690, 198, 2683, 359, 504, 3947, 9656];
+    let model = if b.device == "gpu" { NativeModel::on_gpu(open()?, edgelora::compute::gpu::Gpu::new().context("--device gpu")?)? } else { NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))? };
+    // Token ids within any vocabulary (the default model's prompt on it).
+    let id = |t: i32| t % model.config.n_vocab as i32;
+    let prompt: Vec<i32> = [1, 9690, 198, 2683, 359, 504, 3947, 9656].into_iter().map(id).collect();
     let mut rows = Vec::new();
     for &n in &b.batch {
         let sets: Vec<Vec<(&LoraAdapter, f32)>> = (0..n).map(|i| adapters.get(i).map(|a| vec![(a, 1.0)]).unwrap_or_default()).collect();
@@ -94,7 +100,7 @@ fn bench_batch(b: BatchBench) -> Result<()> {
         let mut items: Vec<BatchItem> = sessions.iter_mut().zip(&sets).map(|(s, a)| BatchItem { session: s, tokens: &prompt, adapters: a, all_logits: false }).collect();
         model.forward_batch(&mut items)?;
         drop(items);
-        let tokens: Vec<[i32; 1]> = (0..n).map(|i| [198 + i as i32]).collect();
+        let tokens: Vec<[i32; 1]> = (0..n).map(|i| [id(198 + i as i32)]).collect();
         edgelora::model::profile::reset();
         let t0 = Instant::now();
         for _ in 0..b.steps {
@@ -117,9 +123,9 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
     if b.json {
         let list: Vec<_> = rows.iter().map(|&(n, tps)| json!({"batch": n, "aggregate_tok_s": tps, "per_sequence_tok_s": tps / n as f64, "vs_batch_1": one.map(|o| tps / o)})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "rank": b.rank, "steps": b.steps, "threads": rayon::current_num_threads(), "rows": list}))?);
+        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "device": model.backend_name(), "rank": b.rank, "steps": b.steps, "threads": rayon::current_num_threads(), "rows": list}))?);
     } else {
-        println!("batched decode on {} ({} thread(s)), a rank-{} all-linear adapter per sequence, {} steps after an 8-token prompt", b.model.display(), rayon::current_num_threads(), b.rank, b.steps);
+        println!("batched decode on {} ({}, {} thread(s)), a rank-{} all-linear adapter per sequence, {} steps after an 8-token prompt", b.model.display(), model.backend_name(), rayon::current_num_threads(), b.rank, b.steps);
         println!("| batch | aggregate tok/s | per sequence tok/s | vs batch 1 |\n|---:|---:|---:|---:|");
         for (n, tps) in rows {
             println!("| {n} | {tps:.1} | {:.1} | {} |", tps / n as f64, one.map(|o| format!("{:.2}x", tps / o)).unwrap_or_else(|| "-".into()));

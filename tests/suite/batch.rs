@@ -259,4 +259,14 @@ fn bench_batch_reports_every_batch_size() {
     assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
     assert!(rows.iter().all(|r| r["aggregate_tok_s"].as_f64().unwrap() > 0.0));
     assert_eq!(rows[0]["vs_batch_1"].as_f64(), Some(1.0));
+    // --device gpu (lavapipe where there is no GPU), on a tiny fixture model.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgelora"))
+        .args(["bench", "batch", "--device", "gpu", "--batch", "1,4", "--steps", "2", "--rank", "4", "--json", "--model"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arch/qwen3/model.f32.gguf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["device"].as_str().unwrap().starts_with("gpu (whole forward)"), "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 4]);
 }
