@@ -251,8 +251,11 @@ impl GpuForward {
             off.push(off[off.len() - 1] + it.tokens.len());
         }
         let n = off[items.len()];
+        if let Some(i) = items.iter().position(|it| it.tokens.is_empty()) {
+            return Err(ComputeError::Shape(format!("batch item {i} has no tokens (each needs at least one)")));
+        }
         if n == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
+            return Ok(Vec::new());
         }
         for it in items.iter_mut() {
             self.reserve_cache(it.cache, it.n_past, it.n_past + it.tokens.len())?;
