@@ -79,9 +79,10 @@ impl Session {
         self.k.iter().chain(&self.v).map(|c| c.capacity() * 4).sum::<usize>() + self.gpu.as_ref().map_or(0, GpuCache::bytes)
     }
 
-    /// Makes room for `positions` positions in all (of `width` floats per layer, K and V)
-    /// so that growing to them allocates nothing more: how a bounded KV pool holds.
-    pub fn reserve(&mut self, n_layer: usize, width: usize, positions: usize) {
+    /// Makes room on the host for `positions` positions in all (of `width` floats per
+    /// layer, K and V); callers go through [`NativeModel::reserve`], which picks host or
+    /// device.
+    fn reserve(&mut self, n_layer: usize, width: usize, positions: usize) {
         if self.k.is_empty() {
             self.k = vec![Vec::new(); n_layer];
             self.v = vec![Vec::new(); n_layer];
