@@ -4,6 +4,9 @@
 # per-stream decode tokens/s, time to first token p50/p99. Side by side in one run:
 #   edgelora serve --backend native  (continuous batching, a different adapter per row)
 #   edgelora serve --backend llama   (llama.cpp, one request at a time)
+#   and, when named in SERVERS:
+#   native-int8                      (--backend native --lora-int8: int8 factor copies)
+#   native-gpu                       (--backend native --device gpu: batched on wgpu)
 #   llama-server                     (llama.cpp's server, same commit as the crate, built
 #                                     by benches/llamacpp_tools.sh; --lora per adapter,
 #                                     -np 16 slots; requests with different adapters are
@@ -41,9 +44,14 @@ declare -A agg
 for s in $servers; do
   : > "$dir/serve.log"
   case "$s" in
-    native|llama)
-      "$bin" serve --port 0 -t "$threads" --backend "$s" --max-queue 64 --max-batch 16 --model "$model" "${args[@]}" 2>"$dir/serve.log" & pid=$!
-      label="edgelora serve --backend $s"; mode=edgelora ;;
+    native|llama|native-int8|native-gpu)
+      extra=(); backend="$s"
+      case "$s" in
+        native-int8) backend=native; extra=(--lora-int8) ;;
+        native-gpu) backend=native; extra=(--device gpu) ;;
+      esac
+      "$bin" serve --port 0 -t "$threads" --backend "$backend" "${extra[@]}" --max-queue 64 --max-batch 16 --model "$model" "${args[@]}" 2>"$dir/serve.log" & pid=$!
+      label="edgelora serve --backend $backend ${extra[*]}"; mode=edgelora ;;
     llama-server)
       port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
       "$T/llama-server" --host 127.0.0.1 --port "$port" -m "$model" -t "$threads" -np 16 -c 8192 "${lora[@]}" --lora-init-without-apply >"$dir/serve.log" 2>&1 & pid=$!
@@ -68,3 +76,10 @@ if [[ -n "${agg[native/8]:-}" ]]; then
   [[ -n "${agg[llama-server/8]:-}" ]] && echo "native vs llama-server, 8 streams (aggregate): $(ratio "${agg[native/8]}" "${agg[llama-server/8]}")x"
   [[ -n "${agg[llama/8]:-}" ]] && echo "native vs edgelora --backend llama, 8 streams (aggregate): $(ratio "${agg[native/8]}" "${agg[llama/8]}")x"
 fi
+for v in native-int8 native-gpu; do
+  if [[ -n "${agg[$v/8]:-}" ]]; then
+    echo "$v, 8 streams vs its 1 stream (aggregate): $(ratio "${agg[$v/8]}" "${agg[$v/1]}")x"
+    [[ -n "${agg[native/1]:-}" ]] && echo "$v, 8 streams vs native's 1 stream (aggregate): $(ratio "${agg[$v/8]}" "${agg[native/1]}")x"
+    [[ -n "${agg[llama-server/8]:-}" ]] && echo "$v vs llama-server, 8 streams (aggregate): $(ratio "${agg[$v/8]}" "${agg[llama-server/8]}")x"
+  fi
+done

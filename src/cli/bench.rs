@@ -72,6 +72,9 @@ pub struct BatchBench {
     /// steps; fails if no adapter)
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     device: String,
+    /// Decode with int8 copies of the adapters' factors (as `--lora-int8` elsewhere; CPU)
+    #[arg(long)]
+    lora_int8: bool,
     #[arg(long)]
     json: bool,
 }
@@ -89,7 +92,11 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     let base = open()?;
     let max_b = b.batch.iter().copied().max().unwrap_or(1);
     let adapters: Vec<LoraAdapter> = if b.rank == 0 { Vec::new() } else { (0..max_b).map(|i| random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1)).collect() };
-    let model = if b.device == "gpu" { NativeModel::on_gpu(open()?, edgelora::compute::gpu::Gpu::new().context("--device gpu")?)? } else { NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))? };
+    let mut model = if b.device == "gpu" { NativeModel::on_gpu(open()?, edgelora::compute::gpu::Gpu::new().context("--device gpu")?)? } else { NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))? };
+    if b.lora_int8 {
+        anyhow::ensure!(b.device == "cpu", "--lora-int8 is for the CPU: the GPU forward reads f16 factors");
+        model.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+    }
     // Token ids within any vocabulary (the default model's prompt on it).
     let id = |t: i32| t % model.config.n_vocab as i32;
     let prompt: Vec<i32> = [1, 9690, 198, 2683, 359, 504, 3947, 9656].into_iter().map(id).collect();
@@ -123,9 +130,9 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     let one = rows.iter().find(|r| r.0 == 1).map(|r| r.1);
     if b.json {
         let list: Vec<_> = rows.iter().map(|&(n, tps)| json!({"batch": n, "aggregate_tok_s": tps, "per_sequence_tok_s": tps / n as f64, "vs_batch_1": one.map(|o| tps / o)})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "device": model.backend_name(), "rank": b.rank, "steps": b.steps, "threads": rayon::current_num_threads(), "rows": list}))?);
+        println!("{}", serde_json::to_string_pretty(&json!({"model": b.model, "device": model.backend_name(), "lora_factors": if b.lora_int8 { "int8" } else { "exact" }, "rank": b.rank, "steps": b.steps, "threads": rayon::current_num_threads(), "rows": list}))?);
     } else {
-        println!("batched decode on {} ({}, {} thread(s)), a rank-{} all-linear adapter per sequence, {} steps after an 8-token prompt", b.model.display(), model.backend_name(), rayon::current_num_threads(), b.rank, b.steps);
+        println!("batched decode on {} ({}, {} thread(s)), a rank-{} all-linear adapter per sequence{}, {} steps after an 8-token prompt", b.model.display(), model.backend_name(), rayon::current_num_threads(), b.rank, if b.lora_int8 { " (int8 factors)" } else { "" }, b.steps);
         println!("| batch | aggregate tok/s | per sequence tok/s | vs batch 1 |\n|---:|---:|---:|---:|");
         for (n, tps) in rows {
             println!("| {n} | {tps:.1} | {:.1} | {} |", tps / n as f64, one.map(|o| format!("{:.2}x", tps / o)).unwrap_or_else(|| "-".into()));

@@ -117,6 +117,10 @@ pub struct ModelArgs {
     /// Compute device of the native backend: cpu, or gpu (wgpu; fails if no adapter)
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     pub device: String,
+    /// Decode with int8 copies of the adapters' factors (a scale per rank component): half
+    /// the adapter bytes read per token, lossy (native backend on the CPU)
+    #[arg(long)]
+    pub lora_int8: bool,
     /// Load PEFT adapters whose target_modules name modules the model does not have
     /// (a warning on stderr instead of an error)
     #[arg(long)]
@@ -202,8 +206,14 @@ impl ModelArgs {
                 // The native engine's CPU kernels run on rayon's global pool.
                 let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
             }
-            return Ok(Loaded::Native(NativeRuntime::load(path, device, self.options().threads).with_context(what)?));
+            anyhow::ensure!(!(self.lora_int8 && device == Device::Gpu), "--lora-int8 is for the CPU: the GPU forward reads f16 factors");
+            let mut rt = NativeRuntime::load(path, device, self.options().threads).with_context(what)?;
+            if self.lora_int8 {
+                rt.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+            }
+            return Ok(Loaded::Native(rt));
         }
+        anyhow::ensure!(!self.lora_int8, "--lora-int8 needs --backend native (llama.cpp reads the adapters as stored)");
         if self.device == "gpu" {
             anyhow::bail!("--device gpu needs --backend native (the llama.cpp backend here is built for the CPU)");
         }

@@ -139,6 +139,45 @@ pub fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
     }
 }
 
+/// [`dot`] with `a` in int8 (LoRA factors quantized for decoding, the scale applied by
+/// the caller): each value widened to f32 exactly, then the same lanes, accumulators and
+/// reduction as [`dot`] — bit for bit `dot(a as f32, b)` (AVX2+FMA; else the scalar twin,
+/// which equals [`dot_scalar`] on the widened values).
+pub fn dot_i8(a: &[i8], b: &[f32]) -> f32 {
+    static KERNEL: OnceLock<fn(&[i8], &[f32]) -> f32> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return x86::dot_i8;
+            }
+        }
+        dot_i8_scalar
+    })(a, b)
+}
+
+/// The scalar twin of [`dot_i8`].
+pub fn dot_i8_scalar(a: &[i8], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(&x, y)| f32::from(x) * y).sum()
+}
+
+/// [`gemv_short`] with M in int8, equal to it bit for bit on the widened values.
+pub fn gemv_short_i8(m: &[i8], v: &[f32], y: &mut [f32]) {
+    let r = v.len();
+    assert_eq!(m.len(), r * y.len(), "gemv_short_i8: M holds {} values for [{}, {r}]", m.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        if r.is_multiple_of(8) && (8..=64).contains(&r) && *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            // SAFETY: AVX2 and FMA detected above.
+            return unsafe { x86::gemv_short_i8(m, v, y) };
+        }
+    }
+    for (o, row) in y.iter_mut().zip(m.chunks_exact(r.max(1))) {
+        *o += dot_i8(row, v);
+    }
+}
+
 /// AVX2, FMA and F16C (the f16 kernels' set; [`dot`] and [`gemv_short`] need the first two).
 #[cfg(target_arch = "x86_64")]
 fn f16c() -> bool {
@@ -173,6 +212,15 @@ mod x86 {
         }
     }
 
+    impl Lanes for i8 {
+        #[inline(always)]
+        unsafe fn load8(p: *const i8) -> __m256 {
+            // SAFETY: by the caller (8 bytes); AVX2 is enabled in every function that
+            // inlines this (gemv_short_i8, dot_i8_avx2).
+            unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
+        }
+    }
+
     /// See [`super::gemv_short`]; r = v.len() is a multiple of 8, at most 64.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
@@ -183,6 +231,13 @@ mod x86 {
     /// See [`super::gemv_short_f16`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
+        // SAFETY: by the caller.
+        unsafe { gemv_short_any(m, v, y) }
+    }
+
+    /// See [`super::gemv_short_i8`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemv_short_i8(m: &[i8], v: &[f32], y: &mut [f32]) {
         // SAFETY: by the caller.
         unsafe { gemv_short_any(m, v, y) }
     }
@@ -234,6 +289,17 @@ mod x86 {
     fn dot_f16_avx2(a: &[half::f16], b: &[f32]) -> f32 {
         // SAFETY: inlined into an AVX2+FMA+F16C function.
         unsafe { dot_any(a, b) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_i8_avx2(a: &[i8], b: &[f32]) -> f32 {
+        // SAFETY: inlined into an AVX2+FMA function.
+        unsafe { dot_any(a, b) }
+    }
+
+    pub fn dot_i8(a: &[i8], b: &[f32]) -> f32 {
+        // SAFETY: handed out only after detecting AVX2 and FMA.
+        unsafe { dot_i8_avx2(a, b) }
     }
 
     pub fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
@@ -515,6 +581,30 @@ mod tests {
             gemv_short_f16(&m, &v, &mut y16);
             gemv_short(&wide, &v, &mut y32);
             assert_eq!(y16.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), y32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "gemv, r {r}, n_out {n_out}");
+        }
+    }
+
+    #[test]
+    fn int8_dot_and_gemv_equal_the_f32_kernels_on_the_widened_values_to_the_bit() {
+        let bytes = |n: usize, seed: u64| -> Vec<i8> {
+            let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..n).map(|_| r.random_range(-127i8..=127)).collect()
+        };
+        for n in [0, 1, 7, 8, 31, 32, 33, 576, 1536 + 5] {
+            let a = bytes(n, n as u64);
+            let wide: Vec<f32> = a.iter().map(|&q| f32::from(q)).collect();
+            let b = floats(n, 200 + n as u64);
+            assert_eq!(dot_i8(&a, &b).to_bits(), dot(&wide, &b).to_bits(), "dot, n {n}");
+            assert_eq!(dot_i8_scalar(&a, &b).to_bits(), dot_scalar(&wide, &b).to_bits(), "scalar dot, n {n}");
+        }
+        for (r, n_out) in [(8, 13), (16, 576), (64, 9), (4, 10), (12, 7), (72, 3)] {
+            let m = bytes(r * n_out, r as u64);
+            let wide: Vec<f32> = m.iter().map(|&q| f32::from(q)).collect();
+            let v = floats(r, 8);
+            let (mut y8, mut y32) = (floats(n_out, 10), floats(n_out, 10));
+            gemv_short_i8(&m, &v, &mut y8);
+            gemv_short(&wide, &v, &mut y32);
+            assert_eq!(y8.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), y32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "gemv, r {r}, n_out {n_out}");
         }
     }
 }

@@ -96,6 +96,11 @@ impl NativeRuntime {
         &self.model
     }
 
+    /// Which factor copies decoding on the host reads ([`crate::model::DecodeFactors`]).
+    pub fn set_decode_factors(&mut self, d: crate::model::DecodeFactors) {
+        self.model.set_decode_factors(d);
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.model.config.n_vocab
     }

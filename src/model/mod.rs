@@ -28,7 +28,7 @@ use crate::gguf::GgufFile;
 
 use config::ModelConfig;
 use gpu_forward::{GpuCache, GpuForward, GpuItem};
-use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, HalfLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward, geglu::geglu_forward};
+use ops::{attention::attention_forward, embedding::embedding_forward, linear::{linear_forward_rows, linear_forward_shared, DecodeLora, RowLora}, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward, geglu::geglu_forward};
 use weights::{Weight, Weights};
 
 /// A model ready to run: the mapped GGUF, its config, a compute backend. The weight
@@ -38,18 +38,32 @@ pub struct NativeModel {
     pub config: ModelConfig,
     gguf: GgufFile,
     exec: Exec,
-    /// f16 copies of recently used adapters' factors for decoding on the host (per
-    /// adapter id: the tensors whose factors are all f16 exactly), most recent last.
-    halves: Mutex<Vec<(u64, Arc<HalfAdapter>)>>,
+    /// Which compact copies decoding on the host reads ([`DecodeFactors`]).
+    decode_factors: DecodeFactors,
+    /// Those copies of recently used adapters' factors (per adapter id), most recent last.
+    decode_copies: Mutex<Vec<(u64, Arc<DecodeAdapter>)>>,
 }
 
-/// An adapter's f16 factor copies ([`HalfLora`]) by tensor name.
-type HalfAdapter = std::collections::BTreeMap<String, HalfLora>;
+/// The factors decoding on the host reads (rows of up to `FEW_ROWS`; longer prompts read
+/// the adapters' f32 factors). The GPU forward keeps its own f16 copies either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeFactors {
+    /// f16 copies of the tensors whose factors are all f16 exactly (bit for bit the f32
+    /// results), the f32 factors for the others.
+    #[default]
+    Exact,
+    /// int8 copies of every tensor's factors, a scale per rank component: half the bytes
+    /// of f16 per decoded token, lossy ([`DecodeLora::Int8`]).
+    Int8,
+}
 
-/// Adapters whose f16 copies a model keeps (a serving batch may use many; each copy is
-/// half the adapter's f32 size). An adapter must not change in place once used, as for
-/// the GPU's device copies ([`LoraAdapter::id`]).
-const HALF_SLOTS: usize = 16;
+/// An adapter's compact factor copies ([`DecodeLora`]) by tensor name.
+type DecodeAdapter = std::collections::BTreeMap<String, DecodeLora>;
+
+/// Adapters whose compact copies a model keeps (a serving batch may use many; each copy
+/// is a half or a quarter of the adapter's f32 size). An adapter must not change in place
+/// once used, as for the GPU's device copies ([`LoraAdapter::id`]).
+const DECODE_SLOTS: usize = 16;
 
 /// Where the forward runs.
 enum Exec {
@@ -116,7 +130,7 @@ impl NativeModel {
     pub fn new(gguf: GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         Weights::from_gguf(&gguf, &config)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Host(backend), halves: Default::default() })
+        Ok(NativeModel { config, gguf, exec: Exec::Host(backend), decode_factors: DecodeFactors::Exact, decode_copies: Default::default() })
     }
 
     /// Opens `gguf` with the whole forward on `gpu`: uploads every weight; fails (with the
@@ -124,11 +138,22 @@ impl NativeModel {
     pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), halves: Default::default() })
+        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), decode_factors: DecodeFactors::Exact, decode_copies: Default::default() })
     }
 
     pub fn gguf(&self) -> &GgufFile {
         &self.gguf
+    }
+
+    /// Which factor copies decoding on the host reads (default [`DecodeFactors::Exact`]);
+    /// copies made under the previous choice are dropped.
+    pub fn set_decode_factors(&mut self, d: DecodeFactors) {
+        self.decode_factors = d;
+        self.decode_copies.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn decode_factors(&self) -> DecodeFactors {
+        self.decode_factors
     }
 
     pub fn backend_name(&self) -> String {
@@ -220,22 +245,26 @@ impl NativeModel {
         }
     }
 
-    /// The f16 copies of each adapter in `sets` (made on first use), by adapter id.
-    fn half_copies(&self, sets: &[&[(&LoraAdapter, f32)]]) -> Vec<(u64, Arc<HalfAdapter>)> {
-        let mut slots = self.halves.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<(u64, Arc<HalfAdapter>)> = Vec::new();
+    /// The compact copies ([`DecodeFactors`]) of each adapter in `sets` (made on first
+    /// use), by adapter id.
+    fn decode_copies(&self, sets: &[&[(&LoraAdapter, f32)]]) -> Vec<(u64, Arc<DecodeAdapter>)> {
+        let mut slots = self.decode_copies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u64, Arc<DecodeAdapter>)> = Vec::new();
         for (a, _) in sets.iter().flat_map(|s| s.iter()) {
             if out.iter().any(|(id, _)| *id == a.id()) {
                 continue;
             }
             let copy = match slots.iter().position(|(id, _)| *id == a.id()) {
                 Some(i) => slots.remove(i).1,
-                None => Arc::new(a.tensors.iter().filter_map(|(name, t)| Some((name.clone(), HalfLora::of(t)?))).collect()),
+                None => Arc::new(match self.decode_factors {
+                    DecodeFactors::Exact => a.tensors.iter().filter_map(|(name, t)| Some((name.clone(), DecodeLora::half(t)?))).collect(),
+                    DecodeFactors::Int8 => a.tensors.iter().map(|(name, t)| (name.clone(), DecodeLora::int8(t))).collect(),
+                }),
             };
             slots.push((a.id(), Arc::clone(&copy)));
             out.push((a.id(), copy));
         }
-        let keep = HALF_SLOTS.max(out.len());
+        let keep = DECODE_SLOTS.max(out.len());
         if slots.len() > keep {
             let extra = slots.len() - keep;
             slots.drain(..extra);
@@ -261,8 +290,8 @@ impl NativeModel {
         // Per weight: each adapter that targets it, over the rows of the items using it
         // (item i's rows are off[i]..off[i + 1]).
         let sets: Vec<&[(&LoraAdapter, f32)]> = items.iter().map(|it| it.adapters).collect();
-        let halves = self.half_copies(&sets);
-        let half_of = |a: &LoraAdapter, name: &str| halves.iter().find(|(id, _)| *id == a.id()).and_then(|(_, h)| h.get(name));
+        let copies = self.decode_copies(&sets);
+        let copy_of = |a: &LoraAdapter, name: &str| copies.iter().find(|(id, _)| *id == a.id()).and_then(|(_, h)| h.get(name));
         let loras_at = |w: &Weight, off: &[usize]| -> Vec<RowLora> {
             let mut groups: Vec<RowLora> = Vec::new();
             for (i, set) in sets.iter().enumerate() {
@@ -271,7 +300,7 @@ impl NativeModel {
                     let seg = (off[i], off[i + 1], *s);
                     match groups.iter_mut().find(|g| std::ptr::eq(g.t, t)) {
                         Some(g) => g.segments.push(seg),
-                        None => groups.push(RowLora { t, segments: vec![seg], half: half_of(a, w.name) }),
+                        None => groups.push(RowLora { t, segments: vec![seg], decode: copy_of(a, w.name) }),
                     }
                 }
             }

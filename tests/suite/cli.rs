@@ -242,6 +242,37 @@ fn merge_with_gptq_on_a_calibration_text() {
 }
 
 #[test]
+fn lora_int8_from_the_cli() {
+    // --lora-int8: decoding reads int8 copies of the factors; greedy text as with the exact
+    // factors on a short continuation (their logits differ by ~1e-6 KL); refused where it
+    // cannot apply.
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_r16_qv");
+    let run = |extra: &[&str]| -> String {
+        let mut args = vec!["generate", "-m", m, "-t", "1", "--backend", "native", "-a", seed, "-p", "The capital of France is", "-n", "4"];
+        args.extend_from_slice(extra);
+        let o = edgelora(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run(&["--lora-int8"]), run(&[]));
+    for (extra, says) in [(&["--backend", "llama"][..], "--backend native"), (&["--backend", "native", "--device", "gpu"][..], "for the CPU")] {
+        let mut args = vec!["generate", "-m", m, "-a", seed, "-p", "x", "--lora-int8"];
+        args.extend_from_slice(extra);
+        let o = edgelora(&args);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/arch/qwen3/model.f32.gguf");
+    let o = edgelora(&["bench", "batch", "-m", tiny, "-t", "1", "--batch", "1,2", "--steps", "2", "--rank", "8", "--lora-int8", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lora_factors"], "int8");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 #[cfg(feature = "llama")]
 fn native_backend_from_the_cli() {
     let m = model_path();

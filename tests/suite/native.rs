@@ -54,6 +54,53 @@ fn native_cpu_matches_transformers_on_the_q4_1_model() {
 }
 
 #[test]
+fn native_int8_lora_factors_decode_within_budget_of_transformers() {
+    // `DecodeFactors::Int8`: decoding (calls of ≤ FEW_ROWS tokens) reads int8 copies of
+    // the factors. Each prompt goes through in chunks of FEW_ROWS tokens, so every chunk
+    // takes those copies; the last row is held to transformers' logits with the budget of
+    // the exact path (top-1 and KL ≤ 1e-3), and measured against the exact factors fed
+    // the same way (it must differ — the copies are read — and stay within 0.1 |Δlogit|,
+    // KL 1e-4: measured on an AVX2 host up to 0.041 and 9.3e-6).
+    let base = model_gguf();
+    let open = || NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
+    let exact = open();
+    let mut int8 = open();
+    int8.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+    assert_eq!(int8.decode_factors(), edgelora::model::DecodeFactors::Int8);
+    let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
+    let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let configs: [(&str, Vec<(&LoraAdapter, f32)>); 3] = [("seed_r16_qv", vec![(&seed, 1.0)]), ("rslora_r8_all", vec![(&rs, 1.0)]), ("mix_half_half", vec![(&seed, 0.5), (&rs, 0.5)])];
+    let chunked = |m: &NativeModel, ids: &[i32], adapters: &[(&LoraAdapter, f32)]| -> Vec<f32> {
+        let mut s = Session::default();
+        let mut last = Vec::new();
+        for c in ids.chunks(edgelora::compute::cpu::FEW_ROWS) {
+            last = m.forward(&mut s, c, adapters, false).unwrap().pop().unwrap();
+        }
+        last
+    };
+    let mut worst = 0f32;
+    for (config, adapters) in &configs {
+        for p in json["prompts"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let ids: Vec<i32> = p["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+            let want: Vec<f32> = st.tensor(&format!("logits.{config}.{name}")).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let e = chunked(&exact, &ids, adapters);
+            let q = chunked(&int8, &ids, adapters);
+            let d = max_diff(&e, &q);
+            worst = worst.max(d);
+            eprintln!("int8 factors {config}/{name}: KL vs transformers {:.2e} (exact factors {:.2e}), max |Δlogit| vs exact {d:.2e}, KL vs exact {:.2e}", kl(&want, &q), kl(&want, &e), kl(&e, &q));
+            assert_eq!(argmax(&want), argmax(&q), "{config}/{name}: top-1");
+            assert!(kl(&want, &q) <= 1e-3, "{config}/{name}: KL {}", kl(&want, &q));
+            assert!(d < 0.1 && kl(&e, &q) < 1e-4, "{config}/{name}: int8 vs exact factors {d}, KL {}", kl(&e, &q));
+        }
+    }
+    assert!(worst > 0.0, "the int8 copies were not read");
+}
+
+#[test]
 #[cfg(feature = "llama")]
 fn native_and_llama_cpp_agree_teacher_forced() {
     // Teacher forcing: the same token sequence through both backends, the argmax at every

@@ -13,27 +13,52 @@ use rayon::prelude::*;
 pub struct RowLora<'a> {
     pub t: &'a LoraTensor,
     pub segments: Vec<(usize, usize, f32)>,
-    /// The same factors as f16 ([`HalfLora`]), read instead of `t`'s f32 ones by the
-    /// few-rows path (decoding): half the bytes, the same values and results.
-    pub half: Option<&'a HalfLora>,
+    /// Compact copies of the same factors ([`DecodeLora`]), read instead of `t`'s f32 ones
+    /// by the few-rows path (decoding).
+    pub decode: Option<&'a DecodeLora>,
 }
 
-/// A LoRA tensor's factors as f16, for decoding: half the bytes of the f32 copies a
-/// [`LoraTensor`] holds. Made only when every value is an f16 exactly (factors read from
-/// f16 files, edgelora's exports), so the products are bit for bit those of the f32
-/// factors (`cpu::dot_f16`, `cpu::gemv_short_f16`).
-pub struct HalfLora {
-    pub a: Vec<half::f16>,
-    pub b: Vec<half::f16>,
+/// A LoRA tensor's factors as decoding reads them: compact copies of the f32 factors a
+/// [`LoraTensor`] holds (prompts of more than `FEW_ROWS` rows still read those).
+pub enum DecodeLora {
+    /// f16, half the f32 bytes; made only when every value is an f16 exactly (factors
+    /// read from f16 files, edgelora's exports), so the products are bit for bit those of
+    /// the f32 factors (`cpu::dot_f16`, `cpu::gemv_short_f16`).
+    F16 { a: Vec<half::f16>, b: Vec<half::f16> },
+    /// int8, a quarter of the f32 bytes (half of f16), with one f32 scale per rank
+    /// component — per row of A [r, n_in] and per column of B [n_out, r] — symmetric:
+    /// q = round(v / s), s = max |v| / 127 over that row or column, so each factor is off
+    /// by at most s / 2. Lossy: opted into (`NativeModel::set_decode_factors`).
+    Int8 { a: Vec<i8>, a_scale: Vec<f32>, b: Vec<i8>, b_scale: Vec<f32> },
 }
 
-impl HalfLora {
+impl DecodeLora {
     /// `t`'s factors as f16, or `None` when one of them is not an f16 exactly.
-    pub fn of(t: &LoraTensor) -> Option<HalfLora> {
+    pub fn half(t: &LoraTensor) -> Option<DecodeLora> {
         let exact = |v: &[f32]| -> Option<Vec<half::f16>> {
             v.iter().map(|&x| Some(half::f16::from_f32(x)).filter(|h| h.to_f32().to_bits() == x.to_bits())).collect()
         };
-        Some(HalfLora { a: exact(&t.a)?, b: exact(&t.b)? })
+        Some(DecodeLora::F16 { a: exact(&t.a)?, b: exact(&t.b)? })
+    }
+
+    /// `t`'s factors as int8 with a scale per row of A and per column of B.
+    pub fn int8(t: &LoraTensor) -> DecodeLora {
+        let r = t.rank;
+        let scale_of = |max: f32| if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
+        let q = |v: f32, s: f32| if s == 0.0 { 0 } else { (v / s).round().clamp(-127.0, 127.0) as i8 };
+        let a_scale: Vec<f32> = t.a.chunks_exact(t.n_in.max(1)).map(|row| scale_of(row.iter().fold(0f32, |m, v| m.max(v.abs())))).collect();
+        let a: Vec<i8> = t.a.chunks_exact(t.n_in.max(1)).zip(&a_scale).flat_map(|(row, &s)| row.iter().map(move |&v| q(v, s))).collect();
+        let b_scale: Vec<f32> = (0..r).map(|j| scale_of(t.b.iter().skip(j).step_by(r.max(1)).fold(0f32, |m, v| m.max(v.abs())))).collect();
+        let b: Vec<i8> = t.b.iter().enumerate().map(|(i, &v)| q(v, b_scale[i % r.max(1)])).collect();
+        DecodeLora::Int8 { a, a_scale, b, b_scale }
+    }
+
+    /// Bytes of the copies.
+    pub fn bytes(&self) -> usize {
+        match self {
+            DecodeLora::F16 { a, b } => 2 * (a.len() + b.len()),
+            DecodeLora::Int8 { a, a_scale, b, b_scale } => a.len() + b.len() + 4 * (a_scale.len() + b_scale.len()),
+        }
     }
 }
 
@@ -41,7 +66,7 @@ impl HalfLora {
 /// targets this weight, on every row; the effective scale is weight · factors.scale.
 pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[(&LoraTensor, f32)]) -> Result<Vec<f32>, ComputeError> {
     let n = x.len() / w.n_in;
-    let groups: Vec<RowLora> = loras.iter().map(|(t, s)| RowLora { t, segments: vec![(0, n, *s)], half: None }).collect();
+    let groups: Vec<RowLora> = loras.iter().map(|(t, s)| RowLora { t, segments: vec![(0, n, *s)], decode: None }).collect();
     linear_forward_rows(backend, x, w, bias, &groups)
 }
 
@@ -138,20 +163,28 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
     let mut yg = vec![0f32; m * w.n_out];
     if m <= crate::compute::cpu::FEW_ROWS {
         // Decoding, short prompts: rows of dot products (a GEMM call costs more to set up
-        // here), on the f16 copies where there are some.
-        use crate::compute::cpu::{dot_f16, gemv_short, gemv_short_f16};
-        for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(w.n_in)).zip(&rows) {
+        // here), on the compact copies where there are some.
+        use crate::compute::cpu::{dot_f16, dot_i8, gemv_short, gemv_short_f16, gemv_short_i8};
+        let n_in = w.n_in;
+        for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(n_in)).zip(&rows) {
             for (j, v) in axr.iter_mut().enumerate() {
-                let dot = match g.half {
-                    Some(h) => dot_f16(&h.a[j * w.n_in..(j + 1) * w.n_in], xr),
-                    None => f32::dot(&t.a[j * w.n_in..(j + 1) * w.n_in], xr),
+                let at = j * n_in..(j + 1) * n_in;
+                *v = match g.decode {
+                    Some(DecodeLora::F16 { a, .. }) => s * dot_f16(&a[at], xr),
+                    Some(DecodeLora::Int8 { a, a_scale, .. }) => s * (a_scale[j] * dot_i8(&a[at], xr)),
+                    None => s * f32::dot(&t.a[at], xr),
                 };
-                *v = s * dot;
             }
         }
+        let mut scaled = vec![0f32; t.rank];
         for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
-            match g.half {
-                Some(h) => gemv_short_f16(w.b_rows(&h.b, t.rank), axr, ygr),
+            match g.decode {
+                Some(DecodeLora::F16 { b, .. }) => gemv_short_f16(w.b_rows(b, t.rank), axr, ygr),
+                Some(DecodeLora::Int8 { b, b_scale, .. }) => {
+                    // Σ_j q[o, j]·(s_j·ax_j): B's column scales folded into the short vector.
+                    scaled.iter_mut().zip(axr).zip(b_scale).for_each(|((v, a), s)| *v = a * s);
+                    gemv_short_i8(w.b_rows(b, t.rank), &scaled, ygr)
+                }
                 None => gemv_short(b, axr, ygr),
             }
         }
@@ -250,18 +283,59 @@ mod tests {
         let w = Weight::whole("blk.0.attn_q.weight", GgmlType::F32, bytemuck::cast_slice(&w_vals), n_in, n_out);
         for rank in [8, 16, 5] {
             let t = tensor(rank, n_in, n_out, true);
-            let half = HalfLora::of(&t).expect("f16-exact factors");
-            assert_eq!(half.a.len(), t.a.len());
+            let half = DecodeLora::half(&t).expect("f16-exact factors");
+            assert_eq!(half.bytes(), 2 * (t.a.len() + t.b.len()));
             for n in [1, 3] {
                 let x: Vec<f32> = (0..n * n_in).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
-                let with = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], half: Some(&half) }]).unwrap();
-                let without = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], half: None }]).unwrap();
+                let with = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: Some(&half) }]).unwrap();
+                let without = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: None }]).unwrap();
                 assert_eq!(with.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), without.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rank {rank}, {n} rows");
                 let base = linear_forward_rows(&Cpu, &x, &w, None, &[]).unwrap();
                 assert_ne!(with, base, "the adapter changed nothing");
             }
         }
         // Factors that are not all f16 values get no copy (the f32 ones stay in use).
-        assert!(HalfLora::of(&tensor(8, n_in, n_out, false)).is_none());
+        assert!(DecodeLora::half(&tensor(8, n_in, n_out, false)).is_none());
+    }
+
+    #[test]
+    fn the_int8_copies_stay_within_their_rounding_bound_of_the_f32_factors() {
+        // The LoRA part of y (with − without adapter), int8 against f32, row by row: each
+        // factor is off by at most half its scale step, so the part is off by at most
+        // Σ_j (|ax_j|·δB_j + |A_j|-side error) — bounded here by its first-order terms.
+        let (n_in, n_out) = (64, 40);
+        let w_vals: Vec<f32> = (0..n_in * n_out).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
+        let w = Weight::whole("blk.0.attn_q.weight", GgmlType::F32, bytemuck::cast_slice(&w_vals), n_in, n_out);
+        for rank in [8, 16, 5] {
+            let t = tensor(rank, n_in, n_out, false);
+            let q = DecodeLora::int8(&t);
+            assert_eq!(q.bytes(), t.a.len() + t.b.len() + 4 * 2 * rank);
+            let DecodeLora::Int8 { a, a_scale, b, b_scale } = &q else { panic!("not int8") };
+            // Every factor within half a step of its row's (A) or column's (B) scale.
+            for (i, (&qa, &v)) in a.iter().zip(&t.a).enumerate() {
+                assert!((f32::from(qa) * a_scale[i / n_in] - v).abs() <= a_scale[i / n_in] * 0.5 + 1e-7, "A[{i}]");
+            }
+            for (i, (&qb, &v)) in b.iter().zip(&t.b).enumerate() {
+                assert!((f32::from(qb) * b_scale[i % rank] - v).abs() <= b_scale[i % rank] * 0.5 + 1e-7, "B[{i}]");
+            }
+            let x: Vec<f32> = (0..n_in).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+            let base = linear_forward_rows(&Cpu, &x, &w, None, &[]).unwrap();
+            let exact = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, 1, 0.5)], decode: None }]).unwrap();
+            let int8 = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, 1, 0.5)], decode: Some(&q) }]).unwrap();
+            let part = |y: &[f32]| -> Vec<f32> { y.iter().zip(&base).map(|(y, b)| y - b).collect() };
+            let (pe, pq) = (part(&exact), part(&int8));
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let diff: Vec<f32> = pe.iter().zip(&pq).map(|(a, b)| a - b).collect();
+            let rel = norm(&diff) / norm(&pe);
+            // Uniform factors in ±0.5: a step is ≈ 1/254 of the largest, the relative error
+            // of the product ≈ 1% at most (≈ 0.3% typical).
+            assert!(rel < 0.01, "rank {rank}: relative error of the LoRA part {rel}");
+            assert!(rel > 0.0, "rank {rank}: int8 copies not read");
+        }
+        // All-zero factors (a fresh B) quantize to zero, no NaN.
+        let mut z = tensor(8, n_in, n_out, false);
+        z.b.iter_mut().for_each(|v| *v = 0.0);
+        let DecodeLora::Int8 { b, b_scale, .. } = DecodeLora::int8(&z) else { panic!("not int8") };
+        assert!(b.iter().all(|&v| v == 0) && b_scale.iter().all(|&s| s == 0.0));
     }
 }
