@@ -91,7 +91,21 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     let open = || edgelora::gguf::GgufFile::open(&b.model).with_context(|| format!("opening {}", b.model.display()));
     let base = open()?;
     let max_b = b.batch.iter().copied().max().unwrap_or(1);
-    let adapters: Vec<LoraAdapter> = if b.rank == 0 { Vec::new() } else { (0..max_b).map(|i| random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1)).collect() };
+    // Factors rounded to f16, as an adapter file holds them (the exact path then reads its
+    // f16 copies, as it does for a loaded adapter).
+    let adapters: Vec<LoraAdapter> = if b.rank == 0 {
+        Vec::new()
+    } else {
+        (0..max_b)
+            .map(|i| {
+                let mut a = random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1);
+                for t in a.tensors.values_mut() {
+                    t.a.iter_mut().chain(t.b.iter_mut()).for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                }
+                a
+            })
+            .collect()
+    };
     let mut model = if b.device == "gpu" { NativeModel::on_gpu(open()?, edgelora::compute::gpu::Gpu::new().context("--device gpu")?)? } else { NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))? };
     if b.lora_int8 {
         anyhow::ensure!(b.device == "cpu", "--lora-int8 is for the CPU: the GPU forward reads f16 factors");

@@ -251,18 +251,16 @@ mod x86 {
             // SAFETY: 8 readable floats at 8j < r.
             *x = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
         }
-        let row = |o: usize| -> __m256 {
-            let mut acc = _mm256_setzero_ps();
-            for (j, x) in vv.iter().take(k).enumerate() {
-                // SAFETY: row o of M holds r values (length asserted by the caller).
-                acc = _mm256_fmadd_ps(unsafe { T::load8(m.as_ptr().add(o * r + 8 * j)) }, *x, acc);
-            }
-            acc
-        };
         let n = y.len();
         let mut o = 0;
         while o + 8 <= n {
-            let s: [__m256; 8] = std::array::from_fn(|i| row(o + i));
+            // No closures here: they would not inherit the callers' target features, and
+            // their intrinsics would become calls.
+            let mut s = [_mm256_setzero_ps(); 8];
+            for (i, si) in s.iter_mut().enumerate() {
+                // SAFETY: rows o..o + 8 < n of M hold r values each (asserted by the caller).
+                *si = unsafe { row_lanes(m, r, o + i, &vv[..k]) };
+            }
             // Eight lane vectors → their eight sums in one vector.
             let u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
             let u1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
@@ -271,12 +269,24 @@ mod x86 {
             unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(o), _mm256_add_ps(_mm256_loadu_ps(y.as_ptr().add(o)), sums)) };
             o += 8;
         }
-        for (i, yo) in y.iter_mut().enumerate().skip(o) {
+        for i in o..n {
             let mut lanes = [0f32; 8];
-            // SAFETY: 8 writable floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), row(i)) };
-            *yo += lanes.iter().sum::<f32>();
+            // SAFETY: row i < n of M holds r values; 8 writable floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), row_lanes(m, r, i, &vv[..k])) };
+            y[i] += lanes.iter().sum::<f32>();
         }
+    }
+
+    /// Row `o` of M [.., r] against v's lane vectors `vv` (r = 8·vv.len()): eight partial sums.
+    /// SAFETY: row o of M holds r values.
+    #[inline(always)]
+    unsafe fn row_lanes<T: Lanes>(m: &[T], r: usize, o: usize, vv: &[__m256]) -> __m256 {
+        let mut acc = _mm256_setzero_ps();
+        for (j, x) in vv.iter().enumerate() {
+            // SAFETY: by the caller.
+            acc = _mm256_fmadd_ps(unsafe { T::load8(m.as_ptr().add(o * r + 8 * j)) }, *x, acc);
+        }
+        acc
     }
 
     #[target_feature(enable = "avx2,fma")]
