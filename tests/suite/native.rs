@@ -172,7 +172,9 @@ fn native_gpu_whole_forward_equals_cpu_forward() {
     // More than FEW_ROWS tokens: the CPU prompt path is f32 throughout.
     let ids = [1, 9690, 198, 2683, 359, 253, 3458, 314, 2115, 28];
     assert!(ids.len() > edgelora::compute::cpu::FEW_ROWS);
-    for (label, adapters) in [("base", vec![]), ("mix", mix.clone())] {
+    // With the weighted pair (the base alone on the device is held to the CPU on the
+    // architecture fixtures, tests/suite/arch.rs: each forward here takes ~10 s on lavapipe).
+    for (label, adapters) in [("mix", mix.clone())] {
         // Prompt: every row's logits.
         let (mut sg, mut sc) = (Session::default(), Session::default());
         let a = on_gpu.forward(&mut sg, &ids, &adapters, true).unwrap();
@@ -186,7 +188,7 @@ fn native_gpu_whole_forward_equals_cpu_forward() {
         }
         // Decode through the device KV cache, then rewind it and take another branch.
         let mut next = argmax(&a[ids.len() - 1]);
-        for step in 0..3 {
+        for step in 0..2 {
             let x = on_gpu.forward(&mut sg, &[next], &adapters, false).unwrap().pop().unwrap();
             let y = on_cpu.forward(&mut sc, &[next], &adapters, false).unwrap().pop().unwrap();
             let d = max_diff(&x, &y);
