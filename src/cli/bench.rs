@@ -101,6 +101,7 @@ fn bench_batch(b: BatchBench) -> Result<()> {
                 let mut a = random_lora(&base, &ALL_LINEAR, b.rank, 2.0 * b.rank as f32, 0.02, i as u64 + 1);
                 for t in a.tensors.values_mut() {
                     t.a.iter_mut().chain(t.b.iter_mut()).for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                    t.dtype = edgelora::adapter::FactorDtype::F16;
                 }
                 a
             })
@@ -108,8 +109,7 @@ fn bench_batch(b: BatchBench) -> Result<()> {
     };
     let mut model = if b.device == "gpu" { NativeModel::on_gpu(open()?, edgelora::compute::gpu::Gpu::new().context("--device gpu")?)? } else { NativeModel::new(open()?, Box::new(edgelora::compute::cpu::Cpu))? };
     if b.lora_int8 {
-        anyhow::ensure!(b.device == "cpu", "--lora-int8 is for the CPU: the GPU forward reads f16 factors");
-        model.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+        model.set_decode_factors(edgelora::model::DecodeFactors::Int8)?;
     }
     // Token ids within any vocabulary (the default model's prompt on it).
     let id = |t: i32| t % model.config.n_vocab as i32;

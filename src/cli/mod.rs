@@ -206,10 +206,11 @@ impl ModelArgs {
                 // The native engine's CPU kernels run on rayon's global pool.
                 let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
             }
+            // Refused before the weights are uploaded (set_decode_factors refuses it too).
             anyhow::ensure!(!(self.lora_int8 && device == Device::Gpu), "--lora-int8 is for the CPU: the GPU forward reads f16 factors");
             let mut rt = NativeRuntime::load(path, device, self.options().threads).with_context(what)?;
             if self.lora_int8 {
-                rt.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+                rt.set_decode_factors(edgelora::model::DecodeFactors::Int8)?;
             }
             return Ok(Loaded::Native(rt));
         }

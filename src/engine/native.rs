@@ -96,9 +96,10 @@ impl NativeRuntime {
         &self.model
     }
 
-    /// Which factor copies decoding on the host reads ([`crate::model::DecodeFactors`]).
-    pub fn set_decode_factors(&mut self, d: crate::model::DecodeFactors) {
-        self.model.set_decode_factors(d);
+    /// Which factor copies decoding on the host reads ([`crate::model::DecodeFactors`]);
+    /// `Int8` is refused on the GPU.
+    pub fn set_decode_factors(&mut self, d: crate::model::DecodeFactors) -> Result<()> {
+        self.model.set_decode_factors(d)
     }
 
     pub fn n_vocab(&self) -> usize {

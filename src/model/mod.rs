@@ -146,10 +146,15 @@ impl NativeModel {
     }
 
     /// Which factor copies decoding on the host reads (default [`DecodeFactors::Exact`]);
-    /// copies made under the previous choice are dropped.
-    pub fn set_decode_factors(&mut self, d: DecodeFactors) {
+    /// copies made under the previous choice are dropped. A model [`on_gpu`](Self::on_gpu)
+    /// refuses `Int8` (the device forward reads its own f16 copies).
+    pub fn set_decode_factors(&mut self, d: DecodeFactors) -> Result<(), Error> {
+        if d == DecodeFactors::Int8 && matches!(self.exec, Exec::Device(_)) {
+            return Err(EngineError::BadOption("int8 factor copies (--lora-int8) are for the CPU: the GPU forward reads f16 factors".into()).into());
+        }
         self.decode_factors = d;
         self.decode_copies.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
     }
 
     pub fn decode_factors(&self) -> DecodeFactors {

@@ -275,6 +275,10 @@ fn lora_int8_from_the_cli() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["lora_factors"], "int8");
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    // The library refuses int8 copies on a device model (here through bench batch).
+    let o = edgelora(&["bench", "batch", "-m", tiny, "--device", "gpu", "--batch", "1", "--steps", "1", "--rank", "8", "--lora-int8"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("for the CPU"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -65,7 +65,7 @@ fn native_int8_lora_factors_decode_within_budget_of_transformers() {
     let open = || NativeModel::new(edgelora::gguf::GgufFile::open(crate::common::model_path()).unwrap(), Box::new(Cpu)).unwrap();
     let exact = open();
     let mut int8 = open();
-    int8.set_decode_factors(edgelora::model::DecodeFactors::Int8);
+    int8.set_decode_factors(edgelora::model::DecodeFactors::Int8).unwrap();
     assert_eq!(int8.decode_factors(), edgelora::model::DecodeFactors::Int8);
     let seed = read_peft(&fixtures().join("seed_r16_qv"), base).unwrap();
     let rs = read_peft(&fixtures().join("rslora_r8_all"), base).unwrap();

@@ -176,13 +176,14 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
                 };
             }
         }
-        let mut scaled = vec![0f32; t.rank];
+        let mut scaled = Vec::new();
         for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
             match g.decode {
                 Some(DecodeLora::F16 { b, .. }) => gemv_short_f16(w.b_rows(b, t.rank), axr, ygr),
                 Some(DecodeLora::Int8 { b, b_scale, .. }) => {
                     // Σ_j q[o, j]·(s_j·ax_j): B's column scales folded into the short vector.
-                    scaled.iter_mut().zip(axr).zip(b_scale).for_each(|((v, a), s)| *v = a * s);
+                    scaled.clear();
+                    scaled.extend(axr.iter().zip(b_scale).map(|(a, s)| a * s));
                     gemv_short_i8(w.b_rows(b, t.rank), &scaled, ygr)
                 }
                 None => gemv_short(b, axr, ygr),
