@@ -7,6 +7,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// EdgeloraTrainParams.precision: f32 products.
+#define EDGELORA_PRECISION_F32 0
+
+// EdgeloraTrainParams.precision: bf16 products, f32 sums.
+#define EDGELORA_PRECISION_BF16 1
+
+// EdgeloraTrainParams.precision: bf16 where the CPU multiplies it in hardware.
+#define EDGELORA_PRECISION_AUTO 2
+
 // Result of every fallible call.
 typedef enum EdgeloraStatus {
   EDGELORA_STATUS_OK = 0,
@@ -161,6 +170,11 @@ typedef struct EdgeloraTrainParams {
   // starts from its factors, its rank/alpha/targets/layers replace `rank`, `alpha`
   // and `targets`, and the manifest records it as the parent (round + 1).
   const char *init_adapter;
+  // Precision of the products with the frozen base: EDGELORA_PRECISION_F32 (0, the
+  // default), EDGELORA_PRECISION_BF16 (1: bf16 operands, f32 sums, factors and optimizer
+  // state; emulated — slower — on a CPU without AVX512-BF16) or EDGELORA_PRECISION_AUTO
+  // (2: bf16 where the CPU has AVX512-BF16, else f32).
+  uint32_t precision;
 } EdgeloraTrainParams;
 
 // What the progress callback sees after each step (valid during the call).

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use edgelora::adapter::{write_gguf_lora, write_peft, DataRef, FactorDtype, GgufLoraDtype, Lineage};
 use edgelora::engine::Vocabulary;
 use edgelora::gguf::GgufFile;
+use edgelora::model::precision::Precision;
 use edgelora::train::data::{fingerprint, Dataset};
 use edgelora::train::optim::{AdamW, Schedule};
 use edgelora::train::report::{duplicates_to_drop, BalanceSpec, DataFile, DataReport};
@@ -103,6 +104,11 @@ pub struct TrainArgs {
     /// Order each epoch in length-sorted groups of 50 batches
     #[arg(long)]
     group_by_length: bool,
+    /// Precision of the products with the frozen base: f32, bf16 (bf16 operands, f32 sums;
+    /// LoRA factors, gradients and optimizer state stay f32), or auto (bf16 where the CPU
+    /// has AVX512-BF16, else f32). bf16 on a CPU without it is emulated: same values, slower
+    #[arg(long, value_parser = ["f32", "bf16", "auto"], default_value = "f32")]
+    precision: String,
     /// Where training runs: cpu (gpu training is not implemented)
     #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
     device: String,
@@ -324,6 +330,7 @@ fn run_training(a: TrainArgs) -> Result<()> {
         replay: replay.as_ref().map(|(_, f)| *f),
         init_fingerprint: None,
         micro_batch: None,
+        precision: a.precision.parse::<Precision>().map_err(|e| anyhow::anyhow!("--precision: {e}"))?.resolve(),
     };
     if replay.is_some() && (a.balance.is_some() || a.group_by_length) {
         bail!("--replay cannot be combined with --balance or --group-by-length");
@@ -432,6 +439,10 @@ fn run_training(a: TrainArgs) -> Result<()> {
         trainer.config.batch,
         trainer.config.grad_accum
     );
+    if trainer.config.precision == Precision::Bf16 {
+        let how = if edgelora::compute::bf16::hardware() { "AVX512-BF16".to_string() } else { format!("emulated in f32 ({}): this CPU has no AVX512-BF16, so slower than --precision f32", edgelora::compute::bf16::selected()) };
+        eprintln!("precision: bf16 products with the frozen base, f32 sums and master weights; {how}");
+    }
     let eval_before = if trainer.step == 0 { trainer.eval_loss()? } else { None };
     if let Some(l) = eval_before {
         writeln!(metrics, "{}", serde_json::json!({"step": 0, "eval_loss": l}))?;

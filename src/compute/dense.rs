@@ -15,6 +15,9 @@ pub trait Real: num_traits::Float + Default + Debug + Send + Sync + AddAssign + 
     fn from_f32_vec(v: Vec<f32>) -> Vec<Self>;
     /// Σ aᵢ·bᵢ (SIMD for f32).
     fn dot(a: &[Self], b: &[Self]) -> Self;
+    /// The same slice as f32 values, where `Self` is f32 (the bf16 products' operands).
+    fn as_f32(v: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(v: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -33,6 +36,12 @@ impl Real for f32 {
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         super::cpu::dot(a, b)
     }
+    fn as_f32(v: &[f32]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn as_f32_mut(v: &mut [f32]) -> Option<&mut [f32]> {
+        Some(v)
+    }
 }
 
 impl Real for f64 {
@@ -50,6 +59,12 @@ impl Real for f64 {
     }
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
     }
 }
 

@@ -62,6 +62,7 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeOpen<'l>(
     save_every: jint,
     name: JString<'l>,
     init_adapter: JString<'l>,
+    precision: jint,
 ) -> jlong {
     guarded(&mut env, 0, |env| {
         let model = jstr(env, &model, "modelPath")?;
@@ -96,6 +97,8 @@ pub extern "system" fn Java_dev_edgelora_Trainer_nativeOpen<'l>(
             save_every: save_every as u32,
             name: ptr(&name),
             init_adapter: ptr(&init),
+            // Java's TrainConfig.Precision ordinal (F32, BF16, AUTO: the C constants).
+            precision: precision as u32,
         };
         let options = job_options(&params).map_err(|(status, msg)| throw(env, status, &msg))?;
         let job = TrainJob::open(&model, options).map_err(|e| lib_error(env, &e))?;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use super::capi::{arg_err, guard, lib_err, str_arg, EdgeloraStatus};
 use crate::adapter::AdapterStore;
+use crate::model::precision::Precision;
 use crate::train::{parse_targets, JobOptions, JobOutcome, Progress, TrainConfig, TrainJob};
 
 /// A training job. Opaque.
@@ -75,7 +76,19 @@ pub struct EdgeloraTrainParams {
     /// starts from its factors, its rank/alpha/targets/layers replace `rank`, `alpha`
     /// and `targets`, and the manifest records it as the parent (round + 1).
     pub init_adapter: *const c_char,
+    /// Precision of the products with the frozen base: EDGELORA_PRECISION_F32 (0, the
+    /// default), EDGELORA_PRECISION_BF16 (1: bf16 operands, f32 sums, factors and optimizer
+    /// state; emulated — slower — on a CPU without AVX512-BF16) or EDGELORA_PRECISION_AUTO
+    /// (2: bf16 where the CPU has AVX512-BF16, else f32).
+    pub precision: u32,
 }
+
+/// EdgeloraTrainParams.precision: f32 products.
+pub const EDGELORA_PRECISION_F32: u32 = 0;
+/// EdgeloraTrainParams.precision: bf16 products, f32 sums.
+pub const EDGELORA_PRECISION_BF16: u32 = 1;
+/// EdgeloraTrainParams.precision: bf16 where the CPU multiplies it in hardware.
+pub const EDGELORA_PRECISION_AUTO: u32 = 2;
 
 /// What the progress callback sees after each step (valid during the call).
 #[repr(C)]
@@ -130,6 +143,7 @@ pub extern "C" fn edgelora_train_params_default() -> EdgeloraTrainParams {
         save_every: 10,
         name: ptr::null(),
         init_adapter: ptr::null(),
+        precision: EDGELORA_PRECISION_F32,
     }
 }
 
@@ -170,6 +184,12 @@ pub(super) fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
     if !p.alpha.is_finite() || p.alpha <= 0.0 {
         return Err(arg_err(format!("params.alpha {} must be finite and > 0", p.alpha)));
     }
+    let precision = match p.precision {
+        EDGELORA_PRECISION_F32 => Precision::F32,
+        EDGELORA_PRECISION_BF16 => Precision::Bf16,
+        EDGELORA_PRECISION_AUTO => Precision::Auto,
+        other => return Err(arg_err(format!("params.precision {other}: expected 0 (f32), 1 (bf16) or 2 (auto)"))),
+    };
     let config = TrainConfig {
         rank: p.rank as usize,
         alpha: p.alpha,
@@ -181,6 +201,7 @@ pub(super) fn job_options(p: &EdgeloraTrainParams) -> CResult<JobOptions> {
         max_len: p.max_len as usize,
         seed: p.seed,
         grad_checkpoint: p.grad_checkpoint,
+        precision,
         ..TrainConfig::default()
     };
     Ok(JobOptions {

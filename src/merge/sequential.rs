@@ -35,7 +35,7 @@ use crate::error::{EngineError, Error, GgufError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::grad::dense;
-use crate::model::ops::{attention::{packed_attention_forward, packed_ranges}, embedding::embedding_forward, linear::lora_linear_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
+use crate::model::ops::{attention::{packed_attention_forward, packed_ranges}, embedding::embedding_forward, rmsnorm::rmsnorm_forward, rope::rope_forward, swiglu::swiglu_forward};
 use crate::model::weights::{Layer, Weight, Weights};
 use crate::quant::gptq::{self, Factor, InputStats};
 
@@ -66,7 +66,15 @@ struct Proj<'w, 'a> {
 
 /// x [rows, n_in] · Wᵀ (+ bias) for W [n_out, n_in] row-major.
 fn product(x: &[f32], w: &[f32], n_in: usize, n_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    lora_linear_forward(x, w, n_in, n_out, bias, None).0
+    let n = x.len() / n_in;
+    let mut y = vec![0f32; n * n_out];
+    matmul(&mut y, x, Layout::N, w, Layout::T, n, n_out, n_in, false);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n_out) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += *b);
+        }
+    }
+    y
 }
 
 fn add(a: &[f32], b: &[f32]) -> Vec<f32> {

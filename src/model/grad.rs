@@ -20,6 +20,7 @@ use super::ops::linear::{lora_linear_backward, lora_linear_forward, LoraRef};
 use super::ops::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use super::ops::rope::{rope_backward, rope_forward};
 use super::ops::swiglu::{swiglu_backward, swiglu_forward};
+use super::precision::{BaseMatrix, Precision};
 use super::weights::{Layer, Weight, Weights};
 use crate::compute::dense::Real;
 use crate::error::{EngineError, Error};
@@ -159,6 +160,8 @@ pub struct TrainModel<'a, T> {
     post_norms: Vec<Option<(Vec<T>, Vec<T>)>>,
     biases: Vec<[Option<Vec<T>>; 3]>,
     output_norm: Vec<T>,
+    /// The base products' precision (resolved: never `Auto`).
+    precision: Precision,
 }
 
 fn cast<T: Real>(v: &[f32]) -> Vec<T> {
@@ -185,7 +188,23 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let post_norms = weights.layers.iter().map(|l| l.post_attn_norm.as_deref().zip(l.post_ffn_norm.as_deref()).map(|(a, f)| (cast(a), cast(f)))).collect();
         let biases = weights.layers.iter().map(|l| [l.bq.as_deref().map(cast), l.bk.as_deref().map(cast), l.bv.as_deref().map(cast)]).collect();
         let output_norm = cast(&weights.output_norm);
-        Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, post_norms, biases, output_norm })
+        Ok(TrainModel { config: config.clone(), weights, output, norms, qk_norms, post_norms, biases, output_norm, precision: Precision::F32 })
+    }
+
+    /// The same model with its base products in `precision` (`Auto` resolved for this CPU).
+    /// bf16 needs an f32 graph (the f64 one is the gradient checks' reference).
+    pub fn with_precision(mut self, precision: Precision) -> Result<TrainModel<'a, T>, Error> {
+        let p = precision.resolve();
+        if p == Precision::Bf16 && T::as_f32(&[]).is_none() {
+            return Err(EngineError::BadOption("bf16 products need an f32 training graph".into()).into());
+        }
+        self.precision = p;
+        Ok(self)
+    }
+
+    /// The base products' precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Shape (n_in, n_out) of a base matrix by GGUF name, if the model has it (a fused
@@ -255,7 +274,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let positions = Self::positions(batch);
         let mut x = self.embed(&batch.tokens)?;
         for l in 0..upto {
-            let dense = self.layer_dense(l)?;
+            let dense = self.layer_dense(l, true, false)?;
             x = self.layer_forward(l, x, &dense, &none, batch, &positions).0;
         }
         Ok(x)
@@ -272,14 +291,19 @@ impl<'a, T: Real> TrainModel<'a, T> {
         }
     }
 
-    fn layer_dense(&self, l: usize) -> Result<[Vec<T>; N_LIN], Error> {
+    /// Layer `l`'s projections as the products read them: dense in T, or bf16 packed for
+    /// the `forward` (x·Wᵀ) and/or `backward` (dy·W) products.
+    fn layer_dense(&self, l: usize, forward: bool, backward: bool) -> Result<[BaseMatrix<T>; N_LIN], Error> {
         time(|| "train: dequantize a layer's weights".into(), || {
             let p = projections(&self.weights.layers[l]);
-            let mut out: [Vec<T>; N_LIN] = Default::default();
-            for (o, w) in out.iter_mut().zip(p) {
-                *o = dense(w)?;
+            let mut out: Vec<BaseMatrix<T>> = Vec::with_capacity(N_LIN);
+            for w in p {
+                out.push(match self.precision {
+                    Precision::Bf16 => BaseMatrix::bf16(&dense::<f32>(w)?, w.n_out, w.n_in, forward, backward),
+                    _ => BaseMatrix::Dense(dense(w)?),
+                });
             }
-            Ok(out)
+            Ok(out.try_into().unwrap_or_else(|_| unreachable!("N_LIN projections")))
         })
     }
 
@@ -289,7 +313,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
     }
 
     /// One layer forward: x [n, d] → x_out, with the saved activations.
-    fn layer_forward(&self, l: usize, x: Vec<T>, dense: &[Vec<T>; N_LIN], params: &LoraParams<T>, batch: &Batch, positions: &[usize]) -> (Vec<T>, Acts<T>) {
+    fn layer_forward(&self, l: usize, x: Vec<T>, dense: &[BaseMatrix<T>; N_LIN], params: &LoraParams<T>, batch: &Batch, positions: &[usize]) -> (Vec<T>, Acts<T>) {
         let c = &self.config;
         let layer = &self.weights.layers[l];
         let ws = projections(layer);
@@ -346,7 +370,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
 
     /// One layer backward: dx_out [n, d] → dx_in (when `need_dx`), LoRA grads added.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, l: usize, dx_out: Vec<T>, a: &Acts<T>, dense: &[Vec<T>; N_LIN], params: &LoraParams<T>, grads: &mut LoraParams<T>, batch: &Batch, positions: &[usize], need_dx: bool) -> Vec<T> {
+    fn layer_backward(&self, l: usize, dx_out: Vec<T>, a: &Acts<T>, dense: &[BaseMatrix<T>; N_LIN], params: &LoraParams<T>, grads: &mut LoraParams<T>, batch: &Batch, positions: &[usize], need_dx: bool) -> Vec<T> {
         let c = &self.config;
         let layer = &self.weights.layers[l];
         let ws = projections(layer);
@@ -441,7 +465,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let positions = Self::positions(batch);
         let (first, mut x) = self.first_input(params, batch, start)?;
         for l in first..self.config.n_layer {
-            let dense = self.layer_dense(l)?;
+            let dense = self.layer_dense(l, true, false)?;
             x = self.layer_forward(l, x, &dense, params, batch, &positions).0;
         }
         let (_, hs, tg, _) = self.head_rows(&x, batch);
@@ -469,7 +493,7 @@ impl<'a, T: Real> TrainModel<'a, T> {
         let mut saved: Vec<Option<Acts<T>>> = (0..first).map(|_| None).collect();
         let mut inputs: Vec<Vec<T>> = Vec::with_capacity(c.n_layer);
         for l in first..c.n_layer {
-            let dense = self.layer_dense(l)?;
+            let dense = self.layer_dense(l, true, false)?;
             if l >= l_min && opt.checkpoint {
                 inputs.push(x.clone());
             }
@@ -492,7 +516,8 @@ impl<'a, T: Real> TrainModel<'a, T> {
         }
         drop(x);
         for l in (l_min..c.n_layer).rev() {
-            let dense = self.layer_dense(l)?;
+            // A checkpointed layer runs forward again before its backward.
+            let dense = self.layer_dense(l, saved[l].is_none(), true)?;
             let acts = match saved[l].take() {
                 Some(a) => a,
                 None => self.layer_forward(l, inputs.pop().expect("one input per checkpointed layer"), &dense, params, batch, &positions).1,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod gpu_forward;
 pub mod grad;
 pub mod ops;
+pub mod precision;
 pub mod profile;
 pub mod validate;
 pub mod weights;

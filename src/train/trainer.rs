@@ -24,6 +24,7 @@ use crate::error::{Error, TrainError};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::grad::{Batch, GradOptions, LoraParam, LoraParams, TrainModel};
+use crate::model::precision::Precision;
 
 /// Module names the trainer targets, GGUF short names with their PEFT spelling.
 pub const MODULES: [(&str, &str); 7] = [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"), ("attn_output", "o_proj"), ("ffn_gate", "gate_proj"), ("ffn_up", "up_proj"), ("ffn_down", "down_proj")];
@@ -103,6 +104,10 @@ pub struct TrainConfig {
     /// gradients summed — the same step up to float rounding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub micro_batch: Option<usize>,
+    /// `--precision`: the base products' precision ([`Precision`]); a run records it
+    /// resolved (`Auto` becomes what this CPU ran), so a resume repeats it.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -132,6 +137,7 @@ impl Default for TrainConfig {
             replay: None,
             init_fingerprint: None,
             micro_batch: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -258,8 +264,9 @@ pub fn replay_draws(n_new: usize, fraction: f64) -> usize {
 
 impl<'a> Trainer<'a> {
     /// A fresh run: A Kaiming-uniform (bound 1/√n_in, as PEFT), B zero — step 0 is the base.
-    pub fn new(base: &'a GgufFile, config: TrainConfig, train: Vec<Example>, eval: Vec<Example>, data_fingerprint: String) -> Result<Trainer<'a>, Error> {
+    pub fn new(base: &'a GgufFile, mut config: TrainConfig, train: Vec<Example>, eval: Vec<Example>, data_fingerprint: String) -> Result<Trainer<'a>, Error> {
         config.check()?;
+        config.precision = config.precision.resolve();
         if train.is_empty() {
             return Err(TrainError::BadOption { option: "--data".into(), reason: "no training examples".into() }.into());
         }
@@ -270,7 +277,7 @@ impl<'a> Trainer<'a> {
         if mc.n_layer == 0 {
             return Err(TrainError::BadOption { option: "--model".into(), reason: "the model has no layers".into() }.into());
         }
-        let model = TrainModel::<f32>::new(base, &mc)?;
+        let model = TrainModel::<f32>::new(base, &mc)?.with_precision(config.precision)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
         let mut params = LoraParams::new();
         let (first, last) = config.layers.unwrap_or((0, mc.n_layer - 1));

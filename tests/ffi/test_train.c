@@ -204,6 +204,16 @@ static void bad_input(void) {
   p.checkpoint_dir = bad_ckpt;
   st = edgelora_train_open(MODEL, &p, &job);
   CHECK(st == EDGELORA_STATUS_FORMAT && job == NULL && strstr(edgelora_last_error(), "checkpoint"), "unwritable checkpoint dir: status %d", st);
+  /* An unknown precision; bf16 opens (emulated where the CPU lacks AVX512-BF16). */
+  p = params(NULL);
+  p.precision = 7;
+  st = edgelora_train_open(MODEL, &p, &job);
+  CHECK(st == EDGELORA_STATUS_INVALID_ARGUMENT && job == NULL && strstr(edgelora_last_error(), "precision 7"), "precision 7: status %d", st);
+  p.precision = EDGELORA_PRECISION_BF16;
+  st = edgelora_train_open(MODEL, &p, &job);
+  CHECK(st == EDGELORA_STATUS_OK && job != NULL, "bf16: status %d", st);
+  edgelora_train_close(job);
+  job = NULL;
   /* Empty data, an example without an answer, a budget nothing fits. */
   p = params(NULL);
   p.max_memory_mb = 16;

@@ -115,8 +115,11 @@ public class JvmTrainTest {
         // A second version continues the first (its rank and targets come from it), into
         // the store; load, generate, roll back.
         File ckpt2 = new File(work, "ckpt2");
+        // It trains with bf16 base products (emulated where the CPU lacks AVX512-BF16); the
+        // manifest's hyperparameters record the precision.
         try (Trainer t = Trainer.open(model, TrainConfig.builder().learningRate(5e-3f).steps(3).batch(2)
-                .maxLen(96).seed(8).checkpointDir(ckpt2.getPath()).initAdapter(new File(work, "v1.gguf").getPath()).build())) {
+                .maxLen(96).seed(8).checkpointDir(ckpt2.getPath()).initAdapter(new File(work, "v1.gguf").getPath())
+                .precision(TrainConfig.Precision.BF16).build())) {
             for (int i = 0; i < 8; i++) {
                 String[] r = record(i);
                 t.addExample(INSTRUCTION, r[0], r[1]);
@@ -124,6 +127,8 @@ public class JvmTrainTest {
             check(t.run(null), "second training did not finish");
             t.export(new File(work, "v2.gguf"));
         }
+        String v2 = new String(java.nio.file.Files.readAllBytes(new File(work, "v2.gguf").toPath()), java.nio.charset.StandardCharsets.ISO_8859_1);
+        check(v2.contains("\"precision\":\"bf16\""), "v2's manifest does not record bf16");
         AdapterStore store = AdapterStore.open(new File(work, "store"));
         check(store.save("credit", new File(work, "v1.gguf"), "{\"note\": \"first\"}") == 1, "store v1");
         check(store.save("credit", new File(work, "v2.gguf"), null) == 2, "store v2");

@@ -34,6 +34,7 @@ mod native;
 #[cfg(feature = "llama")]
 mod native_vocab;
 mod plots;
+mod precision;
 mod quant;
 #[cfg(feature = "llama")]
 mod quant_ref;

@@ -231,6 +231,48 @@ fn bad_options_are_errors_naming_the_option() {
     assert!(e.contains("fewer than 2 tokens"), "{e}");
 }
 
+/// `--precision bf16` trains (emulated where the CPU lacks AVX512-BF16, and says so) and
+/// the adapter's manifest records it; `auto` resolves to what this CPU multiplies in
+/// hardware; an unknown precision is a usage error; a resume in another precision is
+/// refused (the checkpoint's configuration differs).
+#[test]
+fn precision_flag_trains_in_bf16_records_it_and_refuses_a_mixed_resume() {
+    let dir = tmpdir();
+    let data = write_data(dir.path(), 8);
+    let train = |out: &Path, precision: &str, extra: &[&str]| {
+        edgelora_bin()
+            .args(["train", "--model", model_path().to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .args(["--steps", "2", "--batch", "2", "--rank", "2", "--max-len", "48", "-t", "2", "--precision", precision])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("bf16.gguf");
+    let ck = dir.path().join("ck");
+    let o = train(&out, "bf16", &["--checkpoint-dir", ck.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let hw = edgelora::compute::bf16::hardware();
+    assert!(err.contains("precision: bf16") && err.contains(if hw { "AVX512-BF16" } else { "emulated" }), "{err}");
+    let hyper = read_gguf_lora(&GgufFile::open(&out).unwrap()).unwrap().manifest.hyperparameters.unwrap();
+    assert_eq!(hyper["precision"], "bf16", "{hyper}");
+
+    let o = train(&dir.path().join("f32.gguf"), "f32", &["--resume", ck.to_str().unwrap()]);
+    assert!(!o.status.success(), "a bf16 checkpoint resumed in f32");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("configuration differs"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let auto = dir.path().join("auto.gguf");
+    let o = train(&auto, "auto", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hyper = read_gguf_lora(&GgufFile::open(&auto).unwrap()).unwrap().manifest.hyperparameters.unwrap();
+    // f32 is the default and is not written; auto is never recorded unresolved.
+    assert_eq!(hyper.get("precision").and_then(|v| v.as_str()), hw.then_some("bf16"), "{hyper}");
+
+    let o = train(&dir.path().join("x.gguf"), "fp8", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("possible values"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn layer_range_limits_the_trained_tensors() {
     let dir = tmpdir();

@@ -30,7 +30,16 @@ public struct TrainConfig: Sendable {
     /// Continue this adapter: its factors start training, its rank/alpha/targets apply,
     /// and the manifest records it as the parent.
     public var initAdapter: String? = nil
+    /// Precision of the products with the frozen base (default f32).
+    public var precision: Precision = .f32
     public init() {}
+}
+
+/// The C API's `EDGELORA_PRECISION_*`: f32; bf16 (bf16 operands, f32 sums, factors and
+/// optimizer state; emulated, slower, on a CPU without AVX512-BF16); auto (bf16 where the
+/// CPU has it).
+public enum Precision: UInt32, Sendable {
+    case f32 = 0, bf16 = 1, auto = 2
 }
 
 /// One step's progress.
@@ -62,6 +71,7 @@ public final class Trainer: @unchecked Sendable {
         p.steps = config.steps; p.epochs = config.epochs; p.batch = config.batch; p.grad_accum = config.gradAccum
         p.max_len = config.maxLen; p.seed = config.seed; p.threads = config.threads; p.yield_ms = config.yieldMs
         p.max_memory_mb = config.maxMemoryMB; p.grad_checkpoint = config.gradientCheckpointing; p.save_every = config.saveEvery
+        p.precision = config.precision.rawValue
         let targets = strdup(config.targets)
         let ckpt = config.checkpointDir.map { strdup($0) }
         let name = config.name.map { strdup($0) }

@@ -4,6 +4,7 @@
 use crate::adapter::LoraTensor;
 use crate::compute::dense::{matmul, Layout, Real};
 use crate::compute::{Backend, ComputeError};
+use crate::model::precision::BaseMatrix;
 use crate::model::weights::Weight;
 use rayon::prelude::*;
 
@@ -210,10 +211,10 @@ pub struct LoraRef<'a, T> {
 
 /// Training forward on a dense (dequantized, frozen) W [n_out, n_in]:
 /// y [n, n_out] = x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ. Returns (y, ax [n, r]); backward reads ax.
-pub fn lora_linear_forward<T: Real>(x: &[T], w: &[T], n_in: usize, n_out: usize, bias: Option<&[T]>, lora: Option<LoraRef<T>>) -> (Vec<T>, Vec<T>) {
+pub fn lora_linear_forward<T: Real>(x: &[T], w: &BaseMatrix<T>, n_in: usize, n_out: usize, bias: Option<&[T]>, lora: Option<LoraRef<T>>) -> (Vec<T>, Vec<T>) {
     let n = x.len() / n_in;
     let mut y = vec![T::zero(); n * n_out];
-    matmul(&mut y, x, Layout::N, w, Layout::T, n, n_out, n_in, false);
+    w.xwt(&mut y, x, n, n_in, n_out);
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(n_out) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += *b);
@@ -235,7 +236,7 @@ pub fn lora_linear_forward<T: Real>(x: &[T], w: &[T], n_in: usize, n_out: usize,
 ///   dx [n, n_in] += dy·W + s·(dy·B)·A    (when `dx` is given)
 ///   dB [n_out, r] += s·dyᵀ·ax
 ///   dA [r, n_in]  += s·(dy·B)ᵀ·x
-pub fn lora_linear_backward<T: Real>(dx: Option<&mut [T]>, dy: &[T], x: &[T], w: &[T], n_in: usize, n_out: usize, lora: Option<(LoraRef<T>, &[T], &mut [T], &mut [T])>) {
+pub fn lora_linear_backward<T: Real>(dx: Option<&mut [T]>, dy: &[T], x: &[T], w: &BaseMatrix<T>, n_in: usize, n_out: usize, lora: Option<(LoraRef<T>, &[T], &mut [T], &mut [T])>) {
     let n = dy.len() / n_out;
     if let Some((l, ax, da, db)) = lora {
         // dyb [n, r] = s · dy · B
@@ -248,13 +249,13 @@ pub fn lora_linear_backward<T: Real>(dx: Option<&mut [T]>, dy: &[T], x: &[T], w:
         // dA += (s · dy · B)ᵀ · x
         matmul(da, &dyb_s, Layout::T, x, Layout::N, l.rank, n_in, n, true);
         if let Some(dx) = dx {
-            matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true);
+            w.add_dyw(dx, dy, n, n_in, n_out);
             matmul(dx, &dyb_s, Layout::N, l.a, Layout::N, n, n_in, l.rank, true);
         }
         return;
     }
     if let Some(dx) = dx {
-        matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true);
+        w.add_dyw(dx, dy, n, n_in, n_out);
     }
 }
 

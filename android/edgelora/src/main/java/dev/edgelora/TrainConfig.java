@@ -10,12 +10,21 @@ public final class TrainConfig {
     final long seed;
     final boolean gradientCheckpointing;
     final String targets, checkpointDir, name, initAdapter;
+    final Precision precision;
+
+    /**
+     * Precision of the products with the frozen base (the C API's EDGELORA_PRECISION_*, in
+     * that order): F32; BF16 (bf16 operands, f32 sums, factors and optimizer state;
+     * emulated, slower, on a CPU without AVX512-BF16); AUTO (BF16 where the CPU has it).
+     */
+    public enum Precision { F32, BF16, AUTO }
 
     private TrainConfig(Builder b) {
         rank = b.rank; steps = b.steps; epochs = b.epochs; batch = b.batch; gradAccum = b.gradAccum; maxLen = b.maxLen;
         threads = b.threads; yieldMs = b.yieldMs; maxMemoryMb = b.maxMemoryMb; saveEvery = b.saveEvery;
         alpha = b.alpha; learningRate = b.learningRate; seed = b.seed; gradientCheckpointing = b.gradientCheckpointing;
         targets = b.targets; checkpointDir = b.checkpointDir; name = b.name; initAdapter = b.initAdapter;
+        precision = b.precision;
     }
 
     public static Builder builder() {
@@ -29,6 +38,7 @@ public final class TrainConfig {
         private long seed = 42;
         private boolean gradientCheckpointing = false;
         private String targets = "q_proj,v_proj", checkpointDir = null, name = null, initAdapter = null;
+        private Precision precision = Precision.F32;
 
         /** LoRA rank; the update is scaled by alpha / rank. */
         public Builder rank(int v) { rank = v; return this; }
@@ -65,6 +75,8 @@ public final class TrainConfig {
          * and the manifest records it as the parent.
          */
         public Builder initAdapter(String v) { initAdapter = v; return this; }
+        /** Precision of the products with the frozen base (default F32). */
+        public Builder precision(Precision v) { precision = v; return this; }
 
         public TrainConfig build() {
             return new TrainConfig(this);

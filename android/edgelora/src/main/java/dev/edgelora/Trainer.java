@@ -27,7 +27,7 @@ public final class Trainer implements AutoCloseable {
     public static Trainer open(String modelPath, TrainConfig c) {
         return new Trainer(nativeOpen(modelPath, c.rank, c.alpha, c.targets, c.learningRate, c.steps, c.epochs, c.batch,
                 c.gradAccum, c.maxLen, c.seed, c.threads, c.yieldMs, c.maxMemoryMb, c.gradientCheckpointing,
-                c.checkpointDir, c.saveEvery, c.name, c.initAdapter));
+                c.checkpointDir, c.saveEvery, c.name, c.initAdapter, c.precision.ordinal()));
     }
 
     /** Adds a training example (tokenized now; an empty answer is a FORMAT error naming it). {@code input} may be null. */
@@ -116,7 +116,8 @@ public final class Trainer implements AutoCloseable {
 
     private static native long nativeOpen(String model, int rank, float alpha, String targets, float lr, int steps,
             int epochs, int batch, int gradAccum, int maxLen, long seed, int threads, int yieldMs, int maxMemoryMb,
-            boolean gradientCheckpointing, String checkpointDir, int saveEvery, String name, String initAdapter);
+            boolean gradientCheckpointing, String checkpointDir, int saveEvery, String name, String initAdapter,
+            int precision);
     private static native void nativeAddExample(long h, String instruction, String input, String output, boolean eval);
     private static native void nativeAddRecordJson(long h, String json, boolean eval);
     private static native int nativeAddJsonl(long h, String path, boolean eval);
