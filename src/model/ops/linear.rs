@@ -74,11 +74,17 @@ pub fn linear_forward(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option
 /// [`linear_forward`] with each adapter on its own rows: the base product runs once over
 /// all n rows; each adapter's B·(A·x) runs over the rows that use it, gathered into one
 /// block (its factors read once for all of them), and is added back to those rows.
+///
+/// The adapters' products run beside the base product ([`rayon::join`]: on another
+/// thread while the base product's row groups are shared out), not after it on one
+/// thread; they are added to y in the same order as before, so the values do not change.
 pub fn linear_forward_rows(backend: &dyn Backend, x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) -> Result<Vec<f32>, ComputeError> {
     use crate::model::profile::time;
     let n = x.len() / w.n_in;
-    let mut y = time(|| format!("matmul {} ({})", w.t, rows_label(n)), || backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n))?;
-    add_bias_and_loras(&mut y, x, w, bias, loras);
+    let base = || time(|| format!("matmul {} ({})", w.t, rows_label(n)), || backend.matmul(w.t, w.bytes, w.n_out, w.n_in, x, n));
+    let (y, parts) = if loras.is_empty() { (base(), Vec::new()) } else { rayon::join(base, || lora_parts(x, w, n, loras)) };
+    let mut y = y?;
+    add_bias_and_loras(&mut y, w, bias, parts);
     Ok(y)
 }
 
@@ -100,9 +106,13 @@ pub fn linear_forward_shared(backend: &dyn Backend, x: &[f32], layers: &[(&Weigh
         types.dedup();
         format!("matmul {} ({}, {} weights)", types.join("+"), rows_label(n), layers.len())
     };
-    let mut ys = time(label, || backend.matmul_shared(&ws, n_in, x, n))?;
-    for (y, (w, bias, loras)) in ys.iter_mut().zip(layers) {
-        add_bias_and_loras(y, x, w, *bias, loras);
+    // The adapters' products beside the base products, as in [`linear_forward_rows`].
+    let base = || time(label, || backend.matmul_shared(&ws, n_in, x, n));
+    let loras = || layers.iter().map(|(w, _, loras)| lora_parts(x, w, n, loras)).collect::<Vec<_>>();
+    let (ys, parts) = if layers.iter().all(|(_, _, l)| l.is_empty()) { (base(), layers.iter().map(|_| Vec::new()).collect()) } else { rayon::join(base, loras) };
+    let mut ys = ys?;
+    for ((y, (w, bias, _)), parts) in ys.iter_mut().zip(layers).zip(parts) {
+        add_bias_and_loras(y, w, *bias, parts);
     }
     Ok(ys)
 }
@@ -118,28 +128,29 @@ fn rows_label(n: usize) -> &'static str {
     }
 }
 
-/// y [n, n_out] (the base product) += bias + each adapter's contribution over its rows.
-fn add_bias_and_loras(y: &mut [f32], x: &[f32], w: &Weight, bias: Option<&[f32]>, loras: &[RowLora]) {
+/// Each adapter's contribution over its rows (rows of y with their scales, values),
+/// adapters in parallel (in a batch each sequence may bring its own).
+fn lora_parts(x: &[f32], w: &Weight, n: usize, loras: &[RowLora]) -> Vec<(Vec<(usize, f32)>, Vec<f32>)> {
     use crate::model::profile::time;
-    let n = x.len() / w.n_in;
+    if loras.is_empty() {
+        return Vec::new();
+    }
+    time(|| "lora B·(A·x)".into(), || if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() })
+}
+
+/// y [n, n_out] (the base product) += bias, then each adapter's part ([`lora_parts`]) in
+/// adapter order.
+fn add_bias_and_loras(y: &mut [f32], w: &Weight, bias: Option<&[f32]>, parts: Vec<(Vec<(usize, f32)>, Vec<f32>)>) {
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(w.n_out) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
     }
-    // Each adapter's contribution over its rows, adapters in parallel (in a batch each
-    // sequence may bring its own), then added back in adapter order.
-    if loras.is_empty() {
-        return;
-    }
-    time(|| "lora B·(A·x)".into(), || {
-        let parts: Vec<(Vec<(usize, f32)>, Vec<f32>)> = if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() };
-        for (rows, yg) in parts {
-            for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
-                y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
-            }
+    for (rows, yg) in parts {
+        for (ygr, &(r, _)) in yg.chunks_exact(w.n_out).zip(&rows) {
+            y[r * w.n_out..(r + 1) * w.n_out].iter_mut().zip(ygr).for_each(|(a, b)| *a += b);
         }
-    });
+    }
 }
 
 /// One adapter's s·(x·Aᵀ)·Bᵀ over the rows it covers: (each row of y it goes to with its
