@@ -39,7 +39,7 @@ wait_url() {
   cat "$1" >&2; exit 1
 }
 echo "serve bench: $model, $threads thread(s), $max_tokens tokens per request, $per requests per stream, a rank-16 all-linear adapter per stream"
-printf '%-26s %8s %10s %14s %10s %10s\n' server streams agg_tok/s stream_tok/s ttft_p50 ttft_p99
+printf '%-44s %8s %10s %14s %10s %10s\n' server streams agg_tok/s stream_tok/s ttft_p50 ttft_p99
 declare -A agg
 for s in $servers; do
   : > "$dir/serve.log"
@@ -65,7 +65,7 @@ for s in $servers; do
     python3 -c '
 import json, sys
 d = json.loads(sys.argv[2])
-print("%-26s %8d %10.1f %14.1f %9.2fs %9.2fs" % (sys.argv[1], d["streams"], d["aggregate_tok_s"], d["per_stream_decode_tok_s_median"], d["ttft_p50_s"], d["ttft_p99_s"]))' "$label" "$line"
+print("%-44s %8d %10.1f %14.1f %9.2fs %9.2fs" % (sys.argv[1], d["streams"], d["aggregate_tok_s"], d["per_stream_decode_tok_s_median"], d["ttft_p50_s"], d["ttft_p99_s"]))' "$label" "$line"
     agg["$s/$n"]="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["aggregate_tok_s"])' "$line")"
   done
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=0
