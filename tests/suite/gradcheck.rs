@@ -267,6 +267,11 @@ fn a_shared_prefix_gives_the_loss_and_gradients_of_its_copies() {
     assert!(model.loss_and_grad(&params, &Batch { prefix: 1, seq_lens: vec![2, 0], ..bad }, opt).is_err());
 }
 
+/// The same factors in f32.
+fn params_f32(p64: &LoraParams<f64>) -> LoraParams<f32> {
+    p64.iter().map(|(k, p)| (k.clone(), LoraParam { rank: p.rank, n_in: p.n_in, n_out: p.n_out, scale: p.scale as f32, a: p.a.iter().map(|&v| v as f32).collect(), b: p.b.iter().map(|&v| v as f32).collect() })).collect()
+}
+
 #[test]
 fn f32_gradients_agree_with_f64() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +280,7 @@ fn f32_gradients_agree_with_f64() {
     let m64 = TrainModel::<f64>::new(&f, &config).unwrap();
     let m32 = TrainModel::<f32>::new(&f, &config).unwrap();
     let p64 = tiny_params(&m64, 9);
-    let p32: LoraParams<f32> = p64.iter().map(|(k, p)| (k.clone(), LoraParam { rank: p.rank, n_in: p.n_in, n_out: p.n_out, scale: p.scale as f32, a: p.a.iter().map(|&v| v as f32).collect(), b: p.b.iter().map(|&v| v as f32).collect() })).collect();
+    let p32 = params_f32(&p64);
     let opt = GradOptions { checkpoint: false, ce_chunk: 4, grad_scale: 1.0 };
     let (g64, g32) = (m64.loss_and_grad(&p64, &tiny_batch(), opt).unwrap(), m32.loss_and_grad(&p32, &tiny_batch(), opt).unwrap());
     assert!((g64.loss_sum - g32.loss_sum).abs() < 1e-4 * g64.loss_sum.abs());
@@ -299,7 +304,7 @@ fn bf16_products_give_the_f32_loss_and_gradients_within_their_rounding() {
     assert_eq!(mb.precision(), Precision::Bf16);
     assert!(TrainModel::<f64>::new(&f, &config).unwrap().with_precision(Precision::Bf16).is_err());
     let p64 = tiny_params(&TrainModel::<f64>::new(&f, &config).unwrap(), 9);
-    let p32: LoraParams<f32> = p64.iter().map(|(k, p)| (k.clone(), LoraParam { rank: p.rank, n_in: p.n_in, n_out: p.n_out, scale: p.scale as f32, a: p.a.iter().map(|&v| v as f32).collect(), b: p.b.iter().map(|&v| v as f32).collect() })).collect();
+    let p32 = params_f32(&p64);
     for checkpoint in [false, true] {
         let opt = GradOptions { checkpoint, ce_chunk: 4, grad_scale: 1.0 };
         let (g32, gb) = (m32.loss_and_grad(&p32, &tiny_batch(), opt).unwrap(), mb.loss_and_grad(&p32, &tiny_batch(), opt).unwrap());
