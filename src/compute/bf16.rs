@@ -32,13 +32,21 @@ pub const MR: usize = 8;
 const BLOCKS_PER_TASK: usize = 6;
 
 /// f32 → bf16 bits, rounded to nearest even (NaN stays NaN).
+/// Branch-free, so that loops over slices vectorize.
 #[inline(always)]
 pub fn round(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    let quiet_nan = (b >> 16) | 0x40;
+    (if b & 0x7FFF_FFFF > 0x7F80_0000 { quiet_nan } else { rounded }) as u16
+}
+
+/// Rounds `src` into `dst` (as long as `src`).
+#[inline(always)]
+fn round_into(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = round(v);
     }
-    (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
 /// bf16 bits → f32 (exact).
@@ -65,36 +73,60 @@ pub struct PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// B [n, k] given element by element (`at(j, kk)`), panels packed in parallel.
-    fn pack(n: usize, k: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> PackedBf16 {
+    /// An empty packing of B [n, k] (zeros), and its pairs per column.
+    fn zeros(n: usize, k: usize) -> PackedBf16 {
         let k2 = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * k2 * NR];
-        if k2 > 0 {
-            data.par_chunks_mut(k2 * NR).enumerate().for_each(|(p, panel)| {
-                for (kp, lanes) in panel.chunks_exact_mut(NR).enumerate() {
-                    let (k0, k1) = (2 * kp, 2 * kp + 1);
-                    for (l, v) in lanes.iter_mut().enumerate().take(n.saturating_sub(p * NR)) {
-                        let j = p * NR + l;
-                        *v = pair(at(j, k0), if k1 < k { at(j, k1) } else { 0.0 });
-                    }
-                }
-            });
-        }
-        PackedBf16 { n, k, k2, data }
+        PackedBf16 { n, k, k2, data: vec![0u32; n.div_ceil(NR) * k2 * NR] }
     }
 
     /// B = W for a row-major W [n, k]: the operand of x · Wᵀ (a linear layer's forward).
+    /// Each row is rounded whole, then its pairs go to their lanes; panels in parallel.
     pub fn from_rows(w: &[f32], n: usize, k: usize) -> PackedBf16 {
         assert!(w.len() >= n * k, "bf16 pack: {} values for [{n}, {k}]", w.len());
-        PackedBf16::pack(n, k, |j, kk| w[j * k + kk])
+        let mut p = PackedBf16::zeros(n, k);
+        let k2 = p.k2;
+        if k2 == 0 {
+            return p;
+        }
+        p.data.par_chunks_mut(k2 * NR).enumerate().for_each(|(pi, panel)| {
+            let mut row = vec![0u16; 2 * k2];
+            for l in 0..NR.min(n - pi * NR) {
+                let j = pi * NR + l;
+                round_into(&w[j * k..(j + 1) * k], &mut row[..k]);
+                for (kp, pair) in row.chunks_exact(2).enumerate() {
+                    panel[kp * NR + l] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+                }
+            }
+        });
+        p
     }
 
     /// B = Wᵀ for a row-major W [k, n]: the operand of dy · W (a linear layer's backward
-    /// to its input).
+    /// to its input). Per pair of W's rows, their panel-wide slices are rounded and
+    /// interleaved; panels in parallel.
     pub fn from_cols(w: &[f32], k: usize, n: usize) -> PackedBf16 {
         assert!(w.len() >= n * k, "bf16 pack: {} values for [{k}, {n}]", w.len());
-        PackedBf16::pack(n, k, |j, kk| w[kk * n + j])
+        let mut p = PackedBf16::zeros(n, k);
+        let k2 = p.k2;
+        if k2 == 0 {
+            return p;
+        }
+        p.data.par_chunks_mut(k2 * NR).enumerate().for_each(|(pi, panel)| {
+            let (c0, cols) = (pi * NR, NR.min(n - pi * NR));
+            let (mut even, mut odd) = ([0u16; NR], [0u16; NR]);
+            for (kp, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+                round_into(&w[2 * kp * n + c0..][..cols], &mut even);
+                if 2 * kp + 1 < k {
+                    round_into(&w[(2 * kp + 1) * n + c0..][..cols], &mut odd);
+                } else {
+                    odd = [0; NR];
+                }
+                for (l, v) in lanes.iter_mut().enumerate().take(cols) {
+                    *v = u32::from(even[l]) | (u32::from(odd[l]) << 16);
+                }
+            }
+        });
+        p
     }
 
     /// Columns of B (outputs per row of the product).
