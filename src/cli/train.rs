@@ -330,7 +330,8 @@ fn run_training(a: TrainArgs) -> Result<()> {
         replay: replay.as_ref().map(|(_, f)| *f),
         init_fingerprint: None,
         micro_batch: None,
-        precision: a.precision.parse::<Precision>().map_err(|e| anyhow::anyhow!("--precision: {e}"))?.resolve(),
+        // `Trainer::new` resolves auto for this CPU and records it resolved.
+        precision: a.precision.parse::<Precision>().map_err(|e| anyhow::anyhow!("--precision: {e}"))?,
     };
     if replay.is_some() && (a.balance.is_some() || a.group_by_length) {
         bail!("--replay cannot be combined with --balance or --group-by-length");

@@ -55,10 +55,16 @@ pub fn widen(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
-/// A pair of values as the kernels read it: the even element in the low 16 bits.
+/// A pair of bf16 values as the kernels read it: the even element in the low 16 bits.
+#[inline(always)]
+fn join(even: u16, odd: u16) -> u32 {
+    u32::from(even) | (u32::from(odd) << 16)
+}
+
+/// [`join`] of two f32 values rounded.
 #[inline(always)]
 fn pair(even: f32, odd: f32) -> u32 {
-    u32::from(round(even)) | (u32::from(round(odd)) << 16)
+    join(round(even), round(odd))
 }
 
 /// B [n, k] in bf16, packed for the kernels (see the module documentation).
@@ -73,45 +79,39 @@ pub struct PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// An empty packing of B [n, k] (zeros), and its pairs per column.
-    fn zeros(n: usize, k: usize) -> PackedBf16 {
+    /// B [n, k], each panel (its index, its [k2][NR] pairs, zeros to start with) filled
+    /// by `fill`, panels in parallel.
+    fn build(n: usize, k: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> PackedBf16 {
         let k2 = k.div_ceil(2);
-        PackedBf16 { n, k, k2, data: vec![0u32; n.div_ceil(NR) * k2 * NR] }
+        let mut data = vec![0u32; n.div_ceil(NR) * k2 * NR];
+        if k2 > 0 {
+            data.par_chunks_mut(k2 * NR).enumerate().for_each(|(pi, panel)| fill(pi, panel));
+        }
+        PackedBf16 { n, k, k2, data }
     }
 
     /// B = W for a row-major W [n, k]: the operand of x · Wᵀ (a linear layer's forward).
-    /// Each row is rounded whole, then its pairs go to their lanes; panels in parallel.
+    /// Each row is rounded whole, then its pairs go to their lanes.
     pub fn from_rows(w: &[f32], n: usize, k: usize) -> PackedBf16 {
         assert!(w.len() >= n * k, "bf16 pack: {} values for [{n}, {k}]", w.len());
-        let mut p = PackedBf16::zeros(n, k);
-        let k2 = p.k2;
-        if k2 == 0 {
-            return p;
-        }
-        p.data.par_chunks_mut(k2 * NR).enumerate().for_each(|(pi, panel)| {
-            let mut row = vec![0u16; 2 * k2];
+        PackedBf16::build(n, k, |pi, panel| {
+            let mut row = vec![0u16; k.div_ceil(2) * 2];
             for l in 0..NR.min(n - pi * NR) {
                 let j = pi * NR + l;
                 round_into(&w[j * k..(j + 1) * k], &mut row[..k]);
-                for (kp, pair) in row.chunks_exact(2).enumerate() {
-                    panel[kp * NR + l] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+                for (kp, p) in row.chunks_exact(2).enumerate() {
+                    panel[kp * NR + l] = join(p[0], p[1]);
                 }
             }
-        });
-        p
+        })
     }
 
     /// B = Wᵀ for a row-major W [k, n]: the operand of dy · W (a linear layer's backward
     /// to its input). Per pair of W's rows, their panel-wide slices are rounded and
-    /// interleaved; panels in parallel.
+    /// interleaved.
     pub fn from_cols(w: &[f32], k: usize, n: usize) -> PackedBf16 {
         assert!(w.len() >= n * k, "bf16 pack: {} values for [{k}, {n}]", w.len());
-        let mut p = PackedBf16::zeros(n, k);
-        let k2 = p.k2;
-        if k2 == 0 {
-            return p;
-        }
-        p.data.par_chunks_mut(k2 * NR).enumerate().for_each(|(pi, panel)| {
+        PackedBf16::build(n, k, |pi, panel| {
             let (c0, cols) = (pi * NR, NR.min(n - pi * NR));
             let (mut even, mut odd) = ([0u16; NR], [0u16; NR]);
             for (kp, lanes) in panel.chunks_exact_mut(NR).enumerate() {
@@ -122,11 +122,10 @@ impl PackedBf16 {
                     odd = [0; NR];
                 }
                 for (l, v) in lanes.iter_mut().enumerate().take(cols) {
-                    *v = u32::from(even[l]) | (u32::from(odd[l]) << 16);
+                    *v = join(even[l], odd[l]);
                 }
             }
-        });
-        p
+        })
     }
 
     /// Columns of B (outputs per row of the product).

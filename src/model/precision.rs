@@ -83,11 +83,7 @@ impl<T: Real> BaseMatrix<T> {
     pub fn xwt(&self, y: &mut [T], x: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
             BaseMatrix::Dense(w) => matmul(y, x, Layout::N, w, Layout::T, n, n_out, n_in, false),
-            BaseMatrix::Bf16 { forward, .. } => {
-                let packed = forward.as_ref().expect("a bf16 matrix used forward was packed for it (TrainModel::layer_dense)");
-                assert_eq!((packed.n(), packed.k()), (n_out, n_in), "bf16 forward shape");
-                bf16::matmul_bt(f32s_mut(y), f32s(x), n, packed, false);
-            }
+            BaseMatrix::Bf16 { forward, .. } => bf16::matmul_bt(f32s_mut(y), f32s(x), n, packed(forward, "forward", n_out, n_in), false),
         }
     }
 
@@ -95,13 +91,17 @@ impl<T: Real> BaseMatrix<T> {
     pub fn add_dyw(&self, dx: &mut [T], dy: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
             BaseMatrix::Dense(w) => matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true),
-            BaseMatrix::Bf16 { backward, .. } => {
-                let packed = backward.as_ref().expect("a bf16 matrix used backward was packed for it (TrainModel::layer_dense)");
-                assert_eq!((packed.n(), packed.k()), (n_in, n_out), "bf16 backward shape");
-                bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, packed, true);
-            }
+            BaseMatrix::Bf16 { backward, .. } => bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, packed(backward, "backward", n_in, n_out), true),
         }
     }
+}
+
+/// The packing a product asked for, of B [n, k]: `layer_dense` packs what its caller
+/// will use (an internal invariant, not input).
+fn packed<'p>(p: &'p Option<PackedBf16>, product: &str, n: usize, k: usize) -> &'p PackedBf16 {
+    let p = p.as_ref().unwrap_or_else(|| panic!("a bf16 matrix used {product} was packed for it (TrainModel::layer_dense)"));
+    assert_eq!((p.n(), p.k()), (n, k), "bf16 {product} shape");
+    p
 }
 
 /// bf16 matrices exist only in f32 graphs (`TrainModel::with_precision` refuses others).
