@@ -21,7 +21,9 @@ threads="${1:-2}"; max_tokens="${2:-32}"; per="${3:-2}"; servers="${4:-native ll
 cargo build --release --bin edgelora >&2
 bin="${CARGO_TARGET_DIR:-target}/release/edgelora"
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
-dir="$(mktemp -d)"; trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+dir="$(mktemp -d)"; pid=""
+# (never `kill 0`: that would signal this script's whole process group)
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 args=(); lora=(); names=()
 for i in $(seq 0 15); do
   "$bin" adapter synth --rank 16 --targets all-linear --seed "$i" --out "$dir/a$i.gguf" >/dev/null 2>&1
@@ -68,7 +70,7 @@ d = json.loads(sys.argv[2])
 print("%-44s %8d %10.1f %14.1f %9.2fs %9.2fs" % (sys.argv[1], d["streams"], d["aggregate_tok_s"], d["per_stream_decode_tok_s_median"], d["ttft_p50_s"], d["ttft_p99_s"]))' "$label" "$line"
     agg["$s/$n"]="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["aggregate_tok_s"])' "$line")"
   done
-  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=0
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
 done
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 if [[ -n "${agg[native/8]:-}" ]]; then

@@ -13,7 +13,7 @@
 // EdgeloraTrainParams.precision: bf16 products, f32 sums.
 #define EDGELORA_PRECISION_BF16 1
 
-// EdgeloraTrainParams.precision: bf16 where the CPU multiplies it in hardware.
+// EdgeloraTrainParams.precision: bf16 where it is faster than f32 (AMX tiles), else f32.
 #define EDGELORA_PRECISION_AUTO 2
 
 // Result of every fallible call.
@@ -173,7 +173,7 @@ typedef struct EdgeloraTrainParams {
   // Precision of the products with the frozen base: EDGELORA_PRECISION_F32 (0, the
   // default), EDGELORA_PRECISION_BF16 (1: bf16 operands, f32 sums, factors and optimizer
   // state; emulated — slower — on a CPU without AVX512-BF16) or EDGELORA_PRECISION_AUTO
-  // (2: bf16 where the CPU has AVX512-BF16, else f32).
+  // (2: bf16 where the CPU has AMX tiles — where it is faster — else f32).
   uint32_t precision;
 } EdgeloraTrainParams;
 

@@ -106,7 +106,8 @@ pub struct TrainArgs {
     group_by_length: bool,
     /// Precision of the products with the frozen base: f32, bf16 (bf16 operands, f32 sums;
     /// LoRA factors, gradients and optimizer state stay f32), or auto (bf16 where the CPU
-    /// has AVX512-BF16, else f32). bf16 on a CPU without it is emulated: same values, slower
+    /// has AMX tiles, the one place it is faster, else f32). bf16 on a CPU without
+    /// AVX512-BF16 is emulated: same values, slower
     #[arg(long, value_parser = ["f32", "bf16", "auto"], default_value = "f32")]
     precision: String,
     /// Where training runs: cpu (gpu training is not implemented)
@@ -441,7 +442,7 @@ fn run_training(a: TrainArgs) -> Result<()> {
         trainer.config.grad_accum
     );
     if trainer.config.precision == Precision::Bf16 {
-        let how = if edgelora::compute::bf16::hardware() { "AVX512-BF16".to_string() } else { format!("emulated in f32 ({}): this CPU has no AVX512-BF16, so slower than --precision f32", edgelora::compute::bf16::selected()) };
+        let how = edgelora::compute::bf16::describe();
         eprintln!("precision: bf16 products with the frozen base, f32 sums and master weights; {how}");
     }
     let eval_before = if trainer.step == 0 { trainer.eval_loss()? } else { None };

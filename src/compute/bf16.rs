@@ -15,13 +15,16 @@
 //! The hardware instruction flushes subnormals and may round a pair's two additions
 //! differently: it agrees with the twin to float rounding (tested where the CPU has it).
 //!
-//! Where the CPU lacks AVX512-BF16 the emulation is slower than the f32 GEMM (it does the
-//! same f32 work plus the widening): bf16 products there reproduce the numerics, not the
-//! speed ([`hardware`] says which).
+//! Where the CPU has AMX ([`super::amx`]), [`matmul_bt`] multiplies on its tiles instead —
+//! the only path faster than the f32 GEMM ([`faster_than_f32`]). Where the CPU lacks
+//! AVX512-BF16 the emulation is slower than the f32 GEMM (it does the same f32 work plus
+//! the widening): bf16 products there reproduce the numerics, not the speed.
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
+
+use super::amx;
 
 /// Columns of B per panel (two 16-lane vectors).
 pub const NR: usize = 32;
@@ -157,10 +160,21 @@ fn kernel() -> (&'static str, Kernel) {
     *K.get_or_init(|| all_kernels().pop().expect("the scalar kernel is always there"))
 }
 
-/// Whether this CPU multiplies bf16 in hardware (AVX512-BF16); elsewhere bf16 products
-/// are emulated in f32 (the same values, slower than f32 products).
-pub fn hardware() -> bool {
-    kernel().0 == "avx512bf16"
+/// Whether bf16 products run faster than f32 ones here: on AMX tiles. AVX512-BF16's
+/// `vdpbf16ps` alone does no more products per cycle than two f32 FMA units, so with the
+/// packing it measured slower than the f32 GEMM (a Xeon with AMX, `EDGELORA_AMX=0`);
+/// without AVX512-BF16 the products are emulated in f32 (the same values, slower).
+pub fn faster_than_f32() -> bool {
+    amx::available()
+}
+
+/// How bf16 products run on this CPU, in words (`edgelora train` says it).
+pub fn describe() -> String {
+    match (amx::available(), kernel().0) {
+        (true, k) => format!("AMX tiles (a product whose shared dimension is not a multiple of 32 takes the {k} kernel)"),
+        (false, "avx512bf16") => "AVX512-BF16 vector instructions, no AMX: slower than --precision f32 on the CPUs measured".into(),
+        (false, k) => format!("emulated in f32 ({k}): this CPU has no AVX512-BF16, so slower than --precision f32"),
+    }
 }
 
 /// The kernel's name on this CPU (`avx512bf16`, `avx2-emulated`, `scalar`).
@@ -201,13 +215,54 @@ pub fn block_scalar(a: &[u32], b: &[u32], k2: usize, out: &mut [f32]) {
     }
 }
 
-/// out [m, n] (+= when `accumulate`) A [m, k] · Bᵀ, A rounded to bf16 here.
+/// out [m, n] (+= when `accumulate`) A [m, k] · Bᵀ, A rounded to bf16 here: on AMX
+/// tiles where [`super::amx`] is available and k fills whole tile steps, else on this
+/// CPU's vector kernel.
 pub fn matmul_bt(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: bool) {
-    matmul_bt_with(kernel().1, out, a, m, b, accumulate)
+    if b.k2.is_multiple_of(amx::KP) && amx::available() {
+        matmul_bt_amx(out, a, m, b, accumulate)
+    } else {
+        matmul_bt_with(kernel().1, out, a, m, b, accumulate)
+    }
 }
 
-/// [`matmul_bt`] on a given kernel (tests compare them).
+/// Which path [`matmul_bt`] takes for `b` (`amx`, or the vector kernel's name); for the
+/// profile.
+pub fn path(b: Option<&PackedBf16>) -> &'static str {
+    match b {
+        Some(b) if b.k2.is_multiple_of(amx::KP) && amx::available() => "amx",
+        _ => kernel().0,
+    }
+}
+
+/// [`matmul_bt`] on AMX tiles (only where [`amx::available`]; k2 a multiple of
+/// [`amx::KP`]).
+pub fn matmul_bt_amx(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: bool) {
+    assert!(b.k2.is_multiple_of(amx::KP), "AMX bf16 product: {} pairs of k", b.k2);
+    product(out, a, m, b, accumulate, amx::MR, AMX_BLOCKS_PER_TASK, |ap, blocks, panel, o| {
+        amx::panel_product(ap, b.k2, blocks.start * amx::MR, blocks.len() * amx::MR, panel, o)
+    })
+}
+
+/// Row blocks (of [`amx::MR`] rows) per parallel task on AMX.
+const AMX_BLOCKS_PER_TASK: usize = 4;
+
+/// [`matmul_bt`] on a given vector kernel (tests compare them).
 pub fn matmul_bt_with(kernel: Kernel, out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: bool) {
+    let k2 = b.k2;
+    product(out, a, m, b, accumulate, MR, BLOCKS_PER_TASK, |ap, blocks, panel, o| {
+        for (i, blk) in blocks.enumerate() {
+            kernel(&ap[blk * MR * k2..(blk + 1) * MR * k2], panel, k2, &mut o[i * MR * NR..(i + 1) * MR * NR]);
+        }
+    })
+}
+
+/// The skeleton of every bf16 product: A rounded into pairs (rows padded with zeros to
+/// whole blocks of `block_rows`), then per task — a group of up to `blocks_per_task` row
+/// blocks against one panel of B — `run(pairs of A, its row blocks, the panel, its
+/// [rows, NR] outputs)`, tasks in parallel; the outputs go to `out`.
+#[allow(clippy::too_many_arguments)]
+fn product(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: bool, block_rows: usize, blocks_per_task: usize, run: impl Fn(&[u32], std::ops::Range<usize>, &[u32], &mut [f32]) + Sync) {
     let (n, k, k2) = (b.n, b.k, b.k2);
     assert!(a.len() >= m * k && out.len() >= m * n, "bf16 matmul: a {} out {} for m {m} n {n} k {k}", a.len(), out.len());
     if m == 0 || n == 0 {
@@ -219,9 +274,8 @@ pub fn matmul_bt_with(kernel: Kernel, out: &mut [f32], a: &[f32], m: usize, b: &
         }
         return;
     }
-    // A as pairs, rows padded with zeros to whole blocks.
-    let blocks = m.div_ceil(MR);
-    let mut ap = vec![0u32; blocks * MR * k2];
+    let blocks = m.div_ceil(block_rows);
+    let mut ap = vec![0u32; blocks * block_rows * k2];
     ap.par_chunks_mut(k2).zip(a[..m * k].par_chunks(k)).for_each(|(dst, row)| {
         for (kp, d) in dst.iter_mut().enumerate() {
             let k1 = 2 * kp + 1;
@@ -229,36 +283,43 @@ pub fn matmul_bt_with(kernel: Kernel, out: &mut [f32], a: &[f32], m: usize, b: &
         }
     });
     let panels = n.div_ceil(NR);
-    let groups = blocks.div_ceil(BLOCKS_PER_TASK);
-    // Per task (group of row blocks, panel): its [rows, NR] outputs.
-    let parts: Vec<Vec<f32>> = (0..groups * panels)
-        .into_par_iter()
-        .map(|t| {
-            let (g, p) = (t / panels, t % panels);
-            let bs = g * BLOCKS_PER_TASK..blocks.min((g + 1) * BLOCKS_PER_TASK);
-            let mut o = vec![0f32; bs.len() * MR * NR];
-            for (i, blk) in bs.enumerate() {
-                kernel(&ap[blk * MR * k2..(blk + 1) * MR * k2], b.panel(p), k2, &mut o[i * MR * NR..(i + 1) * MR * NR]);
-            }
-            o
-        })
-        .collect();
-    for (t, part) in parts.iter().enumerate() {
+    let groups = blocks.div_ceil(blocks_per_task);
+    // Per task (group of row blocks, panel): its [rows, NR] outputs in a scratch of its
+    // thread, then into its own rows × columns of `out`.
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..groups * panels).into_par_iter().for_each_init(Vec::new, |o: &mut Vec<f32>, t| {
         let (g, p) = (t / panels, t % panels);
-        let (r0, c0) = (g * BLOCKS_PER_TASK * MR, p * NR);
+        let bs = g * blocks_per_task..blocks.min((g + 1) * blocks_per_task);
+        o.clear();
+        o.resize(bs.len() * block_rows * NR, 0.0);
+        run(&ap, bs, b.panel(p), o);
+        let (r0, c0) = (g * blocks_per_task * block_rows, p * NR);
         let cols = NR.min(n - c0);
-        for (i, src) in part.chunks_exact(NR).enumerate() {
-            let r = r0 + i;
-            if r >= m {
-                break;
-            }
-            let dst = &mut out[r * n + c0..r * n + c0 + cols];
+        for (i, src) in o.chunks_exact(NR).enumerate().take(m.saturating_sub(r0)) {
+            // SAFETY: row r0 + i < m and columns c0..c0 + cols < n lie within `out` (its
+            // length asserted above), and no other task writes them: tasks own disjoint
+            // (row group, panel) blocks; `out` is borrowed mutably for the whole call.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at((r0 + i) * n + c0), cols) };
             if accumulate {
-                dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+                row.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
             } else {
-                dst.copy_from_slice(&src[..cols]);
+                row.copy_from_slice(&src[..cols]);
             }
         }
+    });
+}
+
+/// `out`'s start, shared by the tasks of [`product`], each writing its own elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks holding it write disjoint elements (see `product`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer to element `i` (a method, so that closures capture the whole wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 
@@ -408,6 +469,32 @@ mod tests {
                 matmul_bt_with(kern, &mut fresh, &a, m, &packed, false);
                 if name != "avx512bf16" {
                     assert_eq!(fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{name} vs scalar [{m},{n},{k}]");
+                }
+            }
+        }
+    }
+
+    /// The AMX path (where this CPU has it) against the f64 product of the rounded
+    /// operands, on shapes that cut row blocks and panels short; elsewhere it says so.
+    #[test]
+    fn amx_tiles_give_the_product_of_the_rounded_operands() {
+        if !amx::available() {
+            eprintln!("AMX not available on this CPU: its product is not checked here");
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 32), (17, 33, 64), (33, 70, 576), (70, 96, 1536), (100, 32, 63 * 32)] {
+            let a = values(m * k, 7 + m as u64);
+            let w = values(n * k, 11 + n as u64);
+            let r = |v: f32| f64::from(widen(round(v)));
+            let packed = PackedBf16::from_rows(&w, n, k);
+            for accumulate in [false, true] {
+                let mut out = vec![1f32; m * n];
+                matmul_bt_amx(&mut out, &a, m, &packed, accumulate);
+                for (i, o) in out.iter().enumerate() {
+                    let (row, col) = (i / n, i % n);
+                    let want: f64 = (0..k).map(|p| r(a[row * k + p]) * r(w[col * k + p])).sum::<f64>() + if accumulate { 1.0 } else { 0.0 };
+                    let mag: f64 = (0..k).map(|p| (r(a[row * k + p]) * r(w[col * k + p])).abs()).sum();
+                    assert!((f64::from(*o) - want).abs() <= 1e-5 * mag.max(1.0), "AMX [{m},{n},{k}] at {i}: {o} vs {want}");
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! (y = x·Wᵀ with W in its block format) and `matmul_shared` (several W of one input:
 //! q/k/v, gate/up) — the last two for the native engine.
 
+pub mod amx;
 pub mod bf16;
 pub mod cholesky;
 pub mod cpu;

@@ -79,7 +79,7 @@ pub struct EdgeloraTrainParams {
     /// Precision of the products with the frozen base: EDGELORA_PRECISION_F32 (0, the
     /// default), EDGELORA_PRECISION_BF16 (1: bf16 operands, f32 sums, factors and optimizer
     /// state; emulated — slower — on a CPU without AVX512-BF16) or EDGELORA_PRECISION_AUTO
-    /// (2: bf16 where the CPU has AVX512-BF16, else f32).
+    /// (2: bf16 where the CPU has AMX tiles — where it is faster — else f32).
     pub precision: u32,
 }
 
@@ -87,7 +87,7 @@ pub struct EdgeloraTrainParams {
 pub const EDGELORA_PRECISION_F32: u32 = 0;
 /// EdgeloraTrainParams.precision: bf16 products, f32 sums.
 pub const EDGELORA_PRECISION_BF16: u32 = 1;
-/// EdgeloraTrainParams.precision: bf16 where the CPU multiplies it in hardware.
+/// EdgeloraTrainParams.precision: bf16 where it is faster than f32 (AMX tiles), else f32.
 pub const EDGELORA_PRECISION_AUTO: u32 = 2;
 
 /// What the progress callback sees after each step (valid during the call).

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::bf16::{self, PackedBf16};
 use crate::compute::dense::{matmul, Layout, Real};
+use crate::model::profile::time;
 
 /// `--precision`: the base products' precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -20,7 +21,7 @@ pub enum Precision {
     #[default]
     F32,
     Bf16,
-    /// bf16 where the CPU multiplies it in hardware (AVX512-BF16), else f32; resolved
+    /// bf16 where it is faster than f32 (a CPU with AMX tiles), else f32; resolved
     /// when a run starts ([`Precision::resolve`]) and recorded resolved.
     Auto,
 }
@@ -29,7 +30,7 @@ impl Precision {
     /// Auto → what this CPU runs best; the others unchanged.
     pub fn resolve(self) -> Precision {
         match self {
-            Precision::Auto if bf16::hardware() => Precision::Bf16,
+            Precision::Auto if bf16::faster_than_f32() => Precision::Bf16,
             Precision::Auto => Precision::F32,
             p => p,
         }
@@ -74,24 +75,24 @@ impl<T: Real> BaseMatrix<T> {
     /// both.
     pub fn bf16(w: &[f32], n_out: usize, n_in: usize, forward: bool, backward: bool) -> BaseMatrix<T> {
         BaseMatrix::Bf16 {
-            forward: forward.then(|| PackedBf16::from_rows(w, n_out, n_in)),
-            backward: backward.then(|| PackedBf16::from_cols(w, n_out, n_in)),
+            forward: forward.then(|| time(|| "train: bf16 packing (forward)".into(), || PackedBf16::from_rows(w, n_out, n_in))),
+            backward: backward.then(|| time(|| "train: bf16 packing (backward)".into(), || PackedBf16::from_cols(w, n_out, n_in))),
         }
     }
 
     /// y [n, n_out] = x [n, n_in] · Wᵀ.
     pub fn xwt(&self, y: &mut [T], x: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
-            BaseMatrix::Dense(w) => matmul(y, x, Layout::N, w, Layout::T, n, n_out, n_in, false),
-            BaseMatrix::Bf16 { forward, .. } => bf16::matmul_bt(f32s_mut(y), f32s(x), n, packed(forward, "forward", n_out, n_in), false),
+            BaseMatrix::Dense(w) => time(|| "train: base products (dense)".into(), || matmul(y, x, Layout::N, w, Layout::T, n, n_out, n_in, false)),
+            BaseMatrix::Bf16 { forward, .. } => time(|| format!("train: base products (bf16, {})", bf16::path(forward.as_ref())), || bf16::matmul_bt(f32s_mut(y), f32s(x), n, packed(forward, "forward", n_out, n_in), false)),
         }
     }
 
     /// dx [n, n_in] += dy [n, n_out] · W.
     pub fn add_dyw(&self, dx: &mut [T], dy: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
-            BaseMatrix::Dense(w) => matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true),
-            BaseMatrix::Bf16 { backward, .. } => bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, packed(backward, "backward", n_in, n_out), true),
+            BaseMatrix::Dense(w) => time(|| "train: base products (dense)".into(), || matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true)),
+            BaseMatrix::Bf16 { backward, .. } => time(|| format!("train: base products (bf16, {})", bf16::path(backward.as_ref())), || bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, packed(backward, "backward", n_in, n_out), true)),
         }
     }
 }

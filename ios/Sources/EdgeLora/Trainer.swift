@@ -37,7 +37,7 @@ public struct TrainConfig: Sendable {
 
 /// The C API's `EDGELORA_PRECISION_*`: f32; bf16 (bf16 operands, f32 sums, factors and
 /// optimizer state; emulated, slower, on a CPU without AVX512-BF16); auto (bf16 where the
-/// CPU has it).
+/// CPU has AMX tiles, where it is faster; else f32).
 public enum Precision: UInt32, Sendable {
     case f32 = 0, bf16 = 1, auto = 2
 }

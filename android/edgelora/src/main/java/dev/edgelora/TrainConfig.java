@@ -15,7 +15,8 @@ public final class TrainConfig {
     /**
      * Precision of the products with the frozen base (the C API's EDGELORA_PRECISION_*, in
      * that order): F32; BF16 (bf16 operands, f32 sums, factors and optimizer state;
-     * emulated, slower, on a CPU without AVX512-BF16); AUTO (BF16 where the CPU has it).
+     * emulated, slower, on a CPU without AVX512-BF16); AUTO (BF16 where the CPU has AMX
+     * tiles, where it is faster; else F32).
      */
     public enum Precision { F32, BF16, AUTO }
 
