@@ -52,6 +52,21 @@ fn round_into(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// `row` rounded into pairs (`dst`: ⌈len / 2⌉ of them; a zero after an odd length).
+#[inline(always)]
+fn round_pairs(row: &[f32], dst: &mut [u32]) {
+    if cfg!(target_endian = "little") {
+        // A pair is its two bf16 values side by side in memory, the even one first.
+        let halves: &mut [u16] = bytemuck::cast_slice_mut(dst);
+        round_into(row, &mut halves[..row.len()]);
+        halves[row.len()..].fill(0);
+    } else {
+        for (kp, d) in dst.iter_mut().enumerate() {
+            *d = pair(row[2 * kp], row.get(2 * kp + 1).copied().unwrap_or(0.0));
+        }
+    }
+}
+
 /// bf16 bits → f32 (exact).
 #[inline(always)]
 pub fn widen(h: u16) -> f32 {
@@ -276,12 +291,7 @@ fn product(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: boo
     }
     let blocks = m.div_ceil(block_rows);
     let mut ap = vec![0u32; blocks * block_rows * k2];
-    ap.par_chunks_mut(k2).zip(a[..m * k].par_chunks(k)).for_each(|(dst, row)| {
-        for (kp, d) in dst.iter_mut().enumerate() {
-            let k1 = 2 * kp + 1;
-            *d = pair(row[2 * kp], if k1 < k { row[k1] } else { 0.0 });
-        }
-    });
+    ap.par_chunks_mut(k2).zip(a[..m * k].par_chunks(k)).for_each(|(dst, row)| round_pairs(row, dst));
     let panels = n.div_ceil(NR);
     let groups = blocks.div_ceil(blocks_per_task);
     // Per task (group of row blocks, panel): its [rows, NR] outputs in a scratch of its
