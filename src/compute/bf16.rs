@@ -234,19 +234,26 @@ pub fn block_scalar(a: &[u32], b: &[u32], k2: usize, out: &mut [f32]) {
 /// tiles where [`super::amx`] is available and k fills whole tile steps, else on this
 /// CPU's vector kernel.
 pub fn matmul_bt(out: &mut [f32], a: &[f32], m: usize, b: &PackedBf16, accumulate: bool) {
-    if b.k2.is_multiple_of(amx::KP) && amx::available() {
+    if on_amx(b) {
         matmul_bt_amx(out, a, m, b, accumulate)
     } else {
         matmul_bt_with(kernel().1, out, a, m, b, accumulate)
     }
 }
 
+/// Whether [`matmul_bt`] multiplies by `b` on AMX tiles: where they run and its pairs of k
+/// fill whole tile steps.
+fn on_amx(b: &PackedBf16) -> bool {
+    b.k2.is_multiple_of(amx::KP) && amx::available()
+}
+
 /// Which path [`matmul_bt`] takes for `b` (`amx`, or the vector kernel's name); for the
 /// profile.
-pub fn path(b: Option<&PackedBf16>) -> &'static str {
-    match b {
-        Some(b) if b.k2.is_multiple_of(amx::KP) && amx::available() => "amx",
-        _ => kernel().0,
+pub fn path(b: &PackedBf16) -> &'static str {
+    if on_amx(b) {
+        "amx"
+    } else {
+        kernel().0
     }
 }
 

@@ -395,6 +395,16 @@ fn per_row(w: &[u8], row_bytes: usize, n_x: usize, n_out: usize, f: impl Fn(&[u8
 /// / 157.3, two 151.4 / 151.3. `EDGELORA_PREFETCH=N` overrides it (0: off).
 pub const PREFETCH_QUADS: usize = 1;
 
+/// Prefetches quad `quad` of `rows` (its four rows of `row_bytes`, or what is left of
+/// them) — nothing when `ahead` is 0 (prefetch off) or the quad lies past the end.
+#[inline(always)]
+fn prefetch_quad(rows: &[u8], row_bytes: usize, quad: usize, ahead: usize) {
+    if ahead > 0 {
+        let from = (quad * 4 * row_bytes).min(rows.len());
+        prefetch(&rows[from..(from + 4 * row_bytes).min(rows.len())]);
+    }
+}
+
 /// Asks the cache for every line of `bytes` (x86; a no-op elsewhere).
 #[inline(always)]
 fn prefetch(bytes: &[u8]) {
@@ -420,10 +430,7 @@ fn rows_by_fours(ys: &mut [f32], rows: &[u8], row_bytes: usize, x: &quant::simd:
     let mut quads = ys.chunks_exact_mut(4);
     let ahead = prefetch_quads();
     for (i, (q, w4)) in quads.by_ref().zip(rows.chunks_exact(4 * row_bytes)).enumerate() {
-        if ahead > 0 {
-            let from = (i + ahead) * 4 * row_bytes;
-            prefetch(&rows[from.min(rows.len())..(from + 4 * row_bytes).min(rows.len())]);
-        }
+        prefetch_quad(rows, row_bytes, i + ahead, ahead);
         let mut o = [0f32; 4];
         four(w4, row_bytes, x, &mut o);
         q.copy_from_slice(&o);
@@ -459,10 +466,7 @@ fn rows_by_fours_each(w: &[u8], row_bytes: usize, n_out: usize, xs: &[quant::sim
                     let mut o4 = vec![[0f32; 4]; n_x];
                     let ahead = prefetch_quads();
                     for (qi, w4) in rows.chunks_exact(4 * row_bytes).enumerate() {
-                        if ahead > 0 {
-                            let from = (qi + ahead) * 4 * row_bytes;
-                            prefetch(&rows[from.min(rows.len())..(from + 4 * row_bytes).min(rows.len())]);
-                        }
+                        prefetch_quad(rows, row_bytes, qi + ahead, ahead);
                         k(w4, row_bytes, xs, &mut o4);
                         for (j, o) in o4.iter().enumerate() {
                             out[j * nr + 4 * qi..][..4].copy_from_slice(o);

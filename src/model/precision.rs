@@ -84,7 +84,10 @@ impl<T: Real> BaseMatrix<T> {
     pub fn xwt(&self, y: &mut [T], x: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
             BaseMatrix::Dense(w) => time(|| "train: base products (dense)".into(), || matmul(y, x, Layout::N, w, Layout::T, n, n_out, n_in, false)),
-            BaseMatrix::Bf16 { forward, .. } => time(|| format!("train: base products (bf16, {})", bf16::path(forward.as_ref())), || bf16::matmul_bt(f32s_mut(y), f32s(x), n, packed(forward, "forward", n_out, n_in), false)),
+            BaseMatrix::Bf16 { forward, .. } => {
+                let b = packed(forward, "forward", n_out, n_in);
+                time(|| format!("train: base products (bf16, {})", bf16::path(b)), || bf16::matmul_bt(f32s_mut(y), f32s(x), n, b, false))
+            }
         }
     }
 
@@ -92,7 +95,10 @@ impl<T: Real> BaseMatrix<T> {
     pub fn add_dyw(&self, dx: &mut [T], dy: &[T], n: usize, n_in: usize, n_out: usize) {
         match self {
             BaseMatrix::Dense(w) => time(|| "train: base products (dense)".into(), || matmul(dx, dy, Layout::N, w, Layout::N, n, n_in, n_out, true)),
-            BaseMatrix::Bf16 { backward, .. } => time(|| format!("train: base products (bf16, {})", bf16::path(backward.as_ref())), || bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, packed(backward, "backward", n_in, n_out), true)),
+            BaseMatrix::Bf16 { backward, .. } => {
+                let b = packed(backward, "backward", n_in, n_out);
+                time(|| format!("train: base products (bf16, {})", bf16::path(b)), || bf16::matmul_bt(f32s_mut(dx), f32s(dy), n, b, true))
+            }
         }
     }
 }
