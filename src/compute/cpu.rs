@@ -512,6 +512,10 @@ impl Backend for Cpu {
         format!("cpu ({})", quant::simd::selected())
     }
 
+    fn packs_weights(&self) -> bool {
+        super::packed::available()
+    }
+
     fn dequantize(&self, t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), ComputeError> {
         Ok(quant::dequantize(t, bytes, out)?)
     }

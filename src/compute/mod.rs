@@ -11,6 +11,7 @@ pub mod bf16;
 pub mod cholesky;
 pub mod cpu;
 pub mod dense;
+pub mod packed;
 pub mod tile;
 pub mod gpu;
 
@@ -56,6 +57,11 @@ pub trait Backend: Send + Sync {
     /// default runs [`Backend::matmul`] on each.
     fn matmul_shared(&self, ws: &[MatrixRef], n_in: usize, x: &[f32], n_x: usize) -> Result<Vec<Vec<f32>>, ComputeError> {
         ws.iter().map(|w| self.matmul(w.t, w.bytes, w.n_out, n_in, x, n_x)).collect()
+    }
+    /// Whether a model on this backend should keep packed copies of its matrices for
+    /// decoding ([`packed`]: the CPU with AVX512-VNNI).
+    fn packs_weights(&self) -> bool {
+        false
     }
 }
 

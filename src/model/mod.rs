@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::adapter::LoraAdapter;
 use crate::compute::gpu::Gpu;
+use crate::compute::packed::{PackedStore, Packing};
 use crate::compute::{Backend, ComputeError};
 use crate::error::{EngineError, Error};
 use crate::gguf::GgufFile;
@@ -43,6 +44,9 @@ pub struct NativeModel {
     decode_factors: DecodeFactors,
     /// Those copies of recently used adapters' factors (per adapter id), most recent last.
     decode_copies: Mutex<Vec<(u64, Arc<DecodeAdapter>)>>,
+    /// Packed copies of the matrices for decoding products, made on first use, where the
+    /// backend takes them ([`Backend::packs_weights`]).
+    packed: Option<PackedStore>,
 }
 
 /// The factors decoding on the host reads (rows of up to `FEW_ROWS`; longer prompts read
@@ -131,7 +135,8 @@ impl NativeModel {
     pub fn new(gguf: GgufFile, backend: Box<dyn Backend>) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         Weights::from_gguf(&gguf, &config)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Host(backend), decode_factors: DecodeFactors::Exact, decode_copies: Default::default() })
+        let packed = backend.packs_weights().then(|| PackedStore::new(&gguf));
+        Ok(NativeModel { config, gguf, exec: Exec::Host(backend), decode_factors: DecodeFactors::Exact, decode_copies: Default::default(), packed })
     }
 
     /// Opens `gguf` with the whole forward on `gpu`: uploads every weight; fails (with the
@@ -139,7 +144,7 @@ impl NativeModel {
     pub fn on_gpu(gguf: GgufFile, gpu: Gpu) -> Result<NativeModel, Error> {
         let config = ModelConfig::from_gguf(&gguf)?;
         let forward = GpuForward::new(gpu, &Weights::from_gguf(&gguf, &config)?, &config).map_err(compute_err)?;
-        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), decode_factors: DecodeFactors::Exact, decode_copies: Default::default() })
+        Ok(NativeModel { config, gguf, exec: Exec::Device(Box::new(forward)), decode_factors: DecodeFactors::Exact, decode_copies: Default::default(), packed: None })
     }
 
     pub fn gguf(&self) -> &GgufFile {
@@ -281,6 +286,15 @@ impl NativeModel {
     /// The host forward of every item's tokens (each continues its own session).
     fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         let c = &self.config;
+        // Decoding products on the packed copies where the model keeps them.
+        let packing;
+        let backend: &dyn Backend = match &self.packed {
+            Some(store) => {
+                packing = Packing { inner: backend, store };
+                &packing
+            }
+            None => backend,
+        };
         for it in items.iter_mut().filter(|it| it.session.k.is_empty()) {
             it.session.k = vec![Vec::new(); c.n_layer];
             it.session.v = vec![Vec::new(); c.n_layer];

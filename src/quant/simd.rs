@@ -26,10 +26,13 @@ pub type DotKernel = fn(&[u8], &[f32]) -> f32;
 /// dot products can take it), plus the exact f32 sum of each block (for Q4_1's min).
 /// The rounding error is at most d/2 = max|x_block| / 65278 per value.
 pub struct SplitX {
-    hi: Vec<i8>,
-    lo: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<f32>,
+    pub(crate) hi: Vec<i8>,
+    pub(crate) lo: Vec<i8>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) sums: Vec<f32>,
+    /// 128·Σq per block (the packed Q8_0 kernel's offset, `compute::packed`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) qsum: Vec<i32>,
     /// Exact sums of x per 16 values (Q6_K's scale groups; read by the x86 kernel only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums16: Vec<f32>,
@@ -80,6 +83,7 @@ impl SplitX {
             sums16: x.chunks(16).map(|c| c.iter().sum()).collect(),
             dsum: Vec::with_capacity(n / 16),
             qsum4: Vec::with_capacity(n / 4),
+            qsum: Vec::with_capacity(n / 32),
             q: Vec::with_capacity(n),
         };
         for b in x.chunks(32) {
@@ -97,6 +101,7 @@ impl SplitX {
             sx.hi.extend(q.iter().map(|&q| ((q + 128) >> 8) as i8));
             sx.lo.extend(q.iter().map(|&q| (q - 256 * ((q + 128) >> 8)) as i8));
             sx.qsum4.extend(q.chunks(4).map(|f| 128 * f.iter().sum::<i32>()));
+            sx.qsum.push(128 * q.iter().sum::<i32>());
             sx.q.extend(q.iter().map(|&q| q as i16));
             let sum: f32 = b.iter().sum();
             sx.d.push(d);
