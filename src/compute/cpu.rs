@@ -407,7 +407,7 @@ fn prefetch_quad(rows: &[u8], row_bytes: usize, quad: usize, ahead: usize) {
 
 /// Asks the cache for every line of `bytes` (x86; a no-op elsewhere).
 #[inline(always)]
-fn prefetch(bytes: &[u8]) {
+pub(crate) fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for off in (0..bytes.len()).step_by(64) {
         // SAFETY: a prefetch hint for an address inside `bytes`; it reads nothing.

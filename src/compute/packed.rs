@@ -35,10 +35,6 @@ use crate::quant::simd::SplitX;
 /// Rows of W per group (the lanes of one vector of i32 sums).
 pub const GROUP: usize = 16;
 
-/// Input rows per pass over a group (the kernel's accumulators; more rows take more passes
-/// over the same group, which stays in L1).
-const PASS: usize = 8;
-
 /// Groups per parallel task.
 const TASK_GROUPS: usize = 2;
 
@@ -119,6 +115,13 @@ impl Packed {
         self.n_in / QK
     }
 
+    /// Group g's code bytes and scales.
+    fn group(&self, g: usize) -> (&[u8], &[half::f16]) {
+        let nb = self.n_blocks();
+        let (cb, sc) = (Self::code_bytes(self.t), Self::scale_count(self.t));
+        (&bytemuck::cast_slice(&self.codes)[g * nb * cb..][..nb * cb], &self.scales[g * nb * sc..][..nb * sc])
+    }
+
     /// Rows row0..row0 + n_out of this matrix, where row0 starts a group.
     pub fn view(&self, row0: usize, n_out: usize) -> Option<View<'_>> {
         (row0.is_multiple_of(GROUP) && row0 + n_out <= self.n_out).then_some(View { p: self, g0: row0 / GROUP, n_out })
@@ -150,25 +153,27 @@ pub fn matmul_many(ws: &[View], x: &[f32], n_in: usize) -> Result<Vec<Vec<f32>>,
         return Err(ComputeError::Shape("packed kernels need AVX512-VNNI".into()));
     }
     let n_x = x.len() / n_in.max(1);
-    let xs: Vec<SplitX> = x.chunks_exact(n_in).map(SplitX::new).collect();
+    // Rows split in parallel (each alone; a batch's rows would wait on one thread).
+    let xs: Vec<SplitX> = x.par_chunks_exact(n_in).map(SplitX::for_packed).collect();
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; n_x * w.n_out]).collect();
     let outs: Vec<Out> = ys.iter_mut().map(|y| Out(y.as_mut_ptr())).collect();
     let tasks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, w)| (0..w.n_out.div_ceil(GROUP)).step_by(TASK_GROUPS).map(move |g| (i, g))).collect();
-    tasks.into_par_iter().for_each(|(i, g_first)| {
+    tasks.into_par_iter().for_each_init(Vec::new, |buf, (i, g_first)| {
         let w = &ws[i];
         let groups = w.n_out.div_ceil(GROUP);
+        let mut o = vec![[0f32; GROUP]; n_x];
         for g in g_first..(g_first + TASK_GROUPS).min(groups) {
             let rows = GROUP.min(w.n_out - g * GROUP);
-            for (pass, chunk) in xs.chunks(PASS).enumerate() {
-                let mut o = [[0f32; GROUP]; PASS];
-                run_group(w.p, w.g0 + g, chunk, &mut o);
-                for (j, oj) in o.iter().take(chunk.len()).enumerate() {
-                    let r = pass * PASS + j;
-                    // SAFETY: ys[i] holds n_x · n_out floats; row r < n_x, columns
-                    // 16g..16g + rows ≤ n_out. Tasks cover disjoint groups, so no two
-                    // write the same floats, and `ys` outlives the parallel loop.
-                    unsafe { std::ptr::copy_nonoverlapping(oj.as_ptr(), outs[i].0.add(r * w.n_out + g * GROUP), rows) };
-                }
+            // The next group's bytes on their way while this one meets the inputs (W
+            // streams from memory once per step; the hardware prefetchers alone left the
+            // unpacking waiting on it).
+            let next = (g + 1 < groups).then(|| w.p.group(w.g0 + g + 1));
+            run_group(w.p, w.g0 + g, &xs, buf, &mut o, next);
+            for (r, or) in o.iter().enumerate() {
+                // SAFETY: ys[i] holds n_x · n_out floats; row r < n_x, columns
+                // 16g..16g + rows ≤ n_out. Tasks cover disjoint groups, so no two
+                // write the same floats, and `ys` outlives the parallel loop.
+                unsafe { std::ptr::copy_nonoverlapping(or.as_ptr(), outs[i].0.add(r * w.n_out + g * GROUP), rows) };
             }
         }
     });
@@ -182,45 +187,61 @@ unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
-/// Group `g` of `p` · up to PASS inputs: out[j] = the group's 16 row sums for xs[j].
-fn run_group(p: &Packed, g: usize, xs: &[SplitX], out: &mut [[f32; GROUP]; PASS]) {
+/// Group `g` of `p` · every input: out[j] = the group's 16 row sums for xs[j]. `buf`: the
+/// task's scratch (a Q4_1 group's codes unpacked once, kept in L1 while each input passes).
+///
+/// `next`: the bytes of the group to come, prefetched a part before each input's pass (all
+/// at once, they would fill the core's miss buffers and stall the pass behind them).
+fn run_group(p: &Packed, g: usize, xs: &[SplitX], buf: &mut Vec<Line>, out: &mut [[f32; GROUP]], next: Option<(&[u8], &[half::f16])>) {
     let nb = p.n_blocks();
-    let (cb, sc) = (Packed::code_bytes(p.t), Packed::scale_count(p.t));
-    let codes: &[u8] = &bytemuck::cast_slice(&p.codes)[g * nb * cb..][..nb * cb];
-    let scales = &p.scales[g * nb * sc..][..nb * sc];
+    let (codes, scales) = p.group(g);
+    // Part j of the next group's lines (of xs.len() + 1 parts).
+    let parts = xs.len() + 1;
+    let prefetch_part = |j: usize| {
+        if let Some((c, s)) = next {
+            let per = c.len().div_ceil(parts).next_multiple_of(64);
+            super::cpu::prefetch(&c[(j * per).min(c.len())..((j + 1) * per).min(c.len())]);
+            if j == 0 {
+                super::cpu::prefetch(bytemuck::cast_slice(s));
+            }
+        }
+    };
     for x in xs {
         assert!(x.hi.len() >= p.n_in && x.lo.len() >= p.n_in && x.d.len() >= nb && x.sums.len() >= nb && x.qsum.len() >= nb, "split input shorter than {}", p.n_in);
     }
+    assert!(out.len() >= xs.len());
     #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! dispatch {
-            ($($n:literal)*) => {
-                match xs.len() {
-                    $($n => {
-                        let r: [&SplitX; $n] = std::array::from_fn(|j| &xs[j]);
-                        let o: &mut [[f32; GROUP]; $n] = (&mut out[..$n]).try_into().expect("n rows");
-                        // SAFETY: `available()` (checked by the caller) means AVX-512 F/BW/VNNI;
-                        // codes and scales hold nb blocks of the group, the inputs nb blocks (asserted).
-                        unsafe {
-                            if p.t == GgmlType::Q8_0 { x86::group_q8_0(codes, scales, nb, r, o) } else { x86::group_q4_1(codes, scales, nb, r, o) }
-                        }
-                    })*
-                    _ => unreachable!("at most PASS inputs per group pass"),
-                }
-            };
+    // SAFETY: `available()` (checked by the caller) means AVX-512 F/BW/VNNI; codes and
+    // scales hold the group's nb blocks, each input nb blocks (asserted), buf is sized here.
+    unsafe {
+        prefetch_part(0);
+        if p.t == GgmlType::Q8_0 {
+            for (j, (x, o)) in xs.iter().zip(out.iter_mut()).enumerate() {
+                x86::input_q8_0(codes, scales, nb, x, o);
+                prefetch_part(j + 1);
+            }
+        } else {
+            buf.resize(nb * x86::Q4_1_LINES, Line([0; 64]));
+            x86::unpack_q4_1(codes, scales, nb, buf);
+            for (j, (x, o)) in xs.iter().zip(out.iter_mut()).enumerate() {
+                prefetch_part(j + 1);
+                x86::input_q4_1(buf, nb, x, o);
+            }
         }
-        dispatch!(1 2 3 4 5 6 7 8);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (codes, scales, out);
+    let _ = (codes, scales, buf, prefetch_part);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::GROUP;
+    use super::{Line, GROUP};
     use crate::quant::simd::SplitX;
+
+    /// Lines per block of an unpacked Q4_1 group: 8 code vectors, d and m as f32.
+    pub const Q4_1_LINES: usize = 10;
 
     /// Four input bytes at `p` as one i32, in every lane.
     /// SAFETY: 4 readable bytes at p.
@@ -230,108 +251,106 @@ mod x86 {
         _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
     }
 
-    /// Σ over one block's eight code vectors `q` (values 4i..4i + 4 of each row in
-    /// vector i) · the input's bytes at `x` (32 of them): two chains of four `vpdpbusd`,
-    /// the first starting from `start`. Exact in i32.
-    /// SAFETY: 32 readable bytes at x.
+    /// Σ over one block's eight code vectors at `q` (values 4i..4i + 4 of each row in
+    /// vector i, as lines) · the input's bytes at `x` (32 of them): two chains of four
+    /// `vpdpbusd`, the first starting from `start`. Exact in i32.
+    /// SAFETY: 8 readable lines at q, 32 bytes at x; AVX-512 F/VNNI.
     #[inline(always)]
-    unsafe fn block_dot(start: __m512i, q: &[__m512i; 8], x: *const i8) -> __m512i {
-        let z = _mm512_setzero_si512();
-        // SAFETY: by the caller (offsets 0..32).
+    unsafe fn block_dot(start: __m512i, q: *const Line, x: *const i8) -> __m512i {
+        // SAFETY: by the caller (offsets 0..8 lines, 0..32 bytes).
         unsafe {
-            let mut a = _mm512_dpbusd_epi32(start, q[0], bcast4(x));
-            let mut b = _mm512_dpbusd_epi32(z, q[1], bcast4(x.add(4)));
-            a = _mm512_dpbusd_epi32(a, q[2], bcast4(x.add(8)));
-            b = _mm512_dpbusd_epi32(b, q[3], bcast4(x.add(12)));
-            a = _mm512_dpbusd_epi32(a, q[4], bcast4(x.add(16)));
-            b = _mm512_dpbusd_epi32(b, q[5], bcast4(x.add(20)));
-            a = _mm512_dpbusd_epi32(a, q[6], bcast4(x.add(24)));
-            b = _mm512_dpbusd_epi32(b, q[7], bcast4(x.add(28)));
+            let l = |i: usize| _mm512_load_si512(q.add(i).cast());
+            let mut a = _mm512_dpbusd_epi32(start, l(0), bcast4(x));
+            let mut b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l(1), bcast4(x.add(4)));
+            a = _mm512_dpbusd_epi32(a, l(2), bcast4(x.add(8)));
+            b = _mm512_dpbusd_epi32(b, l(3), bcast4(x.add(12)));
+            a = _mm512_dpbusd_epi32(a, l(4), bcast4(x.add(16)));
+            b = _mm512_dpbusd_epi32(b, l(5), bcast4(x.add(20)));
+            a = _mm512_dpbusd_epi32(a, l(6), bcast4(x.add(24)));
+            b = _mm512_dpbusd_epi32(b, l(7), bcast4(x.add(28)));
             _mm512_add_epi32(a, b)
         }
     }
 
     /// Σ q·x_q over one block for 16 rows: 256·(codes · high bytes) + codes · low bytes.
-    /// SAFETY: 32 values of x.hi and x.lo at 32b.
+    /// SAFETY: as [`block_dot`], 32 bytes at hi and at lo.
     #[inline(always)]
-    unsafe fn split_block(q: &[__m512i; 8], x: &SplitX, b: usize) -> __m512i {
+    unsafe fn split_block(q: *const Line, hi: *const i8, lo: *const i8) -> __m512i {
         // SAFETY: by the caller.
         unsafe {
-            let th = block_dot(_mm512_setzero_si512(), q, x.hi.as_ptr().add(32 * b));
-            block_dot(_mm512_slli_epi32::<8>(th), q, x.lo.as_ptr().add(32 * b))
+            let th = block_dot(_mm512_setzero_si512(), q, hi);
+            block_dot(_mm512_slli_epi32::<8>(th), q, lo)
         }
     }
 
-    /// One Q4_1 group (see the module comment) · N inputs.
-    /// SAFETY: AVX-512 F/BW/VNNI; codes hold nb·256 bytes, scales nb·32, each input nb blocks.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn group_q4_1<const N: usize>(codes: &[u8], scales: &[half::f16], nb: usize, xs: [&SplitX; N], out: &mut [[f32; GROUP]; N]) {
-        debug_assert!(codes.len() >= nb * 256 && scales.len() >= nb * 32);
+    /// A Q4_1 group's nb blocks (see the module comment) into `buf`: per block the eight
+    /// code vectors (nibbles spread to bytes), then d and m as f32.
+    /// SAFETY: AVX-512 F/BW; codes hold nb·256 bytes, scales nb·32, buf nb·Q4_1_LINES lines.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn unpack_q4_1(codes: &[u8], scales: &[half::f16], nb: usize, buf: &mut [Line]) {
+        debug_assert!(codes.len() >= nb * 256 && scales.len() >= nb * 32 && buf.len() >= nb * Q4_1_LINES);
         let low = _mm512_set1_epi8(0x0f);
-        let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..nb {
-            // SAFETY: block b's 256 code bytes and 32 scales lie inside (by the caller).
-            let (v, s) = unsafe {
+            // SAFETY: block b's 256 code bytes and 32 scales lie inside, its lines in buf
+            // (by the caller); lines are 64-byte aligned.
+            unsafe {
                 let c = codes.as_ptr().add(256 * b);
-                let v: [__m512i; 4] = std::array::from_fn(|i| _mm512_loadu_si512(c.add(64 * i).cast()));
-                (v, _mm512_loadu_si512(scales.as_ptr().add(32 * b).cast()))
-            };
-            let q = [
-                _mm512_and_si512(v[0], low),
-                _mm512_and_si512(v[1], low),
-                _mm512_and_si512(v[2], low),
-                _mm512_and_si512(v[3], low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(v[0]), low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(v[1]), low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(v[2]), low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(v[3]), low),
-            ];
-            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(s));
-            let mw = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(s));
-            for j in 0..N {
-                let x = xs[j];
-                // SAFETY: x holds nb blocks (by the caller).
-                let t = unsafe { split_block(&q, x, b) };
-                // Σ w·x = d_w·d_x·Σ q·x_q + m_w·Σx per row.
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), dw);
-                acc[j] = _mm512_fmadd_ps(f, _mm512_set1_ps(x.d[b]), acc[j]);
-                acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x.sums[b]), acc[j]);
+                let o = buf.as_mut_ptr().add(Q4_1_LINES * b).cast::<__m512i>();
+                for i in 0..4 {
+                    let v = _mm512_loadu_si512(c.add(64 * i).cast());
+                    _mm512_store_si512(o.add(i), _mm512_and_si512(v, low));
+                    _mm512_store_si512(o.add(4 + i), _mm512_and_si512(_mm512_srli_epi16::<4>(v), low));
+                }
+                let s = _mm512_loadu_si512(scales.as_ptr().add(32 * b).cast());
+                _mm512_store_ps(o.add(8).cast(), _mm512_cvtph_ps(_mm512_castsi512_si256(s)));
+                _mm512_store_ps(o.add(9).cast(), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(s)));
             }
-        }
-        for j in 0..N {
-            // SAFETY: 16 writable floats.
-            unsafe { _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
         }
     }
 
-    /// One Q8_0 group (see the module comment) · N inputs.
-    /// SAFETY: AVX-512 F/BW/VNNI; codes hold nb·512 bytes, scales nb·16, each input nb blocks.
+    /// An unpacked Q4_1 group ([`unpack_q4_1`]) · one input: out = the 16 row sums.
+    /// Σ w·x = d_w·d_x·Σ q·x_q + m_w·Σx per row and block.
+    /// SAFETY: AVX-512 F/VNNI; buf holds nb blocks, x nb blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn group_q8_0<const N: usize>(codes: &[u8], scales: &[half::f16], nb: usize, xs: [&SplitX; N], out: &mut [[f32; GROUP]; N]) {
-        debug_assert!(codes.len() >= nb * 512 && scales.len() >= nb * 16);
-        let mut acc = [_mm512_setzero_ps(); N];
+    pub unsafe fn input_q4_1(buf: &[Line], nb: usize, x: &SplitX, out: &mut [f32; GROUP]) {
+        debug_assert!(buf.len() >= nb * Q4_1_LINES && x.d.len() >= nb && x.sums.len() >= nb && x.hi.len() >= 32 * nb && x.lo.len() >= 32 * nb);
+        let (hi, lo, d, sums) = (x.hi.as_ptr(), x.lo.as_ptr(), x.d.as_ptr(), x.sums.as_ptr());
+        let mut acc = _mm512_setzero_ps();
         for b in 0..nb {
-            // SAFETY: block b's 512 code bytes and 16 scales lie inside (by the caller).
-            let (q, s) = unsafe {
-                let c = codes.as_ptr().add(512 * b);
-                let q: [__m512i; 8] = std::array::from_fn(|i| _mm512_loadu_si512(c.add(64 * i).cast()));
-                (q, _mm256_loadu_si256(scales.as_ptr().add(16 * b).cast()))
-            };
-            let dw = _mm512_cvtph_ps(s);
-            for j in 0..N {
-                let x = xs[j];
-                // SAFETY: x holds nb blocks (by the caller).
-                let t = unsafe { split_block(&q, x, b) };
-                // The codes were offset by 128: take 128·Σx_q back (exact in i32).
-                let t = _mm512_sub_epi32(t, _mm512_set1_epi32(x.qsum[b]));
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), dw);
-                acc[j] = _mm512_fmadd_ps(f, _mm512_set1_ps(x.d[b]), acc[j]);
+            // SAFETY: by the caller: block b's lines in buf, its 32 values of the input.
+            unsafe {
+                let q = buf.as_ptr().add(Q4_1_LINES * b);
+                let t = split_block(q, hi.add(32 * b), lo.add(32 * b));
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_load_ps(q.add(8).cast()));
+                acc = _mm512_fmadd_ps(f, _mm512_set1_ps(*d.add(b)), acc);
+                acc = _mm512_fmadd_ps(_mm512_load_ps(q.add(9).cast()), _mm512_set1_ps(*sums.add(b)), acc);
             }
         }
-        for j in 0..N {
-            // SAFETY: 16 writable floats.
-            unsafe { _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+        // SAFETY: 16 writable floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+
+    /// A Q8_0 group (see the module comment, read where it lies) · one input.
+    /// SAFETY: AVX-512 F/BW/VNNI; codes hold nb·512 bytes (64-byte aligned), scales nb·16,
+    /// x nb blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn input_q8_0(codes: &[u8], scales: &[half::f16], nb: usize, x: &SplitX, out: &mut [f32; GROUP]) {
+        debug_assert!(codes.len() >= nb * 512 && scales.len() >= nb * 16 && x.d.len() >= nb && x.qsum.len() >= nb && x.hi.len() >= 32 * nb && x.lo.len() >= 32 * nb);
+        let (hi, lo, d, qsum) = (x.hi.as_ptr(), x.lo.as_ptr(), x.d.as_ptr(), x.qsum.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            // SAFETY: by the caller: block b's codes and scales, its 32 values of the input.
+            unsafe {
+                let q = codes.as_ptr().add(512 * b).cast::<Line>();
+                let t = split_block(q, hi.add(32 * b), lo.add(32 * b));
+                // The codes were offset by 128: take 128·Σx_q back (exact in i32).
+                let t = _mm512_sub_epi32(t, _mm512_set1_epi32(*qsum.add(b)));
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(16 * b).cast()));
+                acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), dw), _mm512_set1_ps(*d.add(b)), acc);
+            }
         }
+        // SAFETY: 16 writable floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
     }
 }
 

@@ -21,6 +21,8 @@ pub mod weights;
 
 use std::sync::{Arc, Mutex};
 
+use rayon::prelude::*;
+
 use crate::adapter::LoraAdapter;
 use crate::compute::gpu::Gpu;
 use crate::compute::packed::{PackedStore, Packing};
@@ -360,14 +362,15 @@ impl NativeModel {
                 rope_forward(&mut k, &c.rope_at(l, c.n_head_kv), &positions);
             });
             // each sequence attends over its own cache
-            let mut att = Vec::with_capacity(q.len());
-            time(|| "attention (and KV append)".into(), || {
+            let att: Vec<f32> = time(|| "attention (and KV append)".into(), || {
                 for (i, it) in items.iter_mut().enumerate() {
                     let s = &mut *it.session;
                     s.k[l].extend_from_slice(&k[off[i] * kv_w..off[i + 1] * kv_w]);
                     s.v[l].extend_from_slice(&v[off[i] * kv_w..off[i + 1] * kv_w]);
-                    att.extend(attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &s.k[l], &s.v[l], s.n_past, c.heads_at(l), None));
                 }
+                // The sequences in parallel (each alone: its values do not depend on the others).
+                let parts: Vec<Vec<f32>> = items.par_iter().enumerate().map(|(i, it)| attention_forward(&q[off[i] * q_w..off[i + 1] * q_w], &it.session.k[l], &it.session.v[l], it.session.n_past, c.heads_at(l), None)).collect();
+                parts.concat()
             });
             let mut o = lin(&att, &layer.wo, None)?;
             if let Some(pn) = &layer.post_attn_norm {

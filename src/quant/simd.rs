@@ -52,39 +52,52 @@ pub struct SplitX {
 impl SplitX {
     /// `x`: a whole number of 32-value blocks.
     pub fn new(x: &[f32]) -> SplitX {
+        Self::make::<true>(x)
+    }
+
+    /// What the packed kernels (`compute::packed`) read and nothing else: the same `hi`,
+    /// `lo`, `d`, `sums` and `qsum` as [`new`](Self::new) gives, the other fields empty
+    /// (the split kernels must not be given it).
+    pub fn for_packed(x: &[f32]) -> SplitX {
+        Self::make::<false>(x)
+    }
+
+    fn make<const FULL: bool>(x: &[f32]) -> SplitX {
         #[cfg(target_arch = "x86_64")]
         {
             static AVX2: OnceLock<bool> = OnceLock::new();
             if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
                 // SAFETY: AVX2 detected.
-                return unsafe { Self::new_avx2(x) };
+                return unsafe { Self::new_avx2::<FULL>(x) };
             }
         }
-        Self::new_plain(x)
+        Self::new_plain::<FULL>(x)
     }
 
     /// [`new`](Self::new) compiled for AVX2: the same operations in the same order (so
     /// the same values), with wider vectors where the compiler finds them.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn new_avx2(x: &[f32]) -> SplitX {
-        Self::new_plain(x)
+    unsafe fn new_avx2<const FULL: bool>(x: &[f32]) -> SplitX {
+        Self::new_plain::<FULL>(x)
     }
 
+    /// `FULL`: every field; else only the packed kernels' ([`for_packed`](Self::for_packed)).
     #[inline(always)]
-    fn new_plain(x: &[f32]) -> SplitX {
+    fn new_plain<const FULL: bool>(x: &[f32]) -> SplitX {
         const QMAX: f32 = 32639.0;
         let n = x.len();
+        let full = |k: usize| if FULL { k } else { 0 };
         let mut sx = SplitX {
             hi: Vec::with_capacity(n),
             lo: Vec::with_capacity(n),
             d: Vec::with_capacity(n / 32),
             sums: Vec::with_capacity(n / 32),
-            sums16: x.chunks(16).map(|c| c.iter().sum()).collect(),
-            dsum: Vec::with_capacity(n / 16),
-            qsum4: Vec::with_capacity(n / 4),
+            sums16: if FULL { x.chunks(16).map(|c| c.iter().sum()).collect() } else { Vec::new() },
+            dsum: Vec::with_capacity(full(n / 16)),
+            qsum4: Vec::with_capacity(full(n / 4)),
             qsum: Vec::with_capacity(n / 32),
-            q: Vec::with_capacity(n),
+            q: Vec::with_capacity(full(n)),
         };
         for b in x.chunks(32) {
             let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -100,13 +113,15 @@ impl SplitX {
             let q = &q[..b.len()];
             sx.hi.extend(q.iter().map(|&q| ((q + 128) >> 8) as i8));
             sx.lo.extend(q.iter().map(|&q| (q - 256 * ((q + 128) >> 8)) as i8));
-            sx.qsum4.extend(q.chunks(4).map(|f| 128 * f.iter().sum::<i32>()));
             sx.qsum.push(128 * q.iter().sum::<i32>());
-            sx.q.extend(q.iter().map(|&q| q as i16));
             let sum: f32 = b.iter().sum();
             sx.d.push(d);
             sx.sums.push(sum);
-            sx.dsum.extend([d, sum]);
+            if FULL {
+                sx.qsum4.extend(q.chunks(4).map(|f| 128 * f.iter().sum::<i32>()));
+                sx.q.extend(q.iter().map(|&q| q as i16));
+                sx.dsum.extend([d, sum]);
+            }
         }
         sx
     }

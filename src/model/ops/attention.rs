@@ -23,7 +23,7 @@ pub struct Heads {
 /// Returns o [n_tok, n_head·hd]. With `probs`, also the attention weights
 /// [n_tok, n_head, pos0+n_tok] (zero past each token's causal limit and before its
 /// window), which backward reads.
-pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: usize, hs: Heads, mut probs: Option<&mut Vec<T>>) -> Vec<T> {
+pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: usize, hs: Heads, probs: Option<&mut Vec<T>>) -> Vec<T> {
     let Heads { n_head, n_head_kv, head_dim: hd, window, scale } = hs;
     let n_tok = q.len() / (n_head * hd);
     let n_all = pos0 + n_tok;
@@ -31,39 +31,44 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
     let kv_w = n_head_kv * hd;
     let scale = T::of(scale);
     let mut out = vec![T::zero(); q.len()];
-    if let Some(p) = probs.as_deref_mut() {
-        p.clear();
-        p.resize(n_tok * n_head * n_all, T::zero());
-    }
-    let mut scores = Vec::with_capacity(n_all);
-    for t in 0..n_tok {
+    // One (token, head) pair: its output o [hd] and, when kept, its weights row [n_all].
+    let head = |scores: &mut Vec<T>, i: usize, o: &mut [T], pr: Option<&mut [T]>| {
+        let (t, h) = (i / n_head, i % n_head);
         let n_ctx = pos0 + t + 1; // causal: keys ..=pos
         let lo = window.map_or(0, |w| n_ctx.saturating_sub(w)); // and within the window
-        for h in 0..n_head {
-            let kvh = h / group;
-            let qh = &q[(t * n_head + h) * hd..][..hd];
-            scores.clear();
-            let mut max = T::neg_infinity();
-            for p in lo..n_ctx {
-                let s = T::dot(qh, &k_cache[p * kv_w + kvh * hd..][..hd]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = T::zero();
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            scores.iter_mut().for_each(|s| *s = *s / sum);
-            let o = &mut out[(t * n_head + h) * hd..][..hd];
-            for (p, &w) in (lo..).zip(&scores) {
-                let v = &v_cache[p * kv_w + kvh * hd..][..hd];
-                o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
-            }
-            if let Some(pr) = probs.as_deref_mut() {
-                pr[(t * n_head + h) * n_all..][lo..n_ctx].copy_from_slice(&scores);
-            }
+        let kvh = h / group;
+        let qh = &q[(t * n_head + h) * hd..][..hd];
+        scores.clear();
+        let mut max = T::neg_infinity();
+        for p in lo..n_ctx {
+            let s = T::dot(qh, &k_cache[p * kv_w + kvh * hd..][..hd]) * scale;
+            max = max.max(s);
+            scores.push(s);
         }
+        let mut sum = T::zero();
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        scores.iter_mut().for_each(|s| *s = *s / sum);
+        for (p, &w) in (lo..).zip(scores.iter()) {
+            let v = &v_cache[p * kv_w + kvh * hd..][..hd];
+            o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
+        }
+        if let Some(pr) = pr {
+            pr[lo..n_ctx].copy_from_slice(scores);
+        }
+    };
+    // Pairs in parallel, each computed alone (the same values on any number of threads);
+    // at least ~64k products per task.
+    let min_len = (1 << 16) / (2 * n_all * hd).max(1);
+    match probs {
+        Some(p) => {
+            p.clear();
+            p.resize(n_tok * n_head * n_all, T::zero());
+            out.par_chunks_mut(hd).zip(p.par_chunks_mut(n_all)).enumerate().with_min_len(min_len.max(1)).for_each_init(|| Vec::with_capacity(n_all), |sc, (i, (o, pr))| head(sc, i, o, Some(pr)));
+        }
+        None => out.par_chunks_mut(hd).enumerate().with_min_len(min_len.max(1)).for_each_init(|| Vec::with_capacity(n_all), |sc, (i, o)| head(sc, i, o, None)),
     }
     out
 }

@@ -178,6 +178,13 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
         // here), on the compact copies where there are some.
         use crate::compute::cpu::{dot_f16, dot_i8, gemv_short, gemv_short_f16, gemv_short_i8};
         let n_in = w.n_in;
+        // B's bytes on their way while A·x runs (the factors stream from memory: one
+        // sequence's adapter is read for its one row).
+        match g.decode {
+            Some(DecodeLora::F16 { b, .. }) => crate::compute::cpu::prefetch(bytemuck::cast_slice(w.b_rows(b, t.rank))),
+            Some(DecodeLora::Int8 { b, .. }) => crate::compute::cpu::prefetch(bytemuck::cast_slice(w.b_rows(b, t.rank))),
+            None => crate::compute::cpu::prefetch(bytemuck::cast_slice(b)),
+        }
         for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(n_in)).zip(&rows) {
             for (j, v) in axr.iter_mut().enumerate() {
                 let at = j * n_in..(j + 1) * n_in;
