@@ -123,22 +123,6 @@ pub fn dot_f16_scalar(a: &[half::f16], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x.to_f32() * y).sum()
 }
 
-/// [`gemv_short`] with M in f16, equal to it bit for bit on the widened values.
-pub fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
-    let r = v.len();
-    assert_eq!(m.len(), r * y.len(), "gemv_short_f16: M holds {} values for [{}, {r}]", m.len(), y.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if r.is_multiple_of(8) && (8..=64).contains(&r) && f16c() {
-            // SAFETY: AVX2, FMA and F16C detected.
-            return unsafe { x86::gemv_short_f16(m, v, y) };
-        }
-    }
-    for (o, row) in y.iter_mut().zip(m.chunks_exact(r.max(1))) {
-        *o += dot_f16(row, v);
-    }
-}
-
 /// [`dot`] with `a` in int8 (LoRA factors quantized for decoding, the scale applied by
 /// the caller): each value widened to f32 exactly, then the same lanes, accumulators and
 /// reduction as [`dot`] — bit for bit `dot(a as f32, b)` (AVX2+FMA; else the scalar twin,
@@ -207,7 +191,7 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const half::f16) -> __m256 {
             // SAFETY: by the caller (8 f16 = 16 bytes); F16C is enabled in every function
-            // that inlines this (gemv_short_f16, dot_f16_avx2).
+            // that inlines this (dot_f16_avx2).
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
         }
     }
@@ -224,13 +208,6 @@ mod x86 {
     /// See [`super::gemv_short`]; r = v.len() is a multiple of 8, at most 64.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gemv_short(m: &[f32], v: &[f32], y: &mut [f32]) {
-        // SAFETY: by the caller.
-        unsafe { gemv_short_any(m, v, y) }
-    }
-
-    /// See [`super::gemv_short_f16`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemv_short_f16(m: &[half::f16], v: &[f32], y: &mut [f32]) {
         // SAFETY: by the caller.
         unsafe { gemv_short_any(m, v, y) }
     }
@@ -619,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn f16_dot_and_gemv_equal_the_f32_kernels_on_the_widened_values_to_the_bit() {
+    fn f16_dot_equals_the_f32_kernel_on_the_widened_values_to_the_bit() {
         // Lengths with and without a 32-value main loop and a tail.
         for n in [0, 1, 7, 8, 31, 32, 33, 576, 1536 + 5] {
             let a = halves(n, n as u64);
@@ -627,16 +604,6 @@ mod tests {
             let b = floats(n, 100 + n as u64);
             assert_eq!(dot_f16(&a, &b).to_bits(), dot(&wide, &b).to_bits(), "dot, n {n}");
             assert_eq!(dot_f16_scalar(&a, &b).to_bits(), dot_scalar(&wide, &b).to_bits(), "scalar dot, n {n}");
-        }
-        // Ranks the vector kernel takes (multiples of 8 up to 64) and ones it does not.
-        for (r, n_out) in [(8, 13), (16, 576), (64, 9), (4, 10), (12, 7), (72, 3)] {
-            let m = halves(r * n_out, r as u64);
-            let wide: Vec<f32> = m.iter().map(|h| h.to_f32()).collect();
-            let v = floats(r, 7);
-            let (mut y16, mut y32) = (floats(n_out, 9), floats(n_out, 9));
-            gemv_short_f16(&m, &v, &mut y16);
-            gemv_short(&wide, &v, &mut y32);
-            assert_eq!(y16.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), y32.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "gemv, r {r}, n_out {n_out}");
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod amx;
 pub mod bf16;
+pub mod blocked;
 pub mod cholesky;
 pub mod cpu;
 pub mod dense;

@@ -418,18 +418,21 @@ impl PackedStore {
     }
 }
 
-/// A backend whose products of up to [`cpu::split_rows`](super::cpu::split_rows) input
-/// rows (decoding: where the four-row split kernels would run, with the same 16-bit
-/// input) with a [`PackedStore`]'s matrices run on the packed kernels; everything else
-/// (prompts: f32 throughout) goes to `inner`.
+/// A backend whose products of up to `max_rows` input rows with a [`PackedStore`]'s
+/// matrices run on the packed kernels (the same 16-bit input as the four-row split
+/// kernels); everything else goes to `inner`. The native engine sets `max_rows` to
+/// [`cpu::split_rows`](super::cpu::split_rows) when a call holds prompt rows (prompts
+/// longer than that are f32 throughout) and lifts it for a step of decoding sequences
+/// alone — whatever the batch, a decoding row then gets the value it gets alone.
 pub struct Packing<'a> {
     pub inner: &'a dyn Backend,
     pub store: &'a PackedStore,
+    pub max_rows: usize,
 }
 
 impl Packing<'_> {
     fn views(&self, ws: &[MatrixRef], n_in: usize, n_x: usize) -> Option<Vec<View<'_>>> {
-        if !(1..=super::cpu::split_rows()).contains(&n_x) {
+        if !(1..=self.max_rows).contains(&n_x) {
             return None;
         }
         ws.iter().map(|w| self.store.view(w.t, w.bytes, w.n_out, n_in)).collect()

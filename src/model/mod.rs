@@ -55,8 +55,8 @@ pub struct NativeModel {
 /// the adapters' f32 factors). The GPU forward keeps its own f16 copies either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecodeFactors {
-    /// f16 copies of the tensors whose factors are all f16 exactly (bit for bit the f32
-    /// results), the f32 factors for the others.
+    /// f16 copies of the tensors whose factors are all f16 exactly, B blocked in f32 for
+    /// the others ([`DecodeLora::exact`]): bit for bit the f32 factors' results.
     #[default]
     Exact,
     /// int8 copies of every tensor's factors, a scale per rank component: half the bytes
@@ -270,7 +270,7 @@ impl NativeModel {
             let copy = match slots.iter().position(|(id, _)| *id == a.id()) {
                 Some(i) => slots.remove(i).1,
                 None => Arc::new(match self.decode_factors {
-                    DecodeFactors::Exact => a.tensors.iter().filter_map(|(name, t)| Some((name.clone(), DecodeLora::half(t)?))).collect(),
+                    DecodeFactors::Exact => a.tensors.iter().map(|(name, t)| (name.clone(), DecodeLora::exact(t))).collect(),
                     DecodeFactors::Int8 => a.tensors.iter().map(|(name, t)| (name.clone(), DecodeLora::int8(t))).collect(),
                 }),
             };
@@ -288,11 +288,13 @@ impl NativeModel {
     /// The host forward of every item's tokens (each continues its own session).
     fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         let c = &self.config;
-        // Decoding products on the packed copies where the model keeps them.
+        // Decoding products on the packed copies where the model keeps them: every product
+        // of a step of decoding sequences alone, the short ones of a step with prompt rows.
         let packing;
         let backend: &dyn Backend = match &self.packed {
             Some(store) => {
-                packing = Packing { inner: backend, store };
+                let max_rows = if items.iter().all(|it| it.tokens.len() == 1) { usize::MAX } else { crate::compute::cpu::split_rows() };
+                packing = Packing { inner: backend, store, max_rows };
                 &packing
             }
             None => backend,

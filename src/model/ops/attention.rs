@@ -36,25 +36,7 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
         let (t, h) = (i / n_head, i % n_head);
         let n_ctx = pos0 + t + 1; // causal: keys ..=pos
         let lo = window.map_or(0, |w| n_ctx.saturating_sub(w)); // and within the window
-        let kvh = h / group;
-        let qh = &q[(t * n_head + h) * hd..][..hd];
-        scores.clear();
-        let mut max = T::neg_infinity();
-        for p in lo..n_ctx {
-            let s = T::dot(qh, &k_cache[p * kv_w + kvh * hd..][..hd]) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = T::zero();
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        scores.iter_mut().for_each(|s| *s = *s / sum);
-        for (p, &w) in (lo..).zip(scores.iter()) {
-            let v = &v_cache[p * kv_w + kvh * hd..][..hd];
-            o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
-        }
+        attend(&q[(t * n_head + h) * hd..][..hd], k_cache, v_cache, (h / group) * hd, kv_w, lo..n_ctx, scale, scores, o);
         if let Some(pr) = pr {
             pr[lo..n_ctx].copy_from_slice(scores);
         }
@@ -71,6 +53,102 @@ pub fn attention_forward<T: Real>(q: &[T], k_cache: &[T], v_cache: &[T], pos0: u
         None => out.par_chunks_mut(hd).enumerate().with_min_len(min_len.max(1)).for_each_init(|| Vec::with_capacity(n_all), |sc, (i, o)| head(sc, i, o, None)),
     }
     out
+}
+
+/// One query head qh [hd] over keys `keys` of a cache (k, v [.., kv_w], this head's kv
+/// columns at `kv_off`): o += softmax(qh·kᵀ·scale)·v, the weights left in `scores`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend<T: Real>(qh: &[T], k_cache: &[T], v_cache: &[T], kv_off: usize, kv_w: usize, keys: std::ops::Range<usize>, scale: T, scores: &mut Vec<T>, o: &mut [T]) {
+    let hd = qh.len();
+    scores.clear();
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(q), Some(k), Some(v), true) = (T::as_f32(qh), T::as_f32(k_cache), T::as_f32(v_cache), x86::usable(hd)) {
+        let (scale, o) = (T::as_f32(std::slice::from_ref(&scale)).expect("f32 like q")[0], T::as_f32_mut(o).expect("f32 like q"));
+        // SAFETY: AVX-512F and hd a multiple of 16 up to 128 (`usable`).
+        unsafe { x86::attend(q, k, v, kv_off, kv_w, keys, scale, |s| scores.push(T::of_f32(s)), o) };
+        return;
+    }
+    let mut max = T::neg_infinity();
+    for p in keys.clone() {
+        let s = T::dot(qh, &k_cache[p * kv_w + kv_off..][..hd]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = T::zero();
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    scores.iter_mut().for_each(|s| *s = *s / sum);
+    for (p, &w) in keys.zip(scores.iter()) {
+        let v = &v_cache[p * kv_w + kv_off..][..hd];
+        o.iter_mut().zip(v).for_each(|(oi, vi)| *oi += w * *vi);
+    }
+}
+
+/// [`attend`] for f32 heads of up to 128 (a multiple of 16) on AVX-512: a score is four
+/// (hd/16) fused multiply-adds and one lane sum, the output rows held in registers over
+/// the keys. Another order of operations than the generic loop (rounding only).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn usable(hd: usize) -> bool {
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        hd.is_multiple_of(16) && (16..=128).contains(&hd) && *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+
+    /// SAFETY: AVX-512F; hd = q.len() as [`usable`] says; every key row of k and v holds hd
+    /// values at kv_off.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], kv_off: usize, kv_w: usize, keys: std::ops::Range<usize>, scale: f32, mut push: impl FnMut(f32), o: &mut [f32]) {
+        let n = q.len() / 16;
+        assert!(keys.end * kv_w <= k.len() && keys.end * kv_w <= v.len() && kv_off + 16 * n <= kv_w && o.len() == 16 * n);
+        let mut qv = [_mm512_setzero_ps(); 8];
+        for (i, x) in qv.iter_mut().take(n).enumerate() {
+            // SAFETY: 16 floats of q at 16i < hd.
+            *x = unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * i)) };
+        }
+        let mut scores = Vec::with_capacity(keys.len());
+        let mut max = f32::NEG_INFINITY;
+        for p in keys.clone() {
+            let row = p * kv_w + kv_off;
+            let mut acc = _mm512_setzero_ps();
+            for (i, x) in qv.iter().take(n).enumerate() {
+                // SAFETY: row p's hd values (asserted).
+                acc = _mm512_fmadd_ps(*x, unsafe { _mm512_loadu_ps(k.as_ptr().add(row + 16 * i)) }, acc);
+            }
+            let s = _mm512_reduce_add_ps(acc) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let mut ov = [_mm512_setzero_ps(); 8];
+        for (i, x) in ov.iter_mut().take(n).enumerate() {
+            // SAFETY: 16 floats of o at 16i.
+            *x = unsafe { _mm512_loadu_ps(o.as_ptr().add(16 * i)) };
+        }
+        for (p, s) in keys.zip(scores.iter_mut()) {
+            *s /= sum;
+            push(*s);
+            let (w, row) = (_mm512_set1_ps(*s), p * kv_w + kv_off);
+            for (i, x) in ov.iter_mut().take(n).enumerate() {
+                // SAFETY: row p's hd values (asserted).
+                *x = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.as_ptr().add(row + 16 * i)) }, *x);
+            }
+        }
+        for (i, x) in ov.iter().take(n).enumerate() {
+            // SAFETY: 16 floats of o at 16i.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * i), *x) };
+        }
+    }
 }
 
 /// Backward of [`attention_forward`]: given do [n, n_head·hd] and the forward's q, k, v

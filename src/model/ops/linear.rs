@@ -2,6 +2,7 @@
 //! with W frozen in its block format and the LoRA factors of the active adapters.
 
 use crate::adapter::LoraTensor;
+use crate::compute::blocked;
 use crate::compute::dense::{matmul, Layout, Real};
 use crate::compute::{Backend, ComputeError};
 use crate::model::precision::BaseMatrix;
@@ -20,12 +21,16 @@ pub struct RowLora<'a> {
 }
 
 /// A LoRA tensor's factors as decoding reads them: compact copies of the f32 factors a
-/// [`LoraTensor`] holds (prompts of more than `FEW_ROWS` rows still read those).
+/// [`LoraTensor`] holds (prompts of more than `FEW_ROWS` rows still read those), B laid
+/// out in blocks of 16 rows ([`blocked`](crate::compute::blocked)) where exact.
 pub enum DecodeLora {
     /// f16, half the f32 bytes; made only when every value is an f16 exactly (factors
     /// read from f16 files, edgelora's exports), so the products are bit for bit those of
-    /// the f32 factors (`cpu::dot_f16`, `cpu::gemv_short_f16`).
-    F16 { a: Vec<half::f16>, b: Vec<half::f16> },
+    /// the f32 factors (`cpu::dot_f16`; `blocked::gemv_blocked` against `gemv_rows`).
+    F16 { a: Vec<half::f16>, bt: Vec<half::f16> },
+    /// B blocked in f32 (A read from the tensor), for factors that are not all f16s: the
+    /// same values as the tensor's B, the products bit for bit those of `gemv_rows`.
+    F32 { bt: Vec<f32> },
     /// int8, a quarter of the f32 bytes (half of f16), with one f32 scale per rank
     /// component — per row of A [r, n_in] and per column of B [n_out, r] — symmetric:
     /// q = round(v / s), s = max |v| / 127 over that row or column, so each factor is off
@@ -39,7 +44,14 @@ impl DecodeLora {
         let exact = |v: &[f32]| -> Option<Vec<half::f16>> {
             v.iter().map(|&x| Some(half::f16::from_f32(x)).filter(|h| h.to_f32().to_bits() == x.to_bits())).collect()
         };
-        Some(DecodeLora::F16 { a: exact(&t.a)?, b: exact(&t.b)? })
+        let b = exact(&t.b)?;
+        Some(DecodeLora::F16 { a: exact(&t.a)?, bt: blocked::block(&b, b.len() / t.rank.max(1), t.rank) })
+    }
+
+    /// The exact copies of `t`: [`half`](Self::half) where the factors are f16s, else B
+    /// blocked in f32.
+    pub fn exact(t: &LoraTensor) -> DecodeLora {
+        Self::half(t).unwrap_or_else(|| DecodeLora::F32 { bt: blocked::block(&t.b, t.b.len() / t.rank.max(1), t.rank) })
     }
 
     /// `t`'s factors as int8 with a scale per row of A and per column of B.
@@ -57,7 +69,8 @@ impl DecodeLora {
     /// Bytes of the copies.
     pub fn bytes(&self) -> usize {
         match self {
-            DecodeLora::F16 { a, b } => 2 * (a.len() + b.len()),
+            DecodeLora::F16 { a, bt } => 2 * (a.len() + bt.len()),
+            DecodeLora::F32 { bt } => 4 * bt.len(),
             DecodeLora::Int8 { a, a_scale, b, b_scale } => a.len() + b.len() + 4 * (a_scale.len() + b_scale.len()),
         }
     }
@@ -176,36 +189,49 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
     if m <= crate::compute::cpu::FEW_ROWS {
         // Decoding, short prompts: rows of dot products (a GEMM call costs more to set up
         // here), on the compact copies where there are some.
-        use crate::compute::cpu::{dot_f16, dot_i8, gemv_short, gemv_short_f16, gemv_short_i8};
+        use crate::compute::cpu::{dot_f16, dot_i8, gemv_short_i8};
         let n_in = w.n_in;
-        // B's bytes on their way while A·x runs (the factors stream from memory: one
-        // sequence's adapter is read for its one row).
-        match g.decode {
-            Some(DecodeLora::F16 { b, .. }) => crate::compute::cpu::prefetch(bytemuck::cast_slice(w.b_rows(b, t.rank))),
-            Some(DecodeLora::Int8 { b, .. }) => crate::compute::cpu::prefetch(bytemuck::cast_slice(w.b_rows(b, t.rank))),
-            None => crate::compute::cpu::prefetch(bytemuck::cast_slice(b)),
-        }
-        for ((axr, xr), &(_, s)) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(n_in)).zip(&rows) {
+        // The factors stream from memory (one sequence's adapter is read for its one
+        // row): A's row j + 2 and a sixteenth of B are asked for before A's row j meets x,
+        // so that the loads find them on their way (all at once, they would fill the
+        // core's miss buffers and stall the products behind them).
+        let rank_rows = blocked::rows_range(t.rank, w.row0, w.row0 + w.n_out);
+        let (a_bytes, b_bytes): (&[u8], &[u8]) = match g.decode {
+            Some(DecodeLora::F16 { a, bt }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(&bt[rank_rows])),
+            Some(DecodeLora::F32 { bt }) => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(&bt[rank_rows])),
+            Some(DecodeLora::Int8 { a, b, .. }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(w.b_rows(b, t.rank))),
+            None => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(b)),
+        };
+        let (a_row, b_part) = (a_bytes.len() / t.rank.max(1), b_bytes.len().div_ceil(t.rank.max(1)).next_multiple_of(64));
+        let part = |v: &'_ [u8], i: usize, len: usize| -> std::ops::Range<usize> { (i * len).min(v.len())..((i + 1) * len).min(v.len()) };
+        use crate::compute::cpu::prefetch;
+        prefetch(&a_bytes[part(a_bytes, 0, 2 * a_row)]);
+        for (i, ((axr, xr), &(_, s))) in ax.chunks_exact_mut(t.rank).zip(xg.chunks_exact(n_in)).zip(&rows).enumerate() {
             for (j, v) in axr.iter_mut().enumerate() {
+                if i == 0 {
+                    prefetch(&a_bytes[part(a_bytes, j + 2, a_row)]);
+                    prefetch(&b_bytes[part(b_bytes, j, b_part)]);
+                }
                 let at = j * n_in..(j + 1) * n_in;
                 *v = match g.decode {
                     Some(DecodeLora::F16 { a, .. }) => s * dot_f16(&a[at], xr),
                     Some(DecodeLora::Int8 { a, a_scale, .. }) => s * (a_scale[j] * dot_i8(&a[at], xr)),
-                    None => s * f32::dot(&t.a[at], xr),
+                    Some(DecodeLora::F32 { .. }) | None => s * f32::dot(&t.a[at], xr),
                 };
             }
         }
         let mut scaled = Vec::new();
         for (axr, ygr) in ax.chunks_exact(t.rank).zip(yg.chunks_exact_mut(w.n_out)) {
             match g.decode {
-                Some(DecodeLora::F16 { b, .. }) => gemv_short_f16(w.b_rows(b, t.rank), axr, ygr),
+                Some(DecodeLora::F16 { bt, .. }) => blocked::gemv_blocked(bt, w.row0, axr, ygr),
+                Some(DecodeLora::F32 { bt }) => blocked::gemv_blocked(bt, w.row0, axr, ygr),
                 Some(DecodeLora::Int8 { b, b_scale, .. }) => {
                     // Σ_j q[o, j]·(s_j·ax_j): B's column scales folded into the short vector.
                     scaled.clear();
                     scaled.extend(axr.iter().zip(b_scale).map(|(a, s)| a * s));
                     gemv_short_i8(w.b_rows(b, t.rank), &scaled, ygr)
                 }
-                None => gemv_short(b, axr, ygr),
+                None => blocked::gemv_rows(b, axr, ygr),
             }
         }
         return (rows, yg);
@@ -297,24 +323,37 @@ mod tests {
     }
 
     #[test]
-    fn the_f16_copies_give_the_f32_factors_results_to_the_bit() {
+    fn the_decode_copies_give_the_f32_factors_results_to_the_bit() {
         let (n_in, n_out) = (64, 40);
         let w_vals: Vec<f32> = (0..n_in * n_out).map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0).collect();
         let w = Weight::whole("blk.0.attn_q.weight", GgmlType::F32, bytemuck::cast_slice(&w_vals), n_in, n_out);
+        // Rows 5..25 of the same tensor, as a fused tensor's part (B's rows from 5 on).
+        let row_bytes = 4 * n_in;
+        let part = Weight { n_out: 20, row0: 5, bytes: &w.bytes[5 * row_bytes..25 * row_bytes], ..w };
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for rank in [8, 16, 5] {
-            let t = tensor(rank, n_in, n_out, true);
-            let half = DecodeLora::half(&t).expect("f16-exact factors");
-            assert_eq!(half.bytes(), 2 * (t.a.len() + t.b.len()));
-            for n in [1, 3] {
-                let x: Vec<f32> = (0..n * n_in).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
-                let with = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: Some(&half) }]).unwrap();
-                let without = linear_forward_rows(&Cpu, &x, &w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: None }]).unwrap();
-                assert_eq!(with.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), without.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rank {rank}, {n} rows");
-                let base = linear_forward_rows(&Cpu, &x, &w, None, &[]).unwrap();
-                assert_ne!(with, base, "the adapter changed nothing");
+            for exact in [true, false] {
+                let t = tensor(rank, n_in, n_out, exact);
+                let copy = DecodeLora::exact(&t);
+                // B in blocks of 16 rows (40 → 48): f16 where every factor is one, else f32.
+                match &copy {
+                    DecodeLora::F16 { .. } => assert!(exact && copy.bytes() == 2 * (t.a.len() + 48 * rank)),
+                    DecodeLora::F32 { .. } => assert!(!exact && copy.bytes() == 4 * 48 * rank),
+                    DecodeLora::Int8 { .. } => panic!("int8 copy for exact factors"),
+                }
+                for n in [1, 3] {
+                    let x: Vec<f32> = (0..n * n_in).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+                    for w in [&w, &part] {
+                        let with = linear_forward_rows(&Cpu, &x, w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: Some(&copy) }]).unwrap();
+                        let without = linear_forward_rows(&Cpu, &x, w, None, &[RowLora { t: &t, segments: vec![(0, n, 0.5)], decode: None }]).unwrap();
+                        assert_eq!(bits(&with), bits(&without), "rank {rank}, exact {exact}, {n} rows, rows from {}", w.row0);
+                        let base = linear_forward_rows(&Cpu, &x, w, None, &[]).unwrap();
+                        assert_ne!(with, base, "the adapter changed nothing");
+                    }
+                }
             }
         }
-        // Factors that are not all f16 values get no copy (the f32 ones stay in use).
+        // Factors that are not all f16 values get no f16 copy.
         assert!(DecodeLora::half(&tensor(8, n_in, n_out, false)).is_none());
     }
 
