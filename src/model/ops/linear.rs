@@ -151,6 +151,18 @@ fn lora_parts(x: &[f32], w: &Weight, n: usize, loras: &[RowLora]) -> Vec<(Vec<(u
     time(|| "lora B·(A·x)".into(), || if loras.len() > 1 { loras.par_iter().map(|g| lora_rows(x, w, n, g)).collect() } else { loras.iter().map(|g| lora_rows(x, w, n, g)).collect() })
 }
 
+/// The bytes of A and of this weight's part of B that decoding reads for `g`.
+fn factor_bytes<'a>(g: &RowLora<'a>, w: &Weight) -> (&'a [u8], &'a [u8]) {
+    let t = g.t;
+    let rank_rows = blocked::rows_range(t.rank, w.row0, w.row0 + w.n_out);
+    match g.decode {
+        Some(DecodeLora::F16 { a, bt }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(&bt[rank_rows])),
+        Some(DecodeLora::F32 { bt }) => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(&bt[rank_rows])),
+        Some(DecodeLora::Int8 { a, b, .. }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(w.b_rows(b, t.rank))),
+        None => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(w.b_rows(&t.b, t.rank))),
+    }
+}
+
 /// y [n, n_out] (the base product) += bias, then each adapter's part ([`lora_parts`]) in
 /// adapter order.
 fn add_bias_and_loras(y: &mut [f32], w: &Weight, bias: Option<&[f32]>, parts: Vec<(Vec<(usize, f32)>, Vec<f32>)>) {
@@ -195,13 +207,7 @@ fn lora_rows(x: &[f32], w: &Weight, n: usize, g: &RowLora) -> (Vec<(usize, f32)>
         // row): A's row j + 2 and a sixteenth of B are asked for before A's row j meets x,
         // so that the loads find them on their way (all at once, they would fill the
         // core's miss buffers and stall the products behind them).
-        let rank_rows = blocked::rows_range(t.rank, w.row0, w.row0 + w.n_out);
-        let (a_bytes, b_bytes): (&[u8], &[u8]) = match g.decode {
-            Some(DecodeLora::F16 { a, bt }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(&bt[rank_rows])),
-            Some(DecodeLora::F32 { bt }) => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(&bt[rank_rows])),
-            Some(DecodeLora::Int8 { a, b, .. }) => (bytemuck::cast_slice(a), bytemuck::cast_slice(w.b_rows(b, t.rank))),
-            None => (bytemuck::cast_slice(&t.a), bytemuck::cast_slice(b)),
-        };
+        let (a_bytes, b_bytes) = factor_bytes(g, w);
         let (a_row, b_part) = (a_bytes.len() / t.rank.max(1), b_bytes.len().div_ceil(t.rank.max(1)).next_multiple_of(64));
         let part = |v: &'_ [u8], i: usize, len: usize| -> std::ops::Range<usize> { (i * len).min(v.len())..((i + 1) * len).min(v.len()) };
         use crate::compute::cpu::prefetch;
