@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod dense;
 pub mod packed;
 pub mod tile;
+pub mod vexp;
 pub mod gpu;
 
 use crate::gguf::GgmlType;

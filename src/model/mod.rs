@@ -198,7 +198,7 @@ impl NativeModel {
             // 1-thread pool.
             Exec::Host(backend) => {
                 let mut item = [BatchItem { session, tokens, adapters, all_logits }];
-                Ok(rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut item))?.pop().unwrap_or_default())
+                Ok(rayon::scope(|_| self.forward_on_host(backend.as_ref(), &mut item, true))?.pop().unwrap_or_default())
             }
             Exec::Device(f) => {
                 let logits = f.forward(&mut session.gpu, session.n_past, tokens, adapters, all_logits).map_err(compute_err)?;
@@ -229,7 +229,9 @@ impl NativeModel {
             return Err(EngineError::BadOption(format!("lockstep forward: {} tokens for {} sequences (one each)", tokens.len(), sessions.len())).into());
         }
         let mut items: Vec<BatchItem> = sessions.iter_mut().zip(tokens).map(|(s, t)| BatchItem { session: s, tokens: std::slice::from_ref(t), adapters, all_logits: false }).collect();
-        Ok(self.forward_batch(&mut items)?.into_iter().flatten().collect())
+        // Calibration keeps the f32 products beyond `split_rows` rows (GPTQ's statistics
+        // are read from these activations).
+        Ok(self.forward_items(&mut items, false)?.into_iter().flatten().collect())
     }
 
     /// Steps several sequences in one forward, each with its own tokens (a decode step's
@@ -237,7 +239,17 @@ impl NativeModel {
     /// once over all rows, each adapter over the rows of the sequences that use it. Returns,
     /// per item, the logits of its last token (or of every token when `all_logits`). On
     /// the host or, for a model [`on_gpu`](NativeModel::on_gpu), on the device.
+    ///
+    /// On the host, a step of decoding sequences alone (one token each) takes the packed
+    /// decoding products ([`crate::compute::packed`]) at any batch size, so each row gets
+    /// the value it gets alone.
     pub fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
+        self.forward_items(items, true)
+    }
+
+    /// [`forward_batch`](Self::forward_batch); `decode_steps`: whether a step of one-token
+    /// items takes the packed products beyond `split_rows` rows.
+    fn forward_items(&self, items: &mut [BatchItem], decode_steps: bool) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -245,7 +257,7 @@ impl NativeModel {
             self.check_tokens(it.tokens)?;
         }
         match &self.exec {
-            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), items)),
+            Exec::Host(backend) => rayon::scope(|_| self.forward_on_host(backend.as_ref(), items, decode_steps)),
             Exec::Device(f) => {
                 let mut on_device: Vec<GpuItem> = items.iter_mut().map(|it| GpuItem { cache: &mut it.session.gpu, n_past: it.session.n_past, tokens: it.tokens, adapters: it.adapters, all_logits: it.all_logits }).collect();
                 let logits = f.forward_batch(&mut on_device).map_err(compute_err)?;
@@ -286,14 +298,14 @@ impl NativeModel {
     }
 
     /// The host forward of every item's tokens (each continues its own session).
-    fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem]) -> Result<Vec<Vec<Vec<f32>>>, Error> {
+    fn forward_on_host(&self, backend: &dyn Backend, items: &mut [BatchItem], decode_steps: bool) -> Result<Vec<Vec<Vec<f32>>>, Error> {
         let c = &self.config;
         // Decoding products on the packed copies where the model keeps them: every product
         // of a step of decoding sequences alone, the short ones of a step with prompt rows.
         let packing;
         let backend: &dyn Backend = match &self.packed {
             Some(store) => {
-                let max_rows = if items.iter().all(|it| it.tokens.len() == 1) { usize::MAX } else { crate::compute::cpu::split_rows() };
+                let max_rows = if decode_steps && items.iter().all(|it| it.tokens.len() == 1) { usize::MAX } else { crate::compute::cpu::split_rows() };
                 packing = Packing { inner: backend, store, max_rows };
                 &packing
             }

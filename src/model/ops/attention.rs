@@ -125,11 +125,9 @@ mod x86 {
             max = max.max(s);
             scores.push(s);
         }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        scores.iter_mut().for_each(|s| *s -= max);
+        crate::compute::vexp::exp_in_place(&mut scores);
+        let sum: f32 = scores.iter().sum();
         let mut ov = [_mm512_setzero_ps(); 8];
         for (i, x) in ov.iter_mut().take(n).enumerate() {
             // SAFETY: 16 floats of o at 16i.
