@@ -411,11 +411,6 @@ impl PackedStore {
         });
         packed.as_ref()?.view(off / row_bytes, n_out)
     }
-
-    /// Bytes of the copies made so far.
-    pub fn bytes(&self) -> usize {
-        self.slots.iter().filter_map(|s| s.packed.get()?.as_ref().map(Packed::bytes)).sum()
-    }
 }
 
 /// A backend whose products of up to `max_rows` input rows with a [`PackedStore`]'s
@@ -492,6 +487,8 @@ mod tests {
         for (t, n_out, n_in) in [(GgmlType::Q4_1, 40, 64), (GgmlType::Q8_0, 35, 96), (GgmlType::Q4_1, 16, 32), (GgmlType::Q8_0, 64, 576)] {
             let w = weights(t, n_out, n_in, n_out as u64);
             let p = Packed::new(t, &w, n_out, n_in).expect("pack");
+            // The copy is the original's size (groups of 16 whole rows; padding otherwise).
+            assert_eq!(p.bytes() == w.len(), n_out % GROUP == 0, "{t} [{n_out}, {n_in}]: {} packed bytes for {}", p.bytes(), w.len());
             let mut wf = vec![0f32; n_out * n_in];
             quant::dequantize(t, &w, &mut wf).unwrap();
             let n_x = 11;

@@ -100,6 +100,32 @@ fn batched_forward_with_a_different_adapter_set_per_sequence_equals_each_alone()
             }
         }
     }
+    // Twelve sequences decoding together — more rows than split_rows(): where the packed
+    // kernels run (AVX512-VNNI), a step of decoding tokens alone takes them at any size,
+    // and every row still gets exactly its solo logits; elsewhere the tiles (rounding only).
+    let n = 12;
+    let mut together: Vec<Session> = (0..n).map(|_| Session::default()).collect();
+    let mut alone: Vec<Session> = (0..n).map(|_| Session::default()).collect();
+    for i in 0..n {
+        model.forward(&mut together[i], prompts[i % 5], &sets[i % 5], false).unwrap();
+        model.forward(&mut alone[i], prompts[i % 5], &sets[i % 5], false).unwrap();
+    }
+    assert!(n > edgelora::compute::cpu::split_rows());
+    for step in 0..2 {
+        let feeds: Vec<[i32; 1]> = (0..n).map(|i| [400 + step + 3 * i as i32]).collect();
+        let mut items: Vec<BatchItem> = together.iter_mut().zip(&feeds).enumerate().map(|(i, (s, f))| BatchItem { session: s, tokens: f, adapters: &sets[i % 5], all_logits: false }).collect();
+        let got = model.forward_batch(&mut items).unwrap();
+        drop(items);
+        for i in 0..n {
+            let want = model.forward(&mut alone[i], &feeds[i], &sets[i % 5], false).unwrap();
+            let d = max_abs_diff(&got[i][0], &want[0]);
+            if edgelora::compute::packed::available() {
+                assert!(got[i] == want, "step {step}: sequence {i} of {n} differs from its solo run by {d}");
+            } else {
+                assert!(d < 2e-2 && argmax(&got[i][0]) == argmax(&want[0]), "step {step}: sequence {i} of {n}: {d}");
+            }
+        }
+    }
     // A bad token in any item is refused naming it; nothing runs.
     let mut s = Session::default();
     let mut items = [BatchItem { session: &mut s, tokens: &[1, 1 << 30], adapters: &[], all_logits: false }];
