@@ -152,9 +152,16 @@ pub fn matmul_many(ws: &[View], x: &[f32], n_in: usize) -> Result<Vec<Vec<f32>>,
     if !available() {
         return Err(ComputeError::Shape("packed kernels need AVX512-VNNI".into()));
     }
-    let n_x = x.len() / n_in.max(1);
+    if n_in == 0 || !x.len().is_multiple_of(n_in) {
+        return Err(ComputeError::Shape(format!("x holds {} values, not whole rows of {n_in}", x.len())));
+    }
+    let n_x = x.len() / n_in;
     // Rows split in parallel (each alone; a batch's rows would wait on one thread).
     let xs: Vec<SplitX> = x.par_chunks_exact(n_in).map(SplitX::for_packed).collect();
+    let nb = n_in / QK;
+    for x in &xs {
+        assert!(x.hi.len() >= n_in && x.lo.len() >= n_in && x.d.len() >= nb && x.sums.len() >= nb && x.qsum.len() >= nb, "split input shorter than {n_in}");
+    }
     let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; n_x * w.n_out]).collect();
     let outs: Vec<Out> = ys.iter_mut().map(|y| Out(y.as_mut_ptr())).collect();
     let tasks: Vec<(usize, usize)> = ws.iter().enumerate().flat_map(|(i, w)| (0..w.n_out.div_ceil(GROUP)).step_by(TASK_GROUPS).map(move |g| (i, g))).collect();
@@ -206,13 +213,11 @@ fn run_group(p: &Packed, g: usize, xs: &[SplitX], buf: &mut Vec<Line>, out: &mut
             }
         }
     };
-    for x in xs {
-        assert!(x.hi.len() >= p.n_in && x.lo.len() >= p.n_in && x.d.len() >= nb && x.sums.len() >= nb && x.qsum.len() >= nb, "split input shorter than {}", p.n_in);
-    }
+    // Each input holds nb blocks: checked once per call by `matmul_many`, its only caller.
     assert!(out.len() >= xs.len());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `available()` (checked by the caller) means AVX-512 F/BW/VNNI; codes and
-    // scales hold the group's nb blocks, each input nb blocks (asserted), buf is sized here.
+    // scales hold the group's nb blocks, each input nb blocks (asserted by `matmul_many`), buf is sized here.
     unsafe {
         prefetch_part(0);
         if p.t == GgmlType::Q8_0 {
@@ -526,6 +531,9 @@ mod tests {
                 assert!(p.view(1, 4).is_none());
             }
         }
+        let p = Packed::new(GgmlType::Q4_1, &weights(GgmlType::Q4_1, 16, 64, 1), 16, 64).unwrap();
+        assert!(matches!(matmul_many(&[p.view(0, 16).unwrap()], &[0.0; 65], 64), Err(ComputeError::Shape(_))), "x not whole rows");
+        assert!(matches!(matmul_many(&[p.view(0, 16).unwrap()], &[0.0; 96], 96), Err(ComputeError::Shape(_))), "x of another width");
         assert!(matches!(Packed::new(GgmlType::Q4_0, &[0; 18], 1, 32), Err(ComputeError::Unsupported(..))));
         assert!(matches!(Packed::new(GgmlType::Q4_1, &[0; 19], 1, 32), Err(ComputeError::Shape(_))));
     }
